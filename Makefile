@@ -1,0 +1,35 @@
+# marketsync: `make run` starts the service, `make test` runs every test.
+# Both create or refresh .venv from pyproject.toml first (fast when nothing changed).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test faults venv bench emulators clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/marketsync run
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+faults: $(STAMP)  ## the fault suite alone (also part of `make test`)
+	$(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
+
+emulators: $(STAMP)
+	$(BIN)/marketsync emulators
+
+bench: $(STAMP)
+	@for b in bench/*.py; do case $$b in */__init__.py|*/common.py) ;; *) $(BIN)/python -m bench.$$(basename $$b .py) || exit 1;; esac; done
+
+clean:
+	rm -rf $(VENV) var

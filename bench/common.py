@@ -1,0 +1,87 @@
+"""Shared helpers for the benchmarks: machine facts, a private Redis, gunicorn on loopback."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine() -> str:
+    """Return one line describing this machine (cores, CPU, Python, SQLite)."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, "
+            f"SQLite {sqlite3.sqlite_version}, {platform.system()} {platform.release()}")
+
+
+def free_port() -> int:
+    """Return a free loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Return the pct-th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = max(0, min(len(ordered) - 1, int(round(pct / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[index]
+
+
+@contextmanager
+def web_service(data_dir: Path, env_extra: dict[str, str], *, workers: int = 2, threads: int = 8) -> Iterator[str]:
+    """Run migrations, a private Redis and gunicorn (gthread) on a free port; yield its base URL."""
+    from worker import db
+    from worker.redis_server import PrivateRedis
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    with PrivateRedis(data_dir / "redis") as redis_server:
+        env = {**os.environ, "DATA_DIR": str(data_dir), "REDIS_URL": redis_server.url, "PORT": str(port),
+               "LOG_LEVEL": "WARNING", **env_extra}
+        engine = db.build_engine(f"sqlite:///{data_dir / 'marketsync.db'}")
+        db.upgrade(engine)
+        engine.dispose()
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+             "--worker-class", "gthread", "--threads", str(threads), "--log-level", "warning",
+             "webhooks:create_app()"],
+            cwd=ROOT, env=env, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if requests.get(base + "/readyz", timeout=1).status_code == 200:
+                        break
+                except requests.RequestException:
+                    time.sleep(0.2)
+            else:
+                raise RuntimeError("gunicorn did not become ready")
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()

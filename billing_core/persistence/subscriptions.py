@@ -1,0 +1,208 @@
+"""Rows and repository for subscriptions, their timeline edits and issued invoices.
+
+A subscription row holds the current timeline as an exact JSON snapshot and a ``revision``;
+every edit also appends an immutable ``subscription_edits`` row with the timeline after it, so
+the history of a subscription can be replayed. Issued invoices are immutable snapshots, unique
+per (subscription, period start).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from sqlmodel import Field, SQLModel
+
+from billing_core.codec import invoice_from_dict, invoice_to_dict, subscription_from_dict, subscription_to_dict
+from billing_core.errors import Conflict, NotFound
+from billing_core.invoices import Invoice
+from billing_core.persistence.catalog import page_rows
+from billing_core.subscriptions import Subscription
+
+__all__ = ["SubscriptionRow", "SubscriptionEditRow", "InvoiceRow", "SqlSubscriptions",
+           "SubscriptionNotFound", "InvoiceNotFound"]
+
+
+class SubscriptionNotFound(NotFound):
+    """No subscription has this id."""
+
+
+class InvoiceNotFound(NotFound):
+    """No issued invoice has this id."""
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _dump(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+class SubscriptionRow(SQLModel, table=True):
+    """A subscription and its current timeline."""
+
+    __tablename__ = "subscriptions"
+
+    id: str = Field(primary_key=True, max_length=64)
+    customer_id: str = Field(max_length=64, foreign_key="customers.id", index=True)
+    plan_id: str = Field(max_length=64, index=True)
+    start_date: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    end_date: datetime | None = Field(default=None, sa_column=sa.Column(sa.DateTime(timezone=True), nullable=True))
+    external_marketplace: str | None = Field(default=None, max_length=32)
+    external_marketplace_reporting_id: str | None = Field(default=None, max_length=255)
+    revision: int = 1
+    timeline: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, index=True))
+
+    def to_domain(self, price_cache: dict | None = None) -> Subscription:
+        return subscription_from_dict(json.loads(self.timeline), price_cache)
+
+
+class SubscriptionEditRow(SQLModel, table=True):
+    """One timeline edit, with the timeline after it; never updated."""
+
+    __tablename__ = "subscription_edits"
+
+    subscription_id: str = Field(primary_key=True, max_length=64, foreign_key="subscriptions.id")
+    sequence: int = Field(primary_key=True)
+    kind: str = Field(max_length=32)
+    effective_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    recorded_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    timeline: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+
+
+class InvoiceRow(SQLModel, table=True):
+    """An issued invoice snapshot."""
+
+    __tablename__ = "invoices"
+    __table_args__ = (sa.UniqueConstraint("subscription_id", "period_start", name="uq_invoices_subscription_period"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    subscription_id: str = Field(max_length=64, foreign_key="subscriptions.id", index=True)
+    customer_id: str = Field(max_length=64, index=True)
+    period_start: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    period_end: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+    status: str = Field(max_length=16)
+    total: str = Field(max_length=64)
+    currency: str = Field(max_length=8)
+    body: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, index=True))
+
+    def to_domain(self) -> Invoice:
+        return invoice_from_dict(json.loads(self.body))
+
+
+class SqlSubscriptions:
+    """Subscriptions, their edit log and issued invoices through the caller's session."""
+
+    def __init__(self, session: Session):
+        self.session = session
+
+    def _write_edits(self, sub: Subscription, after: int) -> None:
+        snapshot = _dump(subscription_to_dict(sub))
+        for edit in sub.edits:
+            if edit.sequence > after:
+                self.session.add(SubscriptionEditRow(
+                    subscription_id=sub.id, sequence=edit.sequence, kind=edit.kind,
+                    effective_at=edit.effective_at, recorded_at=edit.recorded_at, timeline=snapshot))
+
+    def add(self, sub: Subscription) -> Subscription:
+        if self.session.get(SubscriptionRow, sub.id) is not None:
+            raise Conflict(f"subscription {sub.id} exists", field="id")
+        assert sub.created_at is not None
+        self.session.add(SubscriptionRow(
+            id=sub.id, customer_id=sub.customer_id, plan_id=sub.phases[-1].plan_id, start_date=sub.start,
+            end_date=sub.end, external_marketplace=sub.external_marketplace,
+            external_marketplace_reporting_id=sub.external_marketplace_reporting_id,
+            revision=len(sub.edits), timeline=_dump(subscription_to_dict(sub)), created_at=sub.created_at))
+        self.session.flush()
+        self._write_edits(sub, 0)
+        self.session.flush()
+        return sub
+
+    def save(self, sub: Subscription, *, expected_revision: int) -> Subscription:
+        """Store an edited timeline; refuse if someone else edited it since it was read."""
+        row = self.session.get(SubscriptionRow, sub.id)
+        if row is None:
+            raise SubscriptionNotFound(f"subscription {sub.id} not found", field="subscription_id")
+        if row.revision != expected_revision:
+            raise Conflict(f"subscription {sub.id} changed meanwhile; retry", field="subscription_id")
+        row.revision = len(sub.edits)
+        row.end_date = sub.end
+        row.plan_id = sub.phases[-1].plan_id if sub.phases else row.plan_id
+        row.timeline = _dump(subscription_to_dict(sub))
+        self._write_edits(sub, expected_revision)
+        self.session.flush()
+        return sub
+
+    def get(self, subscription_id: str) -> Subscription:
+        row = self.session.get(SubscriptionRow, subscription_id)
+        if row is None:
+            raise SubscriptionNotFound(f"subscription {subscription_id} not found", field="subscription_id")
+        return row.to_domain()
+
+    def list(self, *, limit: int, cursor: str | None = None,
+             customer_id: str | None = None) -> tuple[list[Subscription], str | None]:
+        query = sa.select(SubscriptionRow)
+        if customer_id is not None:
+            query = query.where(SubscriptionRow.customer_id == customer_id)
+        rows, nxt = page_rows(self.session, query, SubscriptionRow.__table__, SubscriptionRow, limit, cursor)
+        return [r.to_domain() for r in rows], nxt
+
+    def for_customer(self, customer_id: str) -> list[Subscription]:
+        rows = self.session.execute(sa.select(SubscriptionRow).where(SubscriptionRow.customer_id == customer_id)
+                                    .order_by(SubscriptionRow.created_at, SubscriptionRow.id)).scalars()
+        cache: dict = {}
+        return [r.to_domain(cache) for r in rows]
+
+    def all_active(self, at: datetime) -> list[Subscription]:
+        """Return every subscription whose window contains the instant."""
+        rows = self.session.execute(sa.select(SubscriptionRow).where(
+            SubscriptionRow.start_date <= at,
+            sa.or_(SubscriptionRow.end_date.is_(None), SubscriptionRow.end_date > at),  # type: ignore[union-attr]
+        ).order_by(SubscriptionRow.id)).scalars()
+        cache: dict = {}
+        return [r.to_domain(cache) for r in rows]
+
+    # invoices
+    def add_invoice(self, invoice: Invoice) -> Invoice:
+        if invoice.status != "issued" or invoice.id is None or invoice.issued_at is None:
+            raise ValueError("only issued invoices are stored")
+        clash = self.session.execute(sa.select(InvoiceRow).where(
+            InvoiceRow.subscription_id == invoice.subscription_id,
+            InvoiceRow.period_start == invoice.period_start)).scalars().first()
+        if clash is not None:
+            raise Conflict(f"the invoice for this period is already issued ({clash.id})", field="subscription_id")
+        self.session.add(InvoiceRow(
+            id=invoice.id, subscription_id=invoice.subscription_id, customer_id=invoice.customer_id,
+            period_start=invoice.period_start, period_end=invoice.period_end, status=invoice.status,
+            total=str(invoice.total), currency=invoice.currency, body=_dump(invoice_to_dict(invoice)),
+            created_at=invoice.issued_at))
+        self.session.flush()
+        return invoice
+
+    def get_invoice(self, invoice_id: str) -> Invoice:
+        row = self.session.get(InvoiceRow, invoice_id)
+        if row is None:
+            raise InvoiceNotFound(f"invoice {invoice_id} not found", field="invoice_id")
+        return row.to_domain()
+
+    def issued_for(self, subscription_id: str) -> list[Invoice]:
+        rows = self.session.execute(sa.select(InvoiceRow).where(InvoiceRow.subscription_id == subscription_id)
+                                    .order_by(InvoiceRow.period_start)).scalars()
+        return [r.to_domain() for r in rows]
+
+    def list_invoices(self, *, limit: int, cursor: str | None = None, customer_id: str | None = None,
+                      subscription_id: str | None = None) -> tuple[list[Invoice], str | None]:
+        query = sa.select(InvoiceRow)
+        if customer_id is not None:
+            query = query.where(InvoiceRow.customer_id == customer_id)
+        if subscription_id is not None:
+            query = query.where(InvoiceRow.subscription_id == subscription_id)
+        rows, nxt = page_rows(self.session, query, InvoiceRow.__table__, InvoiceRow, limit, cursor)
+        return [r.to_domain() for r in rows], nxt

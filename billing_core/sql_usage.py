@@ -1,0 +1,406 @@
+"""The SQL-backed ``UsageSource``: metrics evaluated as aggregations inside the database.
+
+A metric definition compiles to one SQLAlchemy Core ``SELECT ... GROUP BY`` over ``events``
+(bound parameters only; no text from a metric ever becomes SQL). Property access is dialect
+specific and typed, so both databases give the same answers:
+
+=============  ========================================  ========================================
+               SQLite (``json_extract`` / ``json_type``)  PostgreSQL (``jsonb`` ``->`` / ``->>``)
+=============  ========================================  ========================================
+equality, IN   typed: ``'4'`` never equals ``4``          ``jsonb`` equality (typed)
+<, <=, >, >=   numbers only (``json_type`` guard)         numbers only (``jsonb_typeof`` guard)
+sum            integers: exact (64-bit);                  exact ``numeric``
+               decimals: exact to 9 decimal places
+               while ``|x| < 9,000,000`` (see below)
+max, latest    the stored number (15 significant digits)  exact ``numeric``
+unique_count   distinct JSON values                       distinct ``jsonb`` values
+=============  ========================================  ========================================
+
+**Precision on SQLite.** SQLite has no decimal type. Integer-valued properties are summed as
+64-bit integers (exact; an overflow is an error, never a wrong total). Decimal-valued properties
+are summed as integers of 10⁻⁹ (``ROUND(x * 1e9)``), which is exact for values with at most 9
+decimal places and at most 15 significant digits — enough for usage quantities. PostgreSQL keeps
+``jsonb`` numbers as ``numeric`` and is exact for any value. The stored JSON text is never
+altered, so moving to PostgreSQL recomputes everything exactly.
+
+Grouped usage (``group_by``, for matrix prices) keys each group by the properties' text values;
+an event without one of the properties falls in the group whose value is ``""``.
+
+An event names its customer by ``customer_id`` (filled at ingest when the alias was known) or
+only by ``external_customer_id`` (sent before the customer existed); both are matched here, so
+events sent early are attached as soon as the customer appears.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Session
+
+from billing_core.events import to_micros
+from billing_core.metrics import AllOf, AnyOf, Condition, Filter, MetricDefinition, MetricNotFound
+from billing_core.persistence.events import (
+    STATE_LIVE,
+    MetricRow,
+    customers_table,
+    events_table,
+)
+from billing_core.usage import MetricUsage
+
+__all__ = ["SqlUsageSource"]
+
+_SCALE = 9
+_SCALE_FACTOR = 10**_SCALE
+_BULK_FILTER_LIMIT = 1000  # above this many customers, scan the event name and keep the asked ones
+
+Bind = Any  # an Engine, a Connection or a Session
+
+
+class _Json:
+    """Typed property access for one dialect."""
+
+    def __init__(self, dialect: str):
+        self.pg = dialect == "postgresql"
+        self.props = events_table.c.properties
+
+    # Access ------------------------------------------------------------------------------------
+
+    def _path(self, name: str) -> Any:
+        return sa.literal('$."' + name + '"', sa.Text)
+
+    def value(self, name: str) -> Any:
+        """The property as the database's typed JSON value."""
+        if self.pg:
+            return self.props.op("->", return_type=JSONB)(sa.literal(name, sa.Text))
+        return sa.func.json_extract(self.props, self._path(name))
+
+    def kind(self, name: str) -> Any:
+        if self.pg:
+            return sa.func.jsonb_typeof(self.value(name))
+        return sa.func.json_type(self.props, self._path(name))
+
+    def is_number(self, name: str) -> Any:
+        if self.pg:
+            return self.kind(name) == "number"
+        return self.kind(name).in_(["integer", "real"])
+
+    def number(self, name: str) -> Any:
+        """The property when it is a number, else NULL."""
+        if self.pg:
+            text = self.props.op("->>", return_type=sa.Text)(sa.literal(name, sa.Text))
+            return sa.case((self.is_number(name), sa.cast(text, sa.Numeric)), else_=None)
+        return sa.case((self.is_number(name), self.value(name)), else_=None)
+
+    def present(self, name: str) -> Any:
+        return self.kind(name)
+
+    def distinct_value(self, name: str) -> Any:
+        if self.pg:
+            return self.value(name)
+        if sqlite3.sqlite_version_info >= (3, 38):
+            # The value's JSON text: typed, so "1", 1 and true stay three distinct values.
+            return self.props.op("->", return_type=sa.Text)(self._path(name))
+        return sa.func.json_type(self.props, self._path(name)).concat(":").concat(
+            sa.cast(self.value(name), sa.Text)
+        )
+
+    def group_key(self, name: str) -> Any:
+        if self.pg:
+            text = self.props.op("->>", return_type=sa.Text)(sa.literal(name, sa.Text))
+            return sa.func.coalesce(text, "")
+        kind = self.kind(name)
+        return sa.func.coalesce(
+            sa.case(
+                (kind == "true", "true"),
+                (kind == "false", "false"),
+                else_=sa.cast(self.value(name), sa.Text),
+            ),
+            "",
+        )
+
+    # Comparisons -------------------------------------------------------------------------------
+
+    def _number_bind(self, value: Decimal) -> Any:
+        if self.pg:
+            return sa.literal(value, sa.Numeric)
+        if value == value.to_integral_value() and abs(value) < 2**63:
+            return sa.literal(int(value), sa.BigInteger)
+        return sa.literal(float(value), sa.Float)
+
+    def equals(self, name: str, value: Any) -> Any:
+        if self.pg:
+            if isinstance(value, Decimal):
+                text = str(value)
+            else:
+                text = json.dumps(value)
+            return self.value(name) == sa.cast(sa.literal(text, sa.Text), JSONB)
+        if isinstance(value, bool):
+            return self.kind(name) == ("true" if value else "false")
+        if isinstance(value, Decimal):
+            return sa.and_(self.is_number(name), self.value(name) == self._number_bind(value))
+        return sa.and_(self.kind(name) == "text", self.value(name) == sa.literal(value, sa.Text))
+
+    def compare(self, name: str, operator: str, value: Decimal) -> Any:
+        number = self.number(name)
+        bound = self._number_bind(value)
+        return {"<": number < bound, "<=": number <= bound, ">": number > bound, ">=": number >= bound}[operator]
+
+    # Aggregates --------------------------------------------------------------------------------
+
+    def sum_columns(self, name: str) -> list[Any]:
+        if self.pg:
+            return [sa.func.sum(self.number(name)).label("s")]
+        kind = self.kind(name)
+        value = self.value(name)
+        integers = sa.func.sum(sa.case((kind == "integer", value), else_=None)).label("s")
+        scaled = sa.func.sum(
+            sa.case(
+                (kind == "real", sa.cast(sa.func.round(value * _SCALE_FACTOR), sa.BigInteger)),
+                else_=None,
+            )
+        ).label("s_scaled")
+        return [integers, scaled]
+
+
+def _decimal(value: Any) -> Decimal:
+    if value is None:
+        return Decimal(0)
+    if isinstance(value, Decimal):
+        return _plain(value)
+    if isinstance(value, float):
+        return _plain(Decimal(repr(value)))
+    return Decimal(value)
+
+
+def _plain(value: Decimal) -> Decimal:
+    """Drop trailing fractional zeros without switching to exponent notation."""
+    if value == value.to_integral_value():
+        return value.quantize(Decimal(1))
+    return value.normalize()
+
+
+class SqlUsageSource:
+    """``UsageSource`` over the events table of the database behind ``bind``.
+
+    ``bind`` is an Engine (a connection per call), a Connection or a Session (the caller's
+    transaction). ``definitions`` optionally maps metric ids to definitions; otherwise they are
+    read from the ``metrics`` table (and cached: metrics are immutable).
+    """
+
+    def __init__(self, bind: Bind, definitions: Mapping[str, MetricDefinition] | None = None):
+        self.bind = bind
+        self._definitions: dict[str, MetricDefinition] = dict(definitions or {})
+
+    # Plumbing ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        if isinstance(self.bind, sa.Engine):
+            with self.bind.connect() as conn:
+                yield conn
+        else:
+            yield self.bind
+
+    def _dialect(self, conn: Any) -> str:
+        bind = conn.get_bind() if isinstance(conn, Session) else conn
+        return bind.dialect.name
+
+    def definition(self, metric_id: str) -> MetricDefinition:
+        """Return the definition of a metric (MetricNotFound when there is none)."""
+        found = self._definitions.get(metric_id)
+        if found is None:
+            with self._connection() as conn:
+                row = conn.execute(
+                    sa.select(MetricRow.__table__.c.definition).where(MetricRow.__table__.c.id == metric_id)  # type: ignore[attr-defined]
+                ).first()
+            if row is None:
+                raise MetricNotFound(f"no metric with id {metric_id!r}")
+            from billing_core.metrics import definition_from_dict
+
+            found = definition_from_dict(json.loads(row[0]))
+            self._definitions[metric_id] = found
+        return found
+
+    # UsageSource -------------------------------------------------------------------------------
+
+    def usage(self, metric_id: str, customer_id: str, start: datetime, end: datetime,
+              group_by: tuple[str, ...] = ()) -> MetricUsage:
+        """Aggregate one metric for one customer over ``[start, end)``."""
+        return self.usage_bulk(metric_id, [customer_id], start, end, group_by)[customer_id]
+
+    def usage_bulk(self, metric_id: str, customer_ids: Sequence[str], start: datetime, end: datetime,
+                   group_by: tuple[str, ...] = ()) -> Mapping[str, MetricUsage]:
+        """Aggregate one metric for many customers over ``[start, end)`` in one grouped query."""
+        return self.evaluate(self.definition(metric_id), customer_ids, start, end, group_by)
+
+    def evaluate(self, definition: MetricDefinition, customer_ids: Sequence[str], start: datetime,
+                 end: datetime, group_by: tuple[str, ...] = ()) -> dict[str, MetricUsage]:
+        """Aggregate a definition for each customer; every asked id gets an entry."""
+        groups = tuple(group_by) or definition.group_by
+        ids = list(dict.fromkeys(customer_ids))
+        if not ids:
+            return {}
+        with self._connection() as conn:
+            json_ = _Json(self._dialect(conn))
+            aliases = self._aliases(conn, ids)
+            base = self._where(json_, definition, ids, aliases, to_micros(start), to_micros(end))
+            key, joined = self._customer_key(aliases)
+            totals = self._run(conn, json_, definition, base, key, joined, ())
+            per_group = self._run(conn, json_, definition, base, key, joined, groups) if groups else {}
+        # Group rows by customer once (sorted, so each customer's groups come out in order).
+        by_customer: dict[str, dict[tuple[str, ...], Decimal]] = {}
+        for k, v in sorted(per_group.items()):
+            by_customer.setdefault(k[0], {})[k[1:]] = v[0]
+        result: dict[str, MetricUsage] = {}
+        for cid in ids:
+            quantity, count, skipped = totals.get((cid,), (Decimal(0), 0, 0))
+            grouped = by_customer.get(cid, {}) if groups else None
+            result[cid] = MetricUsage(quantity=quantity, event_count=count, skipped=skipped, groups=grouped)
+        return result
+
+    # Query building ----------------------------------------------------------------------------
+
+    def _aliases(self, conn: Any, ids: list[str]) -> dict[str, str]:
+        """Map external ids to customer ids for the asked customers that have one."""
+        found: dict[str, str] = {}
+        c = customers_table
+        for chunk in range(0, len(ids), 500):
+            rows = conn.execute(
+                sa.select(c.c.external_customer_id, c.c.id).where(
+                    c.c.id.in_(ids[chunk:chunk + 500]), c.c.external_customer_id.is_not(None)
+                )
+            ).all()
+            found.update({ext: cid for ext, cid in rows})
+        return found
+
+    def _where(self, json_: _Json, definition: MetricDefinition, ids: list[str], aliases: dict[str, str],
+               start_us: int, end_us: int) -> list[Any]:
+        e = events_table
+        where = [
+            e.c.event_name == sa.literal(definition.event_name, sa.Text),
+            e.c.ts >= start_us,
+            e.c.ts < end_us,
+            e.c.state == STATE_LIVE,
+        ]
+        if len(ids) <= _BULK_FILTER_LIMIT:
+            by_id = e.c.customer_id.in_(ids) if len(ids) > 1 else e.c.customer_id == ids[0]
+            if aliases:
+                exts = sorted(aliases)
+                by_alias = sa.and_(
+                    e.c.customer_id.is_(None),
+                    e.c.external_customer_id.in_(exts) if len(exts) > 1 else e.c.external_customer_id == exts[0],
+                )
+                where.append(sa.or_(by_id, by_alias))
+            else:
+                where.append(by_id)
+        where.extend(self._filter(json_, item) for item in definition.filters)
+        return where
+
+    def _filter(self, json_: _Json, item: Filter) -> Any:
+        if isinstance(item, AllOf):
+            return sa.and_(*(self._filter(json_, part) for part in item.parts))
+        if isinstance(item, AnyOf):
+            return sa.or_(*(self._filter(json_, part) for part in item.parts))
+        assert isinstance(item, Condition)
+        name, op, value = item.property, item.operator, item.value
+        if op in ("=", "!="):
+            test = json_.equals(name, value)
+            return test if op == "=" else sa.not_(test)
+        if op in ("in", "not in"):
+            assert isinstance(value, tuple)
+            test = sa.or_(*(json_.equals(name, v) for v in value))
+            return test if op == "in" else sa.not_(test)
+        assert isinstance(value, Decimal)
+        return json_.compare(name, op, value)
+
+    def _customer_key(self, aliases: dict[str, str]) -> tuple[Any, Any]:
+        e = events_table
+        if not aliases:
+            return e.c.customer_id, e
+        c = customers_table.alias("alias_owner")
+        joined = e.outerjoin(
+            c, sa.and_(e.c.customer_id.is_(None), c.c.external_customer_id == e.c.external_customer_id)
+        )
+        return sa.func.coalesce(e.c.customer_id, c.c.id), joined
+
+    def _run(self, conn: Any, json_: _Json, definition: MetricDefinition, where: list[Any], key: Any,
+             source: Any, groups: tuple[str, ...]) -> dict[tuple[str, ...], tuple[Decimal, int, int]]:
+        """Return {(customer_id, *group values): (quantity, event_count, skipped)}."""
+        keys = [key.label("cust")] + [json_.group_key(g).label(f"g{i}") for i, g in enumerate(groups)]
+        if definition.aggregation == "latest":
+            return self._run_latest(conn, json_, definition, where, keys, source)
+        prop = definition.property
+        columns: list[Any] = [sa.func.count().label("n")]
+        if definition.aggregation == "sum":
+            assert prop
+            columns += json_.sum_columns(prop) + [sa.func.count(json_.number(prop)).label("n_value")]
+        elif definition.aggregation == "max":
+            assert prop
+            columns += [sa.func.max(json_.number(prop)).label("m"), sa.func.count(json_.number(prop)).label("n_value")]
+        elif definition.aggregation == "unique_count":
+            assert prop
+            columns += [
+                sa.func.count(sa.distinct(json_.distinct_value(prop))).label("u"),
+                sa.func.count(json_.present(prop)).label("n_value"),
+            ]
+        query = sa.select(*keys, *columns).select_from(source).where(*where).group_by(*keys)
+        out: dict[tuple[str, ...], tuple[Decimal, int, int]] = {}
+        for row in conn.execute(query).mappings():
+            if row["cust"] is None:
+                continue
+            count = int(row["n"])
+            if definition.aggregation == "count":
+                quantity, skipped = Decimal(count), 0
+            else:
+                skipped = count - int(row["n_value"])
+                if definition.aggregation == "sum":
+                    quantity = _decimal(row["s"])
+                    if "s_scaled" in row and row["s_scaled"] is not None:
+                        quantity = _plain(quantity + Decimal(int(row["s_scaled"])).scaleb(-_SCALE))
+                elif definition.aggregation == "max":
+                    quantity = _decimal(row["m"])
+                else:
+                    quantity = Decimal(int(row["u"]))
+            out[tuple(row[k.name] for k in keys)] = (quantity, count, skipped)
+        return out
+
+    def _run_latest(self, conn: Any, json_: _Json, definition: MetricDefinition, where: list[Any],
+                    keys: list[Any], source: Any) -> dict[tuple[str, ...], tuple[Decimal, int, int]]:
+        assert definition.property
+        e = events_table
+        value = json_.number(definition.property)
+        partition = [k.element for k in keys]
+        inner = (
+            sa.select(
+                *keys,
+                value.label("v"),
+                sa.func.row_number()
+                .over(
+                    partition_by=partition,
+                    order_by=[sa.case((value.is_(None), 1), else_=0), e.c.ts.desc(), e.c.seq.desc()],
+                )
+                .label("rn"),
+                sa.func.count().over(partition_by=partition).label("n"),
+                sa.func.count(value).over(partition_by=partition).label("n_value"),
+            )
+            .select_from(source)
+            .where(*where)
+            .subquery()
+        )
+        query = sa.select(inner).where(inner.c.rn == 1)
+        out: dict[tuple[str, ...], tuple[Decimal, int, int]] = {}
+        for row in conn.execute(query).mappings():
+            if row["cust"] is None:
+                continue
+            count = int(row["n"])
+            out[tuple(row[k.name] for k in keys)] = (_decimal(row["v"]), count, count - int(row["n_value"]))
+        return out
+

@@ -1,0 +1,165 @@
+"""The one interface every marketplace adapter implements, and the values it speaks in.
+
+Exception tree (named for what the caller does next)::
+
+    MarketplaceError
+    ├── TransientMarketplaceError    retry with backoff (throttling, 5xx, timeouts, outages)
+    ├── PermanentMarketplaceError    record and show; do not retry blindly (auth, bad product)
+    └── NotificationError
+        ├── UnverifiedNotification   signature/token invalid -> HTTP 401, store nothing
+        └── MalformedNotification    verified (or unverifiable) but unparseable -> HTTP 400
+
+Per-record results of a report are *values* (``Outcome``), never exceptions.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+
+
+class MarketplaceError(Exception):
+    """Base of every error an adapter raises."""
+
+
+class TransientMarketplaceError(MarketplaceError):
+    """The call may succeed later: throttling, 5xx, timeouts, connection failures."""
+
+
+class PermanentMarketplaceError(MarketplaceError):
+    """The call will not succeed as it is: bad credentials, unknown product, bad configuration."""
+
+
+class NotificationError(MarketplaceError):
+    """A lifecycle notification could not be accepted."""
+
+
+class UnverifiedNotification(NotificationError):
+    """The notification's signature or token did not verify (answer 401, store nothing)."""
+
+
+class MalformedNotification(NotificationError):
+    """The notification is not of the expected shape; ``field`` names what is wrong."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class Marketplace(str, enum.Enum):
+    AWS = "aws"
+    AZURE = "azure"
+    GCP = "gcp"
+
+
+class OutcomeStatus(str, enum.Enum):
+    """What the marketplace answered for one record."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"  # an earlier record for the same key/hour stands (quantity in detail)
+    REJECTED = "rejected"  # invalid record (bad dimension, timestamp out of window, bad license, ...)
+    CUSTOMER_NOT_SUBSCRIBED = "customer_not_subscribed"
+    FAILED = "failed"  # not processed (e.g. still unprocessed after retries); safe to resend
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """One metered quantity for one contract, dimension and whole UTC hour.
+
+    ``key`` is deterministic (contract, dimension, hour) and is what the ledger stores.
+    ``identifiers`` carries the marketplace-specific cloud identifiers:
+
+    - aws:   ``product_code``, and either ``customer_aws_account_id`` + ``license_arn``
+             or the legacy ``customer_identifier``
+    - azure: ``resource_id`` (SaaS subscription id), ``plan_id``
+    - gcp:   ``service_name``, ``consumer_id`` (the entitlement's usageReportingId, verbatim),
+             ``entitlement_id``
+    """
+
+    key: str
+    marketplace: Marketplace
+    identifiers: Mapping[str, str]
+    dimension: str
+    hour: datetime
+    quantity: int
+
+    def __post_init__(self) -> None:
+        if self.hour.tzinfo is None or self.hour.utcoffset() != timezone.utc.utcoffset(None):
+            raise ValueError("UsageRecord.hour must be an aware UTC datetime")
+        if self.hour.minute or self.hour.second or self.hour.microsecond:
+            raise ValueError("UsageRecord.hour must be a whole hour")
+        if self.quantity < 0:
+            raise ValueError("UsageRecord.quantity must be >= 0")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The marketplace's answer for one record (matched by ``key``)."""
+
+    key: str
+    status: OutcomeStatus
+    detail: str = ""
+    marketplace_record_id: str | None = None
+    accepted_quantity: int | None = None  # for duplicates: the quantity the marketplace keeps
+
+
+class NotificationKind(str, enum.Enum):
+    CREATED = "created"
+    MODIFIED = "modified"
+    CANCELED = "canceled"
+    RENEWED = "renewed"
+    SUSPENDED = "suspended"
+    REINSTATED = "reinstated"
+    # Not contract changes, but things the receiver must act on or record:
+    SUBSCRIPTION_CONFIRMATION = "subscription_confirmation"  # SNS: confirm the topic subscription
+    PENDING = "pending"  # e.g. GCP creation/plan change requested: approve through the API
+    IGNORED = "ignored"  # verified, understood, nothing to do (stored and marked ignored)
+
+
+@dataclass(frozen=True)
+class ContractNotification:
+    """A verified, normalized marketplace lifecycle message.
+
+    ``delivery_id`` is the marketplace's dedupe key for the delivery (SNS MessageId,
+    EventBridge id, Azure operation id, Pub/Sub eventId). ``identifiers`` uses the same
+    names as ``UsageRecord.identifiers`` plus whatever identifies the contract
+    (aws ``license_arn``/``customer_identifier``, azure ``subscription_id``, gcp
+    ``entitlement_id``/``account_id``). ``action`` is the marketplace's own word
+    (``unsubscribe-pending``, ``Unsubscribe``, ``ENTITLEMENT_CANCELLED``...).
+    """
+
+    marketplace: Marketplace
+    delivery_id: str
+    kind: NotificationKind
+    action: str
+    identifiers: Mapping[str, str] = field(default_factory=dict)
+    plan: str | None = None
+    quantity: int | None = None
+    effective_at: datetime | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class MarketplaceAdapter(Protocol):
+    """What every marketplace adapter offers the sync worker and the webhook receivers."""
+
+    marketplace: Marketplace
+
+    def report(self, records: Sequence[UsageRecord]) -> list[Outcome]:
+        """Send ``records``; return one ``Outcome`` per record, in input order.
+
+        Raise ``TransientMarketplaceError`` when nothing is known to have been processed
+        and a retry may succeed; ``PermanentMarketplaceError`` for configuration or auth.
+        """
+        ...
+
+    def parse_notification(
+        self, headers: Mapping[str, str], body: bytes
+    ) -> ContractNotification:
+        """Verify and normalize a native lifecycle notification.
+
+        Raise ``UnverifiedNotification`` (401) or ``MalformedNotification`` (400).
+        """
+        ...

@@ -1,0 +1,62 @@
+"""The dashboard's read model: pure helpers as tables, the stamp a manual report takes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from worker import ops
+from worker.persistence.ledger import LedgerRow
+
+T = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("now", "minute", "expected"), [
+    pytest.param(T.replace(minute=2), 5, T.replace(minute=5), id="before-the-minute"),
+    pytest.param(T.replace(minute=5), 5, T.replace(hour=11, minute=5), id="at-the-minute"),
+    pytest.param(T.replace(minute=59, second=59), 0, T.replace(hour=11), id="minute-zero"),
+])
+def test_next_hourly_run(now: datetime, minute: int, expected: datetime) -> None:
+    """The next run is the next instant at HOURLY_SYNC_MINUTE, never the current one."""
+    assert ops.next_hourly_run(now, minute) == expected
+
+
+@pytest.mark.parametrize(("value", "top"), [(0, 2), (1.5, 2), (3, 5), (7, 10), (11, 20), (49.9, 50), (1734, 2000)])
+def test_chart_axis_top(value: float, top: int) -> None:
+    """The chart's axis ends at the next of 2, 5, 10, 20, 50, ..."""
+    assert ops._nice_ceiling(value) == top
+
+
+def test_chart_counts_only_units_that_reached_the_marketplace() -> None:
+    """Failed reports draw a bar but add nothing to the reported total; cost is shown in units."""
+    ledger = [
+        {"hour": "2026-11-21T09:00:00+00:00", "quantity": 10, "cost_to_date": "0.10", "status": "accepted"},
+        {"hour": "2026-11-21T10:00:00+00:00", "quantity": 5, "cost_to_date": "0.15", "status": "failed"},
+        {"hour": "2026-11-21T11:00:00+00:00", "quantity": 7, "cost_to_date": "0.17", "status": "accepted"},
+    ]
+    points = ops.chart(ledger, Decimal("0.01"))["points"]
+    assert [p["cumulative"] for p in points] == [10, 10, 17]
+    assert [p["computed"] for p in points] == [10.0, 15.0, 17.0]
+    assert ops.chart([], Decimal("0.01"))["points"] == []
+
+
+def _row(engine: Engine, hour: datetime, status: str = "failed") -> None:
+    with Session(engine) as session:
+        session.add(LedgerRow(key=f"ctr_1:d:{hour.isoformat()}", contract_id="ctr_1", marketplace="aws",
+                              dimension="d", hour=hour, period_start=T, quantity=3, status=status,
+                              created_at=hour))
+        session.commit()
+
+
+def test_report_stamp_takes_the_current_hour_else_the_next(engine: Engine) -> None:
+    """A manual report goes under the current hour; if that stamp is used, at the next hour under it."""
+    now = T + timedelta(minutes=20)
+    _row(engine, T - timedelta(hours=1))
+    assert ops.report_stamp(engine, "ctr_1", now=now) == (T, None)
+    _row(engine, T, status="accepted")
+    later = T + timedelta(hours=1)
+    assert ops.report_stamp(engine, "ctr_1", now=now) == (later, later)

@@ -1,0 +1,118 @@
+"""The mapping API: listings CRUD, contract filters, PATCH mapping and custom properties."""
+
+from __future__ import annotations
+
+import pytest
+from sqlmodel import Session
+
+from tests.webhooks.test_receivers import FakeBilling, _add_listing, _event, _post, _run_queue, billing  # noqa: F401
+from worker.persistence.contracts import ContractRow
+
+LISTING = {"marketplace": "aws", "product_id": "prod-abc", "billing_plan_id": "plan_1",
+           "dimension": "usage_cost", "unit_price": "0.01"}
+
+
+def test_listing_crud(client, auth_headers) -> None:  # type: ignore[no-untyped-def]
+    """A listing is created, fetched, listed and updated; defaults are sensible."""
+    created = client.post("/v1/listings", json={**LISTING, "metering_start_date": "2026-11-01"}, headers=auth_headers)
+    assert created.status_code == 201, created.json
+    body = created.json
+    assert body["id"].startswith("lst_") and body["unit_price"] == "0.01"
+    assert body["close_rounding"] == "floor" and body["include_fixed_fees"] is False
+    assert body["metering_start_date"] == "2026-11-01"
+    assert client.get(f"/v1/listings/{body['id']}", headers=auth_headers).json == body
+    listed = client.get("/v1/listings?marketplace=aws", headers=auth_headers).json
+    assert listed["total_count"] == 1 and listed["results"][0]["id"] == body["id"]
+    patched = client.patch(f"/v1/listings/{body['id']}", json={"unit_price": "0.001", "close_rounding": "half_up"},
+                           headers=auth_headers)
+    assert patched.status_code == 200 and patched.json["unit_price"] == "0.001"
+    assert patched.json["close_rounding"] == "half_up"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**LISTING, "unit_price": 0.01}, "unit_price"),
+        ({**LISTING, "unit_price": "-1"}, "unit_price"),
+        ({**LISTING, "marketplace": "ibm"}, "marketplace"),
+        ({**LISTING, "close_rounding": "up"}, "close_rounding"),
+        ({**LISTING, "metering_start_date": "2026-11-01T05:00:00Z"}, "metering_start_date"),
+        ({**LISTING, "surprise": 1}, "surprise"),
+        ({k: v for k, v in LISTING.items() if k != "dimension"}, "dimension"),
+    ],
+    ids=["float-price", "negative-price", "marketplace", "rounding", "not-midnight", "unknown-field", "missing-dimension"],
+)
+def test_listing_validation(client, auth_headers, body, field) -> None:  # type: ignore[no-untyped-def]
+    """Invalid listings get 400 naming the field."""
+    response = client.post("/v1/listings", json=body, headers=auth_headers)
+    assert response.status_code == 400
+    assert field in response.json["detail"]
+
+
+def test_listing_conflict_and_not_found(client, auth_headers) -> None:  # type: ignore[no-untyped-def]
+    """A second listing for the same product and plan is 409; an unknown id is 404."""
+    assert client.post("/v1/listings", json=LISTING, headers=auth_headers).status_code == 201
+    assert client.post("/v1/listings", json=LISTING, headers=auth_headers).status_code == 409
+    assert client.get("/v1/listings/lst_nope", headers=auth_headers).status_code == 404
+    assert client.get("/v1/listings", headers={}).status_code == 401
+
+
+def test_contract_filters_and_detail(app, client, auth_headers, billing) -> None:  # type: ignore[no-untyped-def]
+    """Contracts are filtered by cloud identifiers and fetched with their inbox history."""
+    _add_listing(app.extensions["marketsync"].engine)
+    _post(client, _event(contract_id="ctr_a"), delivery_id="a")
+    _post(client, _event(contract_id="ctr_b", cloud_identifiers={"product_code": "prod-zzz",
+                                                                  "customer_aws_account_id": "999999999999"}),
+          delivery_id="b")
+    _run_queue(app)
+    everything = client.get("/v1/contracts", headers=auth_headers).json
+    assert everything["total_count"] == 2 and everything["page_count"] == 1
+    by_account = client.get("/v1/contracts?customer_aws_account_id=999999999999", headers=auth_headers).json
+    assert [c["external_id"] for c in by_account["results"]] == ["ctr_b"]
+    unmapped = client.get("/v1/contracts?mapping_status=unmapped", headers=auth_headers).json
+    assert [c["external_id"] for c in unmapped["results"]] == ["ctr_b"]
+    page = client.get("/v1/contracts?page_size=1", headers=auth_headers).json
+    assert page["count"] == 1 and page["next"] and page["previous"] is None
+    detail = client.get(f"/v1/contracts/{unmapped['results'][0]['id']}", headers=auth_headers).json
+    assert detail["inbox"][0]["status"] == "done"
+    assert client.get("/v1/contracts?colour=red", headers=auth_headers).status_code == 400
+
+
+def test_patch_maps_unmapped_contract(app, client, auth_headers, billing) -> None:  # type: ignore[no-untyped-def]
+    """PATCH external_associations attaches an existing subscription; errors are 404 and 409."""
+    engine = app.extensions["marketsync"].engine
+    _post(client, _event(contract_id="ctr_u"), delivery_id="u")
+    _run_queue(app)
+    contract = client.get("/v1/contracts", headers=auth_headers).json["results"][0]
+    assert contract["mapping"]["status"] == "unmapped"
+    url = f"/v1/contracts/{contract['id']}"
+    body = lambda sub: {"external_associations": {"billing": {"mapped_object": {"id": sub}}}}  # noqa: E731
+    missing = client.patch(url, json=body("sub_missing"), headers=auth_headers)
+    assert missing.status_code == 404 and "sub_missing" in missing.json["detail"]
+    sub = billing.create_subscription(idempotency_key="x", customer_id="cus_9", plan_id="p", start=None,  # type: ignore[arg-type]
+                                      external_marketplace="aws", reporting_id="x")
+    mapped = client.patch(url, json=body(sub), headers=auth_headers)
+    assert mapped.status_code == 200, mapped.json
+    assert mapped.json["mapping"] == {"status": "mapped", "reason": None, "customer_id": "cus_9", "subscription_id": sub}
+    # A second contract cannot take the same subscription.
+    _post(client, _event(contract_id="ctr_v"), delivery_id="v")
+    _run_queue(app)
+    other = [c for c in client.get("/v1/contracts", headers=auth_headers).json["results"] if c["external_id"] == "ctr_v"][0]
+    conflict = client.patch(f"/v1/contracts/{other['id']}", json=body(sub), headers=auth_headers)
+    assert conflict.status_code == 409 and "already mapped" in conflict.json["detail"]
+    with Session(engine) as s:
+        assert s.get(ContractRow, other["id"]).subscription_id is None
+
+
+def test_patch_custom_properties_merge(app, client, auth_headers, billing) -> None:  # type: ignore[no-untyped-def]
+    """custom_properties are merged and a null value removes the key."""
+    _post(client, _event(contract_id="ctr_p"), delivery_id="p")
+    _run_queue(app)
+    contract_id = client.get("/v1/contracts", headers=auth_headers).json["results"][0]["id"]
+    url = f"/v1/contracts/{contract_id}"
+    client.patch(url, json={"custom_properties": {"crm_id": "A-1", "tier": "gold"}}, headers=auth_headers)
+    result = client.patch(url, json={"custom_properties": {"tier": None, "region": "eu"}}, headers=auth_headers)
+    assert result.json["custom_properties"] == {"crm_id": "A-1", "region": "eu"}
+    bad = client.patch(url, json={"custom_properties": {"nested": {"a": 1}}}, headers=auth_headers)
+    assert bad.status_code == 400 and "nested" in bad.json["detail"]
+    assert client.patch("/v1/contracts/ctr_nope", json={"custom_properties": {}}, headers=auth_headers).status_code == 404

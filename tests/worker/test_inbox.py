@@ -1,0 +1,52 @@
+"""The inbox on SQLite and PostgreSQL: one row per (source, delivery id), even under concurrency."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine
+
+from worker import inbox
+
+NOW = datetime(2026, 11, 21, 10, tzinfo=UTC)
+
+
+def _store(engine: Engine, delivery_id: str = "d1", source: str = "contracts") -> inbox.StoredDelivery:
+    return inbox.store_delivery(engine, source=source, delivery_id=delivery_id, event_type="contract.created",
+                                body=b"{}", headers={"Authorization": "secret", "webhook-id": delivery_id},
+                                normalized={}, status="received", contract_key="ctr_1", now=NOW)
+
+
+def test_store_once(any_engine: Engine) -> None:
+    """A repeated delivery finds the stored row; another source with the same id is its own row."""
+    first = _store(any_engine)
+    again = _store(any_engine)
+    other = _store(any_engine, source="azure")
+    assert first.created and not again.created and first.id == again.id
+    assert other.created and other.id != first.id
+
+
+def test_concurrent_stores_create_one_row(any_engine: Engine) -> None:
+    """Eight simultaneous deliveries of one id create exactly one row."""
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: _store(any_engine, "race"), range(8)))
+    assert sum(r.created for r in results) == 1
+    assert len({r.id for r in results}) == 1
+
+
+def test_claim_finish_and_sweep(any_engine: Engine) -> None:
+    """A row is claimed once finished it cannot be claimed again; stale rows are swept."""
+    stored = _store(any_engine, "d2")
+    assert inbox.stale_received(any_engine, now=NOW + timedelta(minutes=5)) == [stored.id]
+    row = inbox.claim(any_engine, stored.id, now=NOW)
+    assert row is not None and row.attempts == 1
+    inbox.finish(any_engine, stored.id, "done", now=NOW)
+    assert inbox.claim(any_engine, stored.id, now=NOW) is None
+    assert inbox.stale_received(any_engine, now=NOW + timedelta(minutes=5)) == []
+
+
+def test_authorization_headers_are_not_kept() -> None:
+    """Signatures and tokens are never stored with a delivery."""
+    kept = inbox.kept_headers({"Authorization": "Bearer x", "webhook-signature": "v1,abc", "webhook-id": "m"})
+    assert kept == {"webhook-id": "m"}

@@ -1,0 +1,118 @@
+"""Helpers shared by the ``/v1`` API blueprints: API-key auth, body parsing, pagination.
+
+A blueprint module in ``webhooks/api/`` defines ``bp = api_blueprint("name", __name__)``
+and is registered automatically by ``webhooks.api.register_api``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+from typing import Any, Sequence, TypeVar
+
+from flask import Blueprint, current_app, g, request
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from webhooks.errors import ApiError
+
+M = TypeVar("M", bound=BaseModel)
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+
+class Body(BaseModel):
+    """Base for request bodies: unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_api_key() -> None:
+    """Reject the request with 401 unless it carries a configured Bearer API key."""
+    keys = current_app.extensions["marketsync"].settings.API_KEYS
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "Authentication error", "missing 'Authorization: Bearer <api key>' header")
+    if not any(hmac.compare_digest(token.strip().encode(), key.encode()) for key in keys):
+        raise ApiError(401, "Authentication error", "invalid API key")
+    g.api_key_ok = True
+
+
+def api_blueprint(name: str, import_name: str, url_prefix: str = "/v1") -> Blueprint:
+    """Return a blueprint under ``url_prefix`` whose every route requires an API key."""
+    bp = Blueprint(name, import_name, url_prefix=url_prefix)
+    bp.before_request(check_api_key)
+    return bp
+
+
+def json_body() -> Any:
+    """Return the request's JSON body, or raise a 400 saying why it is not valid JSON."""
+    data = request.get_data(cache=True)
+    if not data:
+        raise ApiError(400, "Request validation error", "request body is empty; JSON expected", field="body")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "Request validation error", f"body is not valid JSON: {exc}", field="body") from None
+
+
+def parse_body(model: type[M]) -> M:
+    """Validate the JSON body against ``model`` (400 naming every offending field)."""
+    payload = json_body()
+    if not isinstance(payload, dict):
+        raise ApiError(400, "Request validation error", "body must be a JSON object", field="body")
+    return model.model_validate(payload)
+
+
+def parse_query(model: type[M]) -> M:
+    """Validate the query string against ``model``."""
+    return model.model_validate(request.args.to_dict())
+
+
+def encode_cursor(value: dict[str, Any]) -> str:
+    """Encode a pagination position as an opaque cursor."""
+    return base64.urlsafe_b64encode(json.dumps(value, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> dict[str, Any] | None:
+    """Decode a cursor made by ``encode_cursor`` (400 if it is not one)."""
+    if not cursor:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(value, dict):
+            raise ValueError
+        return value
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "Request validation error", "cursor: not a valid cursor", field="cursor") from None
+
+
+def page_limit() -> int:
+    """Return the ``limit`` query parameter (default 20, 1..100)."""
+    raw = request.args.get("limit", str(DEFAULT_LIMIT))
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise ApiError(400, "Request validation error", f"limit: not an integer ({raw!r})", field="limit") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ApiError(400, "Request validation error", f"limit: must be between 1 and {MAX_LIMIT}", field="limit")
+    return limit
+
+
+def paginated(data: Sequence[Any], *, has_more: bool, next_cursor: str | None) -> dict[str, Any]:
+    """Return Orb's list envelope."""
+    return {"data": list(data), "pagination_metadata": {"has_more": has_more, "next_cursor": next_cursor if has_more else None}}
+
+
+def validation_error(field: str, message: str) -> ApiError:
+    """Return a 400 naming ``field``."""
+    return ApiError(400, "Request validation error", f"{field}: {message}", field=field)
+
+
+__all__ = [
+    "ApiError", "Body", "ValidationError", "api_blueprint", "check_api_key", "decode_cursor",
+    "encode_cursor", "json_body", "page_limit", "paginated", "parse_body", "parse_query",
+    "validation_error",
+]

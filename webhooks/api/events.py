@@ -1,0 +1,302 @@
+"""Orb's event endpoints: ``POST /v1/ingest``, ``POST /v1/events/search``, amend and deprecate.
+
+Ingest is the hot path: the body is parsed once with exact decimals, validated by a plain loop
+(``billing_core.events.validate_batch``) and written with one multi-row insert; no pydantic
+model is built per event.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+from flask import Response, current_app, request
+from flask.typing import ResponseReturnValue
+
+from billing_core.backfills import (
+    Backfill,
+    close_backfill,
+    create_backfill,
+    ingest_into_backfill,
+    revert_backfill,
+)
+from billing_core.events import (
+    BatchTooLarge,
+    Event,
+    EventValidationFailed,
+    IdempotencyConflict,
+    amend_event,
+    deprecate_event,
+    properties_json,
+    store_records,
+    to_micros,
+    validate_batch,
+)
+from billing_core.persistence.events import (
+    GroupCommitWriter,
+    SqlBackfillStore,
+    SqlCustomerRepository,
+    SqlEventStore,
+    write_lock,
+)
+from webhooks.api.common import ApiError, api_blueprint, page_limit, paginated
+from webhooks.api.customers import engine, iso, new_id, utcnow
+from webhooks.errors import error_response
+from worker.db import session_scope
+
+bp = api_blueprint("events", __name__)
+
+SEARCH_DEFAULT_WINDOW = timedelta(days=7)
+MAX_SEARCH_IDS = 500
+
+
+def _exact_json() -> Any:
+    """Parse the body with numbers kept exact (``Decimal``), or answer 400."""
+    data = request.get_data(cache=False)
+    if not data:
+        raise ApiError(400, "Request validation error", "request body is empty; JSON expected", field="body")
+    try:
+        return json.loads(data, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "Request validation error", f"body is not valid JSON: {exc}", field="body") from None
+
+
+def _object(payload: Any, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise ApiError(400, "Request validation error", "body must be a JSON object", field="body")
+    unknown = sorted(set(payload) - allowed)
+    if unknown:
+        raise ApiError(400, "Request validation error", f"{unknown[0]}: unknown field", field=unknown[0])
+    return payload
+
+
+def _flag(name: str) -> bool:
+    raw = request.args.get(name)
+    if raw is None:
+        return False
+    if raw.lower() in ("true", "1"):
+        return True
+    if raw.lower() in ("false", "0", ""):
+        return False
+    raise ApiError(400, "Request validation error", f"{name}: expected true or false", field=name)
+
+
+_WRITER_GUARD = threading.Lock()
+
+
+def _writer(db: Any) -> GroupCommitWriter:
+    """Return this app's group-commit writer for ``db`` (built on first use, one per process)."""
+    with _WRITER_GUARD:
+        writer = current_app.extensions.get("events_writer")
+        if writer is None or writer.engine is not db:
+            writer = current_app.extensions["events_writer"] = GroupCommitWriter(db)
+        return writer
+
+
+def _failed(exc: EventValidationFailed | IdempotencyConflict) -> Response:
+    if isinstance(exc, IdempotencyConflict):
+        failures = [{"idempotency_key": exc.key, "validation_errors": [str(exc)]}]
+        return error_response(409, "Resource conflict", str(exc), validation_failed=failures)
+    failures = [{"idempotency_key": key, "validation_errors": problems} for key, problems in exc.failures]
+    return error_response(400, "Request validation error", str(exc), validation_failed=failures)
+
+
+@bp.post("/ingest")
+def ingest() -> ResponseReturnValue:
+    """Ingest up to 500 events: all stored, or none (400 listing every failing event, 409 on a reused key)."""
+    for name in request.args:
+        if name not in ("debug", "backfill_id"):
+            raise ApiError(400, "Request validation error", f"{name}: unknown query parameter", field=name)
+    backfill_id = request.args.get("backfill_id") or None
+    debug = _flag("debug")
+    payload = _object(_exact_json(), {"events"})
+    events = payload.get("events")
+    if not isinstance(events, list):
+        raise ApiError(400, "Request validation error", "events: must be a list", field="events")
+    db = engine()
+    try:
+        records = validate_batch(events, now=utcnow())
+        if db.dialect.name == "sqlite" and backfill_id is None and not debug:
+            _writer(db).submit(records, sent=len(events))
+            return {"validation_failed": []}
+        with write_lock(db), session_scope(db) as session:
+            store = SqlEventStore(session)
+            existing = store.existing_keys([r[0] for r in records]) if debug else set()
+            if backfill_id is None:
+                result = store_records(store, records, sent=len(events))
+            else:
+                result = ingest_into_backfill(store, SqlBackfillStore(session), backfill_id, records,
+                                              sent=len(events))
+    except (EventValidationFailed, IdempotencyConflict) as exc:
+        return _failed(exc)
+    except BatchTooLarge as exc:
+        raise ApiError(400, "Request validation error", str(exc), field="events") from None
+    body: dict[str, Any] = {"validation_failed": []}
+    if debug:
+        body["debug"] = {
+            "duplicate": [k for k in result.keys if k in existing],
+            "ingested": [k for k in result.keys if k not in existing],
+        }
+    return body
+
+
+def _backfill_json(backfill: Backfill) -> dict[str, Any]:
+    return {
+        "id": backfill.id,
+        "status": backfill.status,
+        "created_at": iso(backfill.created_at),
+        "timeframe_start": iso(backfill.timeframe_start),
+        "timeframe_end": iso(backfill.timeframe_end),
+        "customer_id": backfill.customer_id,
+        "replace_existing_events": backfill.replace_existing_events,
+        "events_ingested": backfill.events_ingested,
+        "close_time": iso(backfill.close_time),
+        "reverted_at": iso(backfill.reverted_at),
+        "deprecation_filter": None,
+    }
+
+
+@bp.post("/events/backfills")
+def create_backfill_view() -> ResponseReturnValue:
+    """Open a backfill: events ingested with its id count only once it is closed."""
+    payload = _object(_exact_json(), {"timeframe_start", "timeframe_end", "customer_id", "external_customer_id",
+                                      "replace_existing_events", "close_time", "deprecation_filter"})
+    for name in ("close_time", "deprecation_filter"):
+        if payload.get(name) is not None:
+            raise ApiError(400, "Request validation error",
+                           f"{name}: not supported (close a backfill with POST /v1/events/backfills/{{id}}/close)",
+                           field=name)
+    start, end = _instant(payload, "timeframe_start"), _instant(payload, "timeframe_end")
+    if start is None or end is None:
+        missing = "timeframe_start" if start is None else "timeframe_end"
+        raise ApiError(400, "Request validation error", f"{missing}: required", field=missing)
+    replace_existing = payload.get("replace_existing_events", False)
+    if not isinstance(replace_existing, bool):
+        raise ApiError(400, "Request validation error", "replace_existing_events: must be a boolean",
+                       field="replace_existing_events")
+    with session_scope(engine()) as session:
+        customer_id = payload.get("customer_id")
+        if payload.get("external_customer_id") is not None:
+            if customer_id is not None:
+                raise ApiError(400, "Request validation error",
+                               "customer_id: give customer_id or external_customer_id, not both", field="customer_id")
+            customer_id = SqlCustomerRepository(session).get_by_external_id(payload["external_customer_id"]).id
+        elif customer_id is not None:
+            customer_id = SqlCustomerRepository(session).get(customer_id).id
+        backfill = create_backfill(
+            SqlBackfillStore(session), backfill_id=new_id(), timeframe_start=_utc(start), timeframe_end=_utc(end),
+            now=utcnow(), customer_id=customer_id, replace_existing_events=replace_existing,
+        )
+    return _backfill_json(backfill)
+
+
+@bp.get("/events/backfills")
+def list_backfills() -> ResponseReturnValue:
+    """List backfills, newest first."""
+    for name in request.args:
+        if name not in ("cursor", "limit"):
+            raise ApiError(400, "Request validation error", f"{name}: unknown query parameter", field=name)
+    limit = page_limit()
+    with session_scope(engine()) as session:
+        page, cursor = SqlBackfillStore(session).list(limit=limit, cursor=request.args.get("cursor") or None)
+    return paginated([_backfill_json(b) for b in page], has_more=cursor is not None, next_cursor=cursor)
+
+
+@bp.get("/events/backfills/<backfill_id>")
+def fetch_backfill(backfill_id: str) -> ResponseReturnValue:
+    """Fetch a backfill."""
+    with session_scope(engine()) as session:
+        return _backfill_json(SqlBackfillStore(session).get(backfill_id))
+
+
+@bp.post("/events/backfills/<backfill_id>/close")
+def close_backfill_view(backfill_id: str) -> ResponseReturnValue:
+    """Close a backfill: its events count from now on (replacing the window's, if it said so)."""
+    db = engine()
+    with write_lock(db), session_scope(db) as session:
+        return _backfill_json(close_backfill(SqlBackfillStore(session), backfill_id, now=utcnow()))
+
+
+@bp.post("/events/backfills/<backfill_id>/revert")
+def revert_backfill_view(backfill_id: str) -> ResponseReturnValue:
+    """Revert a backfill: its events stop counting and the events it replaced count again."""
+    db = engine()
+    with write_lock(db), session_scope(db) as session:
+        return _backfill_json(revert_backfill(SqlBackfillStore(session), backfill_id, now=utcnow()))
+
+
+def _utc(instant: datetime) -> datetime:
+    return instant.replace(tzinfo=timezone.utc) if instant.tzinfo is None else instant.astimezone(timezone.utc)
+
+
+def _event_json(event: Event) -> str:
+    head = {
+        "id": event.idempotency_key,
+        "customer_id": event.customer_id,
+        "external_customer_id": event.external_customer_id,
+        "event_name": event.event_name,
+        "timestamp": iso(event.timestamp),
+        "deprecated": event.deprecated,
+    }
+    # Numbers keep their exact text, so properties are serialized by the billing core.
+    return json.dumps(head)[:-1] + ',"properties":' + properties_json(event.properties) + "}"
+
+
+def _instant(payload: dict[str, Any], name: str) -> datetime | None:
+    raw = payload.get(name)
+    if raw is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(raw) if isinstance(raw, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise ApiError(400, "Request validation error", f"{name}: not an ISO 8601 instant", field=name)
+    return parsed
+
+
+@bp.post("/events/search")
+def search() -> ResponseReturnValue:
+    """Return the current version of the named events inside the timeframe (default: the last week)."""
+    payload = _object(_exact_json(), {"event_ids", "timeframe_start", "timeframe_end"})
+    ids = payload.get("event_ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ApiError(400, "Request validation error", "event_ids: must be a list of strings", field="event_ids")
+    if len(ids) > MAX_SEARCH_IDS:
+        raise ApiError(400, "Request validation error", f"event_ids: at most {MAX_SEARCH_IDS}", field="event_ids")
+    now = utcnow()
+    end = _instant(payload, "timeframe_end") or now
+    start = _instant(payload, "timeframe_start") or (end - SEARCH_DEFAULT_WINDOW)
+    with session_scope(engine()) as session:
+        found = SqlEventStore(session).search(ids, start=to_micros(start), end=to_micros(end))
+    text = '{"data":[' + ",".join(_event_json(e) for e in found) + "]}"
+    return Response(text, mimetype="application/json")
+
+
+@bp.put("/events/<path:event_id>")
+def amend(event_id: str) -> ResponseReturnValue:
+    """Amend an event: its new body replaces the old one in every metric (the original is kept)."""
+    if event_id.endswith("/deprecate"):
+        return deprecate(event_id[: -len("/deprecate")])
+    payload = _object(
+        _exact_json(), {"event_name", "properties", "timestamp", "customer_id", "external_customer_id"}
+    )
+    db = engine()
+    try:
+        with write_lock(db), session_scope(db) as session:
+            amend_event(SqlEventStore(session), event_id, payload, now=utcnow())
+    except EventValidationFailed as exc:
+        return _failed(exc)
+    return {"amended": event_id}
+
+
+@bp.route("/events/<path:event_id>/deprecate", methods=["PUT", "POST"])
+def deprecate(event_id: str) -> ResponseReturnValue:
+    """Deprecate an event: every metric ignores it from now on (idempotent)."""
+    db = engine()
+    with write_lock(db), session_scope(db) as session:
+        deprecate_event(SqlEventStore(session), event_id)
+    return {"deprecated": event_id}

@@ -1,0 +1,55 @@
+"""``/v1/items``: create, fetch, list, rename (Orb's items)."""
+
+from __future__ import annotations
+
+from billing_core import service_plans
+from billing_core.persistence.catalog import SqlCatalog
+from webhooks.api.billing_shapes import (
+    bad, check_fields, cursor_id, engine as _engine, item_json, new_id, now, page_json, require_object,
+)
+from webhooks.api.common import api_blueprint, json_body, page_limit
+from worker.db import session_scope
+
+bp = api_blueprint("billing_items", __name__)
+
+
+@bp.post("/items")
+def create_item():
+    """Create an item."""
+    body = require_object(json_body(), "body")
+    check_fields(body, {"name", "metadata"}, "")
+    if not isinstance(body.get("name"), str):
+        raise bad("name", "is required")
+    with session_scope(_engine()) as session:
+        item = service_plans.create_item(session, name=body["name"], now=now(), new_id=new_id)
+    return item_json(item), 201
+
+
+@bp.get("/items/<item_id>")
+def fetch_item(item_id: str):
+    """Fetch an item."""
+    with session_scope(_engine()) as session:
+        return item_json(SqlCatalog(session).get_item(item_id))
+
+
+@bp.put("/items/<item_id>")
+def update_item(item_id: str):
+    """Rename an item."""
+    body = require_object(json_body(), "body")
+    check_fields(body, {"name", "metadata"}, "")
+    with session_scope(_engine()) as session:
+        catalog = SqlCatalog(session)
+        name = body.get("name")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise bad("name", "must be a non-empty string")
+        item = catalog.rename_item(item_id, name.strip()) if name else catalog.get_item(item_id)
+        return item_json(item)
+
+
+@bp.get("/items")
+def list_items():
+    """List items, newest first, with Orb's cursor pagination."""
+    limit = page_limit()
+    with session_scope(_engine()) as session:
+        items, nxt = SqlCatalog(session).list_items(limit=limit, cursor=cursor_id())
+    return page_json([item_json(i) for i in items], nxt)

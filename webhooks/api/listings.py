@@ -1,0 +1,125 @@
+"""``/v1/listings``: which billing plan, dimension and unit price each marketplace product maps to."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal, Optional
+
+from flask import current_app, request
+from flask.typing import ResponseReturnValue
+from pydantic import Field, field_validator
+
+from webhooks.api.common import ApiError, Body, api_blueprint, parse_body
+from webhooks.api.paging import page_envelope, page_params
+from webhooks.errors import map_exception
+from worker import listings
+
+bp = api_blueprint("listings", __name__)
+map_exception(listings.ListingNotFound, 404, "Resource not found")
+map_exception(listings.ListingConflict, 409, "Resource conflict")
+
+
+def _decimal(value: object) -> str:
+    if isinstance(value, float):
+        raise ValueError("must be a decimal string such as \"0.01\", not a float")
+    try:
+        amount = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise ValueError("must be a decimal string such as \"0.01\"") from None
+    if not amount.is_finite() or amount <= 0:
+        raise ValueError("must be greater than 0")
+    return str(amount)
+
+
+def _midnight(value: object) -> object:
+    if isinstance(value, str) and "T" in value:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if parsed.tzinfo is not None:
+            parsed = parsed.astimezone(timezone.utc)
+        if (parsed.hour, parsed.minute, parsed.second, parsed.microsecond) != (0, 0, 0, 0):
+            raise ValueError("must be a UTC midnight (a date such as 2026-11-01)")
+        return parsed.date()
+    return value
+
+
+class _Fields(Body):
+    name: Optional[str] = Field(default=None, max_length=255)
+    billing_plan_id: Optional[str] = Field(default=None, min_length=1, max_length=64)
+    dimension: Optional[str] = Field(default=None, min_length=1, max_length=255)
+    unit_price: Optional[str] = None
+    currency: Optional[str] = Field(default=None, min_length=3, max_length=3)
+    close_rounding: Optional[Literal["floor", "half_up", "ceil"]] = None
+    include_fixed_fees: Optional[bool] = None
+    metering_start_date: Optional[date] = None
+    approve_entitlements: Optional[bool] = None
+
+    @field_validator("unit_price", mode="before")
+    @classmethod
+    def _price(cls, value: object) -> object:
+        return None if value is None else _decimal(value)
+
+    @field_validator("metering_start_date", mode="before")
+    @classmethod
+    def _start(cls, value: object) -> object:
+        return _midnight(value)
+
+
+class ListingCreate(_Fields):
+    marketplace: Literal["aws", "azure", "gcp"]
+    product_id: str = Field(min_length=1, max_length=255)
+    plan_id: Optional[str] = Field(default=None, max_length=255)
+    billing_plan_id: str = Field(min_length=1, max_length=64)
+    dimension: str = Field(min_length=1, max_length=255)
+    unit_price: str
+    currency: str = Field(default="USD", min_length=3, max_length=3)
+    close_rounding: Literal["floor", "half_up", "ceil"] = "floor"
+    include_fixed_fees: bool = False
+    approve_entitlements: bool = True
+
+
+class ListingUpdate(_Fields):
+    pass
+
+
+def _engine() -> Any:
+    return current_app.extensions["marketsync"].engine
+
+
+@bp.post("/listings")
+def create() -> ResponseReturnValue:
+    """Create a listing."""
+    body = parse_body(ListingCreate)
+    values = body.model_dump()
+    values["currency"] = values["currency"].upper()
+    return listings.create_listing(_engine(), values, now=datetime.now(timezone.utc)), 201
+
+
+@bp.get("/listings")
+def index() -> ResponseReturnValue:
+    """List listings, optionally of one marketplace."""
+    page, size = page_params()
+    marketplace = request.args.get("marketplace")
+    if marketplace and marketplace not in listings.MARKETPLACES:
+        raise ApiError(400, "Request validation error", "marketplace: must be aws, azure or gcp", field="marketplace")
+    rows, total = listings.list_listings(_engine(), marketplace=marketplace, offset=(page - 1) * size, limit=size)
+    return page_envelope(rows, total=total, page=page, size=size)
+
+
+@bp.get("/listings/<listing_id>")
+def fetch(listing_id: str) -> ResponseReturnValue:
+    """Fetch one listing."""
+    return listings.get_listing(_engine(), listing_id)
+
+
+@bp.patch("/listings/<listing_id>")
+def update(listing_id: str) -> ResponseReturnValue:
+    """Change a listing's plan, dimension, unit price, rounding, fees or start date."""
+    body = parse_body(ListingUpdate)
+    values = {k: v for k, v in body.model_dump(exclude_unset=True).items()}
+    if "currency" in values and values["currency"]:
+        values["currency"] = values["currency"].upper()
+    nulls = [k for k, v in values.items() if v is None and k not in ("metering_start_date", "name")]
+    if nulls:
+        raise ApiError(400, "Request validation error", f"{nulls[0]}: may not be null", field=nulls[0])
+    return listings.update_listing(_engine(), listing_id, values, now=datetime.now(timezone.utc))

@@ -1,0 +1,72 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from config import Settings
+from webhooks.api import register_api
+from webhooks.dashboard import bp as dashboard_bp
+from webhooks.errors import register_error_handlers
+from webhooks.health import bp as health_bp
+from webhooks.metrics import bp as metrics_bp
+from webhooks.receivers import bp as receivers_bp
+from worker.logs import configure_logging, get_logger
+from worker.runtime import Runtime
+
+log = get_logger("marketsync.http")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
+    """Build the web app: receivers, APIs, dashboard, health and metrics."""
+    settings = settings or (runtime.settings if runtime else Settings.from_env())
+    configure_logging(settings.LOG_FORMAT, settings.LOG_LEVEL, settings.secrets())
+    app = Flask("marketsync")
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.MAX_BODY_BYTES,
+        SECRET_KEY=settings.secret_key,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.url_map.strict_slashes = False
+    app.extensions["marketsync"] = runtime or Runtime(settings)
+
+    register_error_handlers(app)
+    _install_request_context(app)
+    app.register_blueprint(health_bp)
+    app.register_blueprint(metrics_bp)
+    app.register_blueprint(receivers_bp)
+    register_api(app)
+    app.register_blueprint(dashboard_bp)
+    return app
+
+
+def _install_request_context(app: Flask) -> None:
+    @app.before_request
+    def _start() -> None:
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        if request.content_length is not None and request.content_length > limit:
+            raise RequestEntityTooLarge()
+        incoming = request.headers.get("X-Request-Id", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.started = time.perf_counter()
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=g.request_id)
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        request_id = getattr(g, "request_id", None) or uuid.uuid4().hex
+        response.headers["X-Request-Id"] = request_id
+        started = getattr(g, "started", None)
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
+        if request.path not in ("/healthz", "/readyz", "/metrics"):
+            log.info("request", method=request.method, path=request.path,
+                     status=response.status_code, ms=elapsed_ms)
+        return response

@@ -1,0 +1,440 @@
+"""``/ops/``: the ops dashboard (server-rendered HTML; only the countdowns use JavaScript).
+
+Login takes an API key (one of ``API_KEYS``) and keeps a signed session cookie holding a
+fingerprint of that key, so removing a key from ``API_KEYS`` ends its sessions. Every form
+carries the session's CSRF token and every POST is checked against it (400 otherwise).
+Actions go through the same use cases and jobs as the API: mapping follows the PATCH rules,
+retries and "sync now" enqueue ``report_contract``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint, Response, abort, current_app, flash, g, redirect, render_template, request, session, url_for,
+)
+from flask.typing import ResponseReturnValue
+
+from worker import contracts, jobs, ops, sync
+from worker.runtime import QUEUE_NAMES
+
+bp = Blueprint("ops", __name__, url_prefix="/ops", template_folder="templates",
+               static_folder="static", static_url_path="/static")
+SESSION_HOURS = 12
+_OPEN = {"ops.login", "ops.static"}
+
+
+def _runtime() -> Any:
+    return current_app.extensions["marketsync"]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _fingerprint(key: str) -> str:
+    return hashlib.sha256(f"marketsync-ops|{key}".encode()).hexdigest()[:32]
+
+
+def _valid_fingerprint(value: str) -> bool:
+    keys = _runtime().settings.API_KEYS
+    return bool(value) and any(hmac.compare_digest(value, _fingerprint(k)) for k in keys)
+
+
+def csrf_token() -> str:
+    """Return this session's CSRF token (created on first use)."""
+    token = session.get("csrf")
+    if not token:
+        token = session["csrf"] = secrets.token_urlsafe(32)
+    return token
+
+
+def _safe_next(target: str | None) -> str:
+    """Return ``target`` when it is a path of the dashboard, else the overview (no open redirect)."""
+    if target:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and parts.path.startswith("/ops") and "\\" not in target:
+            return target
+    return url_for("ops.overview")
+
+
+@bp.record_once
+def _configure(state: Any) -> None:
+    state.app.permanent_session_lifetime = timedelta(hours=SESSION_HOURS)
+    state.app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
+    if state.app.config.get("SESSION_COOKIE_SAMESITE") is None:
+        state.app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+
+
+@bp.before_request
+def _guard() -> ResponseReturnValue | None:
+    if request.method == "POST":
+        sent = request.form.get("csrf_token", "")
+        expected = session.get("csrf", "")
+        if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+            return _page_error(400, "The form expired or did not come from this dashboard. Reload the page and try again.")
+    if request.endpoint in _OPEN:
+        return None
+    if not _valid_fingerprint(session.get("key", "")):
+        session.pop("key", None)
+        return redirect(url_for("ops.login", next=request.full_path.rstrip("?")))
+    g.ops_user = True
+    return None
+
+
+@bp.after_request
+def _headers(response: Response) -> Response:
+    if request.endpoint != "ops.static":
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
+
+
+@bp.app_context_processor
+def _template_helpers() -> dict[str, Any]:
+    return {"csrf_token": csrf_token, "fmt_time": fmt_time, "fmt_duration": fmt_duration}
+
+
+def fmt_time(value: datetime | str | None) -> str:
+    """Return a UTC timestamp as ``2026-11-21 10:05:00 UTC`` (empty for None)."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    value = ops.utc(value)
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else ""
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """Return a duration as ``1 h 02 min`` / ``4 min 05 s`` / ``12 s``."""
+    if seconds is None:
+        return ""
+    sign, seconds = ("-" if seconds < 0 else ""), abs(int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{sign}{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{sign}{minutes} min {secs:02d} s"
+    return f"{sign}{secs} s"
+
+
+def _page_error(status: int, message: str) -> tuple[str, int]:
+    return render_template("ops/error.html", status=status, message=message), status
+
+
+# --- login -----------------------------------------------------------------------------------------
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> ResponseReturnValue:
+    """Show the login form; a valid API key starts a session."""
+    target = _safe_next(request.values.get("next"))
+    error = ""
+    if request.method == "POST":
+        key = request.form.get("api_key", "").strip()
+        if key and any(hmac.compare_digest(key.encode(), k.encode()) for k in _runtime().settings.API_KEYS):
+            session.clear()
+            session.permanent = True
+            session["key"] = _fingerprint(key)
+            csrf_token()
+            return redirect(target)
+        error = "That API key is not valid." if _runtime().settings.API_KEYS else \
+            "No API key is configured (set API_KEYS), so nobody can log in."
+    status = 401 if error else 200
+    return render_template("ops/login.html", next=target, error=error), status
+
+
+@bp.post("/logout")
+def logout() -> ResponseReturnValue:
+    """End the session."""
+    session.clear()
+    flash("You are logged out.", "info")
+    return redirect(url_for("ops.login"))
+
+
+# --- overview --------------------------------------------------------------------------------------
+
+@bp.get("/")
+def overview() -> ResponseReturnValue:
+    """Contracts by marketplace and status, reports of the last 24 h, attention, deadlines, queues."""
+    runtime = _runtime()
+    now = _now()
+    data = ops.overview(runtime.engine, now=now)
+    return render_template("ops/overview.html", data=data, queues=_queues(now), now=now,
+                           marketplaces=ops.MARKETPLACES, statuses=ops.STATUSES,
+                           mapping_statuses=ops.MAPPING_STATUSES, ledger_statuses=ops.LEDGER_STATUSES)
+
+
+def _queues(now: datetime) -> dict[str, Any]:
+    """Return queue depths, workers, cron heartbeat and the hourly runs (or why Redis did not answer)."""
+    from rq import Worker
+    from rq.registry import FailedJobRegistry
+
+    runtime = _runtime()
+    minute = runtime.settings.HOURLY_SYNC_MINUTE
+    out: dict[str, Any] = {"next_run": ops.next_hourly_run(now, minute), "minute": minute, "error": ""}
+    try:
+        conn = runtime.redis
+        out["depths"] = {name: runtime.queue(name).count for name in QUEUE_NAMES}
+        out["failed"] = sum(FailedJobRegistry(queue=runtime.queue(name)).count for name in QUEUE_NAMES)
+        workers = Worker.all(connection=conn)
+        out["workers"] = [{"name": w.name, "state": w.get_state(), "queues": ", ".join(w.queue_names()),
+                           "heartbeat": w.last_heartbeat} for w in workers]
+        heartbeat = conn.get(jobs.CRON_HEARTBEAT_KEY)
+        out["cron"] = _parse_time(heartbeat)
+        fanout = _parse_time(conn.get("marketsync:sync:last_fanout"))
+        out["last_run"] = ops.last_run(runtime.engine, fanout)
+    except Exception as exc:  # noqa: BLE001 - the page still renders when Redis is down, and says so
+        out["error"] = f"Redis did not answer ({type(exc).__name__})"
+    return out
+
+
+def _parse_time(raw: bytes | str | None) -> datetime | None:
+    if not raw:
+        return None
+    try:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        return ops.utc(datetime.fromisoformat(text))
+    except ValueError:
+        return None
+
+
+# --- contracts -------------------------------------------------------------------------------------
+
+@bp.get("/contracts")
+def contract_list() -> ResponseReturnValue:
+    """The contracts table: filters, search, sort and pages from the query string."""
+    query = ops.ContractQuery.from_args(request.args)
+    page = ops.list_contracts(_runtime().engine, query, now=_now())
+    listings = ops.listing_rows(_runtime().engine)
+    if len(page["rows"]) == 1 and query.q and page["total"] == 1 and request.args.get("go") == "1":
+        return redirect(url_for("ops.contract_detail", contract_id=page["rows"][0]["id"]))
+    return render_template("ops/contracts.html", query=query, page=page, listings=listings,
+                           marketplaces=ops.MARKETPLACES, statuses=ops.STATUSES,
+                           mapping_statuses=ops.MAPPING_STATUSES, now=_now())
+
+
+@bp.get("/contracts/<contract_id>")
+def contract_detail(contract_id: str) -> ResponseReturnValue:
+    """Everything about one contract, with the mapping, retry and sync actions."""
+    return _render_contract(contract_id)
+
+
+def _render_contract(contract_id: str, *, status: int = 200, errors: dict[str, str] | None = None,
+                     form: dict[str, str] | None = None) -> ResponseReturnValue:
+    try:
+        detail = ops.contract_detail(_runtime().engine, contract_id, now=_now())
+    except contracts.ContractNotFound:
+        return _page_error(404, f"There is no contract {contract_id}.")
+    return render_template("ops/contract.html", d=detail, c=detail["contract"], errors=errors or {},
+                           form=form or {}, now=_now()), status
+
+
+@bp.post("/contracts/<contract_id>/map")
+def map_contract(contract_id: str) -> ResponseReturnValue:
+    """Attach an existing subscription (the rules of ``PATCH /v1/contracts/{id}``)."""
+    subscription_id = request.form.get("subscription_id", "").strip()
+    form = {"subscription_id": subscription_id}
+    if not subscription_id:
+        return _render_contract(contract_id, status=400, errors={"subscription_id": "Enter a subscription id."}, form=form)
+    if len(subscription_id) > 64:
+        return _render_contract(contract_id, status=400,
+                                errors={"subscription_id": "A subscription id has at most 64 characters."}, form=form)
+    runtime = _runtime()
+    try:
+        contracts.patch_contract(runtime.engine, contract_id, runtime.billing_gateway(),
+                                 subscription_id=subscription_id, custom_properties=None, now=_now())
+    except contracts.ContractNotFound:
+        return _page_error(404, f"There is no contract {contract_id}.")
+    except contracts.SubscriptionNotFound as exc:
+        return _render_contract(contract_id, status=404, errors={"subscription_id": _sentence(exc)}, form=form)
+    except contracts.MappingConflict as exc:
+        return _render_contract(contract_id, status=409, errors={"subscription_id": _sentence(exc)}, form=form)
+    flash(f"Mapped to subscription {subscription_id}.", "ok")
+    return redirect(url_for("ops.contract_detail", contract_id=contract_id))
+
+
+def _sentence(exc: Exception) -> str:
+    text = str(exc)
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+@bp.post("/contracts/<contract_id>/properties")
+def edit_properties(contract_id: str) -> ResponseReturnValue:
+    """Change, remove or add custom properties (merged, as the PATCH API does)."""
+    changes: dict[str, Any] = {}
+    for key in request.form.getlist("key"):
+        if request.form.get(f"remove:{key}"):
+            changes[key] = None
+        elif f"value:{key}" in request.form:
+            changes[key] = request.form.get(f"value:{key}", "")
+    new_key = request.form.get("new_key", "").strip()
+    new_value = request.form.get("new_value", "")
+    form = {"new_key": new_key, "new_value": new_value}
+    if new_key or new_value:
+        if not new_key:
+            return _render_contract(contract_id, status=400, errors={"new_key": "Enter a name for the new property."},
+                                    form=form)
+        if len(new_key) > 100:
+            return _render_contract(contract_id, status=400, errors={"new_key": "A name has at most 100 characters."},
+                                    form=form)
+        changes[new_key] = new_value
+    if any(isinstance(v, str) and len(v) > 1000 for v in changes.values()):
+        return _render_contract(contract_id, status=400, errors={"new_value": "A value has at most 1000 characters."},
+                                form=form)
+    if not changes:
+        flash("Nothing to change.", "info")
+        return redirect(url_for("ops.contract_detail", contract_id=contract_id) + "#properties")
+    runtime = _runtime()
+    try:
+        contracts.patch_contract(runtime.engine, contract_id, runtime.billing_gateway(), subscription_id=None,
+                                 custom_properties=changes, now=_now())
+    except contracts.ContractNotFound:
+        return _page_error(404, f"There is no contract {contract_id}.")
+    flash("Custom properties saved.", "ok")
+    return redirect(url_for("ops.contract_detail", contract_id=contract_id) + "#properties")
+
+
+def _enqueue_report(contract_id: str, suffix: str) -> tuple[str, datetime, datetime | None]:
+    """Enqueue ``report_contract`` on ``urgent`` under the stamp ``ops.report_stamp`` picks."""
+    runtime = _runtime()
+    stamp, run_at = ops.report_stamp(runtime.engine, contract_id, now=_now())
+    job_id = f"{jobs.report_job_id(contract_id, stamp)}-{suffix}"
+    queue = runtime.queue("urgent")
+    if run_at is None:
+        queue.enqueue(jobs.report_contract, contract_id, stamp.isoformat(), job_id=job_id)
+    else:
+        queue.enqueue_at(run_at, jobs.report_contract, contract_id, stamp.isoformat(), job_id=job_id)
+    return job_id, stamp, run_at
+
+
+def _syncable(contract_id: str) -> str:
+    """Return why the contract cannot be reported now ("" when it can)."""
+    view = contracts.get_contract(_runtime().engine, contract_id)
+    if view["mapping"]["status"] != "mapped":
+        return "The contract is not mapped to a subscription: map it first."
+    if view["status"] not in sync.SYNCABLE:
+        return f"The contract is {view['status']}: nothing is reported for it any more."
+    return ""
+
+
+@bp.post("/contracts/<contract_id>/ledger/<int:ledger_id>/retry")
+def retry_report(contract_id: str, ledger_id: int) -> ResponseReturnValue:
+    """Report a failed or rejected report's units again, under an unused hour stamp."""
+    try:
+        reason = _syncable(contract_id)
+    except contracts.ContractNotFound:
+        return _page_error(404, f"There is no contract {contract_id}.")
+    entry = ops.ledger_entry(_runtime().engine, contract_id, ledger_id)
+    if entry is None:
+        return _page_error(404, f"Contract {contract_id} has no report {ledger_id}.")
+    if entry.status not in ops.ATTENTION:
+        flash(f"That report is {entry.status}: only failed or rejected reports are retried.", "error")
+    elif reason:
+        flash(reason, "error")
+    else:
+        job_id, stamp, run_at = _enqueue_report(contract_id, f"retry{ledger_id}")
+        flash(_stamp_message(f"Retry queued ({job_id}).", ops.utc(entry.hour), stamp, run_at), "ok")
+    return redirect(url_for("ops.contract_detail", contract_id=contract_id) + "#ledger")
+
+
+def _stamp_message(head: str, used: datetime | None, stamp: datetime, run_at: datetime | None) -> str:
+    parts = [head]
+    if used is not None:
+        parts.append(f"The hour {fmt_time(used)} already has its one report, so the units go under "
+                     f"the hour {fmt_time(stamp)}.")
+    if run_at is not None:
+        parts.append(f"This hour's stamp is used too: the report runs at {fmt_time(run_at)}.")
+    return " ".join(parts)
+
+
+@bp.post("/contracts/<contract_id>/sync")
+def sync_now(contract_id: str) -> ResponseReturnValue:
+    """Report the contract's outstanding units now (under the current hour's stamp if unused)."""
+    try:
+        reason = _syncable(contract_id)
+    except contracts.ContractNotFound:
+        return _page_error(404, f"There is no contract {contract_id}.")
+    if reason:
+        flash(reason, "error")
+    else:
+        job_id, stamp, run_at = _enqueue_report(contract_id, "manual")
+        flash(_stamp_message(f"Sync queued ({job_id}) under the hour {fmt_time(stamp)}.", None, stamp, run_at), "ok")
+    return redirect(url_for("ops.contract_detail", contract_id=contract_id) + "#ledger")
+
+
+# --- listings and failed jobs ----------------------------------------------------------------------
+
+@bp.get("/listings")
+def listing_list() -> ResponseReturnValue:
+    """Every listing: product and plan, billing plan, dimension, unit price, close rounding."""
+    return render_template("ops/listings.html", listings=ops.listing_rows(_runtime().engine))
+
+
+@bp.get("/jobs/failed")
+def failed_jobs() -> ResponseReturnValue:
+    """Failed jobs of the three queues, newest first, with retry."""
+    from rq.job import Job
+    from rq.registry import FailedJobRegistry
+
+    runtime = _runtime()
+    found: list[dict[str, Any]] = []
+    error = ""
+    try:
+        for name in QUEUE_NAMES:
+            registry = FailedJobRegistry(queue=runtime.queue(name))
+            ids = registry.get_job_ids(0, ops.FAILED_JOB_LIMIT - 1, desc=True)
+            for job in Job.fetch_many(ids, connection=runtime.redis):
+                if job is None:
+                    continue
+                found.append({"id": job.id, "queue": name, "func": job.func_name, "args": _args(job),
+                              "ended_at": ops.utc(job.ended_at), "error": _last_line(job)})
+    except Exception as exc:  # noqa: BLE001 - shown, not raised
+        error = f"Redis did not answer ({type(exc).__name__})"
+    found.sort(key=lambda j: j["ended_at"] or datetime.min.replace(tzinfo=timezone.utc), reverse=True)
+    return render_template("ops/jobs.html", jobs=found, error=error)
+
+
+def _scrub(text: str) -> str:
+    for secret in _runtime().settings.secrets():
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def _args(job: Any) -> str:
+    try:
+        return _scrub(", ".join(repr(a) for a in job.args))[:300]
+    except Exception:  # noqa: BLE001 - an unreadable payload is shown as such
+        return "(unreadable)"
+
+
+def _last_line(job: Any) -> str:
+    info = job.exc_info or ""
+    lines = [line for line in info.strip().splitlines() if line.strip()]
+    return _scrub(lines[-1])[:500] if lines else ""
+
+
+@bp.post("/jobs/failed/<queue_name>/<path:job_id>/retry")
+def retry_job(queue_name: str, job_id: str) -> ResponseReturnValue:
+    """Put one failed job back on its queue."""
+    from rq.exceptions import InvalidJobOperationError, NoSuchJobError
+    from rq.registry import FailedJobRegistry
+
+    if queue_name not in QUEUE_NAMES:
+        abort(404)
+    registry = FailedJobRegistry(queue=_runtime().queue(queue_name))
+    try:
+        registry.requeue(job_id)
+    except (InvalidJobOperationError, NoSuchJobError):
+        flash(f"Job {job_id} is no longer in the failed jobs of {queue_name}.", "error")
+    else:
+        flash(f"Job {job_id} is back on the {queue_name} queue.", "ok")
+    return redirect(url_for("ops.failed_jobs"))

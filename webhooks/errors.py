@@ -1,0 +1,120 @@
+"""One place that turns errors into HTTP responses: JSON ``{"type","status","title","detail"}``.
+
+The shape follows Orb's error responses; ``validation_errors`` names offending fields when
+there are any. Unexpected errors become a 500 without a traceback (the traceback is logged).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from billing_core.errors import Conflict, InvalidInput, NotFound
+from worker.logs import get_logger
+
+log = get_logger("marketsync.http")
+
+_TYPES = {
+    400: "https://docs.withorb.com/reference/error-responses#400-request-validation-errors",
+    401: "https://docs.withorb.com/reference/error-responses#401-authentication-error",
+    404: "https://docs.withorb.com/reference/error-responses#404-resource-not-found",
+    405: "https://docs.withorb.com/reference/error-responses#405-method-not-allowed",
+    409: "https://docs.withorb.com/reference/error-responses#409-resource-conflict",
+    413: "https://docs.withorb.com/reference/error-responses#413-request-too-large",
+    429: "https://docs.withorb.com/reference/error-responses#429-too-many-requests",
+    500: "https://docs.withorb.com/reference/error-responses#500-internal-server-error",
+}
+
+# (exception class, status, title) — first match wins; modules may add their own.
+_MAPPED: list[tuple[type[BaseException], int, str]] = [
+    (NotFound, 404, "Resource not found"),
+    (Conflict, 409, "Resource conflict"),
+    (InvalidInput, 400, "Request validation error"),
+]
+
+
+class ApiError(Exception):
+    """An error answered as-is: ``ApiError(400, "Bad request", "limit: must be <= 100")``."""
+
+    def __init__(self, status: int, title: str, detail: str = "", *, field: str | None = None,
+                 extra: dict[str, Any] | None = None):
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.field = field
+        self.extra = extra or {}
+
+
+def map_exception(exc_class: type[BaseException], status: int, title: str) -> None:
+    """Answer ``exc_class`` (and subclasses) with ``status``; its message becomes the detail."""
+    _MAPPED.insert(0, (exc_class, status, title))
+
+
+def error_response(status: int, title: str, detail: str = "", **extra: Any) -> Response:
+    """Build the JSON error response."""
+    body: dict[str, Any] = {"type": _TYPES.get(status, f"about:blank#{status}"), "status": status,
+                            "title": title, "detail": detail or title}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def _validation_errors(exc: ValidationError) -> list[dict[str, str]]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        out.append({"field": loc, "message": msg})
+    return out
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Install the handlers on ``app``."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        extra = dict(exc.extra)
+        if exc.field:
+            extra.setdefault("validation_errors", [{"field": exc.field, "message": exc.detail}])
+        return error_response(exc.status, exc.title, exc.detail, **extra)
+
+    @app.errorhandler(ValidationError)
+    def _pydantic(exc: ValidationError) -> Response:
+        errors = _validation_errors(exc)
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return error_response(400, "Request validation error", detail, validation_errors=errors)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        detail = exc.description or ""
+        if status == 413:
+            detail = f"request body larger than {app.config.get('MAX_CONTENT_LENGTH')} bytes"
+        response = error_response(status, exc.name, detail)
+        if status == 405 and hasattr(exc, "valid_methods") and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(RecursionError)
+    def _too_deep(exc: RecursionError) -> Response:
+        # Only a request body nested thousands of levels deep gets the JSON parser this far;
+        # it is refused before anything is stored.
+        return error_response(400, "Request validation error", "body: JSON nested too deeply",
+                              validation_errors=[{"field": "body", "message": "nested too deeply"}])
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        for exc_class, status, title in _MAPPED:
+            if isinstance(exc, exc_class):
+                field = getattr(exc, "field", None)
+                extra = {"validation_errors": [{"field": field, "message": str(exc)}]} if field else {}
+                return error_response(status, title, str(exc), **extra)
+        log.exception("unhandled_error", error_type=type(exc).__name__)
+        return error_response(500, "Internal server error", "an unexpected error occurred; it was logged")

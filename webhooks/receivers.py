@@ -1,0 +1,104 @@
+"""Webhook receivers: verify, store (unique on source + delivery id), enqueue, answer 202.
+
+An unverifiable delivery gets 401 and is stored nowhere; a malformed one gets 400 naming the
+field; a repeated one is acknowledged and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from datetime import datetime, timezone
+
+from flask import Blueprint, current_app, request
+from flask.typing import ResponseReturnValue
+
+from marketplaces.base import MalformedNotification, NotificationKind, UnverifiedNotification
+from webhooks.errors import ApiError
+from worker import delivery, standard_webhooks
+from worker.contract_events import MalformedEvent, from_notification, parse_normalized
+from worker.runtime import Runtime
+
+bp = Blueprint("receivers", __name__, url_prefix="/webhooks")
+
+
+def _runtime() -> Runtime:
+    return current_app.extensions["marketsync"]
+
+
+def _unauthorized(detail: str) -> ApiError:
+    return ApiError(401, "Authentication error", detail)
+
+
+@bp.post("/contracts")
+def contracts() -> ResponseReturnValue:
+    """Receive a normalized contract event signed per Standard Webhooks."""
+    runtime = _runtime()
+    body = request.get_data(cache=True)
+    try:
+        verified = standard_webhooks.verify(
+            request.headers, body, runtime.settings.WEBHOOK_SECRETS, now=int(time.time()),
+            tolerance=runtime.settings.WEBHOOK_TOLERANCE_SECONDS,
+        )
+    except standard_webhooks.WebhookVerificationError as exc:
+        raise _unauthorized(str(exc)) from None
+    try:
+        event_type, event = parse_normalized(body)
+    except MalformedEvent as exc:
+        raise ApiError(400, "Request validation error", str(exc), field=exc.field) from None
+    stored = delivery.accept(runtime, source="contracts", delivery_id=verified.delivery_id,
+                             event_type=event_type, body=body, headers=request.headers, event=event,
+                             now=datetime.now(timezone.utc))
+    return delivery.summary(stored), 202
+
+
+def _native(marketplace: str, source: str, headers: dict[str, str] | None = None) -> ResponseReturnValue:
+    runtime = _runtime()
+    body = request.get_data(cache=True)
+    adapter = runtime.adapter(marketplace)
+    try:
+        note = adapter.parse_notification(dict(request.headers) if headers is None else headers, body)
+    except UnverifiedNotification as exc:
+        raise _unauthorized(str(exc) or "notification did not verify") from None
+    except MalformedNotification as exc:
+        raise ApiError(400, "Request validation error", str(exc), field=exc.field) from None
+    now = datetime.now(timezone.utc)
+    if note.kind == NotificationKind.SUBSCRIPTION_CONFIRMATION:
+        # Confirm only after the signature checked out (the adapter re-verifies too).
+        adapter.confirm_subscription(note)
+    event = from_notification(note, received_at=now)
+    stored = delivery.accept(runtime, source=source, delivery_id=note.delivery_id, event_type=note.action,
+                             body=body, headers=request.headers, event=event, now=now)
+    return delivery.summary(stored), 202
+
+
+@bp.post("/aws/sns")
+def aws_sns() -> ResponseReturnValue:
+    """Receive an AWS Marketplace SNS notification (signature-verified)."""
+    if "x-amz-sns-message-type" not in {k.lower() for k in request.headers.keys()}:
+        raise _unauthorized("missing x-amz-sns-message-type header: not an SNS delivery")
+    return _native("aws", "aws_sns")
+
+
+@bp.post("/aws/events")
+def aws_events() -> ResponseReturnValue:
+    """Receive an EventBridge agreement/license event (API-destination Bearer key)."""
+    keys = _runtime().settings.API_KEYS
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
+        raise _unauthorized("EventBridge deliveries need 'Authorization: Bearer <api key>'")
+    # Never let an EventBridge delivery be taken for an SNS one.
+    headers = {k: v for k, v in request.headers.items() if k.lower() != "x-amz-sns-message-type"}
+    return _native("aws", "aws_events", headers)
+
+
+@bp.post("/azure")
+def azure() -> ResponseReturnValue:
+    """Receive an Azure SaaS fulfillment webhook (JWT-verified)."""
+    return _native("azure", "azure")
+
+
+@bp.post("/gcp/pubsub")
+def gcp_pubsub() -> ResponseReturnValue:
+    """Receive a Google Pub/Sub push (OIDC-verified)."""
+    return _native("gcp", "gcp")

@@ -1,0 +1,168 @@
+"""The webhook inbox: store every verified delivery before acknowledging it, then process it.
+
+A delivery is unique on (source, delivery id): a repeated delivery finds the stored row and
+changes nothing. Rows move ``received -> processing -> done | failed | ignored | deferred``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Mapping
+
+from sqlalchemy import Engine, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from billing_core.persistence.events import write_lock
+from worker.persistence.contracts import InboxRow
+
+# Headers worth keeping for audit; never authorization material.
+_KEPT_HEADERS = {"content-type", "user-agent", "webhook-id", "webhook-timestamp",
+                 "x-amz-sns-message-type", "x-amz-sns-message-id", "x-amz-sns-topic-arn",
+                 "x-request-id"}
+
+
+@dataclass(frozen=True)
+class StoredDelivery:
+    """The inbox row of a delivery, and whether this call created it."""
+
+    id: int
+    created: bool
+    status: str
+
+
+def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Return the headers stored with a delivery (no signatures or tokens)."""
+    return {k.lower(): v for k, v in headers.items() if k.lower() in _KEPT_HEADERS}
+
+
+_INSERTS: dict[str, Any] = {}
+_INSERT_COLUMNS = ("source", "delivery_id", "event_type", "status", "contract_key", "body", "headers",
+                   "normalized", "attempts", "error", "received_at")
+
+
+def _insert_statement(dialect: str) -> Any:
+    """Return the insert-unless-stored statement, built once per dialect (it is on the hot path)."""
+    statement = _INSERTS.get(dialect)
+    if statement is None:
+        table = InboxRow.__table__
+        insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+        statement = (insert.values({name: bindparam(name, type_=table.c[name].type) for name in _INSERT_COLUMNS})
+                     .on_conflict_do_nothing(index_elements=["source", "delivery_id"])
+                     .returning(table.c.id))
+        _INSERTS[dialect] = statement
+    return statement
+
+
+def store_delivery(engine: Engine, *, source: str, delivery_id: str, event_type: str, body: bytes,
+                   headers: Mapping[str, str], normalized: Mapping[str, Any] | None, status: str,
+                   contract_key: str, now: datetime) -> StoredDelivery:
+    """Insert the delivery unless (source, delivery id) is stored already; return its row."""
+    values = {
+        "source": source, "delivery_id": delivery_id, "event_type": event_type[:64],
+        "status": status, "contract_key": contract_key[:255],
+        "body": body.decode("utf-8", errors="replace"), "headers": kept_headers(headers),
+        "normalized": dict(normalized or {}), "attempts": 0, "error": "", "received_at": now,
+    }
+    statement = _insert_statement(engine.dialect.name)
+    # SQLite: writers queue on a lock file instead of sleeping in the busy handler.
+    with write_lock(engine), engine.begin() as conn:
+        inserted = conn.execute(statement, values).first()
+        if inserted is not None:
+            return StoredDelivery(id=inserted.id, created=True, status=status)
+        # A repeated delivery: report the stored row, change nothing.
+        table = InboxRow.__table__
+        row = conn.execute(
+            select(table.c.id, table.c.status).where(table.c.source == source,
+                                                     table.c.delivery_id == delivery_id)
+        ).one()
+    return StoredDelivery(id=row.id, created=False, status=row.status)
+
+
+def claim(engine: Engine, inbox_id: int, *, now: datetime) -> InboxRow | None:
+    """Move a row to ``processing`` (one attempt more) and return it; None if it is finished."""
+    table = InboxRow.__table__
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(table)
+            .where(table.c.id == inbox_id, table.c.status.in_(("received", "processing", "failed", "deferred")))
+            .values(status="processing", attempts=table.c.attempts + 1)
+        )
+        if result.rowcount != 1:
+            return None
+        row = conn.execute(select(table).where(table.c.id == inbox_id)).one()
+    return InboxRow(**row._mapping)
+
+
+def finish(engine: Engine, inbox_id: int, status: str, *, now: datetime, error: str = "",
+           contract_id: str | None = None, contract_key: str | None = None) -> None:
+    """Record the outcome of processing a row (and the contract key its processing resolved)."""
+    table = InboxRow.__table__
+    values: dict[str, Any] = {"status": status, "error": error[:2000], "processed_at": now}
+    if contract_id:
+        values["contract_id"] = contract_id
+    if contract_key:
+        values["contract_key"] = contract_key[:255]
+    with engine.begin() as conn:
+        conn.execute(update(table).where(table.c.id == inbox_id).values(**values))
+
+
+MAX_ATTEMPTS = 6
+
+
+def stale_received(engine: Engine, *, now: datetime, older_than: timedelta = timedelta(seconds=30),
+                   limit: int = 500) -> list[int]:
+    """Return ids of rows to process again: never picked up, stuck ``processing``, or ``failed``
+    (with a backoff of one minute per attempt made, at most ``MAX_ATTEMPTS`` attempts)."""
+    table = InboxRow.__table__
+    cutoff = now - older_than
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(table.c.id, table.c.status, table.c.attempts, table.c.processed_at)
+            .where(((table.c.status.in_(("received", "processing"))) & (table.c.received_at < cutoff))
+                   | ((table.c.status == "failed") & (table.c.attempts < MAX_ATTEMPTS)))
+            .order_by(table.c.id)
+            .limit(limit)
+        ).all()
+    out = []
+    for r in rows:
+        if r.status == "failed" and r.processed_at is not None:
+            last = r.processed_at if r.processed_at.tzinfo else r.processed_at.replace(tzinfo=now.tzinfo)
+            if now - last < timedelta(minutes=r.attempts):
+                continue
+        out.append(r.id)
+    return out
+
+
+def received_ids(engine: Engine, *, limit: int) -> list[int]:
+    """Return ids of rows waiting to be processed, oldest first."""
+    table = InboxRow.__table__
+    with engine.connect() as conn:
+        rows = conn.execute(select(table.c.id).where(table.c.status == "received")
+                            .order_by(table.c.id).limit(limit)).all()
+    return [r.id for r in rows]
+
+
+def deferred_for(engine: Engine, contract_key: str) -> list[int]:
+    """Return ids of rows waiting for the contract ``contract_key`` to exist."""
+    table = InboxRow.__table__
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(table.c.id)
+            .where(table.c.status == "deferred", table.c.contract_key == contract_key)
+            .order_by(table.c.received_at, table.c.id)
+        ).all()
+    return [r.id for r in rows]
+
+
+def history(engine: Engine, *, contract_id: str, contract_key: str) -> list[dict[str, Any]]:
+    """Return the inbox rows of one contract, oldest first."""
+    table = InboxRow.__table__
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(table.c.id, table.c.source, table.c.delivery_id, table.c.event_type, table.c.status,
+                   table.c.attempts, table.c.error, table.c.received_at, table.c.processed_at)
+            .where((table.c.contract_id == contract_id) | (table.c.contract_key == contract_key))
+            .order_by(table.c.received_at, table.c.id)
+        ).all()
+    return [dict(r._mapping) for r in rows]

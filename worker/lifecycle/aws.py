@@ -1,0 +1,185 @@
+"""AWS Marketplace steps before applying a contract event.
+
+One AWS purchase reaches us through two feeds that name it differently (reference §1.5, §1.7):
+SNS messages carry the legacy ``customer-identifier`` (and, on newer products, the license),
+EventBridge license events carry the license ARN (often printed without ``arn:``), and
+``Purchase Agreement Ended`` carries only the agreement id. ``before_apply`` brings every event
+to the one contract of its purchase, keyed by the license id ``l-<hex>`` when it is known and
+by the customer identifier otherwise:
+
+- an existing contract is found by key, by license id, by customer identifier or by agreement
+  id, and its key is used (so a contract never changes key once created);
+- a message naming only a customer identifier asks GetEntitlements for the license, so SNS
+  and EventBridge deliveries of the same purchase land on the same contract.
+
+``entitlement-updated`` (and an amended agreement) says only "something changed": the current
+entitlement is read with GetEntitlements and put on the event (dimension values, expiration,
+the quantity of a single-dimension contract). An entitlement that has expired when the
+notification was sent cancels the contract at its expiration date.
+
+Cancellations need nothing here: ``unsubscribe-pending``, ``Purchase Agreement Ended`` and
+``License Deprovisioned`` are all ``canceled`` events effective at the notification time; the
+first one applied cancels, the later ones (and ``unsubscribe-success``) find the contract
+canceled and change nothing. ``subscribe-fail`` is stored as ignored by the receiver.
+
+``TransientMarketplaceError`` from GetEntitlements propagates so the job is retried.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, Mapping
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from marketplaces.aws import AwsEntitlement, license_id
+from worker.contract_events import ContractEvent
+from worker.logs import get_logger
+from worker.persistence.contracts import ContractRow
+
+log = get_logger("marketsync.lifecycle.aws")
+
+SOURCE = "aws"
+# The identifiers a contract keeps from its notifications (metering needs the first four).
+_CARRIED = ("product_code", "customer_aws_account_id", "license_arn", "customer_identifier", "license_id",
+            "agreement_id")
+
+
+def before_apply(runtime: Any, event: ContractEvent) -> ContractEvent:
+    """Return the event keyed to its purchase's contract, with the current entitlement read."""
+    ids = _normalized(event.identifiers)
+    entitlements: list[AwsEntitlement] | None = None
+    with Session(runtime.engine) as session:
+        row = find_contract(session, ids, key=event.contract_key)
+    if row is None and not ids.get("license_id") and ids.get("customer_identifier") and ids.get("product_code"):
+        # Legacy SNS names only the customer: learn the license so EventBridge events (which
+        # name only the license) reach the same contract.
+        entitlements = _entitlements(runtime, ids)
+        ids.update(_license_of(entitlements, ids))
+        if ids.get("license_id"):
+            with Session(runtime.engine) as session:
+                row = find_contract(session, ids, key="")
+    if row is not None:
+        key = row.external_id
+        known = dict(row.cloud_identifiers or {})
+        for name in _CARRIED:
+            if known.get(name) and not ids.get(name):
+                ids[name] = str(known[name])
+    else:
+        key = ids.get("license_id") or ids.get("customer_identifier") or event.contract_key
+    event = replace(event, contract_key=key, identifiers=ids)
+    if event.kind == "modified":
+        return _with_entitlement(runtime, event, entitlements)
+    return event
+
+
+def find_contract(session: Session, ids: Mapping[str, str], *, key: str) -> ContractRow | None:
+    """Return the AWS contract of this purchase: by key, license id, customer identifier or agreement."""
+    def first(*conditions: Any) -> ContractRow | None:
+        query = select(ContractRow).where(ContractRow.source == SOURCE, *conditions).order_by(ContractRow.created_at)
+        return session.execute(query).scalars().first()
+
+    lid = ids.get("license_id")
+    for candidate in (key, lid):
+        if candidate:
+            row = first(ContractRow.external_id == candidate)
+            if row is not None:
+                return row
+    if lid:
+        row = first(ContractRow.cloud_identifiers["license_id"].as_string() == lid)
+        if row is not None:
+            return row
+    if ids.get("customer_identifier"):
+        row = first(ContractRow.customer_identifier == ids["customer_identifier"])
+        if row is not None:
+            return row
+    if ids.get("agreement_id"):
+        # Purchase Agreement Ended / Amended name only the agreement.
+        return first(ContractRow.cloud_identifiers["agreement_id"].as_string() == ids["agreement_id"])
+    return None
+
+
+def entitlement_state(entitlements: list[AwsEntitlement], *, at: datetime) -> dict[str, Any]:
+    """Summarize one purchase's entitlement rows as seen at ``at``.
+
+    Returns ``values`` (dimension -> value), ``expires_at`` (the latest expiration, if every row
+    has one), ``expired`` (every row expired by ``at``) and ``quantity`` (the integer value of
+    a single-dimension entitlement).
+    """
+    values = {row.dimension: row.value for row in entitlements}
+    expirations = [row.expiration_date for row in entitlements]
+    expires_at = max(expirations) if expirations and all(expirations) else None  # type: ignore[type-var]
+    integers = [v for v in values.values() if isinstance(v, int) and not isinstance(v, bool)]
+    return {
+        "values": values,
+        "expires_at": expires_at,
+        "expired": bool(entitlements) and expires_at is not None and expires_at <= at,
+        "quantity": integers[0] if len(values) == 1 and len(integers) == 1 else None,
+    }
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def _normalized(identifiers: Mapping[str, str]) -> dict[str, str]:
+    ids = {k: str(v) for k, v in identifiers.items() if v not in (None, "")}
+    arn = ids.get("license_arn")
+    if arn:
+        if arn.startswith("aws:"):
+            # EventBridge prints license ARNs without "arn:"; BatchMeterUsage needs the real ARN.
+            ids["license_arn"] = arn = "arn:" + arn
+        lid = license_id(arn)
+        if lid:
+            ids["license_id"] = lid
+    return ids
+
+
+def _entitlements(runtime: Any, ids: Mapping[str, str]) -> list[AwsEntitlement]:
+    """Read the purchase's entitlement rows (filters: account id, else customer, else license)."""
+    product = ids.get("product_code")
+    if not product:
+        return []
+    adapter = runtime.adapter("aws")
+    # CUSTOMER_AWS_ACCOUNT_ID and CUSTOMER_IDENTIFIER are mutually exclusive filters; the account
+    # filter is matched on the license id here, so ARN spellings cannot hide a row.
+    if ids.get("customer_aws_account_id"):
+        rows = adapter.get_entitlements(product, customer_aws_account_id=ids["customer_aws_account_id"])
+    elif ids.get("customer_identifier"):
+        rows = adapter.get_entitlements(product, customer_identifier=ids["customer_identifier"])
+    elif ids.get("license_arn"):
+        rows = adapter.get_entitlements(product, license_arn=ids["license_arn"])
+    else:
+        return []
+    lid = ids.get("license_id")
+    return [row for row in rows if not lid or license_id(row.license_arn) == lid]
+
+
+def _license_of(entitlements: list[AwsEntitlement], ids: Mapping[str, str]) -> dict[str, str]:
+    """Return the license identifiers of a legacy customer when its entitlements name exactly one."""
+    licenses = {license_id(row.license_arn): row for row in entitlements if license_id(row.license_arn)}
+    if len(licenses) != 1:
+        return {}
+    (lid, row), = licenses.items()
+    found = {"license_id": lid or "", "license_arn": row.license_arn or ""}
+    if row.customer_aws_account_id:
+        found["customer_aws_account_id"] = row.customer_aws_account_id
+    return _normalized({**found, **{k: v for k, v in ids.items() if k in found and v}})
+
+
+def _with_entitlement(runtime: Any, event: ContractEvent, rows: list[AwsEntitlement] | None) -> ContractEvent:
+    """Put the current entitlement on a ``modified`` event (or cancel it when it has expired)."""
+    if rows is None:
+        rows = _entitlements(runtime, event.identifiers)
+    state = entitlement_state(rows, at=event.effective_at)  # as of the notification's own time
+    ids = dict(event.identifiers)
+    ids["entitlements"] = json.dumps(state["values"], sort_keys=True, default=str)
+    if state["expires_at"] is not None:
+        ids["entitlement_expires_at"] = state["expires_at"].isoformat()
+    log.info("aws_entitlement_read", contract_key=event.contract_key, dimensions=len(rows),
+             expired=state["expired"], quantity=state["quantity"])
+    if state["expired"]:
+        return replace(event, kind="canceled", effective_at=state["expires_at"], identifiers=ids)
+    quantity = state["quantity"] if state["quantity"] is not None else event.quantity
+    return replace(event, identifiers=ids, quantity=quantity)

@@ -1,0 +1,166 @@
+"""Azure SaaS steps around applying a contract event.
+
+``before_apply`` re-reads the subscription from the SaaS Fulfillment API for every event (the
+webhook's JWT authenticates Microsoft but does not cover the body, and short payloads such as
+ChangeQuantity lack the offer and the buyer), and for ChangePlan / ChangeQuantity also the
+operation itself, which is what the publisher must answer. The event is rebuilt from those
+answers: offer, plan, quantity, buyer, subscription status.
+
+``after_apply`` does what Microsoft waits for once the change is stored:
+
+- a subscription still ``PendingFulfillmentStart`` is activated, but only when its contract got
+  mapped to a billing subscription (the customer is billed from activation on; never activate
+  what we cannot bill);
+- a ChangePlan / ChangeQuantity operation is PATCHed ``Success``, or ``Failure`` when the new
+  plan has no listing (Microsoft then keeps the old plan, and so does the contract).
+
+Transient API errors propagate as ``TransientMarketplaceError`` so the job is retried; every
+step is safe to repeat (activation and acknowledgement are decided from a fresh read).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from sqlmodel import Session
+
+from marketplaces.azure import OperationSuperseded
+from worker.contract_events import ContractEvent
+from worker.contracts import find_listing
+from worker.logs import get_logger
+from worker.persistence.contracts import ContractRow
+
+log = get_logger("marketsync.lifecycle.azure")
+
+PENDING = "PendingFulfillmentStart"
+_OPEN_OPERATION = ("NotStarted", "InProgress")
+_DEAD_OPERATION = ("Conflict", "Failed")  # superseded by a newer change, or already refused
+
+
+def before_apply(runtime: Any, event: ContractEvent) -> ContractEvent:
+    """Return the event as the Fulfillment API states it (and decide the operation's answer)."""
+    adapter = runtime.adapter("azure")
+    subscription_id = event.identifiers.get("subscription_id") or event.contract_key
+    subscription = _lower(adapter.get_subscription(subscription_id))
+    extra = dict(event.extra)
+    extra["subscription_status"] = str(subscription.get("saassubscriptionstatus") or "")
+    plan = _text(subscription.get("planid")) or event.plan
+    quantity = _quantity(subscription.get("quantity"), event.quantity)
+    effective_at = event.effective_at
+
+    if extra.get("ack_required"):
+        operation = _lower(adapter.get_operation(subscription_id, str(extra["operation_id"])))
+        status = _text(operation.get("status"))
+        if status in _DEAD_OPERATION:
+            log.info("azure_operation_skipped", subscription_id=subscription_id,
+                     operation_id=extra["operation_id"], status=status)
+            return replace(event, kind="ignored", extra=extra)
+        plan = _text(operation.get("planid")) or plan
+        quantity = _quantity(operation.get("quantity"), quantity)
+        effective_at = _time(operation.get("timestamp")) or effective_at
+        # An operation Microsoft already settled (silence for 10 s means accepted) needs no answer.
+        extra["ack"] = "Success" if status in _OPEN_OPERATION else None
+
+    identifiers = dict(event.identifiers)
+    identifiers.update({k: v for k, v in {
+        "offer_id": _text(subscription.get("offerid")),
+        "plan_id": plan or "",
+        "publisher_id": _text(subscription.get("publisherid")),
+    }.items() if v})
+
+    if event.action.lower() == "changeplan" and extra.get("ack") and not _has_listing(runtime, identifiers, plan):
+        # We cannot bill the new plan: refuse it, and the contract keeps its current plan.
+        extra["ack"] = "Failure"
+        identifiers.pop("plan_id", None)
+        plan = None
+
+    buyer = _lower(subscription.get("beneficiary") or {}) or _lower(subscription.get("purchaser") or {})
+    purchaser = _lower(subscription.get("purchaser") or {})
+    email = _text(buyer.get("emailid")) or _text(purchaser.get("emailid"))
+    return replace(
+        event,
+        identifiers=identifiers,
+        plan=plan,
+        quantity=quantity,
+        effective_at=effective_at,
+        buyer_name=_text(subscription.get("name")) or event.buyer_name or email,
+        buyer_email=email or event.buyer_email,
+        extra=extra,
+    )
+
+
+def after_apply(runtime: Any, event: ContractEvent, applied: Any) -> None:
+    """Activate a mapped pending subscription; answer a ChangePlan / ChangeQuantity operation."""
+    adapter = runtime.adapter("azure")
+    subscription_id = event.identifiers.get("subscription_id") or event.contract_key
+    mapping = _mapping_status(runtime, applied.contract_id)
+
+    if event.kind == "created" and event.extra.get("subscription_status") == PENDING:
+        if mapping == "mapped":
+            adapter.activate(subscription_id, event.plan or "", event.quantity)
+            log.info("azure_subscription_activated", subscription_id=subscription_id,
+                     contract_id=applied.contract_id, plan=event.plan)
+        else:
+            log.info("azure_activation_withheld", subscription_id=subscription_id,
+                     contract_id=applied.contract_id, mapping=mapping)
+
+    answer = event.extra.get("ack")
+    if event.extra.get("ack_required") and answer:
+        if answer == "Success" and mapping == "error":
+            answer = "Failure"  # the billing core refused the change: do not let Microsoft bill it
+        operation_id = str(event.extra["operation_id"])
+        try:
+            adapter.update_operation(subscription_id, operation_id, answer)
+        except OperationSuperseded:
+            # A newer change already settled this one; that newer webhook is applied on its own.
+            log.warning("azure_operation_superseded", subscription_id=subscription_id,
+                        operation_id=operation_id)
+            return
+        log.info("azure_operation_answered", subscription_id=subscription_id,
+                 operation_id=operation_id, status=answer, contract_id=applied.contract_id)
+
+
+def _has_listing(runtime: Any, identifiers: Mapping[str, str], plan: str | None) -> bool:
+    with Session(runtime.engine) as session:
+        return find_listing(session, "azure", identifiers, plan) is not None
+
+
+def _mapping_status(runtime: Any, contract_id: str | None) -> str:
+    if not contract_id:
+        return ""
+    with Session(runtime.engine) as session:
+        row = session.get(ContractRow, contract_id)
+        return row.mapping_status if row is not None else ""
+
+
+def _lower(value: Mapping[str, Any]) -> dict[str, Any]:
+    # Microsoft's payloads mix key casings (Id, PlanId, planId): read them case-insensitively.
+    return {str(k).lower(): v for k, v in value.items()} if isinstance(value, Mapping) else {}
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _quantity(value: Any, default: int | None) -> int | None:
+    if value is None or value == "":
+        return default
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return default
+
+
+def _time(value: Any) -> datetime | None:
+    text = _text(value)
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)

@@ -1,0 +1,379 @@
+"""The ops dashboard's read model and actions: what an operator sees and may do, per contract.
+
+Queries only read; the actions (map, retry a report, sync now) go through the same use cases
+and job functions as the API and the cron, so the dashboard never has rules of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any, Mapping
+
+from sqlalchemy import Engine, String, and_, cast, func, or_, select
+from sqlmodel import Session
+
+from worker import sync
+from worker.metering import hour_floor
+from worker.persistence.contracts import ContractRow, ListingRow
+from worker.persistence.ledger import ContractSyncRow, LedgerRow
+
+MARKETPLACES = ("aws", "azure", "gcp")
+STATUSES = ("pending", "active", "suspended", "canceled", "closed")
+MAPPING_STATUSES = ("mapped", "unmapped", "error")
+LEDGER_STATUSES = ("accepted", "duplicate", "pending", "rejected", "failed")
+ATTENTION = ("failed", "rejected")
+FAILED_JOB_LIMIT = 200
+# Sort keys of the contracts table -> column (a leading "-" sorts descending).
+SORTS = {
+    "created": ContractRow.created_at, "marketplace": ContractRow.marketplace, "buyer": ContractRow.buyer_name,
+    "status": ContractRow.status, "mapping": ContractRow.mapping_status, "listing": ContractRow.listing_id,
+    "units": ContractSyncRow.units_reported, "last_run": ContractSyncRow.last_run_at,
+}
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """Return ``value`` as an aware UTC datetime (SQLite hands back naive ones)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class ContractQuery:
+    """The contracts table's filters, search, sort and page (all from the query string)."""
+
+    marketplace: str = ""
+    status: str = ""
+    mapping_status: str = ""
+    listing_id: str = ""
+    q: str = ""
+    sort: str = "-created"
+    page: int = 1
+    page_size: int = 25
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, str]) -> "ContractQuery":
+        """Read the query from request arguments, ignoring unknown or invalid values."""
+        def pick(name: str, allowed: tuple[str, ...]) -> str:
+            value = (args.get(name) or "").strip()
+            return value if value in allowed else ""
+
+        sort = (args.get("sort") or "-created").strip()
+        if sort.lstrip("-") not in SORTS:
+            sort = "-created"
+        try:
+            page = max(1, int(args.get("page") or 1))
+        except ValueError:
+            page = 1
+        try:
+            size = min(100, max(5, int(args.get("page_size") or 25)))
+        except ValueError:
+            size = 25
+        return cls(marketplace=pick("marketplace", MARKETPLACES), status=pick("status", STATUSES),
+                   mapping_status=pick("mapping_status", MAPPING_STATUSES),
+                   listing_id=(args.get("listing_id") or "").strip()[:40], q=(args.get("q") or "").strip()[:200],
+                   sort=sort, page=page, page_size=size)
+
+    def args(self, **changes: Any) -> dict[str, Any]:
+        """Return the query-string arguments of this query with ``changes`` (defaults left out)."""
+        values = {"marketplace": self.marketplace, "status": self.status, "mapping_status": self.mapping_status,
+                  "listing_id": self.listing_id, "q": self.q, "sort": self.sort, "page": self.page,
+                  "page_size": self.page_size}
+        values.update(changes)
+        defaults = {"sort": "-created", "page": 1, "page_size": 25}
+        return {k: v for k, v in values.items() if v not in ("", None) and defaults.get(k) != v}
+
+
+def _search(term: str) -> Any:
+    """Match a term against every identifier, custom property, the buyer and the ids."""
+    like = f"%{term.lower()}%"
+    columns = [ContractRow.id, ContractRow.external_id, ContractRow.buyer_name, ContractRow.buyer_email,
+               ContractRow.subscription_id, ContractRow.customer_id,
+               cast(ContractRow.cloud_identifiers, String), cast(ContractRow.custom_properties, String)]
+    return or_(*(func.lower(column).like(like) for column in columns))
+
+
+def list_contracts(engine: Engine, query: ContractQuery, *, now: datetime) -> dict[str, Any]:
+    """Return one page of the contracts table with its totals."""
+    conditions = []
+    for name in ("marketplace", "status", "mapping_status", "listing_id"):
+        value = getattr(query, name)
+        if value:
+            conditions.append(getattr(ContractRow, name) == value)
+    if query.q:
+        conditions.append(_search(query.q))
+    where = and_(*conditions) if conditions else None
+    column = SORTS[query.sort.lstrip("-")]
+    order = column.desc() if query.sort.startswith("-") else column.asc()
+    base = select(ContractRow, ContractSyncRow).outerjoin(
+        ContractSyncRow, ContractSyncRow.contract_id == ContractRow.id)
+    count = select(func.count()).select_from(ContractRow)
+    if where is not None:
+        base, count = base.where(where), count.where(where)
+    with Session(engine) as session:
+        total = int(session.execute(count).scalar_one())
+        pages = max(1, math.ceil(total / query.page_size))
+        page = min(query.page, pages)
+        found = session.execute(base.order_by(order, ContractRow.id)
+                                .offset((page - 1) * query.page_size).limit(query.page_size)).all()
+        ids = [c.id for c, _ in found]
+        last = _last_reports(session, ids)
+        session.expunge_all()
+    rows = [_contract_line(contract, state, last.get(contract.id), now=now) for contract, state in found]
+    return {"rows": rows, "total": total, "page": page, "pages": pages}
+
+
+def _last_reports(session: Session, contract_ids: list[str]) -> dict[str, LedgerRow]:
+    if not contract_ids:
+        return {}
+    latest = (select(LedgerRow.contract_id, func.max(LedgerRow.id).label("id"))
+              .where(LedgerRow.contract_id.in_(contract_ids)).group_by(LedgerRow.contract_id).subquery())
+    rows = session.execute(select(LedgerRow).join(latest, LedgerRow.id == latest.c.id)).scalars().all()
+    return {r.contract_id: r for r in rows}
+
+
+def _contract_line(contract: ContractRow, state: ContractSyncRow | None, last: LedgerRow | None, *,
+                   now: datetime) -> dict[str, Any]:
+    deadline = sync.deadline_for(contract) if contract.status == "canceled" else None
+    return {
+        "id": contract.id, "marketplace": contract.marketplace, "buyer": contract.buyer_name or contract.external_id,
+        "email": contract.buyer_email, "listing_id": contract.listing_id, "status": contract.status,
+        "mapping_status": contract.mapping_status, "mapping_reason": contract.mapping_reason,
+        "subscription_id": contract.subscription_id,
+        "cost": state.last_cost if state else None, "units_reported": state.units_reported if state else 0,
+        "last_report": ({"status": last.status, "hour": utc(last.hour), "at": utc(last.settled_at or last.created_at)}
+                        if last else None),
+        "deadline": deadline, "overdue": bool(deadline and now >= deadline),
+    }
+
+
+# --- overview --------------------------------------------------------------------------------------
+
+def overview(engine: Engine, *, now: datetime) -> dict[str, Any]:
+    """Return the overview's database half: contracts, reports of the last 24 h, attention, deadlines."""
+    since = now - timedelta(hours=24)
+    with Session(engine) as session:
+        grid = session.execute(select(ContractRow.marketplace, ContractRow.status, func.count())
+                               .group_by(ContractRow.marketplace, ContractRow.status)).all()
+        mapping = session.execute(select(ContractRow.marketplace, ContractRow.mapping_status, func.count())
+                                  .group_by(ContractRow.marketplace, ContractRow.mapping_status)).all()
+        reports = session.execute(select(LedgerRow.status, func.count(), func.coalesce(func.sum(LedgerRow.quantity), 0))
+                                  .where(LedgerRow.created_at >= since).group_by(LedgerRow.status)).all()
+        canceled = session.execute(select(ContractRow).where(ContractRow.status == "canceled")
+                                   .order_by(ContractRow.canceled_at)).scalars().all()
+        session.expunge_all()
+    by_status: dict[str, dict[str, int]] = {m: defaultdict(int) for m in MARKETPLACES}
+    for marketplace, status, n in grid:
+        by_status.setdefault(marketplace, defaultdict(int))[status] += n
+    by_mapping: dict[str, dict[str, int]] = {m: defaultdict(int) for m in MARKETPLACES}
+    for marketplace, status, n in mapping:
+        by_mapping.setdefault(marketplace, defaultdict(int))[status] += n
+    deadlines = []
+    for contract in canceled:
+        deadline = sync.deadline_for(contract)
+        deadlines.append({"id": contract.id, "marketplace": contract.marketplace,
+                          "buyer": contract.buyer_name or contract.external_id,
+                          "canceled_at": utc(contract.canceled_at), "deadline": deadline,
+                          "overdue": bool(deadline and now >= deadline)})
+    return {
+        "by_status": {m: dict(v) for m, v in by_status.items()},
+        "by_mapping": {m: dict(v) for m, v in by_mapping.items()},
+        "total": sum(n for _, _, n in grid),
+        "reports": {status: {"count": n, "units": int(units)} for status, n, units in reports},
+        "attention": attention(engine),
+        "deadlines": deadlines,
+    }
+
+
+def attention(engine: Engine, *, limit: int = 50) -> list[dict[str, Any]]:
+    """Return failed or rejected reports that no later report of their contract settled."""
+    with Session(engine) as session:
+        bad = session.execute(select(LedgerRow, ContractRow.buyer_name)
+                              .join(ContractRow, ContractRow.id == LedgerRow.contract_id)
+                              .where(LedgerRow.status.in_(ATTENTION))
+                              .order_by(LedgerRow.id.desc()).limit(500)).all()
+        if not bad:
+            return []
+        settled = dict(session.execute(
+            select(LedgerRow.contract_id, func.max(LedgerRow.id))
+            .where(LedgerRow.contract_id.in_({row.contract_id for row, _ in bad}),
+                   LedgerRow.status.in_(("accepted", "duplicate")))
+            .group_by(LedgerRow.contract_id)).all())
+        session.expunge_all()
+    out = []
+    for row, buyer in bad:
+        if settled.get(row.contract_id, 0) > row.id:
+            continue  # a later report carried these units (a failed report's units are not counted)
+        out.append({"id": row.id, "contract_id": row.contract_id, "buyer": buyer, "marketplace": row.marketplace,
+                    "hour": utc(row.hour), "quantity": row.quantity, "status": row.status, "detail": row.detail,
+                    "at": utc(row.settled_at or row.created_at)})
+    return out[:limit]
+
+
+def next_hourly_run(now: datetime, minute: int) -> datetime:
+    """Return the next time the hourly sync fans out (every hour at ``minute``)."""
+    candidate = now.replace(minute=minute, second=0, microsecond=0)
+    return candidate if candidate > now else candidate + timedelta(hours=1)
+
+
+def last_run(engine: Engine, fanout: datetime | None) -> dict[str, Any] | None:
+    """Return the last hourly run: its fan-out time and how long until its last report settled."""
+    if fanout is None:
+        return None
+    with Session(engine) as session:
+        count, last = session.execute(select(func.count(), func.max(LedgerRow.settled_at))
+                                      .where(LedgerRow.created_at >= fanout,
+                                             LedgerRow.kind.in_(("hourly", "zero")))).one()
+    last = utc(last)
+    duration = (last - fanout).total_seconds() if last and last >= fanout else None
+    return {"at": fanout, "reports": int(count), "duration_seconds": duration}
+
+
+# --- one contract ----------------------------------------------------------------------------------
+
+def contract_detail(engine: Engine, contract_id: str, *, now: datetime) -> dict[str, Any]:
+    """Return everything the contract page shows (ContractNotFound when there is no such contract)."""
+    from billing_core.errors import NotFound
+    from billing_core.persistence.subscriptions import SqlSubscriptions
+    from billing_core.service_plans import upcoming
+    from billing_core.sql_usage import SqlUsageSource
+    from worker import contracts
+
+    view = contracts.get_contract(engine, contract_id)
+    with Session(engine) as session:
+        row = session.get(ContractRow, contract_id)
+        state = session.get(ContractSyncRow, contract_id)
+        listing = session.get(ListingRow, row.listing_id) if row and row.listing_id else None
+        session.expunge_all()
+    assert row is not None
+    subscription = invoice = None
+    billing_error = ""
+    if row.subscription_id:
+        with Session(engine) as session:
+            try:
+                subscription = SqlSubscriptions(session).get(row.subscription_id)
+                invoice = upcoming(session, subscription, SqlUsageSource(session), now=now)
+            except NotFound:
+                billing_error = f"the billing core has no subscription {row.subscription_id}"
+            except Exception as exc:  # noqa: BLE001 - the page still shows the rest, and says why
+                billing_error = f"the upcoming invoice could not be computed: {exc}"
+    price = sync.unit_price(row, listing) if listing else None
+    ledger = ledger_rows(engine, contract_id)
+    used = {entry["hour"] for entry in ledger}
+    current = hour_floor(now)
+    deadline = sync.deadline_for(row) if row.status == "canceled" else None
+    return {
+        "contract": view, "listing": listing, "state": state, "subscription": subscription,
+        "invoice": invoice, "billing_error": billing_error, "unit_price": price,
+        "ledger": ledger, "chart": chart(ledger, price),
+        "deadline": deadline, "overdue": bool(deadline and now >= deadline),
+        "current_stamp_used": current.isoformat() in used, "current_stamp": current,
+        "next_stamp": current + timedelta(hours=1),
+    }
+
+
+def chart(ledger: list[dict[str, Any]], unit_price: Decimal | None, *, width: int = 720,
+          height: int = 220) -> dict[str, Any]:
+    """Return an SVG-ready chart: units reported per hour (bars) vs computed cost in units (line).
+
+    The computed cost is the period's cost to date each report was made from, divided by the
+    unit price: where the line stays above the bars' running total, units are still to come.
+    """
+    points = []
+    cumulative = 0
+    for entry in ledger:
+        counted = entry["status"] in ("accepted", "duplicate", "pending")
+        reported = entry["quantity"]  # a failed or rejected report's bar is drawn, not counted
+        cumulative += reported if counted else 0
+        try:
+            cost = Decimal(entry["cost_to_date"])
+        except (InvalidOperation, TypeError):
+            cost = Decimal(0)
+        computed = float(cost / unit_price) if unit_price else 0.0
+        points.append({"hour": entry["hour"], "reported": reported, "cumulative": cumulative,
+                       "computed": computed, "cost": str(cost), "status": entry["status"]})
+    if not points:
+        return {"points": [], "width": width, "height": height}
+    pad_l, pad_r, pad_t, pad_b = 48, 12, 12, 28
+    top = _nice_ceiling(max(max(p["computed"] for p in points), max(p["cumulative"] for p in points),
+                            max(p["reported"] for p in points)))
+    inner_w, inner_h = width - pad_l - pad_r, height - pad_t - pad_b
+    step = inner_w / len(points)
+    bar_w = max(2.0, step * 0.6)
+
+    def y(value: float) -> float:
+        return round(pad_t + inner_h - (value / top) * inner_h, 1)
+
+    for i, p in enumerate(points):
+        x = pad_l + step * i + (step - bar_w) / 2
+        p.update(x=round(x, 1), bar_w=round(bar_w, 1), bar_y=y(p["reported"]),
+                 bar_h=round(pad_t + inner_h - y(p["reported"]), 1), cx=round(x + bar_w / 2, 1),
+                 cy=y(p["computed"]), ry=y(p["cumulative"]), label=p["hour"][5:13].replace("T", " "))
+    return {
+        "points": points, "width": width, "height": height, "top": top, "half": top // 2 if top % 2 == 0 else top / 2,
+        "left": pad_l, "bottom": pad_t + inner_h, "right": width - pad_r, "mid": y(top / 2),
+        "computed_path": " ".join(f"{p['cx']},{p['cy']}" for p in points),
+        "reported_path": " ".join(f"{p['cx']},{p['ry']}" for p in points),
+        "label_every": max(1, math.ceil(len(points) / 8)),
+    }
+
+
+def ledger_rows(engine: Engine, contract_id: str) -> list[dict[str, Any]]:
+    """Return a contract's reports hour by hour, with their ids (the retry action names one)."""
+    with Session(engine) as session:
+        rows = session.execute(select(LedgerRow).where(LedgerRow.contract_id == contract_id)
+                               .order_by(LedgerRow.hour, LedgerRow.id)).scalars().all()
+        return [{"id": r.id, "hour": utc(r.hour).isoformat(), "kind": r.kind,  # type: ignore[union-attr]
+                 "quantity": r.quantity, "units_total": r.units_total, "cost_to_date": r.cost_to_date,
+                 "status": r.status, "detail": r.detail, "marketplace_record_id": r.marketplace_record_id,
+                 "attempts": r.attempts, "sent_at": utc(r.sent_at)} for r in rows]
+
+
+def _nice_ceiling(value: float) -> int:
+    """Return the smallest of 2, 5, 10, 20, 50, ... that is at least ``value`` (an even axis top)."""
+    top = 2
+    while top < value:
+        top = top * 5 // 2 if str(top).startswith("2") else top * 2
+    return top
+
+
+def report_stamp(engine: Engine, contract_id: str, *, now: datetime) -> tuple[datetime, datetime | None]:
+    """Return the hour stamp a manual report uses, and when to run it (None: now).
+
+    A contract gets one report per hour stamp (the marketplaces dedupe on it), so a report
+    whose stamp is used cannot be sent again under it: the outstanding units (a failed or
+    rejected report's units are not counted as reported) go under the current hour, or, when
+    that stamp is used too, under the next hour, at its start.
+    """
+    current = hour_floor(now)
+    with Session(engine) as session:
+        used = {utc(h) for h in session.execute(select(LedgerRow.hour).where(
+            LedgerRow.contract_id == contract_id, LedgerRow.hour >= current)).scalars()}
+    if current not in used:
+        return current, None
+    later = current + timedelta(hours=1)
+    return later, later
+
+
+def ledger_entry(engine: Engine, contract_id: str, ledger_id: int) -> LedgerRow | None:
+    """Return one ledger row of a contract (None when it is not this contract's)."""
+    with Session(engine) as session:
+        row = session.get(LedgerRow, ledger_id)
+        if row is None or row.contract_id != contract_id:
+            return None
+        session.expunge(row)
+        return row
+
+
+def listing_rows(engine: Engine) -> list[dict[str, Any]]:
+    """Return every listing with the number of contracts on it."""
+    with Session(engine) as session:
+        counts = dict(session.execute(select(ContractRow.listing_id, func.count())
+                                      .group_by(ContractRow.listing_id)).all())
+        rows = session.execute(select(ListingRow).order_by(ListingRow.marketplace, ListingRow.product_id,
+                                                           ListingRow.plan_id)).scalars().all()
+        return [{"row": r, "contracts": counts.get(r.id, 0)} for r in rows]

@@ -1,0 +1,1 @@
+"""Persistence of the sync application (contracts, listings, inbox, usage ledger)."""
