@@ -1,15 +1,20 @@
 """One place that turns errors into HTTP responses: JSON ``{"type","status","title","detail"}``.
 
 The shape follows Orb's error responses; ``validation_errors`` names offending fields when
-there are any. Unexpected errors become a 500 without a traceback (the traceback is logged).
+there are any. A database that cannot be reached or used right now (refused or dropped
+connections, a full pool, SQLite's lock wait running out) is a 503 with ``Retry-After``: nothing
+was acknowledged, so a webhook sender or API client retries. Other unexpected errors become a
+500 without a traceback (the traceback is logged).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 from billing_core.errors import Conflict, InvalidInput, NotFound
@@ -47,6 +52,22 @@ class ApiError(Exception):
         self.detail = detail
         self.field = field
         self.extra = extra or {}
+
+
+# Seconds a client should wait before retrying while the database is unavailable.
+DATABASE_RETRY_AFTER = 5
+
+
+def database_unavailable(exc: BaseException | None) -> bool:
+    """Tell whether ``exc`` (or an exception it was raised from) means the database is unavailable now."""
+    while exc is not None:
+        if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError,
+                            sqlite3.OperationalError)):
+            return True
+        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        exc = exc.__cause__
+    return False
 
 
 def map_exception(exc_class: type[BaseException], status: int, title: str) -> None:
@@ -111,6 +132,15 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
+        if database_unavailable(exc):
+            # Transient, and nothing was acknowledged: the sender retries (a redelivery is never applied twice).
+            cause = getattr(exc, "orig", None) or exc
+            log.warning("database_unavailable", path=request.path, error=type(cause).__name__,
+                        detail=str(cause).strip().splitlines()[0][:200] if str(cause).strip() else "")
+            response = error_response(503, "Service unavailable",
+                                      "the database is unavailable; retry later")
+            response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER)
+            return response
         for exc_class, status, title in _MAPPED:
             if isinstance(exc, exc_class):
                 field = getattr(exc, "field", None)

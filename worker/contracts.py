@@ -156,7 +156,9 @@ def apply_event(engine: Engine, event: ContractEvent, billing: BillingGateway, *
 
 def _created(session: Session, row: ContractRow, event: ContractEvent, billing: BillingGateway,
              now: datetime) -> str:
-    if event.pricing is not None:
+    if event.pricing is not None and row.pricing is None:
+        # Only the first pricing: a creation applied again (two drains took it, or its outcome went
+        # unrecorded when the database or the worker went away) must not undo a later modification.
         row.pricing = dict(event.pricing)
     if row.started_at is None:
         row.started_at = event.effective_at
