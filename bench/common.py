@@ -48,8 +48,27 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[index]
 
 
+def server_cpu_seconds(port: str | int) -> float:
+    """Return the CPU seconds used so far by the gunicorn processes serving ``port``."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            if b"gunicorn" not in cmdline or f"127.0.0.1:{port}".encode() not in cmdline:
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 @contextmanager
-def web_service(data_dir: Path, env_extra: dict[str, str], *, workers: int = 2, threads: int = 8) -> Iterator[str]:
+def web_service(data_dir: Path, env_extra: dict[str, str], *, workers: int = 2, threads: int = 8,
+                worker_class: str = "gthread") -> Iterator[str]:
     """Run migrations, a private Redis and gunicorn (gthread) on a free port; yield its base URL."""
     from worker import db
     from worker.redis_server import PrivateRedis
@@ -64,7 +83,7 @@ def web_service(data_dir: Path, env_extra: dict[str, str], *, workers: int = 2, 
         engine.dispose()
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-             "--worker-class", "gthread", "--threads", str(threads), "--log-level", "warning",
+             "--worker-class", worker_class, "--threads", str(threads), "--log-level", "warning",
              "webhooks:create_app()"],
             cwd=ROOT, env=env, start_new_session=True)
         base = f"http://127.0.0.1:{port}"

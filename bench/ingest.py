@@ -34,7 +34,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine, web_service
+from bench.common import machine, server_cpu_seconds, web_service
 
 API_KEY = "bench-api-key-0123456789"
 MODELS = ("gpt-4", "gpt-4o", "claude", "llama", "mistral")
@@ -106,24 +106,6 @@ def _count(path: Path) -> int:
         return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
 
-def _server_cpu_seconds(port: str) -> float:
-    """Return the CPU seconds used so far by the gunicorn processes serving ``port``."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            if b"gunicorn" not in cmdline or f"127.0.0.1:{port}".encode() not in cmdline:
-                continue
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 def run_http(events: list[dict[str, Any]], batch: int, customers: int, now: datetime, *, clients: int,
              workers: int, threads: int) -> tuple[float, int, float]:
     """Send every batch to gunicorn; return (seconds, events stored, server CPU seconds)."""
@@ -157,14 +139,14 @@ def run_http(events: list[dict[str, Any]], batch: int, customers: int, now: date
             conn.close()
 
         pool = [threading.Thread(target=client) for _ in range(clients)]
-        cpu_before = _server_cpu_seconds(port)
+        cpu_before = server_cpu_seconds(port)
         started = time.perf_counter()
         for t in pool:
             t.start()
         for t in pool:
             t.join()
         elapsed = time.perf_counter() - started
-        cpu = _server_cpu_seconds(port) - cpu_before
+        cpu = server_cpu_seconds(port) - cpu_before
         if failures:
             raise RuntimeError(f"{len(failures)} requests failed, first: {failures[0]}")
         return elapsed, _count(db_path), cpu

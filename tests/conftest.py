@@ -264,4 +264,20 @@ def run_jobs(app) -> None:  # type: ignore[no-untyped-def]
     runtime = app.extensions["marketsync"]
     runtime_module.install(runtime)
     queues = [runtime.queue(name) for name in ("urgent", "contracts", "sync")]
-    SimpleWorker(queues, connection=runtime.redis).work(burst=True)
+    settle_jobs(runtime, queues, SimpleWorker)
+
+
+def settle_jobs(runtime, queues, worker_class) -> None:  # type: ignore[no-untyped-def]
+    """Run burst workers until no drain signal is pending and the queues are empty.
+
+    Receivers signal the drain job from a background thread just after answering, and a job
+    can make an emulator send a notification that enqueues more: run until it all settles.
+    """
+    from worker.delivery import drain_signal
+
+    signal = drain_signal(runtime)
+    for _ in range(20):
+        signal.wait()
+        worker_class(queues, connection=runtime.redis).work(burst=True)
+        if signal.wait(0) and not any(q.count for q in queues):
+            return

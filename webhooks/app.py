@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import Any
 
 import structlog
 from flask import Flask, Response, g, request
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from config import Settings
@@ -36,6 +38,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.strict_slashes = False
+    app.session_interface = _DashboardSessions()
     app.extensions["marketsync"] = runtime or Runtime(settings)
 
     register_error_handlers(app)
@@ -46,6 +49,15 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     register_api(app)
     app.register_blueprint(dashboard_bp)
     return app
+
+
+class _DashboardSessions(SecureCookieSessionInterface):
+    """Signed-cookie sessions for the dashboard only: receivers and APIs never read or set one."""
+
+    def open_session(self, app: Flask, request: Any) -> Any:
+        if request.path.startswith(("/webhooks/", "/v1/")):
+            return None  # Flask's null session: no cookie parsed, none written
+        return super().open_session(app, request)
 
 
 def _install_request_context(app: Flask) -> None:

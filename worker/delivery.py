@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import uuid
+import weakref
 from datetime import datetime
 from typing import Any, Mapping
 
@@ -25,10 +27,11 @@ RETRY = Retry(max=5, interval=[10, 60, 300, 900, 1800])
 
 def accept(runtime: Runtime, *, source: str, delivery_id: str, event_type: str, body: bytes,
            headers: Mapping[str, str], event: ContractEvent | None, now: datetime) -> inbox.StoredDelivery:
-    """Store a verified delivery (unique on source + id), then enqueue it; never lose it.
+    """Store a verified delivery (unique on source + id), then have it processed; never lose it.
 
-    An event that needs no processing is stored as ``ignored``. If Redis is unreachable the
-    delivery stays ``received`` and the cron sweeper enqueues it later.
+    An event that needs no processing is stored as ``ignored``. The drain job is signalled
+    right after, off the request path (``DrainSignal``). If Redis is unreachable, or the process
+    dies before it signals, the delivery stays ``received`` and the cron sweeper enqueues it.
     """
     status = "received" if event is not None and event.kind not in ("ignored",) else "ignored"
     stored = inbox.store_delivery(
@@ -37,7 +40,7 @@ def accept(runtime: Runtime, *, source: str, delivery_id: str, event_type: str, 
         contract_key=event.contract_key if event else "", now=now,
     )
     if stored.created and status == "received":
-        signal_drain(runtime)
+        drain_signal(runtime).request()
     log.info("webhook_stored", source=source, delivery_id=delivery_id, inbox_id=stored.id,
              duplicate=not stored.created, status=stored.status)
     return stored
@@ -49,10 +52,9 @@ DRAIN_FLAG = "marketsync:inbox:drain-pending"
 def signal_drain(runtime: Runtime) -> bool:
     """Make sure a drain job is queued; return False (and log) when Redis is unreachable.
 
-    One Redis round trip per delivery (SET NX); only the delivery that sets the flag enqueues
-    the job. The drain clears the flag before it reads the inbox, so a delivery stored after
-    that read sets it again: nothing stored is ever left without a drain (and the sweeper is
-    the second line).
+    One Redis round trip (SET NX); only the call that sets the flag enqueues the job. The drain clears the flag
+    before it reads the inbox, so a delivery stored after that read sets it again: nothing
+    stored is ever left without a drain (and the sweeper is the second line).
     """
     from worker.jobs import drain_inbox
 
@@ -64,6 +66,70 @@ def signal_drain(runtime: Runtime) -> bool:
     except Exception as exc:  # noqa: BLE001 - the sweeper re-enqueues whatever Redis error this was
         log.warning("enqueue_failed", error=type(exc).__name__)
         return False
+
+
+class DrainSignal:
+    """Signal the drain job after deliveries are stored, from a background thread of the process.
+
+    A request that stored a delivery only sets a mark and answers; the thread wakes, clears the
+    mark and calls ``signal_drain`` once for every delivery stored before that. A delivery
+    stored while a signal is in flight sets the mark again, so every stored row is followed by
+    a signal issued after its commit, and under load one Redis round trip covers many
+    deliveries instead of one each. The thread leaves after a few idle seconds.
+    """
+
+    IDLE_SECONDS = 5.0
+
+    def __init__(self, runtime: Runtime):
+        self._runtime = weakref.ref(runtime)  # the registry below is keyed weakly on the runtime
+        self._wanted = threading.Event()
+        self._settled = threading.Event()
+        self._settled.set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        """Ask for a signal covering every delivery stored so far (returns at once)."""
+        with self._lock:
+            self._settled.clear()
+            self._wanted.set()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="marketsync-drain-signal", daemon=True)
+                self._thread.start()
+
+    def wait(self, timeout: float = 10.0) -> bool:
+        """Block until every requested signal was sent (tests, shutdown); False on timeout."""
+        return self._settled.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            if not self._wanted.wait(self.IDLE_SECONDS):
+                with self._lock:
+                    if not self._wanted.is_set():
+                        self._thread = None
+                        return
+                continue
+            self._wanted.clear()
+            runtime = self._runtime()
+            if runtime is not None:
+                signal_drain(runtime)
+            del runtime
+            with self._lock:
+                if not self._wanted.is_set():
+                    self._settled.set()
+
+
+_signals: "weakref.WeakKeyDictionary[Runtime, DrainSignal]" = weakref.WeakKeyDictionary()
+_signals_guard = threading.Lock()
+
+
+def drain_signal(runtime: Runtime) -> DrainSignal:
+    """Return the runtime's drain signal in this process."""
+    with _signals_guard:
+        signal = _signals.get(runtime)
+        if signal is None:
+            signal = _signals[runtime] = DrainSignal(runtime)
+        return signal
 
 
 def enqueue(runtime: Runtime, inbox_id: int) -> bool:

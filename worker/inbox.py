@@ -6,6 +6,10 @@ changes nothing. Rows move ``received -> processing -> done | failed | ignored |
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Mapping
@@ -57,26 +61,106 @@ def _insert_statement(dialect: str) -> Any:
 def store_delivery(engine: Engine, *, source: str, delivery_id: str, event_type: str, body: bytes,
                    headers: Mapping[str, str], normalized: Mapping[str, Any] | None, status: str,
                    contract_key: str, now: datetime) -> StoredDelivery:
-    """Insert the delivery unless (source, delivery id) is stored already; return its row."""
+    """Insert the delivery unless (source, delivery id) is stored already; return its row.
+
+    Deliveries that arrive together in one process share one transaction (see ``InboxWriter``).
+    """
     values = {
         "source": source, "delivery_id": delivery_id, "event_type": event_type[:64],
         "status": status, "contract_key": contract_key[:255],
         "body": body.decode("utf-8", errors="replace"), "headers": kept_headers(headers),
         "normalized": dict(normalized or {}), "attempts": 0, "error": "", "received_at": now,
     }
-    statement = _insert_statement(engine.dialect.name)
-    # SQLite: writers queue on a lock file instead of sleeping in the busy handler.
-    with write_lock(engine), engine.begin() as conn:
-        inserted = conn.execute(statement, values).first()
-        if inserted is not None:
-            return StoredDelivery(id=inserted.id, created=True, status=status)
-        # A repeated delivery: report the stored row, change nothing.
-        table = InboxRow.__table__
-        row = conn.execute(
-            select(table.c.id, table.c.status).where(table.c.source == source,
-                                                     table.c.delivery_id == delivery_id)
-        ).one()
+    return _writer(engine).store(values)
+
+
+def _store_one(conn: Any, statement: Any, values: dict[str, Any]) -> StoredDelivery:
+    inserted = conn.execute(statement, values).first()
+    if inserted is not None:
+        return StoredDelivery(id=inserted.id, created=True, status=values["status"])
+    # A repeated delivery: report the stored row, change nothing.
+    table = InboxRow.__table__
+    row = conn.execute(
+        select(table.c.id, table.c.status).where(table.c.source == values["source"],
+                                                 table.c.delivery_id == values["delivery_id"])
+    ).one()
     return StoredDelivery(id=row.id, created=False, status=row.status)
+
+
+class _Slot:
+    __slots__ = ("values", "result", "error", "done")
+
+    def __init__(self, values: dict[str, Any]):
+        self.values = values
+        self.result: StoredDelivery | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class InboxWriter:
+    """Store the deliveries that arrive together in one process in one transaction (group commit).
+
+    Request threads queue their row here; one at a time (the leader) takes everything queued,
+    inserts it under ``write_lock`` in one transaction, commits, and wakes the others. Under load
+    a commit carries several deliveries, so the lock hand-over and the commit are paid once per
+    group rather than once per delivery. Every delivery still gets its own
+    answer only after the commit that stored it. If the group's transaction fails, each
+    delivery is retried in a transaction of its own, so one bad row cannot fail the others.
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.pid = os.getpid()
+        self._mutex = threading.Lock()
+        self._leader = threading.Lock()
+        self._pending: list[_Slot] = []
+
+    def store(self, values: dict[str, Any]) -> StoredDelivery:
+        slot = _Slot(values)
+        with self._mutex:
+            self._pending.append(slot)
+        with self._leader:
+            if not slot.done:
+                with self._mutex:
+                    group, self._pending = self._pending, []
+                self._write(group)
+        if slot.error is not None:
+            raise slot.error
+        assert slot.result is not None
+        return slot.result
+
+    def _write(self, group: list[_Slot]) -> None:
+        statement = _insert_statement(self.engine.dialect.name)
+        try:
+            # SQLite: writers queue on a lock file instead of sleeping in the busy handler.
+            with write_lock(self.engine), self.engine.begin() as conn:
+                results = [_store_one(conn, statement, slot.values) for slot in group]
+            for slot, result in zip(group, results):
+                slot.result = result
+        except Exception:
+            if len(group) == 1:
+                group[0].error = sys.exc_info()[1]
+            else:
+                for slot in group:
+                    try:
+                        with write_lock(self.engine), self.engine.begin() as conn:
+                            slot.result = _store_one(conn, statement, slot.values)
+                    except Exception as exc:  # noqa: BLE001 - this delivery's own error, raised in its request
+                        slot.error = exc
+        for slot in group:
+            slot.done = True
+
+
+_writers: "weakref.WeakKeyDictionary[Engine, InboxWriter]" = weakref.WeakKeyDictionary()
+_writers_guard = threading.Lock()
+
+
+def _writer(engine: Engine) -> InboxWriter:
+    with _writers_guard:
+        writer = _writers.get(engine)
+        if writer is None or writer.pid != os.getpid():  # a forked child builds its own
+            writer = _writers[engine] = InboxWriter(engine)
+        return writer
 
 
 def claim(engine: Engine, inbox_id: int, *, now: datetime) -> InboxRow | None:

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from tests.conftest import TEST_WEBHOOK_SECRET
+from tests.conftest import TEST_WEBHOOK_SECRET, settle_jobs
 from worker import delivery, runtime as runtime_module
 from worker.persistence.contracts import ContractRow, InboxRow, ListingRow
 from worker.standard_webhooks import signed_headers
@@ -90,7 +90,7 @@ def _run_queue(app) -> None:  # type: ignore[no-untyped-def]
     from rq import SimpleWorker
 
     runtime = app.extensions["marketsync"]
-    SimpleWorker([runtime.queue("urgent"), runtime.queue("contracts")], connection=runtime.redis).work(burst=True)
+    settle_jobs(runtime, [runtime.queue("urgent"), runtime.queue("contracts")], SimpleWorker)
 
 
 def _add_listing(engine, product: str = "prod-abc") -> None:  # type: ignore[no-untyped-def]
