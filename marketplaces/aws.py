@@ -239,7 +239,11 @@ class AwsMarketplace:
         backoff_seconds: Sequence[float] = (0.2, 0.5, 1.0),
         sleep: Callable[[float], None] = time.sleep,
         http_get: Callable[[str], Any] | None = None,
+        pace: Callable[[], None] | None = None,
     ):
+        """``pace`` is called before every BatchMeterUsage call and may block: the caller's way
+        to keep all its processes under the per-account rate limit (10 calls/s) rather than
+        spend the calls on ``ThrottlingException`` and backoff."""
         if not 1 <= max_batch <= MAX_BATCH:
             raise ValueError(f"max_batch must be in 1..{MAX_BATCH}")
         self.client = client
@@ -251,6 +255,7 @@ class AwsMarketplace:
         self.backoff_seconds = tuple(backoff_seconds) or (0.0,)
         self._sleep = sleep
         self._http_get = http_get
+        self._pace = pace
 
     # -- metering --
 
@@ -307,6 +312,8 @@ class AwsMarketplace:
             self._meter(product, items[:half], outcomes, attempt)
             self._meter(product, items[half:], outcomes, attempt)
             return
+        if self._pace is not None:
+            self._pace()
         try:
             response = self._call(
                 self.client.batch_meter_usage,

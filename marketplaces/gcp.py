@@ -16,6 +16,7 @@ import json
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -45,6 +46,7 @@ SANDBOX_SERVICE_NAME = "marketsync-sandbox.endpoints.marketsync-sandbox.cloud.go
 EMULATOR_CERTS_PATH = "/_emulator/oauth2/v1/certs"
 MAX_REQUEST_BYTES = 1_000_000
 MAX_OPERATIONS_PER_CALL = 100
+CHECK_CONCURRENCY = 10  # services.check calls in flight (no batch form); the REST session pools 10 connections
 
 # services.check error codes that mean "this consumer may not be billed for the service".
 _NOT_SUBSCRIBED_CHECK_CODES = frozenset(
@@ -219,6 +221,7 @@ class GcpMarketplace:
         max_request_bytes: int = MAX_REQUEST_BYTES,
         timeout: float = 30.0,
         retry: Any = None,
+        check_concurrency: int = CHECK_CONCURRENCY,
     ):
         """Wrap a ``servicecontrol_v1.ServiceControllerClient`` and optional procurement resource.
 
@@ -236,6 +239,15 @@ class GcpMarketplace:
         self.max_request_bytes = max_request_bytes
         self.timeout = timeout
         self.retry = retry
+        self.check_concurrency = check_concurrency
+        self._check_pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def _checker(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._check_pool is None:
+                self._check_pool = ThreadPoolExecutor(self.check_concurrency, thread_name_prefix="gcp-check")
+            return self._check_pool
 
     # Usage ----------------------------------------------------------------------------------
 
@@ -260,11 +272,16 @@ class GcpMarketplace:
         )
 
     def report(self, records: Sequence[UsageRecord]) -> list[Outcome]:
-        """Check then report every record; return one ``Outcome`` per record, in input order."""
+        """Check then report every record; return one ``Outcome`` per record, in input order.
+
+        Service Control has no batch ``check``: the checks of a batch run concurrently
+        (``check_concurrency`` at a time; they have no side effect), then the operations that
+        passed go out in as few ``report`` calls as the size limits allow.
+        """
         from google.cloud import servicecontrol_v1 as sc
 
         outcomes: dict[int, Outcome] = {}
-        passing: list[tuple[int, Any]] = []
+        to_check: list[tuple[int, Any]] = []
         first_transient: TransientMarketplaceError | None = None
         for index, record in enumerate(records):
             if not record.identifiers.get("consumer_id"):
@@ -281,21 +298,29 @@ class GcpMarketplace:
                     f"{self.service_name!r}",
                 )
                 continue
-            operation = self.build_operation(record)
+            to_check.append((index, self.build_operation(record)))
+
+        def check(item: tuple[int, Any]) -> Any:
             try:
-                response = self._call(
-                    self.client.check,
-                    sc.CheckRequest(service_name=self.service_name, operation=operation),
-                )
+                return self._call(self.client.check,
+                                  sc.CheckRequest(service_name=self.service_name, operation=item[1]))
             except TransientMarketplaceError as exc:
+                return exc
+
+        if len(to_check) > 1 and self.check_concurrency > 1:
+            answers = list(self._checker().map(check, to_check))
+        else:
+            answers = [check(item) for item in to_check]
+        passing: list[tuple[int, Any]] = []
+        for (index, operation), response in zip(to_check, answers):
+            if isinstance(response, TransientMarketplaceError):
                 # check has no side effect: this record was simply not processed.
-                first_transient = first_transient or exc
+                first_transient = first_transient or response
                 outcomes[index] = Outcome(
-                    record.key, OutcomeStatus.FAILED, f"check: {exc}", operation.operation_id
+                    records[index].key, OutcomeStatus.FAILED, f"check: {response}", operation.operation_id
                 )
-                continue
-            if response.check_errors:
-                outcomes[index] = _check_outcome(record, operation, response.check_errors)
+            elif response.check_errors:
+                outcomes[index] = _check_outcome(records[index], operation, response.check_errors)
             else:
                 passing.append((index, operation))
 

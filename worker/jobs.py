@@ -116,7 +116,7 @@ def report_contracts(contract_ids: list[str], hour: str) -> dict:
 
 
 def drain_pending(marketplace: str) -> dict[str, int]:
-    """Send every pending report of ``marketplace`` (batches of 25)."""
+    """Send every pending report of ``marketplace`` (in full batches)."""
     from worker import runtime as runtime_module
     from worker import sync
 

@@ -51,7 +51,13 @@ class Runtime:
                 from marketplaces.gcp import build_gcp_adapter as build
             else:
                 raise ValueError(f"unknown marketplace {marketplace!r}")
-            adapters[marketplace] = build(self.settings)
+            overrides: dict[str, Any] = {}
+            if marketplace == "aws" and self.settings.AWS_METERING_RPS > 0 and self.settings.REDIS_URL:
+                from worker.pacing import RedisPacer
+
+                overrides["pace"] = RedisPacer(self.redis, f"marketsync:pace:aws:{self.settings.AWS_REGION}",
+                                               self.settings.AWS_METERING_RPS)
+            adapters[marketplace] = build(self.settings, **overrides)
         return adapters[marketplace]
 
     def billing_gateway(self) -> Any:

@@ -39,6 +39,14 @@ from worker.persistence.ledger import ContractSyncRow, LedgerRow
 log = get_logger("marketsync.sync")
 
 BATCH = 25  # AWS and Azure accept at most 25 records per call
+# Google has no per-call record limit (its adapter splits report calls at 100 operations or
+# 1 MB) but one services.check per record: larger batches let the adapter run more at once.
+BATCH_SIZES = {"aws": BATCH, "azure": BATCH, "gcp": 100}
+
+
+def batch_size(marketplace: str) -> int:
+    """Return how many ledger rows of ``marketplace`` go out in one send."""
+    return BATCH_SIZES.get(marketplace, BATCH)
 CLAIM_TIMEOUT = timedelta(minutes=2)  # a claim older than this belongs to a dead worker
 COUNTED = ("pending", "accepted", "duplicate")  # statuses whose units count as reported
 # How long after the cancellation webhook the marketplace still accepts the final usage.
@@ -372,14 +380,14 @@ def _settle(engine: Engine, rows: Sequence[LedgerRow], outcomes: dict[str, Any],
 
 def send_pending(engine: Engine, adapter: Any, marketplace: str, *, now: datetime, first: str | None = None,
                  max_batches: int = 4) -> dict[str, int]:
-    """Send pending ledger rows of ``marketplace`` in batches of 25; return counts by outcome.
+    """Send pending ledger rows of ``marketplace`` in batches (``batch_size``); return counts by outcome.
 
     ``first`` puts one contract's rows at the head of the first batch. Transient failures
     release the claim and propagate (the job retries); permanent ones mark the rows failed.
     """
     totals: dict[str, int] = {}
     for _ in range(max_batches):
-        token, rows = _claim(engine, marketplace, now=now, first=first, limit=BATCH)
+        token, rows = _claim(engine, marketplace, now=now, first=first, limit=batch_size(marketplace))
         if not rows:
             break
         with Session(engine) as session:
@@ -427,14 +435,14 @@ def report_contract(engine: Engine, adapter: Any, contract_id: str, stamp: datet
                     final: bool = False, kind: str = "hourly", batch: bool = False) -> dict[str, Any]:
     """Prepare one contract's report under ``stamp`` and send it (with others' pending rows).
 
-    With ``batch`` (the hourly fan-out) rows are sent only once a full batch of 25 waits, so
+    With ``batch`` (the hourly fan-out) rows are sent only once a full batch waits, so
     thousands of contracts make hundreds of calls, not thousands; the fan-out's drain job
     sends the rest. Flushes and manual runs send at once.
     """
     prepared = prepare(engine, contract_id, stamp, now=now, final=final, kind=kind)
     marketplace = marketplace_of(engine, contract_id)
     sent: dict[str, int] = {}
-    if not batch or pending_count(engine, marketplace) >= BATCH:
+    if not batch or pending_count(engine, marketplace) >= batch_size(marketplace):
         sent = send_pending(engine, adapter, marketplace, now=now, first=contract_id,
                             max_batches=1 if batch else 4)
     return {"contract_id": contract_id, "hour": stamp.isoformat(), "outcome": prepared.outcome,
@@ -446,7 +454,7 @@ def report_many(engine: Engine, adapter_for: Callable[[str], Any], contract_ids:
                 now: datetime) -> dict[str, Any]:
     """The hourly report of many contracts: prepare each (costs read in bulk), then send full batches.
 
-    Rows below a full batch of 25 wait for the fan-out's drain jobs. A contract that cannot be
+    Rows below a full batch wait for the fan-out's drain jobs. A contract that cannot be
     reported is counted and skipped; a transient failure (sending, or a sync state that kept
     changing) propagates after the others are done, so the job retries.
     """
@@ -468,7 +476,7 @@ def report_many(engine: Engine, adapter_for: Callable[[str], Any], contract_ids:
             ContractRow.id.in_([c for c, r in prepared.items() if isinstance(r, Prepared) and r.ledger_id]))).scalars()))
     sent: dict[str, dict[str, int]] = {}
     for marketplace in marketplaces:
-        full = pending_count(engine, marketplace) // BATCH
+        full = pending_count(engine, marketplace) // batch_size(marketplace)
         if full:
             sent[marketplace] = send_pending(engine, adapter_for(marketplace), marketplace, now=now, max_batches=full)
     if transient is not None:
