@@ -23,6 +23,9 @@ from worker.runtime import Runtime
 
 log = get_logger("marketsync.inbox")
 RETRY = Retry(max=5, interval=[10, 60, 300, 900, 1800])
+# A drain that died (the database went away under it) runs again soon for what is still
+# ``received``; a row it left ``processing`` is the sweeper's (after 30 s).
+DRAIN_RETRY = Retry(max=3, interval=[5, 30, 120])
 
 
 def accept(runtime: Runtime, *, source: str, delivery_id: str, event_type: str, body: bytes,
@@ -61,7 +64,7 @@ def signal_drain(runtime: Runtime) -> bool:
     try:
         if runtime.redis.set(DRAIN_FLAG, "1", nx=True, ex=60):
             runtime.queue("contracts").enqueue(drain_inbox, job_id=f"inbox-drain-{uuid.uuid4().hex}",
-                                               result_ttl=600, failure_ttl=7 * 86400)
+                                               retry=DRAIN_RETRY, result_ttl=600, failure_ttl=7 * 86400)
         return True
     except Exception as exc:  # noqa: BLE001 - the sweeper re-enqueues whatever Redis error this was
         log.warning("enqueue_failed", error=type(exc).__name__)
@@ -155,7 +158,7 @@ def drain(runtime: Runtime, *, now_fn: Any, batch: int = 200) -> dict[str, int]:
             return counts
         for inbox_id in ids:
             try:
-                outcome = process(runtime, inbox_id, now=now_fn())
+                outcome = process(runtime, inbox_id, now=now_fn(), statuses=("received",))
             except Exception as exc:  # noqa: BLE001 - recorded on the row; the sweeper retries it
                 log.warning("webhook_failed", inbox_id=inbox_id, error=f"{type(exc).__name__}: {exc}")
                 outcome = "failed"
@@ -192,9 +195,12 @@ def _apply(runtime: Runtime, event: ContractEvent, *, now: datetime) -> Applied:
     raise AssertionError("unreachable")
 
 
-def process(runtime: Runtime, inbox_id: int, *, now: datetime) -> str:
-    """Apply a stored delivery to its contract; safe to run any number of times, from any worker."""
-    row = inbox.claim(runtime.engine, inbox_id, now=now)
+def process(runtime: Runtime, inbox_id: int, *, now: datetime, statuses: tuple[str, ...] = inbox.CLAIMABLE) -> str:
+    """Apply a stored delivery to its contract; safe to run any number of times, from any worker.
+
+    ``statuses``: the row states this call may take it from (see ``inbox.claim``).
+    """
+    row = inbox.claim(runtime.engine, inbox_id, now=now, statuses=statuses)
     if row is None:
         return "already finished"
     if not row.normalized:

@@ -163,13 +163,20 @@ def _writer(engine: Engine) -> InboxWriter:
         return writer
 
 
-def claim(engine: Engine, inbox_id: int, *, now: datetime) -> InboxRow | None:
-    """Move a row to ``processing`` (one attempt more) and return it; None if it is finished."""
+CLAIMABLE = ("received", "processing", "failed", "deferred")
+
+
+def claim(engine: Engine, inbox_id: int, *, now: datetime, statuses: tuple[str, ...] = CLAIMABLE) -> InboxRow | None:
+    """Move a row to ``processing`` (one attempt more) and return it; None if it is finished.
+
+    ``statuses`` are the states it may be claimed from: the drain takes only ``received`` rows,
+    so two drains never process one row; retries and the sweeper take stuck and failed ones too.
+    """
     table = InboxRow.__table__
     with engine.begin() as conn:
         result = conn.execute(
             update(table)
-            .where(table.c.id == inbox_id, table.c.status.in_(("received", "processing", "failed", "deferred")))
+            .where(table.c.id == inbox_id, table.c.status.in_(statuses))
             .values(status="processing", attempts=table.c.attempts + 1)
         )
         if result.rowcount != 1:

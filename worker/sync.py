@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import Engine, and_, case, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, case, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -47,6 +47,8 @@ BATCH_SIZES = {"aws": BATCH, "azure": BATCH, "gcp": 100}
 def batch_size(marketplace: str) -> int:
     """Return how many ledger rows of ``marketplace`` go out in one send."""
     return BATCH_SIZES.get(marketplace, BATCH)
+
+
 CLAIM_TIMEOUT = timedelta(minutes=2)  # a claim older than this belongs to a dead worker
 COUNTED = ("pending", "accepted", "duplicate")  # statuses whose units count as reported
 # How long after the cancellation webhook the marketplace still accepts the final usage.
@@ -215,13 +217,116 @@ def prepare_many(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *
     priced = [t for t in todo if t[5] > t[4]]
     results = costs_bulk([(sub, start, end) for _, _, _, sub, start, end, _ in priced], SqlUsageSource(engine))
     totals = {t[0]: _reported_total(result, t[2]) for t, result in zip(priced, results)}
-    for contract_id, contract, listing, _sub, _start, _end, period_start in todo:
+    items = [(contract, listing, totals.get(contract_id, Decimal(0)), period_start)
+             for contract_id, contract, listing, _sub, _start, _end, period_start in todo]
+    recorded = _record_many(engine, items, stamp, now=now, kind=kind)
+    if recorded is not None:
+        out.update(recorded)
+        return out
+    # Another run touched one of these contracts meanwhile: one compare-and-swap each.
+    for contract, listing, cost, period_start in items:
         try:
-            out[contract_id] = _record(engine, contract, listing, totals.get(contract_id, Decimal(0)), period_start,
-                                       stamp, now=now, final=False, kind=kind)
+            out[contract.id] = _record(engine, contract, listing, cost, period_start, stamp, now=now,
+                                       final=False, kind=kind)
         except TransientMarketplaceError as exc:
-            out[contract_id] = exc
+            out[contract.id] = exc
     return out
+
+
+class _Moved(Exception):
+    """A bulk compare-and-swap found a state that changed since it was read."""
+
+
+def _record_many(engine: Engine, items: Sequence[tuple[ContractRow, ListingRow, Decimal, datetime]],
+                 stamp: datetime, *, now: datetime, kind: str) -> dict[str, Prepared] | None:
+    """``_record`` for many contracts in one transaction: one read of their sync states and
+    stamps, one batched compare-and-swap, one multi-row ledger insert.
+
+    Return None, having written nothing, when any state moved meanwhile (another run, a
+    flush): the caller then records each contract on its own.
+    """
+    if not items:
+        return {}
+    sync_t, ledger_t = ContractSyncRow.__table__, LedgerRow.__table__
+    ids = [contract.id for contract, *_ in items]
+    costs_by_id = {contract.id: cost for contract, _listing, cost, _start in items}
+    try:
+        with Session(engine) as session:
+            known = set(session.execute(select(sync_t.c.contract_id).where(sync_t.c.contract_id.in_(ids))).scalars())
+            if len(known) < len(ids):
+                session.add_all([ContractSyncRow(contract_id=i) for i in ids if i not in known])
+                session.flush()
+            states = {r.contract_id: r for r in session.execute(select(
+                sync_t.c.contract_id, sync_t.c.version, sync_t.c.period_start, sync_t.c.units_reported,
+            ).where(sync_t.c.contract_id.in_(ids)))}
+            used = {(r.contract_id, r.dimension): r for r in session.execute(select(
+                ledger_t.c.contract_id, ledger_t.c.dimension, ledger_t.c.id, ledger_t.c.status,
+            ).where(ledger_t.c.contract_id.in_(ids), ledger_t.c.hour == stamp))}
+            out: dict[str, Prepared] = {}
+            swaps: list[dict[str, Any]] = []
+            rows: list[dict[str, Any]] = []
+            plans: dict[str, Any] = {}
+            for contract, listing, cost, period_start in items:
+                taken = used.get((contract.id, listing.dimension))
+                if taken is not None:
+                    out[contract.id] = Prepared("stamp_used", f"hour {stamp.isoformat()} already has a {taken.status} report",
+                                                ledger_id=taken.id, cost=cost)
+                    continue
+                state = states[contract.id]
+                reported = state.units_reported if _utc(state.period_start) == period_start else 0
+                plan = plan_report(cost, unit_price(contract, listing), reported, final=False,
+                                   close_policy=listing.close_rounding)
+                plans[contract.id] = plan
+                send_zero = plan.delta == 0 and contract.marketplace == "aws" and kind == "hourly"
+                swaps.append({
+                    "b_id": contract.id, "b_version": state.version, "b_new_version": state.version + 1,
+                    "b_period_start": period_start, "b_units_reported": reported + plan.delta,
+                    "b_over_reported": plan.over_reported, "b_last_cost": str(cost),
+                    "b_last_units_total": plan.units_total, "b_last_run_at": now,
+                    "b_last_outcome": "queued" if plan.delta else "nothing to report",
+                })
+                if plan.delta > 0 or send_zero:
+                    rows.append({
+                        "key": ledger_key(contract.id, listing.dimension, stamp), "contract_id": contract.id,
+                        "marketplace": contract.marketplace, "product": _product(contract),
+                        "dimension": listing.dimension, "hour": stamp, "period_start": period_start,
+                        "quantity": plan.delta, "kind": "zero" if plan.delta == 0 else kind,
+                        "cost_to_date": str(cost), "units_total": plan.units_total, "status": "pending",
+                        "detail": "", "attempts": 0, "created_at": now,
+                    })
+                else:
+                    out[contract.id] = Prepared("nothing", "no whole unit to report", cost=cost,
+                                                units_total=plan.units_total)
+            if swaps:
+                swapped = session.execute(update(sync_t).where(
+                    sync_t.c.contract_id == bindparam("b_id"), sync_t.c.version == bindparam("b_version"),
+                ).values(
+                    version=bindparam("b_new_version"), period_start=bindparam("b_period_start"),
+                    units_reported=bindparam("b_units_reported"), over_reported=bindparam("b_over_reported"),
+                    last_cost=bindparam("b_last_cost"), last_units_total=bindparam("b_last_units_total"),
+                    last_run_at=bindparam("b_last_run_at"), last_outcome=bindparam("b_last_outcome"),
+                ).execution_options(synchronize_session=False), swaps).rowcount
+                if swapped != len(swaps):
+                    raise _Moved
+            if rows:
+                inserted = session.execute(insert(ledger_t).returning(ledger_t.c.id, ledger_t.c.contract_id), rows)
+                for row_id, contract_id in inserted:
+                    plan = plans[contract_id]
+                    out[contract_id] = Prepared("zero" if plan.delta == 0 else "queued", ledger_id=row_id,
+                                                cost=costs_by_id[contract_id], units_total=plan.units_total,
+                                                quantity=plan.delta)
+            session.commit()
+    except (_Moved, IntegrityError):
+        return None
+    for contract_id, plan in plans.items():
+        if plan.over_reported:
+            log.warning("over_reported", contract=contract_id, units=plan.over_reported,
+                        cost=str(costs_by_id[contract_id]))
+    return out
+
+
+def _product(contract: ContractRow) -> str:
+    return contract.product_code or contract.offer_id or str((contract.cloud_identifiers or {}).get("product_id", ""))
 
 
 def _record(engine: Engine, contract: ContractRow, listing: ListingRow, cost: Decimal, period_start: datetime,
@@ -229,7 +334,7 @@ def _record(engine: Engine, contract: ContractRow, listing: ListingRow, cost: De
     """Write the units of ``cost`` not yet reported as a pending ledger row (compare-and-swap on the sync state)."""
     contract_id = contract.id
     price = unit_price(contract, listing)
-    product = contract.product_code or contract.offer_id or str((contract.cloud_identifiers or {}).get("product_id", ""))
+    product = _product(contract)
     for _attempt in range(10):
         with Session(engine, expire_on_commit=False) as session:
             state = session.get(ContractSyncRow, contract_id)

@@ -50,3 +50,27 @@ def test_authorization_headers_are_not_kept() -> None:
     """Signatures and tokens are never stored with a delivery."""
     kept = inbox.kept_headers({"Authorization": "Bearer x", "webhook-signature": "v1,abc", "webhook-id": "m"})
     assert kept == {"webhook-id": "m"}
+
+
+def test_a_drain_claims_only_received_rows(any_engine: Engine) -> None:
+    """Two drains listing the same received row: the first claim moves it to processing, the
+    second (drains claim only ``received``) gets nothing; a retry may still take it over."""
+    stored = _store(any_engine, "d3")
+    assert inbox.claim(any_engine, stored.id, now=NOW, statuses=("received",)) is not None
+    assert inbox.claim(any_engine, stored.id, now=NOW, statuses=("received",)) is None
+    assert inbox.claim(any_engine, stored.id, now=NOW) is not None  # a retry of a stuck row
+
+
+def test_deliveries_stored_together_share_a_commit_and_keep_their_own_answers(any_engine: Engine) -> None:
+    """Concurrent stores of distinct and repeated ids (group commit): one row per id, each
+    caller told whether it created it."""
+    ids = [f"g{i % 12}" for i in range(48)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda d: (d, _store(any_engine, d)), ids))
+    created = {d for d, r in results if r.created}
+    assert created == set(ids)
+    assert sum(r.created for _, r in results) == 12
+    by_id: dict[str, set[int]] = {}
+    for d, r in results:
+        by_id.setdefault(d, set()).add(r.id)
+    assert all(len(v) == 1 for v in by_id.values())
