@@ -1,6 +1,6 @@
 """Event ingest throughput: over HTTP to gunicorn, through the in-process path, and raw inserts.
 
-    python -m bench.ingest [--events 1000000] [--batch 500] [--clients 8] [--workers 2] [--threads 4]
+    python -m bench.ingest [--events 1000000] [--batch 500] [--clients 8] [--workers 3] [--threads 1]
 
 The same rows go three ways, each into a fresh, migrated SQLite file (WAL):
 
@@ -107,11 +107,12 @@ def _count(path: Path) -> int:
 
 
 def run_http(events: list[dict[str, Any]], batch: int, customers: int, now: datetime, *, clients: int,
-             workers: int, threads: int) -> tuple[float, int, float]:
+             workers: int, threads: int, worker_class: str = "gthread") -> tuple[float, int, float]:
     """Send every batch to gunicorn; return (seconds, events stored, server CPU seconds)."""
     bodies = [_encode(b) for b in _batches(events, batch)]
     with tempfile.TemporaryDirectory() as tmp, web_service(
-        Path(tmp), {"API_KEYS": API_KEY, "MAX_BODY_BYTES": str(8 * 1024 * 1024)}, workers=workers, threads=threads
+        Path(tmp), {"API_KEYS": API_KEY, "MAX_BODY_BYTES": str(8 * 1024 * 1024)}, workers=workers, threads=threads,
+        worker_class=worker_class,
     ) as base:
         db_path = Path(tmp) / "marketsync.db"
         _add_customers(f"sqlite:///{db_path}", customers, now)
@@ -211,8 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--customers", type=int, default=100)
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP connections")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes (the Procfile's default)")
+    parser.add_argument("--threads", type=int, default=1, help="threads per gunicorn worker (gthread when > 1)")
     parser.add_argument("--skip-http", action="store_true")
     args = parser.parse_args(argv)
 
@@ -229,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     http_cpu = 0.0
     if not args.skip_http:
         http_s, http_n, http_cpu = run_http(events, args.batch, args.customers, now, clients=args.clients,
-                                            workers=args.workers, threads=args.threads)
+                                            workers=args.workers, threads=args.threads,
+                                            worker_class="gthread" if args.threads > 1 else "sync")
         figures["HTTP (gunicorn)"] = (http_s, http_n)
     for name, (seconds, stored) in figures.items():
         if stored != args.events:

@@ -1,9 +1,10 @@
 """Soak: steady contract webhooks, event ingest and hourly sync runs against the whole service.
 
     python -m bench.soak [--minutes 10] [--webhook-rate 50] [--ingest-rate 10] [--batch 100]
-                         [--sync-every 60] [--contracts 300] [--workers 2] [--web-workers 2]
+                         [--sync-every 60] [--contracts 300] [--workers 2] [--web-workers 3]
 
-The service runs as in production: gunicorn (``webhooks:create_app()``, gthread) and
+The service runs as in production: gunicorn (``webhooks:create_app()``, the Procfile's 3 sync
+workers unless ``--threads`` > 1) and
 ``--workers`` real ``rq worker --with-scheduler --worker-class rq.worker.SimpleWorker urgent
 contracts sync`` processes (the Procfile's) on a fresh SQLite file (WAL) and a private Redis;
 their sandbox adapters talk to the three emulators served by this process (``--latency-ms``
@@ -612,8 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sync-every", type=float, default=60.0, help="seconds between hourly sync runs")
     parser.add_argument("--contracts", type=int, default=300, help="mapped contracts (a third per marketplace)")
     parser.add_argument("--workers", type=int, default=2, help="rq worker processes")
-    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes (gthread)")
-    parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
+    parser.add_argument("--web-workers", type=int, default=3, help="gunicorn worker processes (the Procfile's)")
+    parser.add_argument("--threads", type=int, default=1, help="threads per gunicorn worker (gthread when > 1)")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="emulator latency per call")
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS samples")
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds of warm-up (at most half the run)")
@@ -645,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
                        "API_KEYS": API_KEY, "LOG_LEVEL": "WARNING", "DATA_DIR": str(data_dir),
                        "DATABASE_URL": f"sqlite:///{db_path}"}
         # web_service runs the migrations and gunicorn (its own Redis stays idle: REDIS_URL points at this one).
-        with web_service(data_dir, service_env, workers=args.web_workers, threads=args.threads) as base:
+        with web_service(data_dir, service_env, workers=args.web_workers, threads=args.threads,
+                         worker_class="gthread" if args.threads > 1 else "sync") as base:
             settings = Settings.from_env({k: v for k, v in service_env.items() if k in Settings.model_fields})
             runtime = runtime_module.Runtime(settings)
             try:

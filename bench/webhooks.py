@@ -1,6 +1,6 @@
 """Sustained signed contract deliveries to gunicorn on loopback: deliveries/s and p50/p99 latency.
 
-    python -m bench.webhooks [--deliveries 20000] [--clients 16] [--workers 2]
+    python -m bench.webhooks [--deliveries 20000] [--clients 16] [--workers 3] [--worker-class sync|gthread --threads N]
 
 Each delivery is a distinct, validly signed `contract.created` event (Standard Webhooks); the
 receiver verifies it, stores it in the inbox (SQLite, WAL) and enqueues its processing job in
@@ -36,7 +36,7 @@ def _payload(i: int) -> bytes:
     }).encode()
 
 
-def run(deliveries: int, clients: int, workers: int, threads: int = 8, worker_class: str = "gthread") -> dict[str, float]:
+def run(deliveries: int, clients: int, workers: int, threads: int = 1, worker_class: str = "sync") -> dict[str, float]:
     """Send ``deliveries`` signed events from ``clients`` concurrent senders; return figures.
 
     Bodies are encoded and signed before the clock starts (they stay inside the 5-minute
@@ -100,10 +100,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deliveries", type=int, default=20000)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8, help="threads per worker (gthread)")
-    parser.add_argument("--worker-class", default="gthread", choices=("gthread", "sync"),
-                        help="the Procfile's web process is gthread, 2 workers x 8 threads")
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn workers (the Procfile's default)")
+    parser.add_argument("--threads", type=int, default=1, help="threads per worker (gthread)")
+    parser.add_argument("--worker-class", default="sync", choices=("sync", "gthread"),
+                        help="the Procfile's default is sync (WEB_THREADS=1)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     figures = run(args.deliveries, args.clients, args.workers, args.threads, args.worker_class)

@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     REDIS_URL: str = ""
     HOST: str = "127.0.0.1"
     PORT: int = Field(default=8000, ge=1, le=65535)
-    WEB_CONCURRENCY: int = Field(default=2, ge=1, le=64)
-    WEB_THREADS: int = Field(default=8, ge=1, le=256)
+    WEB_CONCURRENCY: int = Field(default=3, ge=1, le=64)
+    WEB_THREADS: int = Field(default=1, ge=1, le=256)
     API_KEYS: Annotated[tuple[str, ...], NoDecode] = ()
     WEBHOOK_SECRETS: Annotated[tuple[str, ...], NoDecode] = ()
     WEBHOOK_TOLERANCE_SECONDS: int = Field(default=300, ge=1)
