@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test faults venv bench emulators clean
+.PHONY: run test faults venv bench soak emulators clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,11 @@ faults: $(STAMP)  ## the fault suite alone (also part of `make test`)
 emulators: $(STAMP)
 	$(BIN)/marketsync emulators
 
-bench: $(STAMP)
-	@for b in bench/*.py; do case $$b in */__init__.py|*/common.py) ;; *) $(BIN)/python -m bench.$$(basename $$b .py) || exit 1;; esac; done
+bench: $(STAMP)  ## every benchmark but the 10-minute soak (`make soak`)
+	@for b in bench/*.py; do case $$b in */__init__.py|*/common.py|*/soak.py) ;; *) $(BIN)/python -m bench.$$(basename $$b .py) || exit 1;; esac; done
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --minutes 10
 
 clean:
 	rm -rf $(VENV) var

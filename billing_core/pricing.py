@@ -163,8 +163,11 @@ class MatrixConfig:
 
     def amount_for(self, values: tuple[str, ...]) -> Decimal:
         """Return the unit amount for a group, falling back to ``default_unit_amount``."""
-        for candidate in self.matrix_values:
-            if all(want is None or want == got for want, got in zip(candidate.dimension_values, values)):
+        for candidate in self.matrix_values:  # a plain loop: this runs once per group of every matrix line
+            for want, got in zip(candidate.dimension_values, values):
+                if want is not None and want != got:
+                    break
+            else:
                 return candidate.unit_amount
         return self.default_unit_amount
 

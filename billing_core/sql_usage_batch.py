@@ -76,34 +76,47 @@ class BatchSqlUsageSource(SqlUsageSource):
                 branches = self._branches(json_, base, ids, aliases, to_micros(start), to_micros(end))
                 rows = self._scan(conn, json_, [], None, branches, group_props, value_props)
         wanted = set(ids)
-        # rows: (customer, group values...) -> (count, {prop: (sum, n_value, max)})
+        # rows: (customer, group values...) -> (count, {prop: (sum, n_value, max)}). Fold them
+        # once into per-customer totals, and per group for each distinct group-by of the members.
+        groupings = {tuple(group_props.index(g) for g in (request.group_by or d.group_by))
+                     for request, d in members if request.group_by or d.group_by}
+        totals: dict[str, list[Any]] = {}
+        grouped: dict[tuple[int, ...], dict[str, dict[tuple[str, ...], list[Any]]]] = {g: {} for g in groupings}
+        for (customer, *values), (count, stats) in rows.items():
+            if customer not in wanted:
+                continue
+            acc = totals.get(customer)
+            if acc is None:
+                acc = totals[customer] = [0, {p: [0, Decimal(0), 0, None] for p in value_props}]
+            _fold(acc, count, stats)
+            for positions, by_customer in grouped.items():
+                gkey = tuple(values[p] for p in positions)
+                per_group = by_customer.setdefault(customer, {})
+                gacc = per_group.get(gkey)
+                if gacc is None:
+                    gacc = per_group[gkey] = [0, {p: [0, Decimal(0), 0, None] for p in value_props}]
+                _fold(gacc, count, stats)
         out: dict[UsageRequest, dict[str, MetricUsage]] = {}
         for request, definition in members:
             group_by = request.group_by or definition.group_by
-            positions = [group_props.index(g) for g in group_by]
-            totals: dict[str, list[Any]] = {}
-            groups: dict[str, dict[tuple[str, ...], list[Any]]] = defaultdict(dict)
-            for (customer, *values), (count, stats) in rows.items():
-                if customer not in wanted:
-                    continue
-                prop_sum, prop_n, prop_max = stats.get(definition.property or "", (Decimal(0), 0, None))
-                _merge(totals.setdefault(customer, [0, Decimal(0), 0, None]), count, prop_sum, prop_n, prop_max)
-                if group_by:
-                    gkey = tuple(values[p] for p in positions)
-                    _merge(groups[customer].setdefault(gkey, [0, Decimal(0), 0, None]), count, prop_sum, prop_n,
-                           prop_max)
+            positions = tuple(group_props.index(g) for g in group_by)
+            prop = definition.property if definition.aggregation != "count" else None
             per_customer: dict[str, MetricUsage] = {}
             for customer in ids:
                 acc = totals.get(customer)
                 if acc is None:
                     per_customer[customer] = MetricUsage(quantity=Decimal(0), groups={} if group_by else None)
                     continue
+                stat = _stat(acc, prop)
+                groups = None
+                if group_by:
+                    groups = {k: _quantity(definition.aggregation, _stat(v, prop))
+                              for k, v in sorted(grouped[positions].get(customer, {}).items())}
                 per_customer[customer] = MetricUsage(
-                    quantity=_quantity(definition.aggregation, acc),
-                    event_count=acc[0],
-                    skipped=0 if definition.aggregation == "count" else acc[0] - acc[2],
-                    groups={k: _quantity(definition.aggregation, v) for k, v in sorted(groups[customer].items())}
-                    if group_by else None,
+                    quantity=_quantity(definition.aggregation, stat),
+                    event_count=stat[0],
+                    skipped=0 if definition.aggregation == "count" else stat[0] - stat[2],
+                    groups=groups,
                 )
             out[request] = per_customer
         return out
@@ -148,35 +161,25 @@ class BatchSqlUsageSource(SqlUsageSource):
                          sa.func.max(number).label(f"m{i}")]
             query = sa.select(cust, *gcols, *aggs).select_from(source).where(*where).group_by(cust, *gcols)
         else:
-            # Parse each row's JSON text once: one multi-path json_extract gives a small JSON array
-            # of every property needed (types intact), materialized; types and values are then
-            # read from that small array, materialized too, and aggregated.
-            props = group_props + value_props
-            if not props:
+            if not group_props and not value_props:
                 counted = sa.union_all(*(
                     sa.select(branch_key.label("cust")).select_from(branch_from).where(*branch_where)
                     for branch_key, branch_from, branch_where in source
                 )).subquery("counted")
                 query = sa.select(counted.c.cust, sa.func.count().label("n")).group_by(counted.c.cust)
                 return self._collect(conn, query, group_props, value_props)
-            paths = [json_._path(p) for p in props]
-            if len(paths) == 1:
-                paths = paths * 2  # a single path would return the bare SQL value and lose JSON types
-            picked = sa.union_all(*(
-                sa.select(branch_key.label("cust"), sa.func.json_extract(json_.props, *paths).label("a"))
-                .select_from(branch_from).where(*branch_where)
-                for branch_key, branch_from, branch_where in source
-            )).cte("picked").prefix_with("MATERIALIZED")
-            typed_cols: list[Any] = [picked.c.cust]
-            for i, prefix in [(i, f"gk{i}") for i in range(len(group_props))]:
-                at = sa.literal(f"$[{i}]", sa.Text)
-                typed_cols += [sa.func.json_type(picked.c.a, at).label(prefix),
-                               sa.func.json_extract(picked.c.a, at).label(f"gv{i}")]
-            for j in range(len(value_props)):
-                at = sa.literal(f"$[{len(group_props) + j}]", sa.Text)
-                typed_cols += [sa.func.json_type(picked.c.a, at).label(f"k{j}"),
-                               sa.func.json_extract(picked.c.a, at).label(f"v{j}")]
-            cte = sa.select(*typed_cols).cte("matched").prefix_with("MATERIALIZED")
+            # One materialized pass reads each needed property's JSON type and value (SQLite
+            # caches a row's parsed JSON between the json_* calls on it, so the text is parsed
+            # once); the grouped aggregate then reads plain columns.
+            def picked(branch_key: Any, branch_from: Any, branch_where: list[Any]) -> Any:
+                cols: list[Any] = [branch_key.label("cust")]
+                for i, g in enumerate(group_props):
+                    cols += [json_.kind(g).label(f"gk{i}"), json_.value(g).label(f"gv{i}")]
+                for j, v in enumerate(value_props):
+                    cols += [json_.kind(v).label(f"k{j}"), json_.value(v).label(f"v{j}")]
+                return sa.select(*cols).select_from(branch_from).where(*branch_where)
+
+            cte = sa.union_all(*(picked(*branch) for branch in source)).cte("matched").prefix_with("MATERIALIZED")
             gcols = []
             for i in range(len(group_props)):
                 kind, value = cte.c[f"gk{i}"], cte.c[f"gv{i}"]
@@ -199,28 +202,44 @@ class BatchSqlUsageSource(SqlUsageSource):
     def _collect(self, conn: Any, query: Any, group_props: list[str], value_props: list[str]
                  ) -> dict[tuple[str, ...], tuple[int, dict[str, tuple[Decimal, int, Decimal | None]]]]:
         out: dict[tuple[str, ...], tuple[int, dict[str, tuple[Decimal, int, Decimal | None]]]] = {}
-        for row in conn.execute(query).mappings():
-            if row["cust"] is None:
+        result = conn.execute(query)
+        at = {name: i for i, name in enumerate(result.keys())}
+        cust_at, n_at = at["cust"], at["n"]
+        group_at = [at[f"g{i}"] for i in range(len(group_props))]
+        value_at = [(p, at[f"s{i}"], at.get(f"x{i}"), at[f"c{i}"], at[f"m{i}"]) for i, p in enumerate(value_props)]
+        for row in result.all():  # fetchall: iterating the result would fetch row by row
+            customer = row[cust_at]
+            if customer is None:
                 continue
             stats: dict[str, tuple[Decimal, int, Decimal | None]] = {}
-            for i, p in enumerate(value_props):
-                total = _decimal(row[f"s{i}"])
-                scaled = row.get(f"x{i}")
+            for p, s_at, x_at, c_at, m_at in value_at:
+                total = _decimal(row[s_at])
+                scaled = row[x_at] if x_at is not None else None
                 if scaled is not None:
                     total = _plain(total + Decimal(int(scaled)).scaleb(-_SCALE))
-                maximum = row[f"m{i}"]
-                stats[p] = (total, int(row[f"c{i}"]), None if maximum is None else _decimal(maximum))
-            gkey = tuple(row[f"g{i}"] for i in range(len(group_props)))
-            out[(row["cust"], *gkey)] = (int(row["n"]), stats)
+                maximum = row[m_at]
+                stats[p] = (total, int(row[c_at]), None if maximum is None else _decimal(maximum))
+            out[(customer, *(row[i] for i in group_at))] = (int(row[n_at]), stats)
         return out
 
 
-def _merge(acc: list[Any], count: int, prop_sum: Decimal, prop_n: int, prop_max: Decimal | None) -> None:
+def _fold(acc: list[Any], count: int, stats: Mapping[str, tuple[Decimal, int, Decimal | None]]) -> None:
+    """Add one result row (its event count and per-property sum, count and max) to ``acc``."""
     acc[0] += count
-    acc[1] += prop_sum
-    acc[2] += prop_n
-    if prop_max is not None and (acc[3] is None or prop_max > acc[3]):
-        acc[3] = prop_max
+    for prop, (prop_sum, prop_n, prop_max) in stats.items():
+        pacc = acc[1][prop]
+        pacc[0] += count
+        pacc[1] += prop_sum
+        pacc[2] += prop_n
+        if prop_max is not None and (pacc[3] is None or prop_max > pacc[3]):
+            pacc[3] = prop_max
+
+
+def _stat(acc: list[Any], prop: str | None) -> list[Any]:
+    """Return [event count, sum, valued count, max] of ``prop`` (of the events only, for counts)."""
+    if prop and prop in acc[1]:
+        return acc[1][prop]
+    return [acc[0], Decimal(0), 0, None]
 
 
 def _quantity(aggregation: str, acc: list[Any]) -> Decimal:

@@ -162,12 +162,13 @@ class SqlSubscriptions:
 
     def all_active(self, at: datetime) -> list[Subscription]:
         """Return every subscription whose window contains the instant."""
-        rows = self.session.execute(sa.select(SubscriptionRow).where(
-            SubscriptionRow.start_date <= at,
-            sa.or_(SubscriptionRow.end_date.is_(None), SubscriptionRow.end_date > at),  # type: ignore[union-attr]
-        ).order_by(SubscriptionRow.id)).scalars()
+        t = SubscriptionRow.__table__
+        # Only the timeline column, without ORM objects: this reads every active subscription.
+        timelines = self.session.execute(sa.select(t.c.timeline).where(
+            t.c.start_date <= at, sa.or_(t.c.end_date.is_(None), t.c.end_date > at),
+        ).order_by(t.c.id)).scalars()
         cache: dict = {}
-        return [r.to_domain(cache) for r in rows]
+        return [subscription_from_dict(json.loads(timeline), cache) for timeline in timelines]
 
     # invoices
     def add_invoice(self, invoice: Invoice) -> Invoice:
