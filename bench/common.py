@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -104,3 +105,34 @@ def web_service(data_dir: Path, env_extra: dict[str, str], *, workers: int = 2, 
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def start_workers(count: int, env: dict[str, str], log_dir: Path, *, name: str = "bench") -> list[subprocess.Popen[bytes]]:
+    """Start ``count`` rq workers as the Procfile does, each in its own process group, logging to ``log_dir``."""
+    rq = str(Path(sys.executable).parent / "rq")
+    procs = []
+    for n in range(count):
+        log = open(log_dir / f"worker{n}.log", "wb")
+        procs.append(subprocess.Popen(
+            [rq, "worker", "--url", env["REDIS_URL"], "--with-scheduler", "--worker-class", "rq.worker.SimpleWorker",
+             "--name", f"{name}-worker-{n}-{os.getpid()}", "--logging_level", "WARNING", "urgent", "contracts", "sync"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        log.close()
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the workers (a warm shutdown), then whatever is left in their process groups (the scheduler)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

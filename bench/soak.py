@@ -48,7 +48,6 @@ import itertools
 import json
 import logging
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -65,7 +64,7 @@ from typing import Any, Callable
 
 import requests
 
-from bench.common import ROOT, machine, percentile, web_service
+from bench.common import machine, percentile, start_workers, stop_workers, web_service
 
 SECRET = "whsec_c29hay13ZWJob29rLXNlY3JldC0wMTIzNDU2Nzg5"
 API_KEY = "soak-api-key-0123456789abcdef"
@@ -118,37 +117,6 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return ""
-
-
-def start_workers(count: int, env: dict[str, str], log_dir: Path) -> list[subprocess.Popen[bytes]]:
-    """Start ``count`` workers as the Procfile does."""
-    rq = str(Path(sys.executable).parent / "rq")
-    procs = []
-    for n in range(count):
-        log = open(log_dir / f"worker{n}.log", "wb")
-        procs.append(subprocess.Popen(
-            [rq, "worker", "--url", env["REDIS_URL"], "--with-scheduler", "--worker-class", "rq.worker.SimpleWorker",
-             "--name", f"soak-worker-{n}-{os.getpid()}", "--logging_level", "WARNING", "urgent", "contracts", "sync"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-        log.close()
-    return procs
-
-
-def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
-    """Stop the workers (a warm shutdown), then whatever is left in their process groups (the scheduler)."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @dataclass
@@ -651,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = Settings.from_env({k: v for k, v in service_env.items() if k in Settings.model_fields})
             runtime = runtime_module.Runtime(settings)
             try:
-                procs = start_workers(args.workers, {**os.environ, **service_env}, data_dir)
+                procs = start_workers(args.workers, {**os.environ, **service_env}, data_dir, name="soak")
                 t = time.perf_counter()
                 create_catalog(db_path, contract_start - timedelta(days=1))
                 contracts = map_contracts(base, db_path, emulators, args.contracts, contract_start)

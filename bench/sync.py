@@ -36,10 +36,7 @@ import logging
 import os
 import random
 import sqlite3
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +47,7 @@ from typing import Any
 
 import requests
 
-from bench.common import ROOT, machine, percentile
+from bench.common import machine, percentile, start_workers, stop_workers
 
 MARKETPLACES = ("aws", "azure", "gcp")
 DIMENSION = "usage_cost"
@@ -228,31 +225,6 @@ def worker_env(data_dir: Path, db_path: Path, redis_url: str, emulators: Emulato
             "AZURE_EMULATOR_PORT": str(emulators.servers["azure"].port),
             "GCP_EMULATOR_PORT": str(emulators.servers["gcp"].port),
             "GCP_PUSH_AUDIENCE": "http://127.0.0.1/unused"}
-
-
-def start_workers(count: int, env: dict[str, str], log_dir: Path) -> list[subprocess.Popen[bytes]]:
-    """Start ``count`` workers as the Procfile does."""
-    rq = str(Path(sys.executable).parent / "rq")
-    procs = []
-    for n in range(count):
-        log = open(log_dir / f"worker{n}.log", "wb")
-        procs.append(subprocess.Popen(
-            [rq, "worker", "--url", env["REDIS_URL"], "--with-scheduler", "--worker-class", "rq.worker.SimpleWorker",
-             "--name", f"bench-worker-{n}-{os.getpid()}", "--logging_level", "WARNING", "urgent", "contracts", "sync"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-    return procs
-
-
-def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # --- measuring -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from sqlalchemy import Engine, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from billing_core.persistence.events import write_lock
+from billing_core.persistence.events import GroupCommit, write_lock
 from worker.persistence.contracts import InboxRow
 
 # Headers worth keeping for audit; never authorization material.
@@ -111,19 +111,11 @@ class InboxWriter:
     def __init__(self, engine: Engine):
         self.engine = engine
         self.pid = os.getpid()
-        self._mutex = threading.Lock()
-        self._leader = threading.Lock()
-        self._pending: list[_Slot] = []
+        self._group: GroupCommit[_Slot] = GroupCommit(self._write)
 
     def store(self, values: dict[str, Any]) -> StoredDelivery:
         slot = _Slot(values)
-        with self._mutex:
-            self._pending.append(slot)
-        with self._leader:
-            if not slot.done:
-                with self._mutex:
-                    group, self._pending = self._pending, []
-                self._write(group)
+        self._group.submit(slot)
         if slot.error is not None:
             raise slot.error
         assert slot.result is not None

@@ -24,7 +24,7 @@ import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Generic, Iterator, Mapping, Sequence, TypeVar
 
 try:  # POSIX only; elsewhere SQLite's own busy handler serializes writers.
     import fcntl
@@ -55,6 +55,7 @@ from billing_core.metrics import (
 )
 
 __all__ = [
+    "GroupCommit",
     "GroupCommitWriter",
     "write_lock",
     "CustomerRow",
@@ -297,6 +298,34 @@ _lock_fds: dict[tuple[int, str], int] = {}
 _thread_locks: dict[str, threading.Lock] = {}
 
 
+_S = TypeVar("_S")
+
+
+class GroupCommit(Generic[_S]):
+    """Leader/follower group commit for the request threads of one process.
+
+    ``submit`` queues a slot (anything with a ``done`` flag). One caller at a time, the leader,
+    takes every slot queued so far and hands them to ``write``, which must set ``done`` on each;
+    the others find their slot done when the leader lets them in. Under load one transaction
+    carries many slots; alone, a caller writes its own.
+    """
+
+    def __init__(self, write: Callable[[list[_S]], None]):
+        self._write = write
+        self._mutex = threading.Lock()
+        self._leader = threading.Lock()
+        self._pending: list[_S] = []
+
+    def submit(self, slot: _S) -> None:
+        with self._mutex:
+            self._pending.append(slot)
+        with self._leader:
+            if not slot.done:  # type: ignore[attr-defined]
+                with self._mutex:
+                    group, self._pending = self._pending, []
+                self._write(group)
+
+
 class GroupCommitWriter:
     """Commit the ingest batches that arrive together in one process in one SQLite transaction.
 
@@ -311,20 +340,12 @@ class GroupCommitWriter:
 
     def __init__(self, engine: sa.Engine):
         self.engine = engine
-        self._mutex = threading.Lock()
-        self._leader = threading.Lock()
-        self._pending: list[_Slot] = []
+        self._group: GroupCommit[_Slot] = GroupCommit(self._commit)
 
     def submit(self, records: list[Record], *, sent: int) -> Any:
         """Store one validated batch; return its ``IngestResult`` or raise its error."""
         slot = _Slot(records, sent)
-        with self._mutex:
-            self._pending.append(slot)
-        with self._leader:
-            if not slot.done:
-                with self._mutex:
-                    group, self._pending = self._pending, []
-                self._commit(group)
+        self._group.submit(slot)
         if slot.error is not None:
             raise slot.error
         return slot.result
