@@ -12,7 +12,9 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Iterator
 
 import requests
 
@@ -136,3 +138,82 @@ def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+class Emulators:
+    """The three emulators in this process, on loopback ports, driven through their control API.
+
+    ``hours``: widen AWS's and Azure's age limits to cover that many past hour stamps (the soak
+    compresses hours into minutes). ``products`` names each marketplace's product and
+    ``dimension`` the metered dimension of the customers ``new_customer`` creates.
+    """
+
+    def __init__(self, products: dict[str, str], dimension: str, *, hours: int | None = None) -> None:
+        from marketplaces.emulators.aws import create_aws_emulator
+        from marketplaces.emulators.azure import create_azure_emulator
+        from marketplaces.emulators.gcp import create_gcp_emulator
+        from marketplaces.emulators.server import EmulatorServer
+
+        self.products = products
+        self.dimension = dimension
+        aws_options: dict[str, Any] = {}
+        azure_options: dict[str, Any] = {}
+        if hours is not None:
+            aws_options["max_age_seconds"] = max(6 * 3600, (hours + 2) * 3600)
+            azure_options["usage_window_seconds"] = max(24, hours + 2) * 3600
+        self.servers = {"aws": EmulatorServer(create_aws_emulator(**aws_options)),
+                        "azure": EmulatorServer(create_azure_emulator(**azure_options)),
+                        "gcp": EmulatorServer(create_gcp_emulator())}
+        self.http = requests.Session()
+
+    def __enter__(self) -> "Emulators":
+        for server in self.servers.values():
+            server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for server in self.servers.values():
+            server.stop()
+
+    def control(self, marketplace: str, method: str, path: str, body: Any = None) -> Any:
+        response = self.http.request(method, f"{self.servers[marketplace].url}/_emulator/{path}", json=body,
+                                     timeout=30)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def new_customer(self, marketplace: str, started: datetime | None = None) -> dict[str, str]:
+        """Create a marketplace customer able to receive usage; return the contract's cloud identifiers."""
+        products = self.products
+        if marketplace == "aws":
+            body: dict[str, Any] = {"product_code": products["aws"], "dimensions": [self.dimension],
+                                    "legacy_identifier": False}
+            if started is not None:
+                body["started_at"] = started.isoformat().replace("+00:00", "Z")
+            ids = self.control("aws", "POST", "customers", body)["identifiers"]
+            return {"product_code": products["aws"], "customer_aws_account_id": ids["customer_aws_account_id"],
+                    "license_arn": ids["license_arn"]}
+        if marketplace == "azure":
+            sub = self.control("azure", "POST", "subscriptions", {"plan_id": "payg", "dimensions": [self.dimension],
+                                                                  "offer_id": products["azure"]})
+            return {"azure_subscription_id": sub["subscription"]["id"], "plan_id": "payg",
+                    "offer_id": products["azure"]}
+        ids = self.control("gcp", "POST", "entitlements", {"approve": True})["identifiers"]
+        return {"gcp_entitlement_id": ids["entitlement_id"], "usage_reporting_id": ids["consumer_id"],
+                "entitlement_id": ids["entitlement_id"], "product_id": products["gcp"]}
+
+    def totals(self, marketplace: str) -> int:
+        """Return every unit the emulator accepted."""
+        rows = self.control(marketplace, "GET", "usage")["totals"]
+        return int(sum(Decimal(str(r["quantity"])) for r in rows))
+
+    def set_latency(self, latency_ms: float) -> None:
+        for marketplace in self.servers:
+            self.control(marketplace, "POST", "faults", {"latency_ms": latency_ms})
+
+    def environment(self) -> dict[str, str]:
+        """Return the settings that point the service's sandbox adapters at these emulators."""
+        return {"MARKETPLACE_MODE": "sandbox", "EMULATOR_HOST": "127.0.0.1",
+                "AWS_EMULATOR_PORT": str(self.servers["aws"].port),
+                "AZURE_EMULATOR_PORT": str(self.servers["azure"].port),
+                "GCP_EMULATOR_PORT": str(self.servers["gcp"].port),
+                "GCP_PUSH_AUDIENCE": "http://127.0.0.1/unused"}

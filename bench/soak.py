@@ -50,7 +50,6 @@ import logging
 import os
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -64,7 +63,7 @@ from typing import Any, Callable
 
 import requests
 
-from bench.common import machine, percentile, start_workers, stop_workers, web_service
+from bench.common import Emulators, machine, percentile, start_workers, stop_workers, web_service
 
 SECRET = "whsec_c29hay13ZWJob29rLXNlY3JldC0wMTIzNDU2Nzg5"
 API_KEY = "soak-api-key-0123456789abcdef"
@@ -173,65 +172,6 @@ class Sampler:
 
 
 # --- the emulators -------------------------------------------------------------------------------
-
-class Emulators:
-    """The three emulators in this process, with their age limits widened to ``hours`` of past stamps."""
-
-    def __init__(self, hours: int) -> None:
-        from marketplaces.emulators.aws import create_aws_emulator
-        from marketplaces.emulators.azure import create_azure_emulator
-        from marketplaces.emulators.gcp import create_gcp_emulator
-        from marketplaces.emulators.server import EmulatorServer
-
-        window = max(24, hours + 2) * 3600
-        self.servers = {
-            "aws": EmulatorServer(create_aws_emulator(max_age_seconds=max(6 * 3600, (hours + 2) * 3600))),
-            "azure": EmulatorServer(create_azure_emulator(usage_window_seconds=window)),
-            "gcp": EmulatorServer(create_gcp_emulator()),
-        }
-        self.http = requests.Session()
-
-    def __enter__(self) -> "Emulators":
-        for server in self.servers.values():
-            server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for server in self.servers.values():
-            server.stop()
-
-    def control(self, marketplace: str, method: str, path: str, body: Any = None) -> Any:
-        response = self.http.request(method, f"{self.servers[marketplace].url}/_emulator/{path}", json=body, timeout=30)
-        response.raise_for_status()
-        return response.json() if response.content else None
-
-    def new_customer(self, marketplace: str, started: datetime) -> dict[str, str]:
-        """Create a marketplace customer able to receive usage; return the contract's cloud identifiers."""
-        if marketplace == "aws":
-            ids = self.control("aws", "POST", "customers", {
-                "product_code": PRODUCT["aws"], "dimensions": [DIMENSION], "legacy_identifier": False,
-                "started_at": started.isoformat().replace("+00:00", "Z")})["identifiers"]
-            return {"product_code": PRODUCT["aws"], "customer_aws_account_id": ids["customer_aws_account_id"],
-                    "license_arn": ids["license_arn"]}
-        if marketplace == "azure":
-            sub = self.control("azure", "POST", "subscriptions", {"plan_id": "payg", "dimensions": [DIMENSION],
-                                                                  "offer_id": PRODUCT["azure"]})
-            return {"azure_subscription_id": sub["subscription"]["id"], "plan_id": "payg", "offer_id": PRODUCT["azure"]}
-        ids = self.control("gcp", "POST", "entitlements", {"approve": True})["identifiers"]
-        return {"gcp_entitlement_id": ids["entitlement_id"], "usage_reporting_id": ids["consumer_id"],
-                "entitlement_id": ids["entitlement_id"], "product_id": PRODUCT["gcp"]}
-
-    def total(self, marketplace: str) -> int:
-        rows = self.control(marketplace, "GET", "usage")["totals"]
-        return int(sum(Decimal(str(r["quantity"])) for r in rows))
-
-    def environment(self) -> dict[str, str]:
-        return {"MARKETPLACE_MODE": "sandbox", "EMULATOR_HOST": "127.0.0.1",
-                "AWS_EMULATOR_PORT": str(self.servers["aws"].port),
-                "AZURE_EMULATOR_PORT": str(self.servers["azure"].port),
-                "GCP_EMULATOR_PORT": str(self.servers["gcp"].port),
-                "GCP_PUSH_AUDIENCE": "http://127.0.0.1/unused"}
-
 
 # --- setup ---------------------------------------------------------------------------------------
 
@@ -519,7 +459,7 @@ def check_totals(db_path: Path, emulators: Emulators, contracts: list[dict[str, 
         per_marketplace[contract["marketplace"]] += got
     assert not wrong, f"{len(wrong)} contracts' ledgers differ from their events (got, expected): {wrong[:5]}"
     for marketplace in MARKETPLACES:
-        accepted = emulators.total(marketplace)
+        accepted = emulators.totals(marketplace)
         assert accepted == per_marketplace[marketplace], \
             f"{marketplace}: the emulator accepted {accepted} units, the ledger {per_marketplace[marketplace]}"
     assert stored_events == events_ok, f"{events_ok} events acknowledged, {stored_events} stored"
@@ -609,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     results: list[Result] = []
     procs: list[subprocess.Popen[bytes]] = []
-    with Emulators(hours=runs + 4) as emulators, PrivateRedis(data_dir / "redis-soak") as redis_server:
+    with Emulators(PRODUCT, DIMENSION, hours=runs + 4) as emulators, PrivateRedis(data_dir / "redis-soak") as redis_server:
         service_env = {**emulators.environment(), "REDIS_URL": redis_server.url, "WEBHOOK_SECRETS": SECRET,
                        "API_KEYS": API_KEY, "LOG_LEVEL": "WARNING", "DATA_DIR": str(data_dir),
                        "DATABASE_URL": f"sqlite:///{db_path}"}

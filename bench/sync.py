@@ -45,9 +45,8 @@ from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
 
-import requests
 
-from bench.common import machine, percentile, start_workers, stop_workers
+from bench.common import Emulators, machine, percentile, start_workers, stop_workers
 
 MARKETPLACES = ("aws", "azure", "gcp")
 DIMENSION = "usage_cost"
@@ -58,59 +57,6 @@ PRODUCT = {"aws": "prod-bench", "azure": "offer-bench", "gcp": "prod-bench"}
 
 
 # --- setup ---------------------------------------------------------------------------------------
-
-class Emulators:
-    """The three emulators in this process, on loopback ports, each with a requests session."""
-
-    def __init__(self) -> None:
-        from marketplaces.emulators.aws import create_aws_emulator
-        from marketplaces.emulators.azure import create_azure_emulator
-        from marketplaces.emulators.gcp import create_gcp_emulator
-        from marketplaces.emulators.server import EmulatorServer
-
-        self.servers = {"aws": EmulatorServer(create_aws_emulator()), "azure": EmulatorServer(create_azure_emulator()),
-                        "gcp": EmulatorServer(create_gcp_emulator())}
-        self.http = requests.Session()
-
-    def __enter__(self) -> "Emulators":
-        for server in self.servers.values():
-            server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for server in self.servers.values():
-            server.stop()
-
-    def control(self, marketplace: str, method: str, path: str, body: Any = None) -> Any:
-        response = self.http.request(method, f"{self.servers[marketplace].url}/_emulator/{path}", json=body,
-                                     timeout=30)
-        response.raise_for_status()
-        return response.json() if response.content else None
-
-    def new_customer(self, marketplace: str) -> dict[str, str]:
-        """Create a marketplace customer able to receive usage; return the contract's identifier columns."""
-        if marketplace == "aws":
-            ids = self.control("aws", "POST", "customers", {"product_code": PRODUCT["aws"], "dimensions": [DIMENSION],
-                                                            "legacy_identifier": False})["identifiers"]
-            return {"product_code": PRODUCT["aws"], "customer_aws_account_id": ids["customer_aws_account_id"],
-                    "license_arn": ids["license_arn"]}
-        if marketplace == "azure":
-            sub = self.control("azure", "POST", "subscriptions", {"plan_id": "payg", "dimensions": [DIMENSION],
-                                                                  "offer_id": PRODUCT["azure"]})
-            return {"azure_subscription_id": sub["subscription"]["id"], "plan_id": "payg", "offer_id": PRODUCT["azure"]}
-        ids = self.control("gcp", "POST", "entitlements", {"approve": True})["identifiers"]
-        return {"gcp_entitlement_id": ids["entitlement_id"], "usage_reporting_id": ids["consumer_id"],
-                "entitlement_id": ids["entitlement_id"], "product_id": PRODUCT["gcp"]}
-
-    def totals(self, marketplace: str) -> int:
-        """Return every unit the emulator accepted."""
-        rows = self.control(marketplace, "GET", "usage")["totals"]
-        return int(sum(Decimal(str(r["quantity"])) for r in rows))
-
-    def set_latency(self, latency_ms: float) -> None:
-        for marketplace in MARKETPLACES:
-            self.control(marketplace, "POST", "faults", {"latency_ms": latency_ms})
-
 
 def build(db_path: Path, emulators: Emulators, *, contracts: int, events: int, start: datetime,
           until: datetime, seed: int = 17) -> list[dict[str, Any]]:
@@ -220,11 +166,7 @@ def build(db_path: Path, emulators: Emulators, *, contracts: int, events: int, s
 def worker_env(data_dir: Path, db_path: Path, redis_url: str, emulators: Emulators) -> dict[str, str]:
     """Return the environment of the service's processes (sandbox adapters on the emulators)."""
     return {**os.environ, "DATA_DIR": str(data_dir), "DATABASE_URL": f"sqlite:///{db_path}", "REDIS_URL": redis_url,
-            "MARKETPLACE_MODE": "sandbox", "EMULATOR_HOST": "127.0.0.1", "LOG_LEVEL": "WARNING",
-            "AWS_EMULATOR_PORT": str(emulators.servers["aws"].port),
-            "AZURE_EMULATOR_PORT": str(emulators.servers["azure"].port),
-            "GCP_EMULATOR_PORT": str(emulators.servers["gcp"].port),
-            "GCP_PUSH_AUDIENCE": "http://127.0.0.1/unused"}
+            "LOG_LEVEL": "WARNING", **emulators.environment()}
 
 
 # --- measuring -----------------------------------------------------------------------------------
@@ -479,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         now = datetime.now(UTC)
     current = hour_floor(now)
     period_start = current - timedelta(days=3)
-    with Emulators() as emulators, PrivateRedis(data_dir / "redis") as redis_server:
+    with Emulators(PRODUCT, DIMENSION) as emulators, PrivateRedis(data_dir / "redis") as redis_server:
         t = time.perf_counter()
         contracts = build(db_path, emulators, contracts=args.contracts, events=args.events, start=period_start,
                           until=now - timedelta(minutes=1))
