@@ -55,9 +55,9 @@ DRAIN_FLAG = "marketsync:inbox:drain-pending"
 def signal_drain(runtime: Runtime) -> bool:
     """Make sure a drain job is queued; return False (and log) when Redis is unreachable.
 
-    One Redis round trip (SET NX); only the call that sets the flag enqueues the job. The drain clears the flag
-    before it reads the inbox, so a delivery stored after that read sets it again: nothing
-    stored is ever left without a drain (and the sweeper is the second line).
+    One Redis round trip (SET NX); only the call that sets the flag enqueues the job. The
+    drain clears the flag before it reads the inbox, so a delivery stored after that read sets
+    it again: nothing stored is ever left without a drain (and the sweeper is the second line).
     """
     from worker.jobs import drain_inbox
 

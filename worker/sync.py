@@ -269,7 +269,8 @@ def _record_many(engine: Engine, items: Sequence[tuple[ContractRow, ListingRow, 
             for contract, listing, cost, period_start in items:
                 taken = used.get((contract.id, listing.dimension))
                 if taken is not None:
-                    out[contract.id] = Prepared("stamp_used", f"hour {stamp.isoformat()} already has a {taken.status} report",
+                    out[contract.id] = Prepared("stamp_used",
+                                                f"hour {stamp.isoformat()} already has a {taken.status} report",
                                                 ledger_id=taken.id, cost=cost)
                     continue
                 state = states[contract.id]
