@@ -103,9 +103,9 @@ class InboxWriter:
     Request threads queue their row here; one at a time (the leader) takes everything queued,
     inserts it under ``write_lock`` in one transaction, commits, and wakes the others. Under load
     a commit carries several deliveries, so the lock hand-over and the commit are paid once per
-    group rather than once per delivery. Every delivery still gets its own
-    answer only after the commit that stored it. If the group's transaction fails, each
-    delivery is retried in a transaction of its own, so one bad row cannot fail the others.
+    group rather than once per delivery. Every delivery still gets its own answer, only after
+    the commit that stored it. If the group's transaction fails, each delivery is retried in a
+    transaction of its own, so one bad row cannot fail the others.
     """
 
     def __init__(self, engine: Engine):
@@ -131,7 +131,7 @@ class InboxWriter:
                 slot.result = result
         except Exception:
             if len(group) == 1:
-                group[0].error = sys.exc_info()[1]
+                group[0].error = sys.exc_info()[1]  # raised again in its own request
             else:
                 for slot in group:
                     try:

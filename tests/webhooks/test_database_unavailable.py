@@ -23,9 +23,9 @@ from sqlmodel import Session
 from billing_core.persistence.events import EventRow
 from config import Settings
 from tests.conftest import TEST_API_KEY, TEST_WEBHOOK_SECRET
-from tests.webhooks.test_receivers import FakeBilling, _add_listing, _event, _post, _run_queue
+from tests.webhooks.test_receivers import _add_listing, _event, _post, _run_queue, billing  # noqa: F401
 from webhooks.errors import database_unavailable
-from worker import delivery, runtime as runtime_module
+from worker import delivery
 from worker.persistence.contracts import ContractRow, InboxRow
 from worker.standard_webhooks import signed_headers
 
@@ -132,16 +132,7 @@ def test_only_unavailability_is_mapped() -> None:
         assert database_unavailable(wrapped)
 
 
-@pytest.fixture
-def fake_billing(app, monkeypatch: pytest.MonkeyPatch) -> FakeBilling:  # type: ignore[no-untyped-def]
-    fake = FakeBilling()
-    runtime = app.extensions["marketsync"]
-    monkeypatch.setattr(runtime, "billing_gateway", lambda: fake)
-    runtime_module.install(runtime)
-    return fake
-
-
-def test_creation_processed_again_keeps_the_later_modification(app, client, fake_billing) -> None:  # type: ignore[no-untyped-def]
+def test_creation_processed_again_keeps_the_later_modification(app, client, billing) -> None:  # type: ignore[no-untyped-def]
     """A creation applied again after a modification (its 'done' was lost with the database) changes nothing."""
     runtime = app.extensions["marketsync"]
     _add_listing(runtime.engine)
@@ -161,5 +152,5 @@ def test_creation_processed_again_keeps_the_later_modification(app, client, fake
     with Session(runtime.engine) as session:
         contract = session.execute(select(ContractRow)).scalars().one()
     assert contract.pricing["dimensions"][0]["unit_price"] == "0.02"
-    assert contract.subscription_id == "sub_1" and len(fake_billing.subscriptions) == 1
+    assert contract.subscription_id == "sub_1" and len(billing.subscriptions) == 1
 
