@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Engine
 
 from billing_core.customers import create_customer
-from billing_core.events import ingest_events
+from billing_core.events import ingest_events, to_micros
 from billing_core.metrics import create_metric
 from billing_core.persistence.events import SqlCustomerRepository, SqlEventStore, SqlMetricRepository
 from billing_core.sql_usage import SqlUsageSource
@@ -68,9 +68,19 @@ def test_batch_equals_one_by_one(any_engine: Engine):
             assert batch[request] == expected, request
         alone = BatchSqlUsageSource(s).usage_bulk_many([UsageRequest("calls")], ids, start, end)
         assert alone[UsageRequest("calls")] == plain.usage_bulk("calls", ids, start, end)
-        # Past 1,000 customers the scan is by event name and keeps the asked ones.
+        # Past 1,000 customers the scan is by event name and keeps the asked ones: through the
+        # customer index for a narrow window, in storage order for a window holding much of the table.
         many = ids + [f"absent{i}" for i in range(1001)]
-        big = BatchSqlUsageSource(s).usage_bulk_many(REQUESTS[:4], many, start, end)
-        for request in REQUESTS[:4]:
-            expected = plain.usage_bulk(request.metric_id, many, start, end, request.group_by)
-            assert {c: big[request][c] for c in ids} == {c: expected[c] for c in ids}, request
+        narrow = (T0 + timedelta(hours=3), T0 + timedelta(hours=9))
+        for lo, hi, storage_order in ((start, end, True), (*narrow, False)):
+            assert BatchSqlUsageSource._storage_order(s, "api_call", to_micros(lo), to_micros(hi)) is storage_order
+            big = BatchSqlUsageSource(s).usage_bulk_many(REQUESTS[:4], many, lo, hi)
+            for request in REQUESTS[:4]:
+                expected = plain.usage_bulk(request.metric_id, many, lo, hi, request.group_by)
+                assert {c: big[request][c] for c in ids} == {c: expected[c] for c in ids}, request
+
+
+def test_storage_order_on_an_empty_table(engine: Engine):
+    """No events at all: the customer index is used (nothing to count)."""
+    with session_scope(engine) as s:
+        assert BatchSqlUsageSource._storage_order(s, "api_call", 0, to_micros(T0)) is False
