@@ -7,6 +7,7 @@ so a stored plan version, subscription timeline or issued invoice reads back equ
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 from decimal import Decimal
 from typing import Any
 
@@ -38,7 +39,14 @@ def _dp(value: str | None) -> Decimal | None:
 
 def instant(value: str | None) -> datetime | None:
     """Parse an ISO-8601 instant written by :func:`iso`."""
-    return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return None if value is None else _instant(value)
+
+
+@lru_cache(maxsize=65536)
+def _instant(value: str) -> datetime:
+    # Timelines repeat the same few instants (plan starts, anchors) across thousands of
+    # subscriptions; loading them all parses each text once.
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def _config_to_dict(config: Any) -> dict[str, Any]:

@@ -62,6 +62,8 @@ def months_in(cadence: Cadence) -> int:
 
 def ensure_utc(instant: datetime) -> datetime:
     """Return the instant as an aware UTC datetime; naive datetimes are refused."""
+    if instant.tzinfo is UTC:
+        return instant  # the common case, and a hot path (every period computation asks)
     if instant.tzinfo is None or instant.utcoffset() is None:
         raise ValueError(f"instant {instant.isoformat()} has no time zone; instants are UTC")
     return instant.astimezone(UTC)
