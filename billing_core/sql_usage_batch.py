@@ -88,46 +88,55 @@ class BatchSqlUsageSource(SqlUsageSource):
                 branches = self._branches(conn, json_, base, ids, aliases, to_micros(start), to_micros(end))
                 rows = self._scan(conn, json_, [], None, branches, group_props, value_props)
         wanted = set(ids)
-        # rows: (customer, group values...) -> (count, {prop: (sum, n_value, max)}). Fold them
-        # once into per-customer totals, and per group for each distinct group-by of the members.
+        # Fold the rows once into per-customer totals, and per group for each distinct group-by
+        # of the members. An accumulator is [events, then per value property: exact sum of its
+        # integers (SQLite) or numerics (PostgreSQL), sum of decimals in 10^-9 (SQLite), count
+        # of numeric values, max]; it becomes Decimals only at the end.
+        width = 1 + 4 * len(value_props)
         groupings = {tuple(group_props.index(g) for g in (request.group_by or d.group_by))
                      for request, d in members if request.group_by or d.group_by}
         totals: dict[str, list[Any]] = {}
         grouped: dict[tuple[int, ...], dict[str, dict[tuple[str, ...], list[Any]]]] = {g: {} for g in groupings}
-        for (customer, *values), (count, stats) in rows.items():
+        for customer, values, cells in rows:
             if customer not in wanted:
                 continue
             acc = totals.get(customer)
             if acc is None:
-                acc = totals[customer] = [0, {p: [0, Decimal(0), 0, None] for p in value_props}]
-            _fold(acc, count, stats)
+                acc = totals[customer] = _empty(width)
+            _fold(acc, cells)
             for positions, by_customer in grouped.items():
                 gkey = tuple(values[p] for p in positions)
-                per_group = by_customer.setdefault(customer, {})
+                per_group = by_customer.get(customer)
+                if per_group is None:
+                    per_group = by_customer[customer] = {}
                 gacc = per_group.get(gkey)
                 if gacc is None:
-                    gacc = per_group[gkey] = [0, {p: [0, Decimal(0), 0, None] for p in value_props}]
-                _fold(gacc, count, stats)
+                    gacc = per_group[gkey] = _empty(width)
+                _fold(gacc, cells)
         out: dict[UsageRequest, dict[str, MetricUsage]] = {}
+        empty_stat = (0, Decimal(0), 0, None)
         for request, definition in members:
             group_by = request.group_by or definition.group_by
             positions = tuple(group_props.index(g) for g in group_by)
-            prop = definition.property if definition.aggregation != "count" else None
+            at = 1 + 4 * value_props.index(definition.property) \
+                if definition.aggregation != "count" and definition.property in value_props else None
+            aggregation = definition.aggregation
             per_customer: dict[str, MetricUsage] = {}
             for customer in ids:
                 acc = totals.get(customer)
                 if acc is None:
                     per_customer[customer] = MetricUsage(quantity=Decimal(0), groups={} if group_by else None)
                     continue
-                stat = _stat(acc, prop)
+                stat = _stat(acc, at) if at is not None else (acc[0], *empty_stat[1:])
+                events, valued = stat[0], stat[2]
                 groups = None
                 if group_by:
-                    groups = {k: _quantity(definition.aggregation, _stat(v, prop))
+                    groups = {k: _quantity(aggregation, _stat(v, at) if at is not None else (v[0], *empty_stat[1:]))
                               for k, v in sorted(grouped[positions].get(customer, {}).items())}
                 per_customer[customer] = MetricUsage(
-                    quantity=_quantity(definition.aggregation, stat),
-                    event_count=stat[0],
-                    skipped=0 if definition.aggregation == "count" else stat[0] - stat[2],
+                    quantity=_quantity(aggregation, stat),
+                    event_count=events,
+                    skipped=0 if aggregation == "count" else events - valued,
                     groups=groups,
                 )
             out[request] = per_customer
@@ -186,8 +195,8 @@ class BatchSqlUsageSource(SqlUsageSource):
         return bool(conn.execute(sa.select(sa.func.count()).select_from(window)).scalar() >= need)
 
     def _scan(self, conn: Any, json_: _Json, where: list[Any], key: Any, source: Any, group_props: list[str],
-              value_props: list[str]) -> dict[tuple[str, ...], tuple[int, dict[str, tuple[Decimal, int, Decimal | None]]]]:
-        """Run the one grouped query; return per (customer, *group values) counts and property stats.
+              value_props: list[str]) -> list[tuple[str, tuple[Any, ...], list[Any]]]:
+        """Run the one grouped query; return its rows as ``_collect`` gives them.
 
         On PostgreSQL ``where``/``key``/``source`` are ``SqlUsageSource``'s; on SQLite ``source`` is
         the list of ``_branches`` (and ``where``/``key`` are unused).
@@ -241,51 +250,56 @@ class BatchSqlUsageSource(SqlUsageSource):
         return self._collect(conn, query, group_props, value_props)
 
     def _collect(self, conn: Any, query: Any, group_props: list[str], value_props: list[str]
-                 ) -> dict[tuple[str, ...], tuple[int, dict[str, tuple[Decimal, int, Decimal | None]]]]:
-        out: dict[tuple[str, ...], tuple[int, dict[str, tuple[Decimal, int, Decimal | None]]]] = {}
+                 ) -> list[tuple[str, tuple[Any, ...], list[Any]]]:
+        """Return (customer, group values, cells) per result row; cells as in ``_fold``."""
         result = conn.execute(query)
         at = {name: i for i, name in enumerate(result.keys())}
-        cust_at, n_at = at["cust"], at["n"]
+        cust_at = at["cust"]
         group_at = [at[f"g{i}"] for i in range(len(group_props))]
-        value_at = [(p, at[f"s{i}"], at.get(f"x{i}"), at[f"c{i}"], at[f"m{i}"]) for i, p in enumerate(value_props)]
+        cell_at = [at["n"]]
+        for i in range(len(value_props)):
+            cell_at += [at[f"s{i}"], at.get(f"x{i}", -1), at[f"c{i}"], at[f"m{i}"]]
+        out = []
         for row in result.all():  # fetchall: iterating the result would fetch row by row
             customer = row[cust_at]
-            if customer is None:
-                continue
-            stats: dict[str, tuple[Decimal, int, Decimal | None]] = {}
-            for p, s_at, x_at, c_at, m_at in value_at:
-                total = _decimal(row[s_at])
-                scaled = row[x_at] if x_at is not None else None
-                if scaled is not None:
-                    total = _plain(total + Decimal(int(scaled)).scaleb(-_SCALE))
-                maximum = row[m_at]
-                stats[p] = (total, int(row[c_at]), None if maximum is None else _decimal(maximum))
-            out[(customer, *(row[i] for i in group_at))] = (int(row[n_at]), stats)
+            if customer is not None:
+                out.append((customer, tuple([row[i] for i in group_at]),
+                            [None if i < 0 else row[i] for i in cell_at]))
         return out
 
 
-def _fold(acc: list[Any], count: int, stats: Mapping[str, tuple[Decimal, int, Decimal | None]]) -> None:
-    """Add one result row (its event count and per-property sum, count and max) to ``acc``."""
-    acc[0] += count
-    for prop, (prop_sum, prop_n, prop_max) in stats.items():
-        pacc = acc[1][prop]
-        pacc[0] += count
-        pacc[1] += prop_sum
-        pacc[2] += prop_n
-        if prop_max is not None and (pacc[3] is None or prop_max > pacc[3]):
-            pacc[3] = prop_max
+def _empty(width: int) -> list[Any]:
+    acc: list[Any] = [0] * width
+    acc[4::4] = [None] * ((width - 1) // 4)  # no max yet
+    return acc
 
 
-def _stat(acc: list[Any], prop: str | None) -> list[Any]:
-    """Return [event count, sum, valued count, max] of ``prop`` (of the events only, for counts)."""
-    if prop and prop in acc[1]:
-        return acc[1][prop]
-    return [acc[0], Decimal(0), 0, None]
+def _fold(acc: list[Any], cells: list[Any]) -> None:
+    """Add one result row to ``acc``: [events, then per property: sum, scaled sum, valued, max]."""
+    acc[0] += cells[0]
+    for i in range(1, len(cells), 4):
+        total, scaled, valued, maximum = cells[i], cells[i + 1], cells[i + 2], cells[i + 3]
+        if total is not None:
+            acc[i] += total
+        if scaled is not None:
+            acc[i + 1] += scaled
+        acc[i + 2] += valued
+        if maximum is not None and (acc[i + 3] is None or maximum > acc[i + 3]):
+            acc[i + 3] = maximum
 
 
-def _quantity(aggregation: str, acc: list[Any]) -> Decimal:
+def _stat(acc: list[Any], at: int) -> tuple[int, Decimal, int, Decimal | None]:
+    """Return (events, exact sum, valued count, max) of the property whose cells start at ``at``."""
+    total = _decimal(acc[at])
+    if acc[at + 1]:
+        total = _plain(total + Decimal(acc[at + 1]).scaleb(-_SCALE))
+    maximum = acc[at + 3]
+    return acc[0], total, acc[at + 2], None if maximum is None else _decimal(maximum)
+
+
+def _quantity(aggregation: str, stat: tuple[int, Decimal, int, Decimal | None]) -> Decimal:
     if aggregation == "count":
-        return Decimal(acc[0])
+        return Decimal(stat[0])
     if aggregation == "sum":
-        return _plain(acc[1]) if acc[1] else Decimal(0)
-    return acc[3] if acc[3] is not None else Decimal(0)
+        return _plain(stat[1]) if stat[1] else Decimal(0)
+    return stat[3] if stat[3] is not None else Decimal(0)
