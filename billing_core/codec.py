@@ -7,8 +7,8 @@ so a stored plan version, subscription timeline or issued invoice reads back equ
 from __future__ import annotations
 
 from datetime import datetime
-from functools import lru_cache
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from billing_core.adjustments import Adjustment, AdjustmentType, AppliedAdjustment

@@ -114,7 +114,6 @@ class BatchSqlUsageSource(SqlUsageSource):
                     gacc = per_group[gkey] = _empty(width)
                 _fold(gacc, cells)
         out: dict[UsageRequest, dict[str, MetricUsage]] = {}
-        empty_stat = (0, Decimal(0), 0, None)
         for request, definition in members:
             group_by = request.group_by or definition.group_by
             positions = tuple(group_props.index(g) for g in group_by)
@@ -127,11 +126,11 @@ class BatchSqlUsageSource(SqlUsageSource):
                 if acc is None:
                     per_customer[customer] = MetricUsage(quantity=Decimal(0), groups={} if group_by else None)
                     continue
-                stat = _stat(acc, at) if at is not None else (acc[0], *empty_stat[1:])
+                stat = _stat(acc, at)
                 events, valued = stat[0], stat[2]
                 groups = None
                 if group_by:
-                    groups = {k: _quantity(aggregation, _stat(v, at) if at is not None else (v[0], *empty_stat[1:]))
+                    groups = {k: _quantity(aggregation, _stat(v, at))
                               for k, v in sorted(grouped[positions].get(customer, {}).items())}
                 per_customer[customer] = MetricUsage(
                     quantity=_quantity(aggregation, stat),
@@ -154,21 +153,22 @@ class BatchSqlUsageSource(SqlUsageSource):
         e, c = events_table, customers_table.alias("alias_owner")
         small = len(ids) <= _BULK_FILTER_LIMIT
         scan = not small and self._storage_order(conn, definition.event_name, start_us, end_us)
+
+        def matching(column: Any) -> list[Any]:
+            return [column(e.c.event_name) == sa.literal(definition.event_name, sa.Text),
+                    column(e.c.ts) >= start_us, column(e.c.ts) < end_us, e.c.state == STATE_LIVE,
+                    *(self._filter(json_, item) for item in definition.filters)]
+
         column = _unindexed if scan else _as_is
-        base = [column(e.c.event_name) == sa.literal(definition.event_name, sa.Text), column(e.c.ts) >= start_us,
-                column(e.c.ts) < end_us, e.c.state == STATE_LIVE]
-        base += [self._filter(json_, item) for item in definition.filters]
         by_id = [e.c.customer_id.in_(ids) if len(ids) > 1 else e.c.customer_id == ids[0]] if small else \
             [column(e.c.customer_id).is_not(None)]
-        branches = [(e.c.customer_id, e, base + by_id)]
+        branches = [(e.c.customer_id, e, matching(column) + by_id)]
         if aliases:
             joined = e.join(c, c.c.external_customer_id == e.c.external_customer_id)
-            by_alias = [e.c.customer_id.is_(None), e.c.event_name == sa.literal(definition.event_name, sa.Text),
-                        e.c.ts >= start_us, e.c.ts < end_us, e.c.state == STATE_LIVE]
-            by_alias += [self._filter(json_, item) for item in definition.filters]
+            by_alias = [e.c.customer_id.is_(None)]
             if small:
                 by_alias.append(e.c.external_customer_id.in_(sorted(aliases)))
-            branches.append((c.c.id, joined, by_alias))
+            branches.append((c.c.id, joined, matching(_as_is) + by_alias))
         return branches
 
     @staticmethod
@@ -288,8 +288,13 @@ def _fold(acc: list[Any], cells: list[Any]) -> None:
             acc[i + 3] = maximum
 
 
-def _stat(acc: list[Any], at: int) -> tuple[int, Decimal, int, Decimal | None]:
-    """Return (events, exact sum, valued count, max) of the property whose cells start at ``at``."""
+def _stat(acc: list[Any], at: int | None) -> tuple[int, Decimal, int, Decimal | None]:
+    """Return (events, exact sum, valued count, max) of the property whose cells start at ``at``.
+
+    ``at`` is None for a count: only the events are counted.
+    """
+    if at is None:
+        return acc[0], Decimal(0), 0, None
     total = _decimal(acc[at])
     if acc[at + 1]:
         total = _plain(total + Decimal(acc[at + 1]).scaleb(-_SCALE))
