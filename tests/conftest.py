@@ -255,16 +255,32 @@ def live_server(app):  # type: ignore[no-untyped-def]
     server.stop()
 
 
-def run_jobs(app) -> None:  # type: ignore[no-untyped-def]
-    """Process every queued job of the app's Redis in this process (a real RQ worker, burst mode)."""
+def burst_worker_class():  # type: ignore[no-untyped-def]
+    """Return a real RQ ``SimpleWorker`` that skips the command channel (tests send no commands).
+
+    RQ's pub/sub thread blocks in a read of up to 60 s, and a burst worker's shutdown waits for
+    it: listening for commands nobody sends made some tests stall for a minute.
+    """
     from rq import SimpleWorker
 
+    class BurstWorker(SimpleWorker):
+        def subscribe(self) -> None:
+            return None
+
+        def unsubscribe(self) -> None:
+            return None
+
+    return BurstWorker
+
+
+def run_jobs(app) -> None:  # type: ignore[no-untyped-def]
+    """Process every queued job of the app's Redis in this process (a real RQ worker, burst mode)."""
     from worker import runtime as runtime_module
 
     runtime = app.extensions["marketsync"]
     runtime_module.install(runtime)
     queues = [runtime.queue(name) for name in ("urgent", "contracts", "sync")]
-    settle_jobs(runtime, queues, SimpleWorker)
+    settle_jobs(runtime, queues, burst_worker_class())
 
 
 def settle_jobs(runtime, queues, worker_class) -> None:  # type: ignore[no-untyped-def]

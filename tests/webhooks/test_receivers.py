@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from tests.conftest import TEST_WEBHOOK_SECRET, settle_jobs
+from tests.conftest import TEST_WEBHOOK_SECRET, burst_worker_class, settle_jobs
 from worker import delivery, runtime as runtime_module
 from worker.persistence.contracts import ContractRow, InboxRow, ListingRow
 from worker.standard_webhooks import signed_headers
@@ -87,10 +87,8 @@ def _count(engine, model) -> int:  # type: ignore[no-untyped-def]
 
 def _run_queue(app) -> None:  # type: ignore[no-untyped-def]
     """Process every queued job in this process (a real RQ worker, burst mode)."""
-    from rq import SimpleWorker
-
     runtime = app.extensions["marketsync"]
-    settle_jobs(runtime, [runtime.queue("urgent"), runtime.queue("contracts")], SimpleWorker)
+    settle_jobs(runtime, [runtime.queue("urgent"), runtime.queue("contracts")], burst_worker_class())
 
 
 def _add_listing(engine, product: str = "prod-abc") -> None:  # type: ignore[no-untyped-def]
