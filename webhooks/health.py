@@ -5,18 +5,22 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
+from webhooks.api.openapi import documented
+from webhooks.api.schemas import Liveness, Readiness
 from worker import db
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@documented(response=Liveness, security=None)
 def healthz() -> ResponseReturnValue:
     """Answer 200 while the process is alive."""
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
+@documented(response=Readiness, also={503: Readiness}, security=None)
 def readyz() -> ResponseReturnValue:
     """Answer 200 when the database and Redis answer; 503 naming what does not."""
     runtime = current_app.extensions["marketsync"]

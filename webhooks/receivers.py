@@ -14,6 +14,8 @@ from flask import Blueprint, current_app, request
 from flask.typing import ResponseReturnValue
 
 from marketplaces.base import MalformedNotification, NotificationKind, UnverifiedNotification
+from webhooks.api.openapi import documented
+from webhooks.api.schemas import ContractWebhook, DeliveryAccepted, MarketplaceNotification
 from webhooks.errors import ApiError
 from worker import delivery, standard_webhooks
 from worker.contract_events import MalformedEvent, from_notification, parse_normalized
@@ -31,6 +33,7 @@ def _unauthorized(detail: str) -> ApiError:
 
 
 @bp.post("/contracts")
+@documented(body=ContractWebhook, response=DeliveryAccepted, status=202, security="StandardWebhooks")
 def contracts() -> ResponseReturnValue:
     """Receive a normalized contract event signed per Standard Webhooks."""
     runtime = _runtime()
@@ -73,6 +76,7 @@ def _native(marketplace: str, source: str, headers: dict[str, str] | None = None
 
 
 @bp.post("/aws/sns")
+@documented(body=MarketplaceNotification, response=DeliveryAccepted, status=202, security="AwsSnsSignature")
 def aws_sns() -> ResponseReturnValue:
     """Receive an AWS Marketplace SNS notification (signature-verified)."""
     if "x-amz-sns-message-type" not in {k.lower() for k in request.headers.keys()}:
@@ -81,6 +85,7 @@ def aws_sns() -> ResponseReturnValue:
 
 
 @bp.post("/aws/events")
+@documented(body=MarketplaceNotification, response=DeliveryAccepted, status=202)
 def aws_events() -> ResponseReturnValue:
     """Receive an EventBridge agreement/license event (API-destination Bearer key)."""
     keys = _runtime().settings.API_KEYS
@@ -93,12 +98,14 @@ def aws_events() -> ResponseReturnValue:
 
 
 @bp.post("/azure")
+@documented(body=MarketplaceNotification, response=DeliveryAccepted, status=202, security="AzureJwt")
 def azure() -> ResponseReturnValue:
     """Receive an Azure SaaS fulfillment webhook (JWT-verified)."""
     return _native("azure", "azure")
 
 
 @bp.post("/gcp/pubsub")
+@documented(body=MarketplaceNotification, response=DeliveryAccepted, status=202, security="GoogleOidc")
 def gcp_pubsub() -> ResponseReturnValue:
     """Receive a Google Pub/Sub push (OIDC-verified)."""
     return _native("gcp", "gcp")

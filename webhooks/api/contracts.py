@@ -10,6 +10,8 @@ from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from webhooks.api.common import ApiError, Body, api_blueprint, parse_body
+from webhooks.api.openapi import documented
+from webhooks.api.schemas import Contract, ContractQuery, NumberedPage
 from webhooks.api.paging import page_envelope, page_params
 from webhooks.errors import map_exception
 from worker import contracts
@@ -61,6 +63,7 @@ def _runtime() -> Any:
 
 
 @bp.get("/contracts")
+@documented(query=ContractQuery, response=NumberedPage[Contract])
 def index() -> ResponseReturnValue:
     """List contracts, filtered by marketplace, status, mapping, listing or any cloud identifier."""
     page, size = page_params()
@@ -77,12 +80,14 @@ def index() -> ResponseReturnValue:
 
 
 @bp.get("/contracts/<contract_id>")
+@documented(response=Contract)
 def fetch(contract_id: str) -> ResponseReturnValue:
     """Fetch a contract with its identifiers, pricing, mapping, custom properties and inbox history."""
     return contracts.get_contract(_runtime().engine, contract_id)
 
 
 @bp.patch("/contracts/<contract_id>")
+@documented(body=ContractPatch, response=Contract)
 def patch(contract_id: str) -> ResponseReturnValue:
     """Attach an existing subscription and/or merge custom properties."""
     body = parse_body(ContractPatch)

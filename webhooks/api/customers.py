@@ -13,6 +13,8 @@ from pydantic import Field
 from billing_core.customers import Customer, create_customer, update_customer
 from billing_core.persistence.events import SqlCustomerRepository
 from webhooks.api.common import ApiError, Body, api_blueprint, page_limit, paginated, parse_body
+from webhooks.api.openapi import documented
+from webhooks.api.schemas import CreatedAtQuery, Customer as CustomerShape, Page
 from worker.db import session_scope
 
 bp = api_blueprint("customers", __name__)
@@ -114,6 +116,9 @@ def _payload() -> dict[str, Any]:
 
 
 @bp.post("/customers")
+@documented(body=CustomerCreate, response=CustomerShape, links={
+    endpoint: {"customer_id": "$response.body#/id"}
+    for endpoint in ("customers.fetch", "customers.update", "billing_subscriptions.customer_costs")})
 def create() -> ResponseReturnValue:
     """Create a customer."""
     body = CustomerCreate.model_validate(_payload())
@@ -128,6 +133,7 @@ def create() -> ResponseReturnValue:
 
 
 @bp.get("/customers/<customer_id>")
+@documented(response=CustomerShape)
 def fetch(customer_id: str) -> ResponseReturnValue:
     """Fetch a customer by id."""
     with session_scope(engine()) as session:
@@ -135,6 +141,7 @@ def fetch(customer_id: str) -> ResponseReturnValue:
 
 
 @bp.get("/customers/external_customer_id/<external_customer_id>")
+@documented(response=CustomerShape)
 def fetch_by_external_id(external_customer_id: str) -> ResponseReturnValue:
     """Fetch a customer by its external id."""
     with session_scope(engine()) as session:
@@ -152,12 +159,14 @@ def _update(find: Any) -> ResponseReturnValue:
 
 
 @bp.put("/customers/<customer_id>")
+@documented(body=CustomerUpdate, response=CustomerShape)
 def update(customer_id: str) -> ResponseReturnValue:
     """Update a customer's name, email, currency (once), external id (once) or metadata."""
     return _update(lambda repository: repository.get(customer_id))
 
 
 @bp.put("/customers/external_customer_id/<external_customer_id>")
+@documented(body=CustomerUpdate, response=CustomerShape)
 def update_by_external_id(external_customer_id: str) -> ResponseReturnValue:
     """Update a customer found by its external id."""
     return _update(lambda repository: repository.get_by_external_id(external_customer_id))
@@ -184,6 +193,7 @@ def list_filters(allowed: tuple[str, ...] = ()) -> dict[str, datetime]:
 
 
 @bp.get("/customers")
+@documented(query=CreatedAtQuery, response=Page[CustomerShape])
 def index() -> ResponseReturnValue:
     """List customers, newest first, with Orb's cursor pagination."""
     created = list_filters()

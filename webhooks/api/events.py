@@ -44,6 +44,11 @@ from billing_core.persistence.events import (
 )
 from webhooks.api.common import ApiError, api_blueprint, page_limit, paginated
 from webhooks.api.customers import engine, iso, new_id, utcnow
+from webhooks.api.openapi import documented
+from webhooks.api.schemas import (
+    Amended, Backfill as BackfillShape, BackfillCreate, CursorQuery, Deprecated, EventAmend, EventList, EventSearch,
+    IngestBody, IngestQuery, IngestResult, Page,
+)
 from webhooks.errors import error_response
 from worker.db import session_scope
 
@@ -105,6 +110,7 @@ def _failed(exc: EventValidationFailed | IdempotencyConflict) -> Response:
 
 
 @bp.post("/ingest")
+@documented(body=IngestBody, query=IngestQuery, response=IngestResult)
 def ingest() -> ResponseReturnValue:
     """Ingest up to 500 events: all stored, or none (400 listing every failing event, 409 on a reused key)."""
     for name in request.args:
@@ -160,6 +166,9 @@ def _backfill_json(backfill: Backfill) -> dict[str, Any]:
 
 
 @bp.post("/events/backfills")
+@documented(body=BackfillCreate, response=BackfillShape, links={
+    f"events.{endpoint}": {"backfill_id": "$response.body#/id"}
+    for endpoint in ("fetch_backfill", "close_backfill_view", "revert_backfill_view")})
 def create_backfill_view() -> ResponseReturnValue:
     """Open a backfill: events ingested with its id count only once it is closed."""
     payload = _object(_exact_json(), {"timeframe_start", "timeframe_end", "customer_id", "external_customer_id",
@@ -194,6 +203,7 @@ def create_backfill_view() -> ResponseReturnValue:
 
 
 @bp.get("/events/backfills")
+@documented(query=CursorQuery, response=Page[BackfillShape])
 def list_backfills() -> ResponseReturnValue:
     """List backfills, newest first."""
     for name in request.args:
@@ -206,6 +216,7 @@ def list_backfills() -> ResponseReturnValue:
 
 
 @bp.get("/events/backfills/<backfill_id>")
+@documented(response=BackfillShape)
 def fetch_backfill(backfill_id: str) -> ResponseReturnValue:
     """Fetch a backfill."""
     with session_scope(engine()) as session:
@@ -213,6 +224,7 @@ def fetch_backfill(backfill_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/events/backfills/<backfill_id>/close")
+@documented(response=BackfillShape)
 def close_backfill_view(backfill_id: str) -> ResponseReturnValue:
     """Close a backfill: its events count from now on (replacing the window's, if it said so)."""
     db = engine()
@@ -221,6 +233,7 @@ def close_backfill_view(backfill_id: str) -> ResponseReturnValue:
 
 
 @bp.post("/events/backfills/<backfill_id>/revert")
+@documented(response=BackfillShape)
 def revert_backfill_view(backfill_id: str) -> ResponseReturnValue:
     """Revert a backfill: its events stop counting and the events it replaced count again."""
     db = engine()
@@ -259,6 +272,7 @@ def _instant(payload: dict[str, Any], name: str) -> datetime | None:
 
 
 @bp.post("/events/search")
+@documented(body=EventSearch, response=EventList)
 def search() -> ResponseReturnValue:
     """Return the current version of the named events inside the timeframe (default: the last week)."""
     payload = _object(_exact_json(), {"event_ids", "timeframe_start", "timeframe_end"})
@@ -277,6 +291,7 @@ def search() -> ResponseReturnValue:
 
 
 @bp.put("/events/<path:event_id>")
+@documented(body=EventAmend, response=Amended)
 def amend(event_id: str) -> ResponseReturnValue:
     """Amend an event: its new body replaces the old one in every metric (the original is kept)."""
     if event_id.endswith("/deprecate"):
@@ -294,6 +309,7 @@ def amend(event_id: str) -> ResponseReturnValue:
 
 
 @bp.route("/events/<path:event_id>/deprecate", methods=["PUT", "POST"])
+@documented(response=Deprecated)
 def deprecate(event_id: str) -> ResponseReturnValue:
     """Deprecate an event: every metric ignores it from now on (idempotent)."""
     db = engine()

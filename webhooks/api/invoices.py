@@ -17,6 +17,8 @@ from billing_core.persistence.subscriptions import SqlSubscriptions
 from billing_core.sql_usage_batch import BatchSqlUsageSource
 from webhooks.api.billing_shapes import bad, engine, invoice_json, now
 from webhooks.api.common import api_blueprint, decode_cursor, encode_cursor, page_limit, paginated
+from webhooks.api.openapi import documented
+from webhooks.api.schemas import Invoice as InvoiceShape, InvoiceQuery, Page, UpcomingInvoiceQuery
 from worker.db import session_scope
 
 bp = api_blueprint("billing_invoices", __name__)
@@ -28,6 +30,7 @@ def _json(session, invoice: Invoice, at, upcoming: bool = False):  # type: ignor
 
 
 @bp.get("/invoices/upcoming")
+@documented(query=UpcomingInvoiceQuery, response=InvoiceShape)
 def upcoming():
     """Return the invoice of the subscription's current period (with corrections)."""
     subscription_id = request.args.get("subscription_id")
@@ -41,6 +44,7 @@ def upcoming():
 
 
 @bp.get("/invoices/<invoice_id>")
+@documented(response=InvoiceShape)
 def fetch(invoice_id: str):
     """Return an issued snapshot, or the recomputed draft the id names."""
     at = now()
@@ -50,6 +54,7 @@ def fetch(invoice_id: str):
 
 
 @bp.post("/invoices/<invoice_id>/issue")
+@documented(response=InvoiceShape)
 def issue(invoice_id: str):
     """Issue a draft invoice: store its snapshot (idempotent)."""
     at = now()
@@ -59,6 +64,7 @@ def issue(invoice_id: str):
 
 
 @bp.get("/invoices")
+@documented(query=InvoiceQuery, response=Page[InvoiceShape])
 def list_invoices():
     """List invoices (issued snapshots and drafts of started periods), newest period first."""
     limit = page_limit()

@@ -8,12 +8,16 @@ from webhooks.api.billing_shapes import (
     bad, check_fields, cursor_id, engine as _engine, item_json, new_id, now, page_json, require_object,
 )
 from webhooks.api.common import api_blueprint, json_body, page_limit
+from webhooks.api.openapi import documented
+from webhooks.api.schemas import CursorQuery, Item, ItemCreate, ItemUpdate, Page
 from worker.db import session_scope
 
 bp = api_blueprint("billing_items", __name__)
 
 
 @bp.post("/items")
+@documented(body=ItemCreate, response=Item, status=201, links={
+    endpoint: {"item_id": "$response.body#/id"} for endpoint in ("billing_items.fetch_item", "billing_items.update_item")})
 def create_item():
     """Create an item."""
     body = require_object(json_body(), "body")
@@ -26,6 +30,7 @@ def create_item():
 
 
 @bp.get("/items/<item_id>")
+@documented(response=Item)
 def fetch_item(item_id: str):
     """Fetch an item."""
     with session_scope(_engine()) as session:
@@ -33,6 +38,7 @@ def fetch_item(item_id: str):
 
 
 @bp.put("/items/<item_id>")
+@documented(body=ItemUpdate, response=Item)
 def update_item(item_id: str):
     """Rename an item."""
     body = require_object(json_body(), "body")
@@ -47,6 +53,7 @@ def update_item(item_id: str):
 
 
 @bp.get("/items")
+@documented(query=CursorQuery, response=Page[Item])
 def list_items():
     """List items, newest first, with Orb's cursor pagination."""
     limit = page_limit()

@@ -11,6 +11,8 @@ from flask.typing import ResponseReturnValue
 from pydantic import Field, field_validator
 
 from webhooks.api.common import ApiError, Body, api_blueprint, parse_body
+from webhooks.api.openapi import documented
+from webhooks.api.schemas import Listing, ListingQuery, NumberedPage
 from webhooks.api.paging import page_envelope, page_params
 from webhooks.errors import map_exception
 from worker import listings
@@ -87,6 +89,8 @@ def _engine() -> Any:
 
 
 @bp.post("/listings")
+@documented(body=ListingCreate, response=Listing, status=201, links={
+    endpoint: {"listing_id": "$response.body#/id"} for endpoint in ("listings.fetch", "listings.update")})
 def create() -> ResponseReturnValue:
     """Create a listing."""
     body = parse_body(ListingCreate)
@@ -96,6 +100,7 @@ def create() -> ResponseReturnValue:
 
 
 @bp.get("/listings")
+@documented(query=ListingQuery, response=NumberedPage[Listing])
 def index() -> ResponseReturnValue:
     """List listings, optionally of one marketplace."""
     page, size = page_params()
@@ -107,12 +112,14 @@ def index() -> ResponseReturnValue:
 
 
 @bp.get("/listings/<listing_id>")
+@documented(response=Listing)
 def fetch(listing_id: str) -> ResponseReturnValue:
     """Fetch one listing."""
     return listings.get_listing(_engine(), listing_id)
 
 
 @bp.patch("/listings/<listing_id>")
+@documented(body=ListingUpdate, response=Listing)
 def update(listing_id: str) -> ResponseReturnValue:
     """Change a listing's plan, dimension, unit price, rounding, fees or start date."""
     body = parse_body(ListingUpdate)

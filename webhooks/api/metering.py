@@ -9,6 +9,8 @@ from flask import Response, current_app, request
 from flask.typing import ResponseReturnValue
 
 from webhooks.api.common import ApiError, api_blueprint
+from webhooks.api.openapi import documented
+from webhooks.api.schemas import MeteringReport, ReportQuery, SyncQueued
 from worker import reports
 
 bp = api_blueprint("metering", __name__)
@@ -19,6 +21,7 @@ def _runtime() -> Any:
 
 
 @bp.get("/metering/reports")
+@documented(query=ReportQuery, response=MeteringReport, media_types=("application/json", "text/csv"))
 def metering_reports() -> ResponseReturnValue:
     """Return per contract and day: identifiers, custom properties, units, amount, outcomes."""
     month = request.args.get("month") or datetime.now(timezone.utc).strftime("%Y-%m")
@@ -36,6 +39,7 @@ def metering_reports() -> ResponseReturnValue:
 
 
 @bp.post("/contracts/<contract_id>/sync")
+@documented(response=SyncQueued, status=202)
 def force_sync(contract_id: str) -> ResponseReturnValue:
     """Enqueue a report of the contract now (under the current hour's stamp); return the job id."""
     from worker import contracts, jobs, sync

@@ -19,6 +19,8 @@ from billing_core.metrics import Metric, create_metric, definition_from_dict, up
 from billing_core.persistence.events import SqlMetricRepository
 from webhooks.api.common import ApiError, Body, api_blueprint, json_body, page_limit, paginated
 from webhooks.api.customers import engine, iso, list_filters, new_id, utcnow
+from webhooks.api.openapi import documented
+from webhooks.api.schemas import Metric as MetricShape, MetricQuery, Page
 from worker.db import session_scope
 
 bp = api_blueprint("metrics", __name__)
@@ -74,6 +76,9 @@ def _payload() -> dict[str, Any]:
 
 
 @bp.post("/metrics")
+@documented(body=MetricCreate, response=MetricShape, links={
+    endpoint: {"metric_id": "$response.body#/id"}
+    for endpoint in ("metrics.fetch", "metrics.update", "metrics.archive", "metrics.unarchive")})
 def create() -> ResponseReturnValue:
     """Create a metric from Orb's SQL (or a structured definition)."""
     body = MetricCreate.model_validate(_payload())
@@ -102,6 +107,7 @@ def create() -> ResponseReturnValue:
 
 
 @bp.get("/metrics/<metric_id>")
+@documented(response=MetricShape)
 def fetch(metric_id: str) -> ResponseReturnValue:
     """Fetch a metric."""
     with session_scope(engine()) as session:
@@ -109,6 +115,7 @@ def fetch(metric_id: str) -> ResponseReturnValue:
 
 
 @bp.put("/metrics/<metric_id>")
+@documented(body=MetricUpdate, response=MetricShape)
 def update(metric_id: str) -> ResponseReturnValue:
     """Update a metric's name, description or metadata (never its definition)."""
     payload = _payload()
@@ -131,18 +138,21 @@ def _set_status(metric_id: str, status: str) -> ResponseReturnValue:
 
 
 @bp.post("/metrics/<metric_id>/archive")
+@documented(response=MetricShape)
 def archive(metric_id: str) -> ResponseReturnValue:
     """Archive a metric (it keeps computing for prices that use it; it is hidden from new plans)."""
     return _set_status(metric_id, "archived")
 
 
 @bp.post("/metrics/<metric_id>/unarchive")
+@documented(response=MetricShape)
 def unarchive(metric_id: str) -> ResponseReturnValue:
     """Make an archived metric active again."""
     return _set_status(metric_id, "active")
 
 
 @bp.get("/metrics")
+@documented(query=MetricQuery, response=Page[MetricShape])
 def index() -> ResponseReturnValue:
     """List metrics, newest first, with Orb's cursor pagination (``status`` filter)."""
     created = list_filters(("status",))

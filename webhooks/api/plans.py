@@ -16,6 +16,8 @@ from webhooks.api.billing_shapes import (
     plan_version_json, require_list, require_object,
 )
 from webhooks.api.common import api_blueprint, json_body, page_limit
+from webhooks.api.openapi import documented
+from webhooks.api.schemas import Page, Plan, PlanCreate, PlanQuery, PlanVersion, PlanVersionCreate, SetDefaultVersion
 from worker.db import session_scope
 
 bp = api_blueprint("billing_plans", __name__)
@@ -38,6 +40,9 @@ def _item_names(session: Session) -> dict[str, str]:
 
 
 @bp.post("/plans")
+@documented(body=PlanCreate, response=Plan, status=201, links={
+    f"billing_plans.{endpoint}": {"plan_id": "$response.body#/id"}
+    for endpoint in ("fetch_plan", "list_plan_versions", "create_plan_version", "set_default_version")})
 def create_plan():
     """Create a plan and its version 1."""
     body = require_object(json_body(), "body")
@@ -69,6 +74,7 @@ def create_plan():
 
 
 @bp.get("/plans/<plan_id>")
+@documented(response=Plan)
 def fetch_plan(plan_id: str):
     """Fetch a plan at its default version."""
     with session_scope(engine()) as session:
@@ -76,6 +82,7 @@ def fetch_plan(plan_id: str):
 
 
 @bp.get("/plans/external_plan_id/<external_plan_id>")
+@documented(response=Plan)
 def fetch_plan_by_external_id(external_plan_id: str):
     """Fetch a plan by its external id."""
     with session_scope(engine()) as session:
@@ -83,6 +90,7 @@ def fetch_plan_by_external_id(external_plan_id: str):
 
 
 @bp.get("/plans")
+@documented(query=PlanQuery, response=Page[Plan])
 def list_plans():
     """List plans, newest first."""
     limit = page_limit()
@@ -93,6 +101,7 @@ def list_plans():
 
 
 @bp.get("/plans/<plan_id>/versions/<int:version>")
+@documented(response=PlanVersion)
 def fetch_plan_version(plan_id: str, version: int):
     """Fetch one immutable plan version."""
     with session_scope(engine()) as session:
@@ -100,6 +109,7 @@ def fetch_plan_version(plan_id: str, version: int):
 
 
 @bp.get("/plans/<plan_id>/versions")
+@documented(response=Page[PlanVersion])
 def list_plan_versions(plan_id: str):
     """List every version of a plan, oldest first."""
     with session_scope(engine()) as session:
@@ -110,6 +120,7 @@ def list_plan_versions(plan_id: str):
 
 
 @bp.post("/plans/<plan_id>/versions")
+@documented(body=PlanVersionCreate, response=Plan, status=201)
 def create_plan_version(plan_id: str):
     """Create version n+1 from the latest version with add / remove / replace of prices and adjustments."""
     body = require_object(json_body(), "body")
@@ -152,6 +163,7 @@ def create_plan_version(plan_id: str):
 
 
 @bp.post("/plans/<plan_id>/set_default_version")
+@documented(body=SetDefaultVersion, response=Plan)
 def set_default_version(plan_id: str):
     """Make a version the default for new subscriptions."""
     body = require_object(json_body(), "body")

@@ -29,6 +29,11 @@ from webhooks.api.billing_shapes import (
     parse_anchor, parse_instant, parse_price, require_list, require_object, subscription_json,
 )
 from webhooks.api.common import api_blueprint, json_body, page_limit
+from webhooks.api.openapi import documented
+from webhooks.api.schemas import (
+    Costs, Page, PlanChange, PriceIntervalsEdit, Subscription as SubscriptionShape, SubscriptionCancel,
+    SubscriptionCreate, SubscriptionQuery, TimeframeQuery, Usage, UsageQuery,
+)
 from worker.db import session_scope
 
 bp = api_blueprint("billing_subscriptions", __name__)
@@ -172,6 +177,9 @@ def _version(body: Mapping[str, Any]) -> int | None:
 # --- routes ---------------------------------------------------------------------------------------
 
 @bp.post("/subscriptions")
+@documented(body=SubscriptionCreate, response=SubscriptionShape, status=201, links={
+    f"billing_subscriptions.{endpoint}": {"subscription_id": "$response.body#/id"}
+    for endpoint in ("fetch_subscription", "cancel_subscription", "subscription_costs", "subscription_usage")})
 def create_subscription():
     """Subscribe a customer to a plan (default or named version) with overrides."""
     body = require_object(json_body(), "body")
@@ -199,6 +207,7 @@ def create_subscription():
 
 
 @bp.get("/subscriptions/<subscription_id>")
+@documented(response=SubscriptionShape)
 def fetch_subscription(subscription_id: str):
     """Fetch a subscription with its price intervals."""
     with session_scope(engine()) as session:
@@ -206,6 +215,7 @@ def fetch_subscription(subscription_id: str):
 
 
 @bp.get("/subscriptions")
+@documented(query=SubscriptionQuery, response=Page[SubscriptionShape])
 def list_subscriptions():
     """List subscriptions, newest first (filter by customer_id or external_customer_id)."""
     limit = page_limit()
@@ -221,6 +231,7 @@ def list_subscriptions():
 
 
 @bp.post("/subscriptions/<subscription_id>/cancel")
+@documented(body=SubscriptionCancel, response=SubscriptionShape)
 def cancel_subscription(subscription_id: str):
     """Cancel: immediately, on a requested date, or at the end of the current term."""
     body = require_object(json_body(), "body")
@@ -237,6 +248,7 @@ def cancel_subscription(subscription_id: str):
 
 
 @bp.post("/subscriptions/<subscription_id>/schedule_plan_change")
+@documented(body=PlanChange, response=SubscriptionShape)
 def schedule_plan_change(subscription_id: str):
     """Change plan: immediately, on a requested date (possibly past), or at the end of the term."""
     body = require_object(json_body(), "body")
@@ -269,6 +281,7 @@ def _relative(value: Any, sub: Subscription, at: datetime, field: str) -> dateti
 
 
 @bp.post("/subscriptions/<subscription_id>/price_intervals")
+@documented(body=PriceIntervalsEdit, response=SubscriptionShape)
 def price_intervals(subscription_id: str):
     """Add and edit price intervals (e.g. a negotiated rate from a date, possibly in the past)."""
     body = require_object(json_body(), "body")
@@ -321,6 +334,7 @@ def _timeframe() -> tuple[datetime | None, datetime | None]:
 
 
 @bp.get("/subscriptions/<subscription_id>/costs")
+@documented(query=TimeframeQuery, response=Costs)
 def subscription_costs(subscription_id: str):
     """Cumulative costs per price, unrounded and rounded (default: current period start .. now)."""
     start, end = _timeframe()
@@ -340,6 +354,7 @@ def _customer_costs(session: Session, customer: Customer) -> dict[str, Any]:
 
 
 @bp.get("/customers/<customer_id>/costs")
+@documented(query=TimeframeQuery, response=Costs)
 def customer_costs(customer_id: str):
     """Costs of every subscription of a customer."""
     with session_scope(engine()) as session:
@@ -347,6 +362,7 @@ def customer_costs(customer_id: str):
 
 
 @bp.get("/customers/external_customer_id/<external_customer_id>/costs")
+@documented(query=TimeframeQuery, response=Costs)
 def customer_costs_by_external_id(external_customer_id: str):
     """Costs of every subscription of a customer named by its external id."""
     with session_scope(engine()) as session:
@@ -354,6 +370,7 @@ def customer_costs_by_external_id(external_customer_id: str):
 
 
 @bp.get("/subscriptions/<subscription_id>/usage")
+@documented(query=UsageQuery, response=Usage)
 def subscription_usage(subscription_id: str):
     """Usage per metric per day over the timeframe."""
     if request.args.get("granularity") not in (None, "", "day"):
