@@ -12,7 +12,9 @@ Rules (billing.md §1 "Events"):
   an unknown ``external_customer_id`` is kept and attached when the customer appears.
 
 Numbers in properties keep the text they were sent with (parse JSON with
-``parse_float=Decimal``); see ``billing_core.sql_usage`` for the precision of aggregation.
+``parse_float=Decimal``) and must lie in the range every aggregation is exact for
+(``billing_core.usage``: ``|v| < 10^15``, at most 9 digits after the point and 15 significant
+digits); a number outside it fails its event, naming the property.
 
 Corrections never edit a stored body: ``amend`` stores a new version of the event and marks the
 previous one superseded, ``deprecate`` marks the current version ignored. Metrics read only
@@ -32,6 +34,7 @@ from decimal import Decimal
 from typing import Any, Mapping, Protocol, Sequence
 
 from billing_core import errors
+from billing_core.usage import VALUE_LIMIT, value_problem
 
 __all__ = [
     "EPOCH",
@@ -172,10 +175,15 @@ def _parse_timestamp(value: object) -> datetime:
 
 
 _INF = float("inf")
+_LOW, _HIGH = -VALUE_LIMIT, VALUE_LIMIT
 
 
-def _encode_properties(properties: Mapping[str, Any]) -> tuple[str, list[str] | None]:
-    """Return (JSON text, problems) for flat properties; numbers keep their exact text."""
+def _encode_properties(properties: Mapping[str, Any], checked: bool = True) -> tuple[str, list[str] | None]:
+    """Return (JSON text, problems) for flat properties; numbers keep their exact text.
+
+    ``checked`` refuses numbers outside the aggregation range (ingest); stored events are
+    written back as they are.
+    """
     parts = []
     problems: list[str] | None = None
     for key, value in properties.items():
@@ -183,17 +191,25 @@ def _encode_properties(properties: Mapping[str, Any]) -> tuple[str, list[str] | 
         if kind is str:
             text = _quote(value)
         elif kind is int:
+            if checked and not _LOW < value < _HIGH:
+                problems = (problems or []) + [f"properties.{key}: {value_problem(Decimal(value))}"]
+                continue
             text = int.__repr__(value)
         elif kind is bool:
             text = "true" if value else "false"
         elif kind is Decimal:
-            if not value.is_finite():
-                problems = (problems or []) + [f"properties.{key}: not a finite number"]
+            problem = value_problem(value) if checked or not value.is_finite() else None
+            if problem is not None:
+                problems = (problems or []) + [f"properties.{key}: {problem}"]
                 continue
             text = str(value)
         elif kind is float:
             if value != value or value in (_INF, -_INF):
                 problems = (problems or []) + [f"properties.{key}: not a finite number"]
+                continue
+            problem = value_problem(Decimal(repr(value))) if checked else None
+            if problem is not None:
+                problems = (problems or []) + [f"properties.{key}: {problem}"]
                 continue
             text = float.__repr__(value)
         else:
@@ -214,7 +230,7 @@ def _encode_properties(properties: Mapping[str, Any]) -> tuple[str, list[str] | 
 
 def properties_json(properties: Mapping[str, Any]) -> str:
     """Serialize flat properties to JSON, keeping numbers' text exactly (Decimals included)."""
-    text, problems = _encode_properties(properties)
+    text, problems = _encode_properties(properties, False)
     if problems:
         raise ValueError(problems[0])
     return text

@@ -9,7 +9,12 @@ recomputing an issued period later yields correction lines on the next invoice, 
 
 ``costs`` gives the cumulative cost over a timeframe (what the marketplace sync reads), both
 unrounded and rounded; ``costs_bulk`` does the same for many subscriptions with one grouped
-usage query per metric and window.
+usage query per metric and window, and ``costs_each`` gives each subscription whose costs
+cannot be computed (``OutOfRange``: usage beyond the supported range) its error instead, so
+one customer's data never takes the others down.
+
+Arithmetic runs in ``money.exact()`` (exact, or ``InexactAmount``); proration is the one
+division (``money.divide``) and each line is rounded once (``money.round_money``).
 """
 
 from __future__ import annotations
@@ -19,15 +24,16 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, DecimalException
 from typing import Any
 
 from billing_core.adjustments import (
     Adjustment, AdjustmentType, AppliedAdjustment, adjust_amount, applies_to, discount_groups,
     discount_quantity,
 )
-from billing_core.money import ZERO, format_decimal, round_money
-from billing_core.periods import Cadence, Period, period_containing, proration
+from billing_core.errors import OutOfRange, UsageOutOfRange
+from billing_core.money import ZERO, divide, exact, format_decimal, inexact, round_money
+from billing_core.periods import Cadence, Period, period_containing
 from billing_core.pricing import BillingMode, Price, SubLine, rate
 from billing_core.subscriptions import PriceInterval, Subscription, billing_period
 from billing_core.usage import EMPTY_USAGE, BatchUsageSource, MetricUsage, UsageRequest, UsageSource
@@ -48,6 +54,7 @@ __all__ = [
     "issue_invoice",
     "costs",
     "costs_bulk",
+    "costs_each",
     "usage_by_day",
     "iso",
 ]
@@ -248,7 +255,18 @@ def _adjustments_for(sub: Subscription, charge: Charge) -> list[Adjustment]:
     return found
 
 
-def _rate_line(sub: Subscription, charge: Charge, usage: MetricUsage | None) -> LineItem:
+def _prorated(amount: Decimal, service: Period, full: Period) -> tuple[Decimal, Decimal]:
+    """Return (amount × days in service / days in period, that fraction), each one ``divide``."""
+    total = full.days
+    if total <= 0:
+        return ZERO, ZERO
+    used = min(service.days, total)
+    return divide(amount * used, Decimal(total)), divide(Decimal(used), Decimal(total))
+
+
+def _rate_line(sub: Subscription, charge: Charge, usage: MetricUsage | UsageOutOfRange | None) -> LineItem:
+    if isinstance(usage, UsageOutOfRange):
+        raise usage
     price = charge.interval.price
     adjustments = _adjustments_for(sub, charge)
     applied: list[AppliedAdjustment] = []
@@ -258,8 +276,7 @@ def _rate_line(sub: Subscription, charge: Charge, usage: MetricUsage | None) -> 
         rating = rate(price, quantity)
         subtotal = rating.amount
         if charge.prorate and charge.service != charge.full:
-            fraction = proration(charge.service, charge.full)
-            subtotal = subtotal * fraction
+            subtotal, fraction = _prorated(subtotal, charge.service, charge.full)
         event_count = skipped = 0
     else:
         usage = usage or EMPTY_USAGE
@@ -310,12 +327,15 @@ def _usage_key(sub: Subscription, charge: Charge) -> UsageKey | None:
     return (price.metric_id, sub.customer_id, w.start, w.end, price.group_by)  # type: ignore[return-value]
 
 
-def _fetch(keys: Iterable[UsageKey], source: UsageSource) -> dict[UsageKey, MetricUsage]:
-    """Read every needed usage in bulk: per window, one batch when the source can, else per metric."""
+def _fetch(keys: Iterable[UsageKey], source: UsageSource) -> dict[UsageKey, MetricUsage | UsageOutOfRange]:
+    """Read every needed usage in bulk: per window, one batch when the source can, else per metric.
+
+    A customer whose usage is beyond the range has its ``UsageOutOfRange`` in place of the usage.
+    """
     windows: dict[tuple[datetime, datetime], dict[UsageRequest, set[str]]] = defaultdict(lambda: defaultdict(set))
     for metric_id, customer_id, start, end, group_by in keys:
         windows[(start, end)][UsageRequest(metric_id, group_by)].add(customer_id)
-    found: dict[UsageKey, MetricUsage] = {}
+    found: dict[UsageKey, MetricUsage | UsageOutOfRange] = {}
     for (start, end), wanted in sorted(windows.items()):
         if isinstance(source, BatchUsageSource) and len(wanted) > 1:
             customers = sorted(set().union(*wanted.values()))
@@ -326,8 +346,12 @@ def _fetch(keys: Iterable[UsageKey], source: UsageSource) -> dict[UsageKey, Metr
             for request, customers in sorted(wanted.items()):
                 ordered = sorted(customers)
                 if len(ordered) == 1:
-                    results[request] = {ordered[0]: source.usage(request.metric_id, ordered[0], start, end,
-                                                                 request.group_by)}
+                    try:
+                        one: MetricUsage | UsageOutOfRange = source.usage(request.metric_id, ordered[0], start, end,
+                                                                          request.group_by)
+                    except UsageOutOfRange as exc:
+                        one = exc
+                    results[request] = {ordered[0]: one}
                 else:
                     results[request] = source.usage_bulk(request.metric_id, ordered, start, end, request.group_by)
         for request, customers in wanted.items():
@@ -338,7 +362,8 @@ def _fetch(keys: Iterable[UsageKey], source: UsageSource) -> dict[UsageKey, Metr
     return found
 
 
-def _rate_all(sub: Subscription, charges: Sequence[Charge], usage: Mapping[UsageKey, MetricUsage]) -> list[LineItem]:
+def _rate_all(sub: Subscription, charges: Sequence[Charge],
+              usage: Mapping[UsageKey, MetricUsage | UsageOutOfRange]) -> list[LineItem]:
     lines = []
     for charge in charges:
         key = _usage_key(sub, charge)
@@ -371,7 +396,8 @@ class Invoice:
     @property
     def total(self) -> Decimal:
         """Return the sum of the rounded lines."""
-        return sum((line.amount for line in self.line_items), round_money(ZERO, self.currency))
+        with exact():
+            return sum((line.amount for line in self.line_items), round_money(ZERO, self.currency))
 
     @property
     def subtotal(self) -> Decimal:
@@ -446,6 +472,7 @@ def _corrections(sub: Subscription, before: Period, issued: Sequence[Invoice],
     return corrections
 
 
+@exact()
 def compute_invoice(sub: Subscription, period: Period, usage_source: UsageSource, *, now: datetime,
                     issued: Sequence[Invoice] = ()) -> Invoice:
     """Compute the invoice of a billing period, with corrections of earlier issued invoices."""
@@ -509,19 +536,23 @@ class Costs:
 
     @property
     def subtotal(self) -> Decimal:
-        return sum((p.subtotal for p in self.per_price_costs), round_money(ZERO, self.currency))
+        with exact():
+            return sum((p.subtotal for p in self.per_price_costs), round_money(ZERO, self.currency))
 
     @property
     def total(self) -> Decimal:
-        return sum((p.total for p in self.per_price_costs), round_money(ZERO, self.currency))
+        with exact():
+            return sum((p.total for p in self.per_price_costs), round_money(ZERO, self.currency))
 
     @property
     def subtotal_unrounded(self) -> Decimal:
-        return sum((p.subtotal_unrounded for p in self.per_price_costs), ZERO)
+        with exact():
+            return sum((p.subtotal_unrounded for p in self.per_price_costs), ZERO)
 
     @property
     def total_unrounded(self) -> Decimal:
-        return sum((p.total_unrounded for p in self.per_price_costs), ZERO)
+        with exact():
+            return sum((p.total_unrounded for p in self.per_price_costs), ZERO)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -565,11 +596,34 @@ def costs(sub: Subscription, timeframe_start: datetime, timeframe_end: datetime,
 
 def costs_bulk(requests: Sequence[tuple[Subscription, datetime, datetime]],
                usage_source: UsageSource) -> list[Costs]:
-    """Return costs for many subscriptions, reading usage in bulk (one call per metric and window)."""
+    """Return costs for many subscriptions, reading usage in bulk (one call per metric and window).
+
+    Raises the first subscription's ``OutOfRange`` when one cannot be computed (``costs_each``
+    gives every subscription its own answer).
+    """
+    results = costs_each(requests, usage_source)
+    for result in results:
+        if isinstance(result, OutOfRange):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+@exact()
+def costs_each(requests: Sequence[tuple[Subscription, datetime, datetime]],
+               usage_source: UsageSource) -> list[Costs | OutOfRange]:
+    """Return costs like ``costs_bulk``, or for a subscription that cannot be computed its error."""
     planned = [(sub, start, end, charges_for_timeframe(sub, start, end)) for sub, start, end in requests]
     keys = [k for sub, _, _, charges in planned for k in (_usage_key(sub, c) for c in charges) if k is not None]
     usage = _fetch(keys, usage_source)
-    return [_aggregate_costs(sub, start, end, _rate_all(sub, charges, usage)) for sub, start, end, charges in planned]
+    out: list[Costs | OutOfRange] = []
+    for sub, start, end, charges in planned:
+        try:
+            out.append(_aggregate_costs(sub, start, end, _rate_all(sub, charges, usage)))
+        except OutOfRange as exc:
+            out.append(exc)
+        except DecimalException as exc:
+            out.append(inexact(exc))
+    return out
 
 
 # --- usage per metric per day -------------------------------------------------------------------
@@ -600,7 +654,8 @@ def usage_by_day(sub: Subscription, timeframe_start: datetime, timeframe_end: da
         cursor = lo
         while cursor < hi:
             day_end = min(datetime.combine(cursor.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC), hi)
-            days.append(DailyUsage(cursor, day_end, usage_source.usage(metric_id, sub.customer_id, cursor, day_end).quantity))
+            days.append(DailyUsage(cursor, day_end,
+                                   usage_source.usage(metric_id, sub.customer_id, cursor, day_end).quantity))
             cursor = day_end
         result.append(MetricDailyUsage(metric_id, tuple(days)))
     return result

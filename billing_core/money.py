@@ -1,17 +1,32 @@
-"""Money: currency minor units, the one rounding helper, and decimal parsing.
+"""Money: currency minor units, the one rounding helper, exact arithmetic, and decimal parsing.
 
 Every amount in the billing core is a ``Decimal``. Amounts are rounded exactly once per
 invoice line, by :func:`round_money`, ``ROUND_HALF_UP`` to the currency's minor unit
 (billing.md §1 "Rounding"). No float ever touches money.
+
+Python's default context keeps 28 significant digits, so ``quantity * price`` would round
+silently. Rating runs inside :func:`exact` instead: 400 significant digits with the ``Inexact``
+trap set, so every sum and product is exact or raises :class:`InexactAmount` (it cannot happen
+within the documented range: quantities below 10^18 with 9 decimal places, prices below 10^31
+with 30). The one division of an amount, proration, goes through :func:`divide`: exact when the
+quotient terminates, else rounded half-even at ``DIVISION_PLACES`` (100) decimal places, far
+below any minor unit, so the rounding of the line gives the cents of the exact fraction.
 """
 
 from __future__ import annotations
 
 import re
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import (
+    ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal, DecimalException, DivisionByZero,
+    Inexact, InvalidOperation, Overflow, getcontext, localcontext,
+)
+from fractions import Fraction
 from functools import lru_cache
+from math import ceil, floor
 
-from billing_core.errors import InvalidInput
+from billing_core.errors import InexactAmount, InvalidInput
 
 __all__ = [
     "MINOR_UNITS",
@@ -24,11 +39,29 @@ __all__ = [
     "round_money",
     "to_minor_units",
     "format_decimal",
+    "PRECISION",
+    "DIVISION_PLACES",
+    "MAX_PLACES",
+    "exact",
+    "inexact",
+    "divide",
+    "divide_to_integral",
+    "decimal_shape",
+    "ExactNumber",
+    "exact_number",
 ]
 
 ZERO = Decimal("0")
 # Amounts and quantities beyond 10^±30 are input errors, not money (they would overflow later).
 _MAX_EXPONENT = 30
+MAX_PLACES = 30  # digits after the point of a price or amount (trailing zeros aside)
+PRECISION = 400
+DIVISION_PLACES = 100
+_EXACT = Context(prec=PRECISION, rounding=ROUND_HALF_EVEN, Emin=-999_999, Emax=999_999,
+                 traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
+# round_money's context: as wide, but discarding digits is its job (HALF_UP, given per call).
+_ROUNDING = Context(prec=PRECISION, rounding=ROUND_HALF_UP, Emin=-999_999, Emax=999_999,
+                    traps=[InvalidOperation, DivisionByZero, Overflow])
 
 # ISO 4217 exponents that differ from the default of 2.
 _ZERO_DECIMAL = {
@@ -72,14 +105,73 @@ def round_money(amount: Decimal, currency: str) -> Decimal:
     """Round an amount ROUND_HALF_UP to the currency's minor unit (the only rounding of money)."""
     if not isinstance(amount, Decimal):
         raise TypeError(f"round_money needs a Decimal, got {type(amount).__name__}")
-    rounded = amount.quantize(_quantum(currency), rounding=ROUND_HALF_UP)
+    rounded = amount.quantize(_quantum(currency), rounding=ROUND_HALF_UP, context=_ROUNDING)
     # Normalise negative zero so that serialized output is stable.
     return rounded + 0 if rounded.is_zero() else rounded
 
 
 def to_minor_units(amount: Decimal, currency: str) -> int:
     """Return the rounded amount as an integer count of minor units (12.34 USD -> 1234)."""
-    return int(round_money(amount, currency).scaleb(minor_units(currency)))
+    return int(round_money(amount, currency).scaleb(minor_units(currency), context=_ROUNDING))
+
+
+@contextmanager
+def exact() -> Iterator[None]:
+    """Run the block's Decimal arithmetic exactly (400 digits; an inexact step raises InexactAmount).
+
+    Also a decorator (``@exact()``). Nested uses cost one context lookup.
+    """
+    current = getcontext()
+    if current.prec == PRECISION and current.traps[Inexact]:
+        yield
+        return
+    with localcontext(_EXACT):
+        try:
+            yield
+        except DecimalException as exc:
+            raise inexact(exc) from None
+
+
+def inexact(exc: DecimalException) -> InexactAmount:
+    """Return the domain error for a trapped signal of the exact context."""
+    return InexactAmount(f"an amount needs more than {PRECISION} significant digits ({type(exc).__name__}); "
+                         "its quantities or prices are far outside the supported range")
+
+
+def divide(numerator: Decimal, denominator: Decimal) -> Decimal:
+    """Return ``numerator / denominator``: exact when it terminates within ``DIVISION_PLACES``
+    decimal places, else rounded half-even there (the only rounding besides ``round_money``)."""
+    ratio = Fraction(numerator) / Fraction(denominator)
+    scaled = ratio * 10**DIVISION_PLACES
+    if scaled.denominator == 1:
+        # Terminating: the exact quotient, in its shortest exponent.
+        with localcontext(_EXACT):
+            return numerator / denominator
+    return Decimal(round(scaled)).scaleb(-DIVISION_PLACES, context=_EXACT)
+
+
+_INTEGRAL = {ROUND_FLOOR: floor, ROUND_CEILING: ceil}
+
+
+def divide_to_integral(numerator: Decimal, denominator: Decimal, rounding: str) -> int:
+    """Return ``numerator / denominator`` as an integer, rounded per ``rounding`` from the exact
+    fraction (``ROUND_FLOOR``, ``ROUND_CEILING`` or ``ROUND_HALF_UP``)."""
+    ratio = Fraction(numerator) / Fraction(denominator)
+    if rounding == ROUND_HALF_UP:
+        magnitude = floor(abs(ratio) + Fraction(1, 2))
+        return magnitude if ratio >= 0 else -magnitude
+    return _INTEGRAL[rounding](ratio)
+
+
+def decimal_shape(value: Decimal) -> tuple[int, int]:
+    """Return (significant digits, digits after the point) of a finite Decimal, trailing zeros aside."""
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    end = len(digits)
+    while end > 1 and digits[end - 1] == 0:
+        end -= 1
+    exponent += len(digits) - end
+    return end, max(0, -exponent)
 
 
 def parse_decimal(value: object, field: str = "amount") -> Decimal:
@@ -104,6 +196,8 @@ def parse_decimal(value: object, field: str = "amount") -> Decimal:
         raise InvalidAmount(f"{field}: {value!r} is not a finite decimal")
     if not result.is_zero() and not -_MAX_EXPONENT <= result.adjusted() <= _MAX_EXPONENT:
         raise InvalidAmount(f"{field}: {value!r} is out of range")
+    if result.as_tuple().exponent < -MAX_PLACES and decimal_shape(result)[1] > MAX_PLACES:  # type: ignore[operator]
+        raise InvalidAmount(f"{field}: {value!r} is out of range (at most {MAX_PLACES} digits after the point)")
     return result
 
 
@@ -118,3 +212,18 @@ def format_decimal(value: Decimal) -> str:
         value = abs(value)
     text = format(value, "f")
     return text
+
+
+class ExactNumber(Decimal):
+    """A quantity that JSON answers write as a number, digit for digit (not a string, never a float)."""
+
+    __slots__ = ()
+
+
+def exact_number(value: Decimal | None) -> int | ExactNumber | None:
+    """Return a quantity for a JSON answer: an int when whole (exact at any size), else an ``ExactNumber``."""
+    if value is None:
+        return None
+    if value == value.to_integral_value():
+        return int(value)
+    return ExactNumber(value)

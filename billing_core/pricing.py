@@ -12,9 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from enum import StrEnum
+from fractions import Fraction
 from typing import Any, Union
 
-from billing_core.money import FieldError, ZERO, parse_decimal, parse_optional_decimal
+from billing_core.money import (
+    FieldError, ZERO, divide_to_integral, exact_number, parse_decimal, parse_optional_decimal,
+)
 from billing_core.periods import Cadence
 
 __all__ = [
@@ -136,7 +139,7 @@ class TieredPackageConfig:
         if lows != sorted(set(lows)) or lows[0] != 0:
             raise InvalidPrice("tiered_package_config.tiers: lower bounds must start at 0 and increase")
         for low in lows:
-            if low % self.package_size != 0:
+            if Fraction(low) % Fraction(self.package_size) != 0:  # exact at any exponent
                 raise InvalidPrice(
                     f"tiered_package_config.tiers: bound {low} is not a multiple of package_size"
                 )
@@ -328,9 +331,10 @@ def _rate_bulk(quantity: Decimal, config: BulkConfig) -> Rating:
 
 
 def _packages(quantity: Decimal, size: Decimal) -> Decimal:
+    """Return the whole packages that hold ``quantity``, from the exact quotient (no rounded division)."""
     if quantity <= 0:
         return ZERO
-    return (quantity / size).to_integral_value(rounding=ROUND_CEILING)
+    return Decimal(divide_to_integral(quantity, size, ROUND_CEILING))
 
 
 def _rate_tiered_package(quantity: Decimal, config: TieredPackageConfig) -> Rating:
@@ -450,21 +454,22 @@ def parse_config(model_type: str, raw: Mapping[str, Any]) -> PriceConfig:
 
 
 def config_to_dict(config: PriceConfig) -> dict[str, Any]:
-    """Return a config in Orb's JSON shape, with decimal strings."""
+    """Return a config in Orb's JSON shape: amounts as decimal strings, unit counts (tier bounds,
+    package size) as exact numbers (``money.exact_number``: an int, or an ``ExactNumber``)."""
     if isinstance(config, UnitConfig):
         return {"unit_amount": _num(config.unit_amount)}
     if isinstance(config, TieredConfig):
         return {"tiers": [
-            {"first_unit": float(t.first_unit), "last_unit": None if t.last_unit is None else float(t.last_unit),
+            {"first_unit": exact_number(t.first_unit), "last_unit": exact_number(t.last_unit),
              "unit_amount": _num(t.unit_amount)} for t in config.tiers
         ]}
     if isinstance(config, BulkConfig):
         return {"tiers": [
-            {"maximum_units": None if t.maximum_units is None else float(t.maximum_units),
-             "unit_amount": _num(t.unit_amount)} for t in config.tiers
+            {"maximum_units": exact_number(t.maximum_units), "unit_amount": _num(t.unit_amount)}
+            for t in config.tiers
         ]}
     if isinstance(config, PackageConfig):
-        return {"package_amount": _num(config.package_amount), "package_size": int(config.package_size)}
+        return {"package_amount": _num(config.package_amount), "package_size": exact_number(config.package_size)}
     if isinstance(config, TieredPackageConfig):
         return {"package_size": _num(config.package_size), "tiers": [
             {"tier_lower_bound": _num(t.tier_lower_bound), "per_unit": _num(t.per_unit)} for t in config.tiers

@@ -9,19 +9,26 @@ specific and typed, so both databases give the same answers:
 =============  ========================================  ========================================
 equality, IN   typed: ``'4'`` never equals ``4``          ``jsonb`` equality (typed)
 <, <=, >, >=   numbers only (``json_type`` guard)         numbers only (``jsonb_typeof`` guard)
-sum            integers: exact (64-bit);                  exact ``numeric``
-               decimals: exact to 9 decimal places
-               while ``|x| < 9,000,000`` (see below)
-max, latest    the stored number (15 significant digits)  exact ``numeric``
+sum            exact (integer partial sums, see below)    exact ``numeric``
+max, latest    exact (a double holds every accepted       exact ``numeric``
+               value: 15 significant digits)
 unique_count   distinct JSON values                       distinct ``jsonb`` values
 =============  ========================================  ========================================
 
-**Precision on SQLite.** SQLite has no decimal type. Integer-valued properties are summed as
-64-bit integers (exact; an overflow is an error, never a wrong total). Decimal-valued properties
-are summed as integers of 10⁻⁹ (``ROUND(x * 1e9)``), which is exact for values with at most 9
-decimal places and at most 15 significant digits — enough for usage quantities. PostgreSQL keeps
-``jsonb`` numbers as ``numeric`` and is exact for any value. The stored JSON text is never
-altered, so moving to PostgreSQL recomputes everything exactly.
+**Exactness.** Ingest accepts numbers with ``|v| < 10^15``, at most 9 digits after the point
+and 15 significant digits (``billing_core.usage``); for those, both databases give the exact
+``Decimal`` answer, and a total beyond ``10^18`` (a max or latest beyond ``10^15``) becomes
+``UsageOutOfRange`` for that customer only — never a clamped or float value.
+
+SQLite has no decimal type, so a sum is folded from integers: an integer property as it is, a
+real one split into its integer part (``CAST(x AS INTEGER)``, exact below 10^15) and its
+fraction in units of 10⁻⁹, rounded at the value's last possible decimal place (9 below 10^6,
+one fewer per further integer digit: a double's error stays below half of that place for 15
+significant digits). Python adds the partial sums exactly. A real beyond 10^15 (stored before
+the range was enforced) is added to the integer sum as the real it is, so that sum comes back
+as a float: the customer's total is then out of range, not wrong. Should a 64-bit partial sum
+overflow (thousands of values near 10^15), the query runs again with each integer part split
+at 10^9, which no realistic number of events overflows.
 
 Grouped usage (``group_by``, for matrix prices) keys each group by the properties' text values;
 an event without one of the properties falls in the group whose value is ``""``.
@@ -38,7 +45,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from decimal import Decimal
+from decimal import Context, Decimal, Inexact, InvalidOperation
 from typing import Any, Iterator
 
 import sqlalchemy as sa
@@ -53,12 +60,16 @@ from billing_core.persistence.events import (
     customers_table,
     events_table,
 )
-from billing_core.usage import MetricUsage
+from billing_core.errors import UsageOutOfRange
+from billing_core.usage import (
+    VALUE_DIGITS, VALUE_LIMIT, MetricUsage, UsageResult, checked_total, checked_value,
+)
 
 __all__ = ["SqlUsageSource"]
 
 _SCALE = 9
 _SCALE_FACTOR = 10**_SCALE
+_SPLIT = 10**9  # the wide query's split of integer parts (hi * 10^9 + lo)
 _BULK_FILTER_LIMIT = 1000  # above this many customers, scan the event name and keep the asked ones
 
 Bind = Any  # an Engine, a Connection or a Session
@@ -155,19 +166,72 @@ class _Json:
 
     # Aggregates --------------------------------------------------------------------------------
 
-    def sum_columns(self, name: str) -> list[Any]:
+    def sum_columns(self, name: str, wide: bool = False) -> list[Any]:
+        """Columns whose values ``sum_of`` adds up: ``s`` (and on SQLite ``s_scaled``, ``s_hi``)."""
         if self.pg:
             return [sa.func.sum(self.number(name)).label("s")]
-        kind = self.kind(name)
-        value = self.value(name)
-        integers = sa.func.sum(sa.case((kind == "integer", value), else_=None)).label("s")
-        scaled = sa.func.sum(
-            sa.case(
-                (kind == "real", sa.cast(sa.func.round(value * _SCALE_FACTOR), sa.BigInteger)),
-                else_=None,
-            )
-        ).label("s_scaled")
-        return [integers, scaled]
+        return sum_parts(self.kind(name), self.value(name), "s", "s_scaled", "s_hi", wide)
+
+
+def integer_part(kind: Any, value: Any) -> Any:
+    """SQLite: the integer part of a JSON number; a real beyond 10^15 stays a real (see the module doc)."""
+    return sa.case(
+        (kind == "integer", value),
+        (kind == "real", sa.case((sa.func.abs(value) < VALUE_LIMIT, sa.cast(value, sa.Integer)), else_=value)),
+        else_=None,
+    )
+
+
+def scaled_fraction(kind: Any, value: Any) -> Any:
+    """SQLite: the fraction of a real below 10^15, as an integer of 10^-9 (exact for accepted values)."""
+    fraction = value - sa.cast(value, sa.Integer)
+    magnitude = sa.func.abs(value)
+    # A value with d integer digits has at most min(9, 15 - d) decimals: round there.
+    steps = [(magnitude < 10 ** (VALUE_DIGITS - _SCALE + j), sa.func.round(fraction * 10 ** (_SCALE - j)) * 10**j)
+             for j in range(_SCALE)]
+    rounded = sa.case(*steps, else_=sa.func.round(fraction) * _SCALE_FACTOR)
+    return sa.case((sa.and_(kind == "real", magnitude < VALUE_LIMIT), sa.cast(rounded, sa.Integer)), else_=None)
+
+
+def sum_parts(kind: Any, value: Any, total: str, scaled: str, high: str, wide: bool) -> list[Any]:
+    """SQLite sum columns of one property: integer parts (split at 10^9 when ``wide``), fractions."""
+    whole = integer_part(kind, value)
+    fraction = sa.func.sum(scaled_fraction(kind, value)).label(scaled)
+    if not wide:
+        return [sa.func.sum(whole).label(total), fraction]
+    return [sa.func.sum(whole % _SPLIT).label(total), fraction, sa.func.sum(whole / _SPLIT).label(high)]
+
+
+def is_overflow(exc: BaseException) -> bool:
+    """Tell whether a database error is SQLite's 64-bit integer overflow (not an outage)."""
+    orig = getattr(exc, "orig", exc)
+    return isinstance(orig, sqlite3.OperationalError) and "integer overflow" in str(orig)
+
+
+def sum_of(total: Any, scaled: Any = None, high: Any = None) -> Decimal | None:
+    """Return the exact sum of partial sums, or None when one is a float (a value out of range)."""
+    if type(total) is float or type(high) is float:
+        return None
+    if isinstance(total, Decimal):  # PostgreSQL's numeric
+        return _plain(total)
+    whole = (total or 0) + (high or 0) * _SPLIT
+    if not scaled:
+        return Decimal(whole)
+    return _plain(Decimal(whole * _SCALE_FACTOR + scaled).scaleb(-_SCALE, context=_WIDE))
+
+
+def number_of(value: Any) -> Decimal | None:
+    """Return a max or latest value exactly, or None when SQLite's double cannot be it."""
+    if value is None:
+        return Decimal(0)
+    if type(value) is float:
+        if not -VALUE_LIMIT < value < VALUE_LIMIT:
+            return None
+        number = Decimal(repr(value))
+        # More than 15 significant digits: a value stored before the range was enforced,
+        # which the double does not hold.
+        return _plain(number) if len(number.as_tuple().digits) <= VALUE_DIGITS else None
+    return _decimal(value)
 
 
 def _decimal(value: Any) -> Decimal:
@@ -180,11 +244,32 @@ def _decimal(value: Any) -> Decimal:
     return Decimal(value)
 
 
+_WIDE = Context(prec=80, traps=[InvalidOperation, Inexact])  # far more digits than any partial sum has
+
+
 def _plain(value: Decimal) -> Decimal:
     """Drop trailing fractional zeros without switching to exponent notation."""
     if value == value.to_integral_value():
-        return value.quantize(Decimal(1))
-    return value.normalize()
+        return value.quantize(Decimal(1), context=_WIDE)
+    return value.normalize(context=_WIDE)
+
+
+def _checked(aggregation: str, quantity: Decimal | None, metric_id: str, customer_id: str,
+             group: tuple[str, ...] | None = None) -> Decimal:
+    """Return a quantity within the supported range, else raise ``UsageOutOfRange`` naming the customer.
+
+    ``None`` stands for a partial sum (or max) that SQLite could only give as a float: an event
+    holds a value beyond the range.
+    """
+    if quantity is None:
+        where = f" (group {', '.join(group)})" if group else ""
+        raise UsageOutOfRange(f"metric {metric_id!r}, customer {customer_id!r}{where}: an event's value is beyond "
+                              "the supported range", metric_id=metric_id, customer_id=customer_id)
+    if aggregation in ("max", "latest"):
+        return checked_value(quantity, metric_id, customer_id, group)
+    if aggregation == "sum":
+        return checked_total(quantity, metric_id, customer_id, group)
+    return quantity
 
 
 class SqlUsageSource:
@@ -233,17 +318,25 @@ class SqlUsageSource:
 
     def usage(self, metric_id: str, customer_id: str, start: datetime, end: datetime,
               group_by: tuple[str, ...] = ()) -> MetricUsage:
-        """Aggregate one metric for one customer over ``[start, end)``."""
-        return self.usage_bulk(metric_id, [customer_id], start, end, group_by)[customer_id]
+        """Aggregate one metric for one customer over ``[start, end)`` (``UsageOutOfRange`` beyond the range)."""
+        found = self.usage_bulk(metric_id, [customer_id], start, end, group_by)[customer_id]
+        if isinstance(found, UsageOutOfRange):
+            raise found
+        return found
 
     def usage_bulk(self, metric_id: str, customer_ids: Sequence[str], start: datetime, end: datetime,
-                   group_by: tuple[str, ...] = ()) -> Mapping[str, MetricUsage]:
+                   group_by: tuple[str, ...] = ()) -> Mapping[str, UsageResult]:
         """Aggregate one metric for many customers over ``[start, end)`` in one grouped query."""
-        return self.evaluate(self.definition(metric_id), customer_ids, start, end, group_by)
+        return self.evaluate(self.definition(metric_id), customer_ids, start, end, group_by, metric_id=metric_id)
 
     def evaluate(self, definition: MetricDefinition, customer_ids: Sequence[str], start: datetime,
-                 end: datetime, group_by: tuple[str, ...] = ()) -> dict[str, MetricUsage]:
-        """Aggregate a definition for each customer; every asked id gets an entry."""
+                 end: datetime, group_by: tuple[str, ...] = (), *, metric_id: str | None = None
+                 ) -> dict[str, UsageResult]:
+        """Aggregate a definition for each customer; every asked id gets an entry.
+
+        A customer whose total (or a group's) is beyond the supported range gets its
+        ``UsageOutOfRange`` instead (naming ``metric_id``, else the event name); the others their usage.
+        """
         groups = tuple(group_by) or definition.group_by
         ids = list(dict.fromkeys(customer_ids))
         if not ids:
@@ -256,14 +349,22 @@ class SqlUsageSource:
             totals = self._run(conn, json_, definition, base, key, joined, ())
             per_group = self._run(conn, json_, definition, base, key, joined, groups) if groups else {}
         # Group rows by customer once (sorted, so each customer's groups come out in order).
-        by_customer: dict[str, dict[tuple[str, ...], Decimal]] = {}
+        by_customer: dict[str, dict[tuple[str, ...], Decimal | None]] = {}
         for k, v in sorted(per_group.items()):
             by_customer.setdefault(k[0], {})[k[1:]] = v[0]
-        result: dict[str, MetricUsage] = {}
+        result: dict[str, UsageResult] = {}
+        metric = metric_id or definition.event_name
         for cid in ids:
             quantity, count, skipped = totals.get((cid,), (Decimal(0), 0, 0))
             grouped = by_customer.get(cid, {}) if groups else None
-            result[cid] = MetricUsage(quantity=quantity, event_count=count, skipped=skipped, groups=grouped)
+            try:
+                checked = _checked(definition.aggregation, quantity, metric, cid)
+                if grouped is not None:
+                    grouped = {g: _checked(definition.aggregation, q, metric, cid, g) for g, q in grouped.items()}
+            except UsageOutOfRange as exc:
+                result[cid] = exc
+                continue
+            result[cid] = MetricUsage(quantity=checked, event_count=count, skipped=skipped, groups=grouped)
         return result
 
     # Query building ----------------------------------------------------------------------------
@@ -332,8 +433,27 @@ class SqlUsageSource:
         return sa.func.coalesce(e.c.customer_id, c.c.id), joined
 
     def _run(self, conn: Any, json_: _Json, definition: MetricDefinition, where: list[Any], key: Any,
-             source: Any, groups: tuple[str, ...]) -> dict[tuple[str, ...], tuple[Decimal, int, int]]:
-        """Return {(customer_id, *group values): (quantity, event_count, skipped)}."""
+             source: Any, groups: tuple[str, ...]) -> dict[tuple[str, ...], tuple[Decimal | None, int, int]]:
+        """Return {(customer_id, *group values): (quantity, event_count, skipped)}.
+
+        The quantity is None when the database could give it only as a float (see ``_checked``).
+        """
+        try:
+            return self._run_once(conn, json_, definition, where, key, source, groups, wide=False)
+        except sa.exc.OperationalError as exc:
+            if not is_overflow(exc):
+                raise
+        try:
+            return self._run_once(conn, json_, definition, where, key, source, groups, wide=True)
+        except sa.exc.OperationalError as exc:
+            if not is_overflow(exc):
+                raise
+            raise UsageOutOfRange(f"metric over {definition.event_name!r}: a sum overflows even split at 10^9 "
+                                  "(billions of events in one window)") from None
+
+    def _run_once(self, conn: Any, json_: _Json, definition: MetricDefinition, where: list[Any], key: Any,
+                  source: Any, groups: tuple[str, ...], wide: bool
+                  ) -> dict[tuple[str, ...], tuple[Decimal | None, int, int]]:
         keys = [key.label("cust")] + [json_.group_key(g).label(f"g{i}") for i, g in enumerate(groups)]
         if definition.aggregation == "latest":
             return self._run_latest(conn, json_, definition, where, keys, source)
@@ -341,7 +461,7 @@ class SqlUsageSource:
         columns: list[Any] = [sa.func.count().label("n")]
         if definition.aggregation == "sum":
             assert prop
-            columns += json_.sum_columns(prop) + [sa.func.count(json_.number(prop)).label("n_value")]
+            columns += json_.sum_columns(prop, wide) + [sa.func.count(json_.number(prop)).label("n_value")]
         elif definition.aggregation == "max":
             assert prop
             columns += [sa.func.max(json_.number(prop)).label("m"), sa.func.count(json_.number(prop)).label("n_value")]
@@ -352,28 +472,27 @@ class SqlUsageSource:
                 sa.func.count(json_.present(prop)).label("n_value"),
             ]
         query = sa.select(*keys, *columns).select_from(source).where(*where).group_by(*keys)
-        out: dict[tuple[str, ...], tuple[Decimal, int, int]] = {}
+        out: dict[tuple[str, ...], tuple[Decimal | None, int, int]] = {}
         for row in conn.execute(query).mappings():
             if row["cust"] is None:
                 continue
             count = int(row["n"])
+            quantity: Decimal | None
             if definition.aggregation == "count":
                 quantity, skipped = Decimal(count), 0
             else:
                 skipped = count - int(row["n_value"])
                 if definition.aggregation == "sum":
-                    quantity = _decimal(row["s"])
-                    if "s_scaled" in row and row["s_scaled"] is not None:
-                        quantity = _plain(quantity + Decimal(int(row["s_scaled"])).scaleb(-_SCALE))
+                    quantity = sum_of(row["s"], row.get("s_scaled"), row.get("s_hi"))
                 elif definition.aggregation == "max":
-                    quantity = _decimal(row["m"])
+                    quantity = number_of(row["m"])
                 else:
                     quantity = Decimal(int(row["u"]))
             out[tuple(row[k.name] for k in keys)] = (quantity, count, skipped)
         return out
 
     def _run_latest(self, conn: Any, json_: _Json, definition: MetricDefinition, where: list[Any],
-                    keys: list[Any], source: Any) -> dict[tuple[str, ...], tuple[Decimal, int, int]]:
+                    keys: list[Any], source: Any) -> dict[tuple[str, ...], tuple[Decimal | None, int, int]]:
         assert definition.property
         e = events_table
         value = json_.number(definition.property)
@@ -396,11 +515,11 @@ class SqlUsageSource:
             .subquery()
         )
         query = sa.select(inner).where(inner.c.rn == 1)
-        out: dict[tuple[str, ...], tuple[Decimal, int, int]] = {}
+        out: dict[tuple[str, ...], tuple[Decimal | None, int, int]] = {}
         for row in conn.execute(query).mappings():
             if row["cust"] is None:
                 continue
             count = int(row["n"])
-            out[tuple(row[k.name] for k in keys)] = (_decimal(row["v"]), count, count - int(row["n_value"]))
+            out[tuple(row[k.name] for k in keys)] = (number_of(row["v"]), count, count - int(row["n_value"]))
         return out
 

@@ -11,6 +11,10 @@ Results equal ``SqlUsageSource.usage_bulk`` (same filters, customer matching, ty
 access and exact sums); ``tests/billing_core/test_sql_usage_batch.py`` pins that on SQLite and
 PostgreSQL. On SQLite each row's JSON text is parsed once (one multi-path ``json_extract`` into
 a materialized CTE), which is what keeps a 1M-event scan close to a raw ``GROUP BY``.
+
+Sums are folded from the same integer partial sums as ``SqlUsageSource`` (exact; a 64-bit
+overflow reruns the scan with integer parts split at 10^9), and a customer whose total is
+beyond the supported range gets a ``UsageOutOfRange`` while every other customer gets its usage.
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ from sqlalchemy.sql.operators import custom_op
 from billing_core.events import to_micros
 from billing_core.metrics import MetricDefinition
 from billing_core.persistence.events import STATE_LIVE, customers_table, events_table
-from billing_core.sql_usage import _BULK_FILTER_LIMIT, _SCALE, _SCALE_FACTOR, SqlUsageSource, _decimal, _Json, _plain
-from billing_core.usage import MetricUsage, UsageRequest
+from billing_core.errors import UsageOutOfRange
+from billing_core.sql_usage import (
+    _BULK_FILTER_LIMIT, SqlUsageSource, _checked, _Json, is_overflow, number_of, sum_of, sum_parts,
+)
+from billing_core.usage import MetricUsage, UsageRequest, UsageResult
 
 __all__ = ["BatchSqlUsageSource"]
 
@@ -54,10 +61,10 @@ class BatchSqlUsageSource(SqlUsageSource):
     """``SqlUsageSource`` that also answers many metrics over one window in shared scans."""
 
     def usage_bulk_many(self, requests: Sequence[UsageRequest], customer_ids: Sequence[str], start: datetime,
-                        end: datetime) -> Mapping[UsageRequest, Mapping[str, MetricUsage]]:
-        """Aggregate every request for every customer over ``[start, end)``."""
+                        end: datetime) -> Mapping[UsageRequest, Mapping[str, UsageResult]]:
+        """Aggregate every request for every customer over ``[start, end)`` (see ``evaluate`` for errors)."""
         ids = list(dict.fromkeys(customer_ids))
-        result: dict[UsageRequest, Mapping[str, MetricUsage]] = {}
+        result: dict[UsageRequest, Mapping[str, UsageResult]] = {}
         fused: dict[tuple[str, str], list[tuple[UsageRequest, MetricDefinition]]] = defaultdict(list)
         for request in dict.fromkeys(requests):
             definition = self.definition(request.metric_id)
@@ -73,7 +80,7 @@ class BatchSqlUsageSource(SqlUsageSource):
     # One scan for metrics over the same events -------------------------------------------------
 
     def _fused(self, members: list[tuple[UsageRequest, MetricDefinition]], ids: list[str], start: datetime,
-               end: datetime) -> dict[UsageRequest, dict[str, MetricUsage]]:
+               end: datetime) -> dict[UsageRequest, dict[str, UsageResult]]:
         base = members[0][1]
         group_props = sorted({g for request, d in members for g in (request.group_by or d.group_by)})
         value_props = sorted({d.property for _, d in members if d.aggregation != "count" and d.property})
@@ -86,13 +93,26 @@ class BatchSqlUsageSource(SqlUsageSource):
                 rows = self._scan(conn, json_, where, key, source, group_props, value_props)
             else:
                 branches = self._branches(conn, json_, base, ids, aliases, to_micros(start), to_micros(end))
-                rows = self._scan(conn, json_, [], None, branches, group_props, value_props)
+                try:
+                    rows = self._scan(conn, json_, [], None, branches, group_props, value_props)
+                except sa.exc.OperationalError as exc:
+                    if not is_overflow(exc):
+                        raise
+                    # Thousands of values near 10^15 for one customer: split integer parts at 10^9.
+                    try:
+                        rows = self._scan(conn, json_, [], None, branches, group_props, value_props, wide=True)
+                    except sa.exc.OperationalError as again:
+                        if not is_overflow(again):
+                            raise
+                        raise UsageOutOfRange(f"metrics over {base.event_name!r}: a sum overflows even split "
+                                              "at 10^9 (billions of events in one window)") from None
         wanted = set(ids)
         # Fold the rows once into per-customer totals, and per group for each distinct group-by
-        # of the members. An accumulator is [events, then per value property: exact sum of its
-        # integers (SQLite) or numerics (PostgreSQL), sum of decimals in 10^-9 (SQLite), count
-        # of numeric values, max]; it becomes Decimals only at the end.
-        width = 1 + 4 * len(value_props)
+        # of the members. An accumulator is [events, then per value property: sum of its
+        # integer parts (SQLite) or numerics (PostgreSQL), sum of fractions in 10^-9 (SQLite),
+        # sum of integer parts / 10^9 (SQLite, wide scan), count of numeric values, max]; it
+        # becomes Decimals only at the end.
+        width = 1 + _CELLS * len(value_props)
         groupings = {tuple(group_props.index(g) for g in (request.group_by or d.group_by))
                      for request, d in members if request.group_by or d.group_by}
         totals: dict[str, list[Any]] = {}
@@ -113,14 +133,15 @@ class BatchSqlUsageSource(SqlUsageSource):
                 if gacc is None:
                     gacc = per_group[gkey] = _empty(width)
                 _fold(gacc, cells)
-        out: dict[UsageRequest, dict[str, MetricUsage]] = {}
+        out: dict[UsageRequest, dict[str, UsageResult]] = {}
         for request, definition in members:
             group_by = request.group_by or definition.group_by
             positions = tuple(group_props.index(g) for g in group_by)
-            at = 1 + 4 * value_props.index(definition.property) \
+            at = 1 + _CELLS * value_props.index(definition.property) \
                 if definition.aggregation != "count" and definition.property in value_props else None
             aggregation = definition.aggregation
-            per_customer: dict[str, MetricUsage] = {}
+            metric_id = request.metric_id
+            per_customer: dict[str, UsageResult] = {}
             for customer in ids:
                 acc = totals.get(customer)
                 if acc is None:
@@ -128,12 +149,17 @@ class BatchSqlUsageSource(SqlUsageSource):
                     continue
                 stat = _stat(acc, at)
                 events, valued = stat[0], stat[2]
-                groups = None
-                if group_by:
-                    groups = {k: _quantity(aggregation, _stat(v, at))
-                              for k, v in sorted(grouped[positions].get(customer, {}).items())}
+                try:
+                    groups = None
+                    if group_by:
+                        groups = {k: _checked(aggregation, _quantity(aggregation, _stat(v, at)), metric_id, customer, k)
+                                  for k, v in sorted(grouped[positions].get(customer, {}).items())}
+                    quantity = _checked(aggregation, _quantity(aggregation, stat), metric_id, customer)
+                except UsageOutOfRange as exc:
+                    per_customer[customer] = exc
+                    continue
                 per_customer[customer] = MetricUsage(
-                    quantity=_quantity(aggregation, stat),
+                    quantity=quantity,
                     event_count=events,
                     skipped=0 if aggregation == "count" else events - valued,
                     groups=groups,
@@ -195,11 +221,12 @@ class BatchSqlUsageSource(SqlUsageSource):
         return bool(conn.execute(sa.select(sa.func.count()).select_from(window)).scalar() >= need)
 
     def _scan(self, conn: Any, json_: _Json, where: list[Any], key: Any, source: Any, group_props: list[str],
-              value_props: list[str]) -> list[tuple[str, tuple[Any, ...], list[Any]]]:
+              value_props: list[str], wide: bool = False) -> list[tuple[str, tuple[Any, ...], list[Any]]]:
         """Run the one grouped query; return its rows as ``_collect`` gives them.
 
         On PostgreSQL ``where``/``key``/``source`` are ``SqlUsageSource``'s; on SQLite ``source`` is
-        the list of ``_branches`` (and ``where``/``key`` are unused).
+        the list of ``_branches`` (and ``where``/``key`` are unused). ``wide`` splits SQLite's
+        integer sums at 10^9 (the rerun after an overflow).
         """
         if json_.pg:
             cust = key.label("cust")
@@ -238,10 +265,7 @@ class BatchSqlUsageSource(SqlUsageSource):
             aggs = [sa.func.count().label("n")]
             for i in range(len(value_props)):
                 kind, value = cte.c[f"k{i}"], cte.c[f"v{i}"]
-                aggs += [
-                    sa.func.sum(sa.case((kind == "integer", value), else_=None)).label(f"s{i}"),
-                    sa.func.sum(sa.case((kind == "real", sa.cast(sa.func.round(value * _SCALE_FACTOR), sa.BigInteger)),
-                                        else_=None)).label(f"x{i}"),
+                aggs += sum_parts(kind, value, f"s{i}", f"x{i}", f"h{i}", wide) + [
                     sa.func.count(sa.case((kind.in_(["integer", "real"]), 1), else_=None)).label(f"c{i}"),
                     sa.func.max(sa.case((kind.in_(["integer", "real"]), value), else_=None)).label(f"m{i}"),
                 ]
@@ -258,7 +282,7 @@ class BatchSqlUsageSource(SqlUsageSource):
         group_at = [at[f"g{i}"] for i in range(len(group_props))]
         cell_at = [at["n"]]
         for i in range(len(value_props)):
-            cell_at += [at[f"s{i}"], at.get(f"x{i}", -1), at[f"c{i}"], at[f"m{i}"]]
+            cell_at += [at[f"s{i}"], at.get(f"x{i}", -1), at.get(f"h{i}", -1), at[f"c{i}"], at[f"m{i}"]]
         out = []
         for row in result.all():  # fetchall: iterating the result would fetch row by row
             customer = row[cust_at]
@@ -268,43 +292,45 @@ class BatchSqlUsageSource(SqlUsageSource):
         return out
 
 
+_CELLS = 5  # per value property: sum, scaled fractions, high parts, valued count, max
+
+
 def _empty(width: int) -> list[Any]:
     acc: list[Any] = [0] * width
-    acc[4::4] = [None] * ((width - 1) // 4)  # no max yet
+    acc[_CELLS::_CELLS] = [None] * ((width - 1) // _CELLS)  # no max yet
     return acc
 
 
 def _fold(acc: list[Any], cells: list[Any]) -> None:
-    """Add one result row to ``acc``: [events, then per property: sum, scaled sum, valued, max]."""
+    """Add one result row to ``acc``: [events, then per property: sum, fractions, high parts, valued, max]."""
     acc[0] += cells[0]
-    for i in range(1, len(cells), 4):
-        total, scaled, valued, maximum = cells[i], cells[i + 1], cells[i + 2], cells[i + 3]
+    for i in range(1, len(cells), _CELLS):
+        total, scaled, high, valued, maximum = cells[i], cells[i + 1], cells[i + 2], cells[i + 3], cells[i + 4]
         if total is not None:
             acc[i] += total
         if scaled is not None:
             acc[i + 1] += scaled
-        acc[i + 2] += valued
-        if maximum is not None and (acc[i + 3] is None or maximum > acc[i + 3]):
-            acc[i + 3] = maximum
+        if high is not None:
+            acc[i + 2] += high
+        acc[i + 3] += valued
+        if maximum is not None and (acc[i + 4] is None or maximum > acc[i + 4]):
+            acc[i + 4] = maximum
 
 
-def _stat(acc: list[Any], at: int | None) -> tuple[int, Decimal, int, Decimal | None]:
-    """Return (events, exact sum, valued count, max) of the property whose cells start at ``at``.
+def _stat(acc: list[Any], at: int | None) -> tuple[int, Decimal | None, int, Any]:
+    """Return (events, exact sum, valued count, raw max) of the property whose cells start at ``at``.
 
-    ``at`` is None for a count: only the events are counted.
+    ``at`` is None for a count: only the events are counted. The sum is None when a partial
+    sum came back as a float (a value beyond the range).
     """
     if at is None:
         return acc[0], Decimal(0), 0, None
-    total = _decimal(acc[at])
-    if acc[at + 1]:
-        total = _plain(total + Decimal(acc[at + 1]).scaleb(-_SCALE))
-    maximum = acc[at + 3]
-    return acc[0], total, acc[at + 2], None if maximum is None else _decimal(maximum)
+    return acc[0], sum_of(acc[at], acc[at + 1], acc[at + 2]), acc[at + 3], acc[at + 4]
 
 
-def _quantity(aggregation: str, stat: tuple[int, Decimal, int, Decimal | None]) -> Decimal:
+def _quantity(aggregation: str, stat: tuple[int, Decimal | None, int, Any]) -> Decimal | None:
     if aggregation == "count":
         return Decimal(stat[0])
     if aggregation == "sum":
-        return _plain(stat[1]) if stat[1] else Decimal(0)
-    return stat[3] if stat[3] is not None else Decimal(0)
+        return stat[1]
+    return number_of(stat[3])

@@ -7,6 +7,13 @@ the pure pricing tests.
 
 ``usage_bulk`` exists so that costs for many subscriptions cost one grouped query per metric,
 not one query per subscription.
+
+**The numeric range** (the same on SQLite and PostgreSQL). A usage value is accepted at ingest
+when it is finite, ``|v| < 10^15``, with at most 9 digits after the point and at most 15
+significant digits (so SQLite's double holds each one exactly). A metric's total for one
+customer, window and group must stay below ``10^18`` in magnitude, as must a ``max`` or
+``latest`` below ``10^15``; beyond, the source gives that customer a ``UsageOutOfRange``
+instead of a number (never a clamped or float value), and every other customer its usage.
 """
 
 from __future__ import annotations
@@ -15,9 +22,21 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Union, runtime_checkable
+
+from billing_core.errors import UsageOutOfRange
+from billing_core.money import decimal_shape
 
 __all__ = [
+    "VALUE_LIMIT",
+    "VALUE_DIGITS",
+    "VALUE_PLACES",
+    "TOTAL_LIMIT",
+    "UsageOutOfRange",
+    "UsageResult",
+    "value_problem",
+    "checked_total",
+    "checked_value",
     "MetricUsage",
     "UsageSource",
     "UsageRequest",
@@ -37,6 +56,56 @@ class MetricUsage:
 
 
 EMPTY_USAGE = MetricUsage(quantity=Decimal(0))
+
+# What a bulk source gives each customer: its usage, or why it has none.
+UsageResult = Union[MetricUsage, UsageOutOfRange]
+
+VALUE_LIMIT = 10**15
+VALUE_DIGITS = 15
+VALUE_PLACES = 9
+TOTAL_LIMIT = 10**18
+_VALUE_LIMIT = Decimal(VALUE_LIMIT)
+_TOTAL_LIMIT = Decimal(TOTAL_LIMIT)
+RANGE_TEXT = "|value| < 10^15, at most 9 digits after the point and 15 significant digits"
+
+
+def value_problem(value: Decimal) -> str | None:
+    """Return why a (finite) usage value is outside the accepted range, or None."""
+    if not value.is_finite():
+        return "not a finite number"
+    if not value.is_zero() and value.adjusted() >= VALUE_DIGITS:
+        return f"{value} is outside the accepted range ({RANGE_TEXT})"
+    _, digits, exponent = value.as_tuple()
+    if len(digits) > VALUE_DIGITS or exponent < -VALUE_PLACES:  # type: ignore[operator]
+        significant, places = decimal_shape(value)
+        if significant > VALUE_DIGITS or places > VALUE_PLACES:
+            return f"{value} is outside the accepted range ({RANGE_TEXT})"
+    return None
+
+
+def _out_of_range(what: str, value: object, metric_id: str | None, customer_id: str | None,
+                  group: tuple[str, ...] | None) -> UsageOutOfRange:
+    where = f" (group {', '.join(group)})" if group else ""
+    return UsageOutOfRange(
+        f"metric {metric_id!r}, customer {customer_id!r}{where}: {what} {value} is beyond the supported range",
+        metric_id=metric_id, customer_id=customer_id,
+    )
+
+
+def checked_total(total: Decimal, metric_id: str | None, customer_id: str | None,
+                  group: tuple[str, ...] | None = None) -> Decimal:
+    """Return a sum when ``|total| < 10^18``; raise ``UsageOutOfRange`` naming the customer otherwise."""
+    if -_TOTAL_LIMIT < total < _TOTAL_LIMIT:
+        return total
+    raise _out_of_range("the total", total, metric_id, customer_id, group)
+
+
+def checked_value(value: Decimal, metric_id: str | None, customer_id: str | None,
+                  group: tuple[str, ...] | None = None) -> Decimal:
+    """Return a max or latest value when ``|value| < 10^15``; raise ``UsageOutOfRange`` otherwise."""
+    if -_VALUE_LIMIT < value < _VALUE_LIMIT:
+        return value
+    raise _out_of_range("the value", value, metric_id, customer_id, group)
 
 
 @runtime_checkable

@@ -17,6 +17,7 @@ from webhooks.api import register_api
 from webhooks.dashboard import bp as dashboard_bp
 from webhooks.errors import register_error_handlers
 from webhooks.health import bp as health_bp
+from webhooks.json_numbers import ExactJSONProvider
 from webhooks.metrics import bp as metrics_bp
 from webhooks.receivers import bp as receivers_bp
 from worker.logs import configure_logging, get_logger
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         SECRET_KEY=settings.secret_key,
         JSON_SORT_KEYS=False,
     )
+    app.json = ExactJSONProvider(app)  # tier bounds and quantities as exact JSON numbers
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.strict_slashes = False
     app.session_interface = _DashboardSessions()

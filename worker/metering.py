@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
+from billing_core.money import divide_to_integral
+
 _ROUNDING = {"floor": ROUND_FLOOR, "half_up": ROUND_HALF_UP, "ceil": ROUND_CEILING}
 
 
@@ -21,7 +23,7 @@ def units_for(cost: Decimal, unit_price: Decimal, policy: str = "floor") -> int:
         raise ValueError("unit_price must be positive")
     if cost <= 0:
         return 0
-    return int((cost / unit_price).to_integral_value(rounding=_ROUNDING[policy]))
+    return divide_to_integral(cost, unit_price, _ROUNDING[policy])  # from the exact quotient
 
 
 @dataclass(frozen=True)

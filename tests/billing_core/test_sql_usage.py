@@ -211,8 +211,10 @@ def test_corrections_are_read_path_overlays(any_engine: Engine) -> None:
     [
         pytest.param(["0.1", "0.2"], D("0.3"), id="no-float-drift"),
         pytest.param(["0.000000001"] * 3, D("0.000000003"), id="nine-decimal-places"),
-        pytest.param(["1234567.123456789", "1"], D("1234568.123456789"), id="fifteen-significant-digits"),
-        pytest.param(["9007199254740993", "1"], D("9007199254740994"), id="integers-beyond-float"),
+        pytest.param(["123456.123456789", "1"], D("123457.123456789"), id="fifteen-significant-digits"),
+        pytest.param(["999999999999999", "1"], D("1000000000000000"), id="integers-to-the-limit"),
+        pytest.param(["99999999999999.9", "0.1"], D("100000000000000.0"), id="one-decimal-at-fourteen-digits"),
+        pytest.param(["1234567890123.45"] * 2, D("2469135780246.90"), id="two-decimals-at-thirteen-digits"),
         pytest.param(["-1.5", "1.5"], D(0), id="negatives"),
     ],
 )

@@ -19,7 +19,9 @@ from billing_core.adjustments import Adjustment, AdjustmentType
 from billing_core.customers import Customer
 from billing_core.errors import InvalidInput
 from billing_core.invoices import Costs, Invoice, LineItem, PriceCost, iso
-from billing_core.money import format_decimal, parse_decimal, parse_optional_decimal, round_money
+from billing_core.money import (
+    ExactNumber, exact_number, format_decimal, parse_decimal, parse_optional_decimal, round_money,
+)
 from billing_core.periods import BillingAnchor, Cadence
 from billing_core.plans import Item, Plan
 from billing_core.pricing import BillingMode, MatrixConfig, ModelType, Price, config_to_dict, parse_config
@@ -202,11 +204,9 @@ def parse_anchor(raw: Any, field: str = "billing_cycle_anchor_configuration") ->
 
 # --- rendering ----------------------------------------------------------------------------------
 
-def _num(value: Decimal | None) -> float | int | None:
-    """Render a quantity as a JSON number (quantities are not money)."""
-    if value is None:
-        return None
-    return int(value) if value == value.to_integral_value() else float(value)
+def _num(value: Decimal | None) -> int | ExactNumber | None:
+    """Render a quantity as an exact JSON number (quantities are not money; no float either)."""
+    return exact_number(value)
 
 
 def _money(value: Decimal | None) -> str | None:

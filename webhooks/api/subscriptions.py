@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from billing_core import service_plans
 from billing_core.customers import Customer
 from billing_core.errors import NotFound
-from billing_core.money import parse_optional_decimal
+from billing_core.money import exact_number, parse_optional_decimal
 from billing_core.persistence.catalog import ItemRow, SqlCatalog
 from billing_core.persistence.events import SqlCustomerRepository, SqlMetricRepository
 from billing_core.persistence.subscriptions import SqlSubscriptions
@@ -393,8 +393,7 @@ def subscription_usage(subscription_id: str):
                 name = entry.metric_id
             data.append({
                 "billable_metric": {"id": entry.metric_id, "name": name}, "view_mode": "periodic",
-                "usage": [{"quantity": float(d.quantity) if d.quantity != d.quantity.to_integral_value()
-                           else int(d.quantity), "timeframe_start": d.timeframe_start.isoformat().replace("+00:00", "Z"),
+                "usage": [{"quantity": exact_number(d.quantity), "timeframe_start": d.timeframe_start.isoformat().replace("+00:00", "Z"),
                            "timeframe_end": d.timeframe_end.isoformat().replace("+00:00", "Z")} for d in entry.usage],
             })
         return {"data": data, "pagination_metadata": None}
