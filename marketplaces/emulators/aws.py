@@ -32,7 +32,9 @@ Control API (all JSON): ``POST /_emulator/reset``, ``GET|POST /_emulator/faults`
 ``POST /_emulator/customers/<id>/entitlements``, ``POST /_emulator/tick``,
 ``GET /_emulator/usage``, ``GET /_emulator/notifications``, ``GET /_emulator/sns/cert.pem``,
 ``POST /_emulator/sns/sign``, ``POST /_emulator/sns/subscription-confirmation``,
-``GET /_emulator/sns/confirmations``. ``AwsEmulatorClient`` wraps them for tests.
+``GET /_emulator/sns/confirmations``. ``AwsEmulatorClient`` wraps them for tests. The control
+API needs no credentials, so it never echoes one: ``eventbridge_headers`` and the headers of sent
+notifications (``Authorization`` and the like) are shown as ``***``.
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 }
 
 _ACCESS_KEY = re.compile(r"Credential=([^/,\s]+)/")
+# Headers whose values are credentials: the control API shows them as "***", never echoes them.
+_SECRET_HEADER = re.compile(r"authorization|cookie|api[-_]?key|token|secret|password", re.IGNORECASE)
 
 
 class AwsError(Exception):
@@ -551,7 +555,10 @@ def create_aws_emulator(**options: Any) -> Flask:
                 state.set_options(request.get_json(force=True) or {})
             except AwsError as err:
                 return jsonify({"error": err.message}), 400
-        return jsonify(state.options)
+        with state.lock:
+            shown = dict(state.options)
+        shown["eventbridge_headers"] = _redacted_headers(state, shown["eventbridge_headers"] or {})
+        return jsonify(shown)
 
     @app.route("/_emulator/clock", methods=["GET", "POST"])
     def clock() -> Response:
@@ -1191,9 +1198,17 @@ def _deliver_eventbridge(state: AwsEmulatorState, event: dict[str, Any]) -> dict
     return _post(state, "eventbridge", state.options["eventbridge_url"], headers, json.dumps(event))
 
 
+def _redacted_headers(state: AwsEmulatorState, headers: Mapping[str, str]) -> dict[str, str]:
+    """Return ``headers`` with credential values (and every configured EventBridge header) as ``***``."""
+    configured = {name.lower() for name in (state.options["eventbridge_headers"] or {})}
+    return {name: "***" if name.lower() in configured or _SECRET_HEADER.search(name) else value
+            for name, value in headers.items()}
+
+
 def _post(state: AwsEmulatorState, channel: str, url: str | None, headers: dict[str, str], body: str) -> dict[str, Any]:
-    entry: dict[str, Any] = {"channel": channel, "url": url, "headers": headers, "body": body,
-                             "status": None, "error": None}
+    # The delivery log is served by the unauthenticated control API: it keeps the headers redacted.
+    entry: dict[str, Any] = {"channel": channel, "url": url, "headers": _redacted_headers(state, headers),
+                             "body": body, "status": None, "error": None}
     if url:
         try:
             answer = requests.post(url, data=body.encode("utf-8"), headers=headers, timeout=10)

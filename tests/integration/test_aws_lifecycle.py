@@ -129,8 +129,9 @@ def _repost(live_server: Any, entry: dict[str, Any], *, body: str | None = None,
             headers: dict[str, str] | None = None) -> requests.Response:
     """Deliver an emulator notification (again) to the receiver it was meant for."""
     path = "/webhooks/aws/sns" if entry["channel"] == "sns" else "/webhooks/aws/events"
-    return requests.post(live_server.url + path, data=(body or entry["body"]).encode(),
-                         headers=entry["headers"] if headers is None else headers, timeout=10)
+    if headers is None:  # the emulator shows the Authorization it sent as "***": add the real one back
+        headers = {**entry["headers"], **(AUTH if entry["channel"] == "eventbridge" else {})}
+    return requests.post(live_server.url + path, data=(body or entry["body"]).encode(), headers=headers, timeout=10)
 
 
 def _aware(value: datetime | str | None) -> datetime | None:
