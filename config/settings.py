@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Annotated, Literal, Mapping
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 _DB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgres")
+# A live service's keys must resist guessing: 32 random characters are ~190 bits.
+LIVE_MIN_SECRET_LENGTH = 32
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -55,10 +57,11 @@ class Settings(BaseSettings):
     PORT: int = Field(default=8000, ge=1, le=65535)
     WEB_CONCURRENCY: int = Field(default=3, ge=1, le=64)
     WEB_THREADS: int = Field(default=1, ge=1, le=256)
+    # Before API_KEYS and SECRET_KEY: their validators read the mode (fields validate in order).
+    MARKETPLACE_MODE: Literal["sandbox", "live"] = "sandbox"
     API_KEYS: Annotated[tuple[str, ...], NoDecode] = ()
     WEBHOOK_SECRETS: Annotated[tuple[str, ...], NoDecode] = ()
     WEBHOOK_TOLERANCE_SECONDS: int = Field(default=300, ge=1)
-    MARKETPLACE_MODE: Literal["sandbox", "live"] = "sandbox"
     EMULATOR_HOST: str = "127.0.0.1"
     AWS_EMULATOR_PORT: int = Field(default=8101, ge=1, le=65535)
     AZURE_EMULATOR_PORT: int = Field(default=8102, ge=1, le=65535)
@@ -76,7 +79,10 @@ class Settings(BaseSettings):
     LOG_FORMAT: Literal["console", "json"] = "console"
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     MAX_BODY_BYTES: int = Field(default=1024 * 1024, ge=1024)
-    SECRET_KEY: str = ""
+    SECRET_KEY: str = ""  # empty: a random key is generated once into DATA_DIR/secret_key
+    AUTH_FAILURE_LIMIT: int = Field(default=10, ge=0)  # failed logins / Bearer keys per client and window; 0 = off
+    AUTH_FAILURE_WINDOW: int = Field(default=300, ge=1, description="seconds")
+    TRUSTED_PROXIES: int = Field(default=0, ge=0, le=10)  # reverse proxies whose X-Forwarded-For/-Proto count
     HOURLY_SYNC_MINUTE: int = Field(default=5, ge=0, le=59)
     CANCEL_USAGE_GRACE: int = Field(default=600, ge=0, description="seconds")
 
@@ -94,6 +100,18 @@ class Settings(BaseSettings):
                 "each secret must look like 'whsec_<base64>' "
                 f"(entries {', '.join(str(i + 1) for i in bad)} do not)"
             )
+        return value
+
+    @field_validator("API_KEYS", "SECRET_KEY")
+    @classmethod
+    def _live_length(cls, value: tuple[str, ...] | str, info: ValidationInfo) -> tuple[str, ...] | str:
+        if info.data.get("MARKETPLACE_MODE") != "live":
+            return value
+        values = (value,) if isinstance(value, str) else value
+        short = [i for i, v in enumerate(values) if v and len(v) < LIVE_MIN_SECRET_LENGTH]
+        if short:
+            which = "" if isinstance(value, str) else f" (entries {', '.join(str(i + 1) for i in short)} are shorter)"
+            raise ValueError(f"in live mode each value needs at least {LIVE_MIN_SECRET_LENGTH} characters{which}")
         return value
 
     @field_validator("DATABASE_URL")
@@ -136,14 +154,9 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
     @property
-    def secret_key(self) -> str:
-        """Return the key that signs dashboard sessions (derived from the API keys if unset)."""
-        if self.SECRET_KEY:
-            return self.SECRET_KEY
-        import hashlib
-
-        material = "|".join(self.API_KEYS) or str(self.DATA_DIR.resolve())
-        return hashlib.sha256(("marketsync-session:" + material).encode()).hexdigest()
+    def secret_key_path(self) -> Path:
+        """Return where the generated session-signing key is kept when ``SECRET_KEY`` is unset."""
+        return self.DATA_DIR / "secret_key"
 
     def emulator_url(self, marketplace: str) -> str:
         """Return the base URL of the built-in emulator for ``marketplace`` (aws, azure, gcp)."""

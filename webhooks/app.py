@@ -11,6 +11,7 @@ import structlog
 from flask import Flask, Response, g, request
 from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from config import Settings
 from webhooks.api import register_api
@@ -20,23 +21,31 @@ from webhooks.health import bp as health_bp
 from webhooks.json_numbers import ExactJSONProvider
 from webhooks.metrics import bp as metrics_bp
 from webhooks.receivers import bp as receivers_bp
+from webhooks.sessions import session_secret
 from worker.logs import configure_logging, get_logger
 from worker.runtime import Runtime
 
 log = get_logger("marketsync.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_CREDENTIAL_PARAM = re.compile(r"key|token|secret|passw|auth|sig|session|cred", re.IGNORECASE)
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
     """Build the web app: receivers, APIs, dashboard, health and metrics."""
     settings = settings or (runtime.settings if runtime else Settings.from_env())
-    configure_logging(settings.LOG_FORMAT, settings.LOG_LEVEL, settings.secrets())
+    secret_key = session_secret(settings)
+    configure_logging(settings.LOG_FORMAT, settings.LOG_LEVEL, (*settings.secrets(), secret_key))
     app = Flask("marketsync")
     app.config.update(
         MAX_CONTENT_LENGTH=settings.MAX_BODY_BYTES,
-        SECRET_KEY=settings.secret_key,
+        SECRET_KEY=secret_key,
         JSON_SORT_KEYS=False,
     )
+    if settings.TRUSTED_PROXIES:
+        # Only the hops a configured proxy added are believed: a client cannot claim another
+        # address (which the auth throttle counts by) or HTTPS (which makes cookies Secure).
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.TRUSTED_PROXIES,  # type: ignore[method-assign]
+                                x_proto=settings.TRUSTED_PROXIES, x_host=0, x_port=0, x_prefix=0)
     app.json = ExactJSONProvider(app)  # tier bounds and quantities as exact JSON numbers
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.strict_slashes = False
@@ -54,12 +63,19 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
 
 class _DashboardSessions(SecureCookieSessionInterface):
-    """Signed-cookie sessions for the dashboard only: receivers and APIs never read or set one."""
+    """Signed-cookie sessions for the dashboard only: receivers and APIs never read or set one.
+
+    The cookie is ``Secure`` whenever the request came over HTTPS (as seen by the app, i.e.
+    after ``TRUSTED_PROXIES`` let a proxy's ``X-Forwarded-Proto`` count).
+    """
 
     def open_session(self, app: Flask, request: Any) -> Any:
         if request.path.startswith(("/webhooks/", "/v1/")):
             return None  # Flask's null session: no cookie parsed, none written
         return super().open_session(app, request)
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
 
 
 def _install_request_context(app: Flask) -> None:
@@ -68,6 +84,11 @@ def _install_request_context(app: Flask) -> None:
         limit = app.config["MAX_CONTENT_LENGTH"]
         if request.content_length is not None and request.content_length > limit:
             raise RequestEntityTooLarge()
+        if request.content_length is None and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+            # Werkzeug stops a chunked body at the limit without saying so: read it here (cached
+            # for the view), and a body that reaches the limit is a 413, not JSON cut short.
+            if len(request.get_data(cache=True)) >= limit:
+                raise RequestEntityTooLarge()
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         g.started = time.perf_counter()
@@ -81,6 +102,15 @@ def _install_request_context(app: Flask) -> None:
         started = getattr(g, "started", None)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
         if request.path not in ("/healthz", "/readyz", "/metrics"):
-            log.info("request", method=request.method, path=request.path,
-                     status=response.status_code, ms=elapsed_ms)
+            # The access log (gunicorn writes none): never the Authorization header, the URL's
+            # userinfo or the Referer; path and query decoded so the scrubber finds secrets in them.
+            log.info("request", method=request.method, path=request.path, query=_loggable_query(),
+                     status=response.status_code, ms=elapsed_ms, remote=request.remote_addr,
+                     bytes=response.content_length)
         return response
+
+
+def _loggable_query() -> str:
+    """Return the decoded query string with the values of credential-like parameters as ``***``."""
+    return "&".join(f"{name}={'***' if _CREDENTIAL_PARAM.search(name) else value}"
+                    for name, value in request.args.items(multi=True))
