@@ -42,12 +42,16 @@ class OutOfRange(BillingError):
     """A computation over stored numbers cannot be exact; retrying gives the same answer.
 
     It concerns one customer (and metric): callers report it for that one and carry on with
-    the others.
+    the others. ``reason`` is a stable code for metrics and the dashboard.
     """
+
+    reason = "out_of_range"
 
 
 class UsageOutOfRange(OutOfRange):
     """A metric's aggregated value for one customer is beyond the supported range."""
+
+    reason = "usage_out_of_range"
 
     def __init__(self, message: str, *, metric_id: str | None = None, customer_id: str | None = None):
         super().__init__(message)
@@ -57,3 +61,5 @@ class UsageOutOfRange(OutOfRange):
 
 class InexactAmount(OutOfRange):
     """An amount would need more significant digits than the exact money context holds."""
+
+    reason = "inexact_amount"

@@ -199,7 +199,10 @@ def sum_parts(kind: Any, value: Any, total: str, scaled: str, high: str, wide: b
     fraction = sa.func.sum(scaled_fraction(kind, value)).label(scaled)
     if not wide:
         return [sa.func.sum(whole).label(total), fraction]
-    return [sa.func.sum(whole % _SPLIT).label(total), fraction, sa.func.sum(whole / _SPLIT).label(high)]
+    # SQLite's own "/": integer division (toward zero, as "%" is) for integers, and a real stays
+    # a real (SQLAlchemy's "/" would make every quotient a real).
+    high_part = whole.op("/", return_type=sa.Integer)(sa.literal(_SPLIT, sa.Integer))
+    return [sa.func.sum(whole % _SPLIT).label(total), fraction, sa.func.sum(high_part).label(high)]
 
 
 def is_overflow(exc: BaseException) -> bool:

@@ -3,8 +3,10 @@
 The shape follows Orb's error responses; ``validation_errors`` names offending fields when
 there are any. A database that cannot be reached or used right now (refused or dropped
 connections, a full pool, SQLite's lock wait running out) is a 503 with ``Retry-After``: nothing
-was acknowledged, so a webhook sender or API client retries. Other unexpected errors become a
-500 without a traceback (the traceback is logged).
+was acknowledged, so a webhook sender or API client retries. An arithmetic overflow is not an
+outage: SQLite's "integer overflow" is never a 503, and a computation beyond the supported
+numeric range (``OutOfRange``) is a 422 naming the customer and metric. Other unexpected errors
+become a 500 without a traceback (the traceback is logged).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
-from billing_core.errors import Conflict, InvalidInput, NotFound
+from billing_core.errors import Conflict, InvalidInput, NotFound, OutOfRange
 from worker.logs import get_logger
 
 log = get_logger("marketsync.http")
@@ -38,6 +40,7 @@ _MAPPED: list[tuple[type[BaseException], int, str]] = [
     (NotFound, 404, "Resource not found"),
     (Conflict, 409, "Resource conflict"),
     (InvalidInput, 400, "Request validation error"),
+    (OutOfRange, 422, "Usage out of range"),
 ]
 
 
@@ -61,6 +64,8 @@ DATABASE_RETRY_AFTER = 5
 def database_unavailable(exc: BaseException | None) -> bool:
     """Tell whether ``exc`` (or an exception it was raised from) means the database is unavailable now."""
     while exc is not None:
+        if _overflow(exc):
+            return False  # an arithmetic error of this query: retrying gives the same answer
         if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError,
                             sqlite3.OperationalError)):
             return True
@@ -68,6 +73,11 @@ def database_unavailable(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__
     return False
+
+
+def _overflow(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", exc)
+    return isinstance(orig, sqlite3.OperationalError) and "integer overflow" in str(orig)
 
 
 def map_exception(exc_class: type[BaseException], status: int, title: str) -> None:

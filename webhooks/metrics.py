@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app
+from typing import Any
 
-from worker import reports
+from flask import Blueprint, Response, current_app
+from sqlalchemy import select
+from sqlmodel import Session
+
+from worker import reports, sync
+from worker.persistence.ledger import ContractSyncRow
 from worker.runtime import QUEUE_NAMES
 
 bp = Blueprint("prometheus", __name__)
@@ -13,6 +18,19 @@ bp = Blueprint("prometheus", __name__)
 def _labels(**values: object) -> str:
     inner = ",".join(f'{k}="{str(v).replace(chr(34), "")}"' for k, v in values.items())
     return "{" + inner + "}"
+
+
+def _cost_errors(engine: Any) -> dict[str, int]:
+    """Count contracts in the ``cost_error`` state by reason (``usage_out_of_range``...); every reason shown."""
+    from billing_core.errors import InexactAmount, UsageOutOfRange
+
+    counts = {UsageOutOfRange.reason: 0, InexactAmount.reason: 0}
+    with Session(engine) as session:
+        for error in session.execute(select(ContractSyncRow.last_error).where(
+                ContractSyncRow.last_outcome == sync.COST_ERROR)).scalars():
+            reason = (error or "").split(":", 1)[0] or "unknown"
+            counts[reason] = counts.get(reason, 0) + 1
+    return counts
 
 
 @bp.get("/metrics")
@@ -38,6 +56,10 @@ def metrics() -> Response:
               "# TYPE marketsync_contracts gauge"]
     for marketplace, status, mapping, count in snapshot["contracts"]:
         lines.append(f"marketsync_contracts{_labels(marketplace=marketplace, status=status, mapping=mapping)} {count}")
+    lines += ["# HELP marketsync_contract_cost_errors Contracts whose costs cannot be computed, by reason.",
+              "# TYPE marketsync_contract_cost_errors gauge"]
+    for reason, count in sorted(_cost_errors(runtime.engine).items()):
+        lines.append(f"marketsync_contract_cost_errors{_labels(reason=reason)} {count}")
     latencies = snapshot["flush_latencies"]
     lines += ["# HELP marketsync_flush_latency_seconds Cancellation webhook to first flush sent.",
               "# TYPE marketsync_flush_latency_seconds summary"]

@@ -145,10 +145,18 @@ def _contract_line(contract: ContractRow, state: ContractSyncRow | None, last: L
         "mapping_status": contract.mapping_status, "mapping_reason": contract.mapping_reason,
         "subscription_id": contract.subscription_id,
         "cost": state.last_cost if state else None, "units_reported": state.units_reported if state else 0,
+        "cost_error": cost_error(state),
         "last_report": ({"status": last.status, "hour": utc(last.hour), "at": utc(last.settled_at or last.created_at)}
                         if last else None),
         "deadline": deadline, "overdue": bool(deadline and now >= deadline),
     }
+
+
+def cost_error(state: ContractSyncRow | None) -> str:
+    """Return why the contract's costs cannot be computed (its ``cost_error`` state), or ""."""
+    if state is None or state.last_outcome != sync.COST_ERROR:
+        return ""
+    return state.last_error or "its costs cannot be computed"
 
 
 # --- overview --------------------------------------------------------------------------------------
@@ -268,6 +276,7 @@ def contract_detail(engine: Engine, contract_id: str, *, now: datetime) -> dict[
     deadline = sync.deadline_for(row) if row.status == "canceled" else None
     return {
         "contract": view, "listing": listing, "state": state, "subscription": subscription,
+        "cost_error": cost_error(state),
         "invoice": invoice, "billing_error": billing_error, "unit_price": price,
         "ledger": ledger, "chart": chart(ledger, price),
         "deadline": deadline, "overdue": bool(deadline and now >= deadline),

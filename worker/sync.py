@@ -9,6 +9,12 @@ Two steps, each safe to repeat and to run in several processes at once:
 2. ``send_pending``: claim up to 25 pending rows of one marketplace (across contracts), send
    them through the adapter, and record each answer. A crash before the answer is recorded
    leaves the row pending; it is sent again, identical, and the marketplace's dedupe answers.
+
+A contract whose costs cannot be computed (``OutOfRange``: its usage is beyond the supported
+range) reports nothing and is put in the ``cost_error`` state — ``last_outcome`` of its sync
+state, with the reason in ``last_error`` — shown on the dashboard and counted in ``/metrics``.
+It is not retried (the same data gives the same answer); the other contracts of its chunk are
+reported as usual, and the next run that can compute its costs clears the state.
 """
 
 from __future__ import annotations
@@ -23,8 +29,8 @@ from sqlalchemy import Engine, and_, bindparam, case, insert, or_, select, updat
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from billing_core.errors import NotFound
-from billing_core.invoices import costs, costs_bulk
+from billing_core.errors import NotFound, OutOfRange
+from billing_core.invoices import costs, costs_each
 from billing_core.persistence.subscriptions import SqlSubscriptions
 from billing_core.sql_usage import SqlUsageSource
 from billing_core.subscriptions import Subscription, billing_period
@@ -51,6 +57,7 @@ def batch_size(marketplace: str) -> int:
 
 CLAIM_TIMEOUT = timedelta(minutes=2)  # a claim older than this belongs to a dead worker
 COUNTED = ("pending", "accepted", "duplicate")  # statuses whose units count as reported
+COST_ERROR = "cost_error"  # last_outcome of a contract whose costs cannot be computed
 # How long after the cancellation webhook the marketplace still accepts the final usage.
 DEADLINES = {"aws": timedelta(hours=1), "azure": timedelta(hours=24), "gcp": timedelta(hours=24)}
 SYNCABLE = ("active", "suspended", "canceled")
@@ -58,6 +65,30 @@ SYNCABLE = ("active", "suspended", "canceled")
 
 class SyncError(Exception):
     """A contract cannot be reported as it is (unmapped, no listing, ...); shown, not retried."""
+
+
+def cost_error_text(exc: OutOfRange) -> str:
+    """Return the stored ``last_error`` of a cost error: ``<reason>: <message>``."""
+    return f"{exc.reason}: {exc}"[:2000]
+
+
+def mark_cost_errors(engine: Engine, errors: dict[str, OutOfRange], *, now: datetime) -> None:
+    """Put contracts in the ``cost_error`` state, with the reason (one transaction)."""
+    if not errors:
+        return
+    sync_t = ContractSyncRow.__table__
+    with Session(engine) as session:
+        known = set(session.execute(select(sync_t.c.contract_id).where(
+            sync_t.c.contract_id.in_(list(errors)))).scalars())
+        session.add_all([ContractSyncRow(contract_id=i) for i in errors if i not in known])
+        session.flush()
+        session.execute(update(sync_t).where(sync_t.c.contract_id == bindparam("b_id")).values(
+            last_outcome=COST_ERROR, last_error=bindparam("b_error"), last_run_at=now,
+        ).execution_options(synchronize_session=False),
+            [{"b_id": i, "b_error": cost_error_text(exc)} for i, exc in errors.items()])
+        session.commit()
+    for contract_id, exc in errors.items():
+        log.error("cost_error", contract=contract_id, reason=exc.reason, error=str(exc))
 
 
 @dataclass(frozen=True)
@@ -188,7 +219,11 @@ def prepare(engine: Engine, contract_id: str, stamp: datetime, *, now: datetime,
     skipped = _unreportable(contract, listing, sub, stamp)
     if skipped is not None:
         return skipped
-    cost, period_start = contract_cost(engine, sub, contract, listing, stamp=stamp, now=now)
+    try:
+        cost, period_start = contract_cost(engine, sub, contract, listing, stamp=stamp, now=now)
+    except OutOfRange as exc:
+        mark_cost_errors(engine, {contract_id: exc}, now=now)
+        return Prepared(COST_ERROR, cost_error_text(exc))
     return _record(engine, contract, listing, cost, period_start, stamp, now=now, final=final, kind=kind)
 
 
@@ -198,7 +233,8 @@ def prepare_many(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *
 
     Each contract still gets its own short transaction (compare-and-swap and ledger row), with
     the cost read here, during this run. A contract that cannot be reported maps to its
-    ``SyncError``; one whose state kept changing maps to a ``TransientMarketplaceError``.
+    ``SyncError``; one whose costs cannot be computed to ``Prepared("cost_error")`` (and that
+    state); one whose state kept changing maps to a ``TransientMarketplaceError``.
     """
     stamp = hour_floor(stamp)
     out: dict[str, Prepared | Exception] = {}
@@ -215,10 +251,14 @@ def prepare_many(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *
         todo.append((contract_id, contract, listing, sub,
                      *_cost_window(sub, contract, listing, stamp=stamp, now=now)))
     priced = [t for t in todo if t[5] > t[4]]
-    results = costs_bulk([(sub, start, end) for _, _, _, sub, start, end, _ in priced], SqlUsageSource(engine))
-    totals = {t[0]: _reported_total(result, t[2]) for t, result in zip(priced, results)}
+    results = costs_each([(sub, start, end) for _, _, _, sub, start, end, _ in priced], SqlUsageSource(engine))
+    failed = {t[0]: result for t, result in zip(priced, results) if isinstance(result, OutOfRange)}
+    totals = {t[0]: _reported_total(result, t[2]) for t, result in zip(priced, results)
+              if not isinstance(result, OutOfRange)}
+    mark_cost_errors(engine, failed, now=now)
+    out.update({contract_id: Prepared(COST_ERROR, cost_error_text(exc)) for contract_id, exc in failed.items()})
     items = [(contract, listing, totals.get(contract_id, Decimal(0)), period_start)
-             for contract_id, contract, listing, _sub, _start, _end, period_start in todo]
+             for contract_id, contract, listing, _sub, _start, _end, period_start in todo if contract_id not in failed]
     recorded = _record_many(engine, items, stamp, now=now, kind=kind)
     if recorded is not None:
         out.update(recorded)
@@ -590,6 +630,8 @@ def report_many(engine: Engine, adapter_for: Callable[[str], Any], contract_ids:
     for contract_id, result in prepared.items():
         if isinstance(result, Prepared):
             outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
+            if result.outcome == COST_ERROR:
+                errors[contract_id] = result.detail
             continue
         errors[contract_id] = str(result)
         if isinstance(result, TransientMarketplaceError):
@@ -699,7 +741,8 @@ def flush(engine: Engine, adapter: Any, contract_id: str, *, now: datetime, fina
     result = report_contract(engine, adapter, contract_id, stamp, now=now, final=final,
                              kind="final" if final else "flush")
     if final:
-        result["closed"] = close_if_settled(engine, contract_id, now=now)
+        # A contract whose costs cannot be computed stays open: its final usage is still owed.
+        result["closed"] = result["outcome"] != COST_ERROR and close_if_settled(engine, contract_id, now=now)
     return result
 
 

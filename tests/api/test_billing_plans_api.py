@@ -254,3 +254,51 @@ def test_plan_malformed_bodies_are_400(client, auth_headers, setup, body, field)
     response = client.post("/v1/plans", json=payload, headers=auth_headers)
     assert response.status_code == 400, response.json
     assert response.json["validation_errors"][0]["field"].startswith(field)
+
+
+def test_tier_bounds_are_exact_json_numbers(client, auth_headers, item):  # type: ignore[no-untyped-def]
+    """Tier bounds come back as JSON numbers with every digit (no float), whole or fractional."""
+    body = {"name": "Big", "currency": "USD", "prices": [{"price": {
+        "name": "Tokens", "item_id": item, "model_type": "tiered", "cadence": "monthly",
+        "billable_metric_id": "m_tokens", "tiered_config": {"tiers": [
+            {"first_unit": 0, "last_unit": 12345678901234567891, "unit_amount": "0.50"},
+            {"first_unit": 12345678901234567891, "last_unit": None, "unit_amount": "0.10"}]}}}]}
+    created = client.post("/v1/plans", json=body, headers=auth_headers)
+    assert created.status_code == 201, created.json
+    text = client.get(f"/v1/plans/{created.json['id']}", headers=auth_headers).get_data(as_text=True)
+    assert '"last_unit":12345678901234567891' in text and '"first_unit":12345678901234567891' in text
+    body["prices"][0]["price"]["tiered_config"]["tiers"] = [
+        {"first_unit": 0, "last_unit": "1000.5", "unit_amount": "0.50"},
+        {"first_unit": "1000.5", "last_unit": None, "unit_amount": "0.10"}]
+    fractional = client.post("/v1/plans", json=body, headers=auth_headers)
+    assert fractional.status_code == 201, fractional.json
+    assert '"last_unit":1000.5' in fractional.get_data(as_text=True)
+
+
+def test_usage_beyond_the_range_is_a_422_for_its_customer_only(client, auth_headers, item, setup, clock, app):  # type: ignore[no-untyped-def]
+    """Costs and upcoming invoices of a customer whose usage is beyond the range answer 422 naming it;
+    the invoice list still lists everyone else and names the subscription it could not compute."""
+    plan = _plan(client, auth_headers, item)
+    engine = app.extensions["marketsync"].engine
+    with session_scope(engine) as s:
+        create_customer(SqlCustomerRepository(s), customer_id="cus_2", name="Globex", email="ops@globex.test",
+                        external_customer_id="globex", currency="USD", now=NOW - timedelta(days=90))
+    subs = {}
+    for customer in ("acme", "globex"):
+        created = client.post("/v1/subscriptions", headers=auth_headers, json={
+            "external_customer_id": customer, "plan_id": plan["id"], "start_date": "2026-03-01T00:00:00Z"})
+        assert created.status_code == 201, created.json
+        subs[customer] = created.json["id"]
+    heavy = [call(f"big{i}", NOW - timedelta(hours=1, seconds=i), tokens=999_999_999_999_999) for i in range(1001)]
+    for at in range(0, len(heavy), 500):  # acme's tokens total ~1.001e18: beyond the 10^18 a sum may reach
+        setup(*heavy[at:at + 500])
+    setup(dict(call("small", NOW - timedelta(hours=1), tokens=5), customer_id="cus_2"))
+    costs = client.get(f"/v1/subscriptions/{subs['acme']}/costs", headers=auth_headers)
+    assert costs.status_code == 422 and "customer 'cus_1'" in costs.json["detail"] and "m_tokens" in costs.json["detail"]
+    upcoming = client.get(f"/v1/invoices/upcoming?subscription_id={subs['acme']}", headers=auth_headers)
+    assert upcoming.status_code == 422
+    assert client.get(f"/v1/subscriptions/{subs['globex']}/costs", headers=auth_headers).status_code == 200
+    listed = client.get("/v1/invoices", headers=auth_headers)
+    assert listed.status_code == 200
+    assert {inv["subscription"]["id"] for inv in listed.json["data"]} == {subs["globex"]}
+    assert listed.headers["X-Marketsync-Unavailable-Subscriptions"] == subs["acme"]

@@ -141,3 +141,41 @@ def test_deprecate_accepts_put_and_post(client, auth_headers, method: str) -> No
     post(client, auth_headers, [ev("a")])
     response = getattr(client, method)("/v1/events/a/deprecate", headers=auth_headers)
     assert response.get_json() == {"deprecated": "a"}
+
+
+def _raw(client, auth_headers, path: str, text: str, method: str = "post"):  # type: ignore[no-untyped-def]
+    """Send a JSON text as it is (numbers keep their digits)."""
+    return getattr(client, method)(path, data=text, headers={**auth_headers, "Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("number", [
+    pytest.param("1e30", id="1e30"), pytest.param("1000000000000000.5", id="past-1e15"),
+    pytest.param("12345678901234567891", id="twenty-digit-integer"), pytest.param("0.0000000001", id="ten-places"),
+])
+def test_ingest_refuses_numbers_outside_the_range(client, auth_headers, number: str) -> None:  # type: ignore[no-untyped-def]
+    """A property outside the range is a 400 naming the event's key and the property; nothing is stored."""
+    body = ('{"events": [{"idempotency_key": "fine", "event_name": "api_call", "external_customer_id": "acme", '
+            '"timestamp": "%s", "properties": {"tokens": 1}}, {"idempotency_key": "huge", "event_name": "api_call", '
+            '"external_customer_id": "acme", "timestamp": "%s", "properties": {"tokens": %s}}]}' % (KEY, KEY, number))
+    response = _raw(client, auth_headers, "/v1/ingest", body)
+    assert response.status_code == 400, response.get_json()
+    (failure,) = response.get_json()["validation_failed"]
+    assert failure["idempotency_key"] == "huge" and failure["validation_errors"][0].startswith("properties.tokens:")
+    found = client.post("/v1/events/search", json={"event_ids": ["fine", "huge"], "timeframe_start": "2026-11-20T00:00:00Z",
+                                                   "timeframe_end": "2026-11-21T00:00:00Z"}, headers=auth_headers)
+    assert found.get_json()["data"] == []
+
+
+def test_amendment_and_backfill_refuse_numbers_outside_the_range(client, auth_headers) -> None:  # type: ignore[no-untyped-def]
+    """Amending an event, or ingesting into a backfill, checks the same range."""
+    post(client, auth_headers, [ev("a")])
+    amended = _raw(client, auth_headers, "/v1/events/a", '{"event_name": "api_call", "external_customer_id": "acme", '
+                   f'"timestamp": "{KEY}", "properties": {{"tokens": 1e30}}}}', method="put")
+    assert amended.status_code == 400 and "properties.tokens" in amended.get_json()["detail"]
+    backfill = client.post("/v1/events/backfills", json={"timeframe_start": "2026-11-19T00:00:00Z",
+                                                          "timeframe_end": "2026-11-21T00:00:00Z"}, headers=auth_headers)
+    assert backfill.status_code == 200, backfill.get_json()
+    body = ('{"events": [{"idempotency_key": "b1", "event_name": "api_call", "external_customer_id": "acme", '
+            f'"timestamp": "{KEY}", "properties": {{"tokens": 5000000000000000.5}}}}]}}')
+    refused = _raw(client, auth_headers, f"/v1/ingest?backfill_id={backfill.get_json()['id']}", body)
+    assert refused.status_code == 400 and refused.get_json()["validation_failed"][0]["idempotency_key"] == "b1"

@@ -240,3 +240,20 @@ def test_static_css_is_served_without_a_session(client: Any) -> None:
     """The stylesheet loads on the login page (no session needed)."""
     answer = client.get("/ops/static/ops.css")
     assert answer.status_code == 200 and "--accent" in answer.get_data(as_text=True)
+
+
+def test_cost_error_state_on_the_list_the_page_and_metrics(ops_client: Any, app: Any, seeded: Seeded) -> None:
+    """A contract whose costs cannot be computed shows its reason on the list and its page, and counts in /metrics."""
+    from billing_core.errors import UsageOutOfRange
+    from worker import sync
+
+    runtime = app.extensions["marketsync"]
+    error = UsageOutOfRange("metric 'm_tokens', customer 'c9': the total 1.0E+18 is beyond the supported range")
+    sync.mark_cost_errors(runtime.engine, {seeded.acme: error}, now=datetime.now(UTC))
+    html = _html(ops_client.get("/ops/contracts"))
+    assert "cost error" in html and "usage_out_of_range: metric &#39;m_tokens&#39;" in html
+    page = _html(ops_client.get(f"/ops/contracts/{seeded.acme}"))
+    assert "Costs cannot be computed" in page and "the total 1.0E+18 is beyond the supported range" in page
+    metrics = ops_client.get("/metrics").get_data(as_text=True)
+    assert 'marketsync_contract_cost_errors{reason="usage_out_of_range"} 1' in metrics
+    assert 'marketsync_contract_cost_errors{reason="inexact_amount"} 0' in metrics

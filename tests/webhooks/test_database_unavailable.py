@@ -154,3 +154,17 @@ def test_creation_processed_again_keeps_the_later_modification(app, client, bill
     assert contract.pricing["dimensions"][0]["unit_price"] == "0.02"
     assert contract.subscription_id == "sub_1" and len(billing.subscriptions) == 1
 
+
+
+def test_integer_overflow_is_not_an_outage() -> None:
+    """SQLite's "integer overflow" (alone or wrapped by SQLAlchemy) is an arithmetic error, never a 503."""
+    import sqlite3
+
+    from sqlalchemy import exc as sa_exc
+
+    from webhooks.errors import database_unavailable
+
+    overflow = sqlite3.OperationalError("integer overflow")
+    assert not database_unavailable(overflow)
+    assert not database_unavailable(sa_exc.OperationalError("SELECT sum(x)", {}, overflow))
+    assert database_unavailable(sqlite3.OperationalError("database is locked"))

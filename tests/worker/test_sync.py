@@ -224,3 +224,35 @@ def _contract(engine: Engine, contract_id: str) -> ContractRow:
         row = session.get(ContractRow, contract_id)
         session.expunge_all()
         return row
+
+
+def test_cost_error_contract_does_not_block_its_chunk(env: SyncEnv) -> None:
+    """A contract whose usage total is beyond the range gets the cost_error state; the rest of its chunk is reported."""
+    from billing_core.events import ingest_events
+    from billing_core.persistence.events import SqlEventStore
+
+    start = start_of_test_window()
+    healthy, customer = map_contract(env, start=start)
+    broken, heavy = map_contract(env, start=start)
+    other, third = map_contract(env, start=start)
+    ingest(env.engine, customer, 5000, start + timedelta(minutes=5))
+    ingest(env.engine, third, 3000, start + timedelta(minutes=5))
+    events = [{"idempotency_key": f"heavy-{i}", "customer_id": heavy, "event_name": "api_call",
+               "timestamp": (start + timedelta(seconds=i)).isoformat(), "properties": {"tokens": 999_999_999_999_999}}
+              for i in range(1001)]  # a total of ~1.001e18 tokens: beyond the 10^18 a sum may reach
+    for at in range(0, len(events), 500):
+        with Session(env.engine) as session:
+            ingest_events(SqlEventStore(session), events[at:at + 500], now=datetime.now(UTC))
+            session.commit()
+    now = datetime.now(UTC)
+    result = sync.report_many(env.engine, lambda _m: env.adapter, [healthy, broken, other], start, now=now)
+    assert set(result["errors"]) == {broken} and "usage_out_of_range" in result["errors"][broken]
+    sync.send_pending(env.engine, env.adapter, env.marketplace, now=now)
+    assert env.totals() == 800  # 500 + 300 units of 0.01 USD: the healthy contracts only
+    with Session(env.engine) as session:
+        state = session.get(ContractSyncRow, broken)
+        assert state is not None and state.last_outcome == sync.COST_ERROR
+        assert f"customer {heavy!r}" in state.last_error
+    assert _ledger(env.engine, broken) == []
+    again = sync.report_contract(env.engine, env.adapter, broken, start + timedelta(hours=1), now=now)
+    assert again["outcome"] == sync.COST_ERROR  # one contract at a time: the same state, no exception

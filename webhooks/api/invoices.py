@@ -11,6 +11,7 @@ from __future__ import annotations
 from flask import request
 
 from billing_core import service_plans
+from billing_core.errors import OutOfRange
 from billing_core.invoices import Invoice
 from billing_core.persistence.events import SqlCustomerRepository
 from billing_core.persistence.subscriptions import SqlSubscriptions
@@ -20,8 +21,13 @@ from webhooks.api.common import api_blueprint, decode_cursor, encode_cursor, pag
 from webhooks.api.openapi import documented
 from webhooks.api.schemas import Invoice as InvoiceShape, InvoiceQuery, Page, UpcomingInvoiceQuery
 from worker.db import session_scope
+from worker.logs import get_logger
 
 bp = api_blueprint("billing_invoices", __name__)
+log = get_logger("marketsync.api")
+# Subscriptions whose draft invoices could not be computed (usage beyond the supported range);
+# GET /v1/invoices/upcoming?subscription_id=... answers 422 with the reason.
+UNAVAILABLE_HEADER = "X-Marketsync-Unavailable-Subscriptions"
 
 
 def _json(session, invoice: Invoice, at, upcoming: bool = False):  # type: ignore[no-untyped-def]
@@ -84,11 +90,22 @@ def list_invoices():
         else:
             subs, _ = subs_repo.list(limit=1000)
         usage = BatchSqlUsageSource(session)
-        invoices = [inv for sub in subs for inv in service_plans.period_invoices(session, sub, usage, now=at)]
+        invoices, unavailable = [], []
+        for sub in subs:
+            try:
+                invoices += service_plans.period_invoices(session, sub, usage, now=at)
+            except OutOfRange as exc:
+                # One customer's usage beyond the range must not hide everyone else's invoices:
+                # its issued snapshots are still listed, its drafts are named as unavailable.
+                log.warning("invoices_unavailable", subscription=sub.id, reason=exc.reason, error=str(exc))
+                unavailable.append(sub.id)
+                invoices += subs_repo.issued_for(sub.id)
         invoices = [inv for inv in invoices if not statuses or
                     ("issued" if inv.status == "issued" else "draft") in statuses]
         invoices.sort(key=lambda inv: (inv.period_start, inv.id or ""), reverse=True)
         page = invoices[offset:offset + limit]
         has_more = len(invoices) > offset + limit
-        return paginated([_json(session, inv, at) for inv in page], has_more=has_more,
+        body = paginated([_json(session, inv, at) for inv in page], has_more=has_more,
                          next_cursor=encode_cursor({"offset": offset + limit}) if has_more else None)
+        headers = {UNAVAILABLE_HEADER: ", ".join(unavailable)} if unavailable else {}
+        return body, 200, headers
