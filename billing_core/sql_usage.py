@@ -252,6 +252,8 @@ _WIDE = Context(prec=80, traps=[InvalidOperation, Inexact])  # far more digits t
 
 def _plain(value: Decimal) -> Decimal:
     """Drop trailing fractional zeros without switching to exponent notation."""
+    if value.adjusted() > 40:
+        return value  # far beyond any range (a legacy PostgreSQL value): the range check refuses it
     if value == value.to_integral_value():
         return value.quantize(Decimal(1), context=_WIDE)
     return value.normalize(context=_WIDE)
