@@ -1,8 +1,10 @@
 """``/ops/``: the ops dashboard (server-rendered HTML; only the countdowns use JavaScript).
 
 Login takes an API key (one of ``API_KEYS``) and keeps a signed session cookie holding a
-fingerprint of that key, so removing a key from ``API_KEYS`` ends its sessions. Every form
-carries the session's CSRF token and every POST is checked against it (400 otherwise).
+fingerprint of that key, so removing a key from ``API_KEYS`` ends its sessions, and the id of a
+server-side session (``webhooks.sessions``) that logout deletes. Failed logins count towards
+the per-address throttle (``webhooks.throttle``). Every form carries the session's CSRF token
+and every POST is checked against it (400 otherwise).
 Actions go through the same use cases and jobs as the API: mapping follows the PATCH rules,
 retries and "sync now" enqueue ``report_contract``.
 """
@@ -17,10 +19,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import (
-    Blueprint, Response, abort, current_app, flash, g, redirect, render_template, request, session, url_for,
+    Blueprint, Response, abort, current_app, flash, g, make_response, redirect, render_template, request, session,
+    url_for,
 )
 from flask.typing import ResponseReturnValue
 
+from webhooks import sessions, throttle
 from worker import contracts, jobs, ops, sync
 from worker.runtime import QUEUE_NAMES
 
@@ -81,11 +85,29 @@ def _guard() -> ResponseReturnValue | None:
             return _page_error(400, "The form expired or did not come from this dashboard. Reload the page and try again.")
     if request.endpoint in _OPEN:
         return None
-    if not _valid_fingerprint(session.get("key", "")):
+    fingerprint = session.get("key", "")
+    try:
+        alive = _valid_fingerprint(fingerprint) and sessions.session_alive(_session_store(), session.get("sid", ""),
+                                                                           fingerprint)
+    except sessions.SessionStoreUnavailable:
+        return _page_error(503, _STORE_DOWN)
+    if not alive:
         session.pop("key", None)
+        session.pop("sid", None)
         return redirect(url_for("ops.login", next=request.full_path.rstrip("?")))
     g.ops_user = True
     return None
+
+
+_STORE_DOWN = "Dashboard sessions are kept in Redis, which did not answer. Try again when it is back."
+
+
+def _session_store() -> Any:
+    """Return the Redis connection that keeps the sessions (``SessionStoreUnavailable`` if there is none)."""
+    try:
+        return _runtime().redis
+    except RuntimeError as exc:  # REDIS_URL unset
+        raise sessions.SessionStoreUnavailable(str(exc)) from None
 
 
 @bp.after_request
@@ -137,23 +159,45 @@ def login() -> ResponseReturnValue:
     """Show the login form; a valid API key starts a session."""
     target = _safe_next(request.values.get("next"))
     error = ""
+    status = 200
     if request.method == "POST":
+        runtime = _runtime()
+        client = request.remote_addr or "unknown"
         key = request.form.get("api_key", "").strip()
-        if key and any(hmac.compare_digest(key.encode(), k.encode()) for k in _runtime().settings.API_KEYS):
-            session.clear()
+        wait = throttle.retry_after(runtime, client)
+        if wait:
+            error, status = f"Too many failed attempts from your address. Try again in {fmt_duration(wait)}.", 429
+        elif key and any(hmac.compare_digest(key.encode(), k.encode()) for k in runtime.settings.API_KEYS):
+            try:
+                session_id = sessions.start_session(_session_store(), _fingerprint(key), SESSION_HOURS * 3600)
+            except sessions.SessionStoreUnavailable:
+                return _page_error(503, _STORE_DOWN)
+            throttle.clear_failures(runtime, client)
+            session.clear()  # a new session: nothing from before the login survives (no fixation)
             session.permanent = True
             session["key"] = _fingerprint(key)
+            session["sid"] = session_id
             csrf_token()
             return redirect(target)
-        error = "That API key is not valid." if _runtime().settings.API_KEYS else \
-            "No API key is configured (set API_KEYS), so nobody can log in."
-    status = 401 if error else 200
-    return render_template("ops/login.html", next=target, error=error), status
+        elif runtime.settings.API_KEYS:
+            if key:
+                throttle.record_failure(runtime, client)
+            error, status = "That API key is not valid.", 401
+        else:
+            error, status = "No API key is configured (set API_KEYS), so nobody can log in.", 401
+    response = make_response(render_template("ops/login.html", next=target, error=error), status)
+    if status == 429:
+        response.headers["Retry-After"] = str(wait)
+    return response
 
 
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
-    """End the session."""
+    """End the session: its id is deleted server-side, so a copy of the old cookie no longer works."""
+    try:
+        sessions.end_session(_session_store(), session.get("sid", ""))
+    except sessions.SessionStoreUnavailable:
+        return _page_error(503, _STORE_DOWN)
     session.clear()
     flash("You are logged out.", "info")
     return redirect(url_for("ops.login"))

@@ -11,9 +11,10 @@ import hmac
 import json
 from typing import Any, Sequence, TypeVar
 
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, abort, current_app, g, request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from webhooks import throttle
 from webhooks.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
@@ -28,13 +29,21 @@ class Body(BaseModel):
 
 
 def check_api_key() -> None:
-    """Reject the request with 401 unless it carries a configured Bearer API key."""
-    keys = current_app.extensions["marketsync"].settings.API_KEYS
+    """Reject the request with 401 unless it carries a configured Bearer API key.
+
+    An address with too many recent failures gets 429 before its key is compared (``webhooks.throttle``).
+    """
+    runtime = current_app.extensions["marketsync"]
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "Authentication error", "missing 'Authorization: Bearer <api key>' header")
-    if not any(hmac.compare_digest(token.strip().encode(), key.encode()) for key in keys):
+    client = request.remote_addr or "unknown"
+    wait = throttle.retry_after(runtime, client)
+    if wait:
+        abort(throttle.too_many_failures(wait))
+    if not any(hmac.compare_digest(token.strip().encode(), key.encode()) for key in runtime.settings.API_KEYS):
+        throttle.record_failure(runtime, client)
         raise ApiError(401, "Authentication error", "invalid API key")
     g.api_key_ok = True
 
