@@ -121,7 +121,7 @@ def cancel_subscription(session: Session, subscription_id: str, *, option: Chang
                         cancellation_date: datetime | None, now: datetime) -> Subscription:
     """Cancel a subscription (a timeline edit)."""
     repo = SqlSubscriptions(session)
-    sub = repo.get(subscription_id)
+    sub = repo.get(subscription_id, for_update=True)  # concurrent edits queue, none is refused
     return repo.save(cancel(sub, cancel_option=option, cancellation_date=cancellation_date, now=now),
                      expected_revision=len(sub.edits))
 
@@ -131,7 +131,7 @@ def change_plan(session: Session, subscription_id: str, plan: Plan, *, version: 
                 now: datetime) -> Subscription:
     """Schedule a plan change (a timeline edit)."""
     repo = SqlSubscriptions(session)
-    sub = repo.get(subscription_id)
+    sub = repo.get(subscription_id, for_update=True)  # concurrent edits queue, none is refused
     changed = schedule_plan_change(
         sub, plan, change_option=option, now=now, version=version, change_date=change_date,
         add_prices=changes.add_prices, remove_prices=changes.remove_prices, replace_prices=changes.replace_prices,
@@ -144,7 +144,7 @@ def edit_intervals(session: Session, subscription_id: str, *, add: Sequence[AddP
                    now: datetime) -> Subscription:
     """Add and edit price intervals (a timeline edit)."""
     repo = SqlSubscriptions(session)
-    sub = repo.get(subscription_id)
+    sub = repo.get(subscription_id, for_update=True)  # concurrent edits queue, none is refused
     changed = edit_price_intervals(sub, now=now, add=add, edit=edit, add_adjustments=add_adjustments)
     return repo.save(changed, expected_revision=len(sub.edits))
 

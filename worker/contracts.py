@@ -6,6 +6,7 @@ The billing core is reached through ``BillingGateway`` (implemented over ``billi
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +16,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from billing_core.persistence.locks import get_for_update
 from worker.contract_events import ContractEvent
 from worker.persistence.contracts import ContractRow, ListingRow
 
@@ -320,6 +322,45 @@ class SubscriptionNotFound(LookupError):
     """The billing core has no subscription with this id."""
 
 
+class InvalidProperties(ValueError):
+    """Custom properties outside the limits below; ``field`` names the offending one."""
+
+    def __init__(self, message: str, field: str = "custom_properties"):
+        super().__init__(message)
+        self.field = field
+
+
+MAX_PROPERTIES = 100  # per contract, after the merge
+MAX_KEY_LENGTH = 100
+MAX_VALUE_LENGTH = 1000
+MAX_INTEGER = 2**53 - 1  # beyond it JSON clients (JavaScript) silently change the number
+
+
+def check_properties(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the changes if every key and value is within the limits (API and dashboard alike)."""
+    if len(changes) > MAX_PROPERTIES:
+        raise InvalidProperties(f"custom_properties: at most {MAX_PROPERTIES} properties")
+    for key, value in changes.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_LENGTH:
+            shown = repr(key) if len(str(key)) <= 40 else repr(str(key)[:40]) + "..."
+            raise InvalidProperties(f"custom_properties: keys must be 1 to {MAX_KEY_LENGTH} characters ({shown})")
+        field = f"custom_properties.{key}"
+        if value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, str):
+            if len(value) > MAX_VALUE_LENGTH:
+                raise InvalidProperties(f"{field}: longer than {MAX_VALUE_LENGTH} characters", field)
+        elif isinstance(value, int):
+            if abs(value) > MAX_INTEGER:
+                raise InvalidProperties(f"{field}: integers are at most {MAX_INTEGER} in size", field)
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise InvalidProperties(f"{field}: numbers must be finite", field)
+        else:
+            raise InvalidProperties(f"{field}: values must be strings, numbers, booleans or null", field)
+    return dict(changes)
+
+
 FILTERS = {
     "marketplace": ContractRow.marketplace, "status": ContractRow.status,
     "mapping_status": ContractRow.mapping_status, "listing_id": ContractRow.listing_id,
@@ -365,9 +406,15 @@ def get_contract(engine: Engine, contract_id: str) -> dict[str, Any]:
 
 def patch_contract(engine: Engine, contract_id: str, billing: BillingGateway, *, subscription_id: str | None,
                    custom_properties: Mapping[str, Any] | None, now: datetime) -> dict[str, Any]:
-    """Attach a subscription and/or merge custom properties (a None value removes the key)."""
+    """Attach a subscription and/or merge custom properties (a None value removes the key).
+
+    Atomic: the row is read under the write lock (``get_for_update``), so concurrent patches
+    of different keys all survive.
+    """
+    if custom_properties is not None:
+        check_properties(custom_properties)
     with Session(engine, expire_on_commit=False) as session:
-        row = session.get(ContractRow, contract_id, with_for_update=True)
+        row = get_for_update(session, ContractRow, contract_id)
         if row is None:
             raise ContractNotFound(f"no contract {contract_id!r}")
         if subscription_id is not None and subscription_id != row.subscription_id:
@@ -394,6 +441,9 @@ def patch_contract(engine: Engine, contract_id: str, billing: BillingGateway, *,
                     merged.pop(key, None)
                 else:
                     merged[key] = value
+            if len(merged) > MAX_PROPERTIES:
+                raise InvalidProperties(f"custom_properties: a contract has at most {MAX_PROPERTIES} properties "
+                                        f"({len(merged)} after this change)")
             row.custom_properties = merged
         row.updated_at = now
         session.add(row)

@@ -11,6 +11,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from billing_core.persistence.locks import get_for_update
 from worker.contracts import new_id
 from worker.persistence.contracts import ListingRow
 
@@ -70,7 +71,7 @@ def create_listing(engine: Engine, values: Mapping[str, Any], *, now: datetime) 
 def update_listing(engine: Engine, listing_id: str, values: Mapping[str, Any], *, now: datetime) -> dict[str, Any]:
     """Change a listing's fields; raise ``ListingNotFound`` or ``ListingConflict``."""
     with Session(engine, expire_on_commit=False) as session:
-        row = session.get(ListingRow, listing_id)
+        row = get_for_update(session, ListingRow, listing_id)  # one PATCH at a time: the answer is what is stored
         if row is None:
             raise ListingNotFound(f"no listing {listing_id!r}")
         for name, value in _row_values(values).items():

@@ -53,6 +53,7 @@ from billing_core.metrics import (
     definition_from_dict,
     definition_to_dict,
 )
+from billing_core.persistence.locks import begin_write
 
 __all__ = [
     "GroupCommit",
@@ -415,18 +416,22 @@ class SqlCustomerRepository:
         self.session.flush()
         return customer
 
-    def get(self, customer_id: str) -> Customer:
-        """Return the customer with this id."""
-        row = self.session.get(CustomerRow, customer_id)
+    def get(self, customer_id: str, *, for_update: bool = False) -> Customer:
+        """Return the customer with this id (``for_update``: locked until commit, see ``locks``)."""
+        if for_update:
+            begin_write(self.session)
+        row = self.session.get(CustomerRow, customer_id, with_for_update=for_update, populate_existing=for_update)
         if row is None:
             raise CustomerNotFound(f"no customer with id {customer_id!r}")
         return row.to_domain()
 
-    def get_by_external_id(self, external_customer_id: str) -> Customer:
-        """Return the customer with this external id."""
-        row = self.session.execute(
-            sa.select(CustomerRow).where(CustomerRow.external_customer_id == external_customer_id)  # type: ignore[arg-type]
-        ).scalar_one_or_none()
+    def get_by_external_id(self, external_customer_id: str, *, for_update: bool = False) -> Customer:
+        """Return the customer with this external id (``for_update``: locked until commit)."""
+        query = sa.select(CustomerRow).where(CustomerRow.external_customer_id == external_customer_id)  # type: ignore[arg-type]
+        if for_update:
+            begin_write(self.session)
+            query = query.with_for_update().execution_options(populate_existing=True)
+        row = self.session.execute(query).scalar_one_or_none()
         if row is None:
             raise CustomerNotFound(f"no customer with external_customer_id {external_customer_id!r}")
         return row.to_domain()
@@ -503,9 +508,11 @@ class SqlMetricRepository:
         self.session.flush()
         return metric
 
-    def get(self, metric_id: str) -> Metric:
-        """Return the metric with this id."""
-        row = self.session.get(MetricRow, metric_id)
+    def get(self, metric_id: str, *, for_update: bool = False) -> Metric:
+        """Return the metric with this id (``for_update``: locked until commit, see ``locks``)."""
+        if for_update:
+            begin_write(self.session)
+        row = self.session.get(MetricRow, metric_id, with_for_update=for_update, populate_existing=for_update)
         if row is None:
             raise MetricNotFound(f"no metric with id {metric_id!r}")
         return row.to_domain()

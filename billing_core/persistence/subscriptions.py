@@ -19,6 +19,7 @@ from billing_core.codec import invoice_from_dict, invoice_to_dict, subscription_
 from billing_core.errors import Conflict, NotFound
 from billing_core.invoices import Invoice
 from billing_core.persistence.catalog import page_rows
+from billing_core.persistence.locks import begin_write
 from billing_core.subscriptions import Subscription
 
 __all__ = ["SubscriptionRow", "SubscriptionEditRow", "InvoiceRow", "SqlSubscriptions",
@@ -126,22 +127,34 @@ class SqlSubscriptions:
         return sub
 
     def save(self, sub: Subscription, *, expected_revision: int) -> Subscription:
-        """Store an edited timeline; refuse if someone else edited it since it was read."""
-        row = self.session.get(SubscriptionRow, sub.id)
-        if row is None:
-            raise SubscriptionNotFound(f"subscription {sub.id} not found", field="subscription_id")
-        if row.revision != expected_revision:
+        """Store an edited timeline; refuse if someone else edited it since it was read.
+
+        A compare-and-swap on ``revision`` in the UPDATE itself, so two edits read at the same
+        revision cannot both be stored, whatever the database's isolation.
+        """
+        table = SubscriptionRow.__table__
+        values = {"revision": len(sub.edits), "end_date": sub.end, "timeline": _dump(subscription_to_dict(sub))}
+        if sub.phases:
+            values["plan_id"] = sub.phases[-1].plan_id
+        result = self.session.execute(
+            sa.update(table).where(table.c.id == sub.id, table.c.revision == expected_revision).values(**values))
+        if result.rowcount != 1:
+            if self.session.get(SubscriptionRow, sub.id) is None:
+                raise SubscriptionNotFound(f"subscription {sub.id} not found", field="subscription_id")
             raise Conflict(f"subscription {sub.id} changed meanwhile; retry", field="subscription_id")
-        row.revision = len(sub.edits)
-        row.end_date = sub.end
-        row.plan_id = sub.phases[-1].plan_id if sub.phases else row.plan_id
-        row.timeline = _dump(subscription_to_dict(sub))
         self._write_edits(sub, expected_revision)
         self.session.flush()
+        loaded = self.session.identity_map.get(self.session.identity_key(SubscriptionRow, sub.id))
+        if loaded is not None:
+            self.session.expire(loaded)  # it holds the row as it was before the UPDATE
         return sub
 
-    def get(self, subscription_id: str) -> Subscription:
-        row = self.session.get(SubscriptionRow, subscription_id)
+    def get(self, subscription_id: str, *, for_update: bool = False) -> Subscription:
+        """Return the subscription (``for_update``: locked until commit, see ``locks``)."""
+        if for_update:
+            begin_write(self.session)
+        row = self.session.get(SubscriptionRow, subscription_id, with_for_update=for_update,
+                               populate_existing=for_update)
         if row is None:
             raise SubscriptionNotFound(f"subscription {subscription_id} not found", field="subscription_id")
         return row.to_domain()

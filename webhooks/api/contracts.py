@@ -20,6 +20,7 @@ bp = api_blueprint("contracts", __name__)
 map_exception(contracts.ContractNotFound, 404, "Resource not found")
 map_exception(contracts.SubscriptionNotFound, 404, "Resource not found")
 map_exception(contracts.MappingConflict, 409, "Resource conflict")
+map_exception(contracts.InvalidProperties, 400, "Request validation error")
 
 
 class _MappedObject(BaseModel):
@@ -46,16 +47,10 @@ class ContractPatch(Body):
     def _flat(cls, value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
         if value is None:
             return value
-        if len(value) > 100:
-            raise ValueError("at most 100 properties")
-        for key, item in value.items():
-            if not key or len(key) > 100:
-                raise ValueError(f"{key!r}: keys must be 1 to 100 characters")
-            if item is not None and not isinstance(item, (str, int, float, bool)):
-                raise ValueError(f"{key}: values must be strings, numbers, booleans or null")
-            if isinstance(item, str) and len(item) > 1000:
-                raise ValueError(f"{key}: longer than 1000 characters")
-        return value
+        try:
+            return contracts.check_properties(value)
+        except contracts.InvalidProperties as exc:
+            raise ValueError(str(exc).removeprefix("custom_properties: ").removeprefix("custom_properties.")) from None
 
 
 def _runtime() -> Any:

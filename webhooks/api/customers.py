@@ -10,6 +10,7 @@ from flask import current_app, request
 from flask.typing import ResponseReturnValue
 from pydantic import Field
 
+from billing_core import wire
 from billing_core.customers import Customer, create_customer, update_customer
 from billing_core.persistence.events import SqlCustomerRepository
 from webhooks.api.common import ApiError, Body, api_blueprint, page_limit, paginated, parse_body
@@ -154,6 +155,7 @@ def _update(find: Any) -> ResponseReturnValue:
     changes = body.model_dump(include=set(payload))
     with session_scope(engine()) as session:
         repository = SqlCustomerRepository(session)
+        # ``find`` reads under the write lock: concurrent metadata merges keep each other's keys.
         customer = update_customer(repository, find(repository), changes)
     return customer_json(customer)
 
@@ -162,14 +164,14 @@ def _update(find: Any) -> ResponseReturnValue:
 @documented(body=CustomerUpdate, response=CustomerShape)
 def update(customer_id: str) -> ResponseReturnValue:
     """Update a customer's name, email, currency (once), external id (once) or metadata."""
-    return _update(lambda repository: repository.get(customer_id))
+    return _update(lambda repository: repository.get(customer_id, for_update=True))
 
 
 @bp.put("/customers/external_customer_id/<external_customer_id>")
 @documented(body=CustomerUpdate, response=CustomerShape)
 def update_by_external_id(external_customer_id: str) -> ResponseReturnValue:
     """Update a customer found by its external id."""
-    return _update(lambda repository: repository.get_by_external_id(external_customer_id))
+    return _update(lambda repository: repository.get_by_external_id(external_customer_id, for_update=True))
 
 
 _CREATED_AT_FILTERS = {"created_at[gt]": "gt", "created_at[gte]": "gte", "created_at[lt]": "lt", "created_at[lte]": "lte"}
@@ -184,11 +186,7 @@ def list_filters(allowed: tuple[str, ...] = ()) -> dict[str, datetime]:
         op = _CREATED_AT_FILTERS.get(name)
         if op is None:
             raise ApiError(400, "Request validation error", f"{name}: unknown query parameter", field=name)
-        try:
-            instant = datetime.fromisoformat(value)
-        except ValueError:
-            raise ApiError(400, "Request validation error", f"{name}: not an ISO 8601 instant", field=name) from None
-        created[op] = (instant if instant.tzinfo else instant.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+        created[op] = wire.parse_instant(value, name)
     return created
 
 

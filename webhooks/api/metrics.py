@@ -122,7 +122,9 @@ def update(metric_id: str) -> ResponseReturnValue:
     body = MetricUpdate.model_validate(payload)
     with session_scope(engine()) as session:
         repository = SqlMetricRepository(session)
-        metric = update_metric(repository, repository.get(metric_id), body.model_dump(include=set(payload)))
+        # Read under the write lock: concurrent metadata merges must not lose each other's keys.
+        metric = update_metric(repository, repository.get(metric_id, for_update=True),
+                               body.model_dump(include=set(payload)))
         return metric_json(session, metric)
 
 
@@ -131,7 +133,7 @@ def _set_status(metric_id: str, status: str) -> ResponseReturnValue:
 
     with session_scope(engine()) as session:
         repository = SqlMetricRepository(session)
-        metric = repository.get(metric_id)
+        metric = repository.get(metric_id, for_update=True)
         if metric.status != status:
             metric = repository.save(replace(metric, status=status))  # type: ignore[arg-type]
         return metric_json(session, metric)
