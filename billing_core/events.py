@@ -33,7 +33,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Mapping, Protocol, Sequence
 
-from billing_core import errors
+from billing_core import errors, wire
 from billing_core.usage import VALUE_LIMIT, value_problem
 
 __all__ = [
@@ -163,15 +163,9 @@ def from_micros(micros: int) -> datetime:
 
 
 def _parse_timestamp(value: object) -> datetime:
-    if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, str):
-        parsed = datetime.fromisoformat(value)
-    else:
+    if not isinstance(value, (datetime, str)):
         raise ValueError("timestamp: must be an ISO 8601 string")
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    return wire.parse_instant(value, "timestamp")  # an InvalidInstant is a ValueError naming the field
 
 
 _INF = float("inf")
@@ -284,6 +278,8 @@ def validate_batch(events: Sequence[Any], *, now: datetime) -> list[Record]:
             timestamp_us = to_micros(_parse_timestamp(raw.get("timestamp")))
             if timestamp_us > latest_us:
                 problems.append("timestamp: more than 5 minutes in the future")
+        except wire.InvalidInstant as exc:
+            problems.append("timestamp: more than 5 minutes in the future" if exc.too_late else str(exc))
         except (ValueError, TypeError, OverflowError):
             problems.append("timestamp: must be an ISO 8601 instant, e.g. 2026-11-21T10:00:00Z")
         properties = raw.get("properties")

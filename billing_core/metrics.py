@@ -537,12 +537,44 @@ def _reject_comments(tree: exp.Expression) -> None:
             raise UnsupportedMetricSql("comments", "remove -- and /* */ comments")
 
 
+# Parentheses deeper than this are no metric (sqlglot parses recursively: ~50 levels exhaust the stack).
+MAX_SQL_NESTING = 16
+_NESTED = f"sql is nested too deeply (at most {MAX_SQL_NESTING} levels of parentheses or NOT)"
+
+
+def _check_nesting(text: str) -> None:
+    """Refuse SQL nested deeper than ``MAX_SQL_NESTING`` before the recursive parser sees it."""
+    try:
+        tokens = sqlglot.tokenize(text, read="postgres")
+    except SqlglotError:
+        return  # the parser reports the syntax error
+    depth = deepest = nots = 0
+    for token in tokens:
+        kind = token.token_type.name
+        if kind == "L_PAREN":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif kind == "R_PAREN":
+            depth -= 1
+        nots = nots + 1 if kind == "NOT" else 0
+        if deepest > MAX_SQL_NESTING or nots > MAX_SQL_NESTING:
+            raise InvalidMetric(_NESTED)
+
+
 def metric_from_sql(text: str) -> MetricDefinition:
     """Parse Orb-style metric SQL into a definition, or raise naming the unsupported construct."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidMetric("sql must be a non-empty string")
     if len(text) > 10_000:
         raise InvalidMetric("sql is longer than 10,000 characters")
+    _check_nesting(text)
+    try:
+        return _metric_from_sql(text)
+    except RecursionError:  # nesting the count above does not see (e.g. long operator chains)
+        raise InvalidMetric(_NESTED) from None
+
+
+def _metric_from_sql(text: str) -> MetricDefinition:
     try:
         statements = [s for s in sqlglot.parse(text, read="postgres") if s is not None]
     except SqlglotError as exc:

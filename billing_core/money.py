@@ -39,6 +39,7 @@ __all__ = [
     "round_money",
     "to_minor_units",
     "format_decimal",
+    "parse_unit_price",
     "PRECISION",
     "DIVISION_PLACES",
     "MAX_PLACES",
@@ -212,6 +213,16 @@ def format_decimal(value: Decimal) -> str:
         value = abs(value)
     text = format(value, "f")
     return text
+
+
+def parse_unit_price(value: object, field: str = "unit_price") -> Decimal:
+    """Read a price per unit: a decimal string or integer above 0, in the range of billing prices."""
+    if isinstance(value, float):
+        raise InvalidAmount(f'{field}: must be a decimal string such as "0.01", not a float')
+    price = parse_decimal(value, field)
+    if price <= 0:
+        raise InvalidAmount(f"{field}: must be greater than 0")
+    return price
 
 
 class ExactNumber(Decimal):

@@ -730,7 +730,10 @@ def _parse_time(value: Any, field: str) -> datetime:
         raise MalformedNotification(f"{field} is not an ISO-8601 time", field=field) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+23:59 has no UTC value
+        raise MalformedNotification(f"{field} is out of range", field=field) from None
 
 
 # --- composition ------------------------------------------------------------------------------

@@ -691,7 +691,10 @@ def _parse_time(value: str) -> datetime:
     moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+23:59 has no UTC value
+        raise ValueError(f"{value!r} is out of range") from None
 
 
 # Composition root --------------------------------------------------------------------------

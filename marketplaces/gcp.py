@@ -618,7 +618,10 @@ def parse_rfc3339(value: Any) -> datetime | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+23:59 has no UTC value
+        return None
 
 
 def _code_name(code: Any) -> str:

@@ -61,7 +61,8 @@ def csrf_token() -> str:
 
 def _safe_next(target: str | None) -> str:
     """Return ``target`` when it is a path of the dashboard, else the overview (no open redirect)."""
-    if target:
+    # Control characters (CR/LF) cannot go into a Location header; a long target is no page of ours.
+    if target and len(target) <= 2000 and target.isprintable():
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc and parts.path.startswith("/ops") and "\\" not in target:
             return target
@@ -121,7 +122,8 @@ def _headers(response: Response) -> Response:
 
 @bp.app_context_processor
 def _template_helpers() -> dict[str, Any]:
-    return {"csrf_token": csrf_token, "fmt_time": fmt_time, "fmt_duration": fmt_duration}
+    return {"csrf_token": csrf_token, "fmt_time": fmt_time, "fmt_duration": fmt_duration,
+            "public_error": ops.public_error}
 
 
 def fmt_time(value: datetime | str | None) -> str:
@@ -326,13 +328,14 @@ def edit_properties(contract_id: str) -> ResponseReturnValue:
         if not new_key:
             return _render_contract(contract_id, status=400, errors={"new_key": "Enter a name for the new property."},
                                     form=form)
-        if len(new_key) > 100:
-            return _render_contract(contract_id, status=400, errors={"new_key": "A name has at most 100 characters."},
-                                    form=form)
+        if len(new_key) > contracts.MAX_KEY_LENGTH:
+            return _render_contract(contract_id, status=400, errors={
+                "new_key": f"A name has at most {contracts.MAX_KEY_LENGTH} characters."}, form=form)
         changes[new_key] = new_value
-    if any(isinstance(v, str) and len(v) > 1000 for v in changes.values()):
-        return _render_contract(contract_id, status=400, errors={"new_value": "A value has at most 1000 characters."},
-                                form=form)
+    try:
+        contracts.check_properties(changes)  # the API's limits, for the keys the form posts back too
+    except contracts.InvalidProperties as exc:
+        return _render_contract(contract_id, status=400, errors={"new_value": _property_error(exc)}, form=form)
     if not changes:
         flash("Nothing to change.", "info")
         return redirect(url_for("ops.contract_detail", contract_id=contract_id) + "#properties")
@@ -342,8 +345,14 @@ def edit_properties(contract_id: str) -> ResponseReturnValue:
                                  custom_properties=changes, now=_now())
     except contracts.ContractNotFound:
         return _page_error(404, f"There is no contract {contract_id}.")
+    except contracts.InvalidProperties as exc:
+        return _render_contract(contract_id, status=400, errors={"new_value": _property_error(exc)}, form=form)
     flash("Custom properties saved.", "ok")
     return redirect(url_for("ops.contract_detail", contract_id=contract_id) + "#properties")
+
+
+def _property_error(exc: contracts.InvalidProperties) -> str:
+    return _sentence(Exception(str(exc).removeprefix("custom_properties: ").removeprefix("custom_properties.")))
 
 
 def _enqueue_report(contract_id: str, suffix: str) -> tuple[str, datetime, datetime | None]:
@@ -461,24 +470,29 @@ def _args(job: Any) -> str:
 
 
 def _last_line(job: Any) -> str:
+    """Return the exception line of a job's traceback, without the SQL and parameters SQLAlchemy adds."""
     info = job.exc_info or ""
     lines = [line for line in info.strip().splitlines() if line.strip()]
-    return _scrub(lines[-1])[:500] if lines else ""
+    # SQLAlchemy continues the exception line with [SQL: ...], [parameters: ...] and a link.
+    heads = [line for line in lines if not line[:1].isspace() and not line.startswith(("[", "(Background"))]
+    return _scrub(ops.public_error(heads[-1] if heads else lines[-1] if lines else ""))
 
 
 @bp.post("/jobs/failed/<queue_name>/<path:job_id>/retry")
 def retry_job(queue_name: str, job_id: str) -> ResponseReturnValue:
     """Put one failed job back on its queue."""
-    from rq.exceptions import InvalidJobOperationError, NoSuchJobError
+    from rq.exceptions import InvalidJobOperation, InvalidJobOperationError, NoSuchJobError
     from rq.registry import FailedJobRegistry
 
     if queue_name not in QUEUE_NAMES:
         abort(404)
     registry = FailedJobRegistry(queue=_runtime().queue(queue_name))
+    shown = job_id if len(job_id) <= 80 else job_id[:80] + "..."  # the flash message lives in the cookie
     try:
         registry.requeue(job_id)
-    except (InvalidJobOperationError, NoSuchJobError):
-        flash(f"Job {job_id} is no longer in the failed jobs of {queue_name}.", "error")
+    except (InvalidJobOperationError, InvalidJobOperation, NoSuchJobError, ValueError, TypeError):
+        # ValueError: rq refuses ids that are not job ids at all (only a forged form sends one).
+        flash(f"Job {shown} is no longer in the failed jobs of {queue_name}.", "error")
     else:
-        flash(f"Job {job_id} is back on the {queue_name} queue.", "ok")
+        flash(f"Job {shown} is back on the {queue_name} queue.", "ok")
     return redirect(url_for("ops.failed_jobs"))

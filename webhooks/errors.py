@@ -135,10 +135,10 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RecursionError)
     def _too_deep(exc: RecursionError) -> Response:
-        # Only a request body nested thousands of levels deep gets the JSON parser this far;
-        # it is refused before anything is stored.
-        return error_response(400, "Request validation error", "body: JSON nested too deeply",
-                              validation_errors=[{"field": "body", "message": "nested too deeply"}])
+        # The parsers say what was too deep (json_body: the JSON body; metric SQL: the sql field);
+        # anything else that recursed this far is still the request's shape, not a server fault.
+        log.warning("recursion_error", path=request.path)
+        return error_response(400, "Request validation error", "request: nested too deeply to process")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

@@ -69,7 +69,10 @@ def _native(marketplace: str, source: str, headers: dict[str, str] | None = None
     if note.kind == NotificationKind.SUBSCRIPTION_CONFIRMATION:
         # Confirm only after the signature checked out (the adapter re-verifies too).
         adapter.confirm_subscription(note)
-    event = from_notification(note, received_at=now)
+    try:
+        event = from_notification(note, received_at=now)
+    except MalformedEvent as exc:
+        raise ApiError(400, "Request validation error", str(exc), field=exc.field) from None
     stored = delivery.accept(runtime, source=source, delivery_id=note.delivery_id, event_type=note.action,
                              body=body, headers=request.headers, event=event, now=now)
     return delivery.summary(stored), 202

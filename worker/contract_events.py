@@ -4,14 +4,14 @@ brought to one shape, ``ContractEvent``, that the contract use cases apply.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
-from decimal import Decimal, InvalidOperation
+from datetime import datetime
 from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from billing_core import wire
+from billing_core.money import InvalidAmount, parse_unit_price
 from marketplaces.base import ContractNotification
 
 EVENT_TYPES = ("contract.created", "contract.modified", "contract.canceled", "contract.renewed")
@@ -85,15 +85,10 @@ class _Dimension(_Strict):
     @field_validator("unit_price", mode="before")
     @classmethod
     def _decimal(cls, value: object) -> str:
-        if isinstance(value, float):
-            raise ValueError("must be a decimal string, not a float")
         try:
-            amount = Decimal(str(value))
-        except (InvalidOperation, ValueError):
-            raise ValueError("must be a decimal string") from None
-        if not amount.is_finite() or amount <= 0:
-            raise ValueError("must be a positive decimal")
-        return str(amount)
+            return str(parse_unit_price(value, "unit_price"))
+        except InvalidAmount as exc:
+            raise ValueError(str(exc).removeprefix("unit_price: ")) from None
 
 
 class _Pricing(_Strict):
@@ -139,7 +134,15 @@ class _Envelope(_Strict):
 def _aware(value: datetime, field_name: str) -> datetime:
     if value.tzinfo is None:
         raise MalformedEvent(f"{field_name}: must carry a timezone (e.g. 2026-11-21T10:00:00Z)", field_name)
-    return value.astimezone(timezone.utc)
+    return in_range(value, field_name)
+
+
+def in_range(value: datetime, field_name: str) -> datetime:
+    """Return ``value`` in UTC if it is in the accepted instant range, else raise ``MalformedEvent``."""
+    try:
+        return wire.check_instant(value, field_name)
+    except wire.InvalidInstant as exc:
+        raise MalformedEvent(str(exc), field_name) from None
 
 
 def parse_normalized(body: bytes) -> tuple[str, ContractEvent | None]:
@@ -148,9 +151,11 @@ def parse_normalized(body: bytes) -> tuple[str, ContractEvent | None]:
     Raise ``MalformedEvent`` naming the first offending field.
     """
     try:
-        payload = json.loads(body)
+        payload = wire.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedEvent(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedEvent("body: JSON nested too deeply") from None
     if not isinstance(payload, dict):
         raise MalformedEvent("body must be a JSON object")
     try:
@@ -216,7 +221,7 @@ def from_notification(note: ContractNotification, *, received_at: datetime) -> C
     if marketplace == "gcp" and note.action == "ENTITLEMENT_DELETED" and key:
         # Google deletes an entitlement without cancelling it first: the contract ends (GET answers 404).
         kind = "canceled"
-    effective = note.effective_at.astimezone(timezone.utc) if note.effective_at else received_at
+    effective = in_range(note.effective_at, "effective_at") if note.effective_at else received_at
     return ContractEvent(
         kind=kind,
         source=marketplace,

@@ -7,6 +7,7 @@ and job functions as the API and the cron, so the dashboard never has rules of i
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -17,10 +18,12 @@ from sqlalchemy import Engine, String, and_, cast, func, or_, select
 from sqlmodel import Session
 
 from worker import sync
+from worker.logs import get_logger
 from worker.metering import hour_floor
 from worker.persistence.contracts import ContractRow, ListingRow
 from worker.persistence.ledger import ContractSyncRow, LedgerRow
 
+log = get_logger("marketsync.ops")
 MARKETPLACES = ("aws", "azure", "gcp")
 STATUSES = ("pending", "active", "suspended", "canceled", "closed")
 MAPPING_STATUSES = ("mapped", "unmapped", "error")
@@ -243,6 +246,32 @@ def last_run(engine: Engine, fanout: datetime | None) -> dict[str, Any] | None:
 
 # --- one contract ----------------------------------------------------------------------------------
 
+def invoice_failure(exc: BaseException) -> str:
+    """Return the sentence the contract page shows when the upcoming invoice fails (no SQL, no parameters)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from billing_core.errors import BillingError
+
+    if isinstance(exc, BillingError):  # a domain error names the input at fault in plain words
+        return f"the upcoming invoice could not be computed: {public_error(exc.message)}"
+    if isinstance(exc, SQLAlchemyError):
+        return ("the upcoming invoice could not be computed: the database could not carry out the calculation "
+                "(the details are in the log)")
+    return "the upcoming invoice could not be computed (the details are in the log)"
+
+
+_SQL_TAIL = re.compile(r"\s*(\[SQL: |\[parameters: |\(Background on this error at: )")
+_DRIVER_PREFIX = re.compile(r"\((?:sqlite3|psycopg[\w.]*|sqlalchemy[\w.]*)\.\w+\)\s*")
+
+
+def public_error(text: str | None, limit: int = 300) -> str:
+    """Return a stored error text fit for the dashboard: without the SQL, parameters and links SQLAlchemy adds."""
+    if not text:
+        return ""
+    head = _SQL_TAIL.split(text, maxsplit=1)[0]
+    head = _DRIVER_PREFIX.sub("", head).strip()
+    return head if len(head) <= limit else head[:limit] + "..."
+
 def contract_detail(engine: Engine, contract_id: str, *, now: datetime) -> dict[str, Any]:
     """Return everything the contract page shows (ContractNotFound when there is no such contract)."""
     from billing_core.errors import NotFound
@@ -268,7 +297,10 @@ def contract_detail(engine: Engine, contract_id: str, *, now: datetime) -> dict[
             except NotFound:
                 billing_error = f"the billing core has no subscription {row.subscription_id}"
             except Exception as exc:  # noqa: BLE001 - the page still shows the rest, and says why
-                billing_error = f"the upcoming invoice could not be computed: {exc}"
+                # The page gets a sentence; SQL and its parameters go to the log only.
+                log.exception("upcoming_invoice_failed", contract_id=contract_id,
+                              subscription_id=row.subscription_id, error_type=type(exc).__name__)
+                billing_error = invoice_failure(exc)
     price = sync.unit_price(row, listing) if listing else None
     ledger = ledger_rows(engine, contract_id)
     used = {entry["hour"] for entry in ledger}

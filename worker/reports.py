@@ -71,18 +71,34 @@ def metering_report(engine: Engine, month: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda i: (i["date"], i["contract_id"]))
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value: object) -> object:
+    """Return a text cell a spreadsheet shows as text: a leading formula character gets a ``'`` before it."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def as_csv(rows: list[dict[str, Any]]) -> str:
-    """Return the report as CSV (identifiers and custom properties as key=value lists)."""
+    """Return the report as CSV (identifiers and custom properties as key=value lists).
+
+    Text that comes from outside (cloud identifiers, custom properties, listing fields) is
+    neutralised with ``safe_cell``; the numbers are ours and written as they are.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
     for r in rows:
         writer.writerow([
-            r["date"], r["contract_id"], r["marketplace"], r["status"], r["listing_id"] or "", r["dimension"],
+            r["date"], safe_cell(r["contract_id"]), safe_cell(r["marketplace"]), safe_cell(r["status"]),
+            safe_cell(r["listing_id"] or ""), safe_cell(r["dimension"]),
             r["unit_price"] or "", r["units_reported"], r["amount"],
             *(r["outcomes"].get(s, 0) for s in ("accepted", "duplicate", "rejected", "failed", "pending")),
-            ";".join(f"{k}={v}" for k, v in sorted(r["identifiers"].items())),
-            ";".join(f"{k}={v}" for k, v in sorted(r["custom_properties"].items())),
+            safe_cell(";".join(f"{k}={v}" for k, v in sorted(r["identifiers"].items()))),
+            safe_cell(";".join(f"{k}={v}" for k, v in sorted(r["custom_properties"].items()))),
         ])
     return buffer.getvalue()
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import current_app
 
+from billing_core import wire
 from billing_core.adjustments import Adjustment, AdjustmentType
 from billing_core.customers import Customer
 from billing_core.errors import InvalidInput
@@ -57,14 +58,10 @@ def bad(field: str, message: str) -> InvalidInput:
 
 
 def parse_instant(value: Any, field: str) -> datetime:
-    """Parse an ISO-8601 instant (a date means midnight UTC); naive instants are UTC."""
-    if not isinstance(value, str) or not value:
+    """Parse an ISO-8601 instant (a date means midnight UTC; naive is UTC) in the accepted range."""
+    if not isinstance(value, str):
         raise bad(field, "expected an ISO-8601 date-time")
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise bad(field, f"{value!r} is not an ISO-8601 date-time") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    return wire.parse_instant(value, field)
 
 
 def optional_instant(value: Any, field: str) -> datetime | None:

@@ -14,6 +14,7 @@ from typing import Any, Sequence, TypeVar
 from flask import Blueprint, abort, current_app, g, request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from billing_core import wire
 from webhooks import throttle
 from webhooks.errors import ApiError
 
@@ -55,15 +56,26 @@ def api_blueprint(name: str, import_name: str, url_prefix: str = "/v1") -> Bluep
     return bp
 
 
-def json_body() -> Any:
-    """Return the request's JSON body, or raise a 400 saying why it is not valid JSON."""
+def json_body(*, exact: bool = False) -> Any:
+    """Return the request's JSON body, or raise a 400 saying why it is not valid JSON.
+
+    NaN, Infinity and numbers beyond a float's range are refused (``billing_core.wire``);
+    ``exact`` keeps fractions as ``Decimal``.
+    """
     data = request.get_data(cache=True)
     if not data:
         raise ApiError(400, "Request validation error", "request body is empty; JSON expected", field="body")
+    return parse_json(data, exact=exact)
+
+
+def parse_json(data: bytes, *, exact: bool = False, field: str = "body") -> Any:
+    """Parse ``data`` with the rules of ``billing_core.wire.loads``, or raise a 400 naming ``field``."""
     try:
-        return json.loads(data)
+        return wire.loads(data, exact=exact)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "Request validation error", f"body is not valid JSON: {exc}", field="body") from None
+        raise ApiError(400, "Request validation error", f"{field} is not valid JSON: {exc}", field=field) from None
+    except RecursionError:
+        raise ApiError(400, "Request validation error", f"{field}: JSON nested too deeply", field=field) from None
 
 
 def parse_body(model: type[M]) -> M:
@@ -122,6 +134,6 @@ def validation_error(field: str, message: str) -> ApiError:
 
 __all__ = [
     "ApiError", "Body", "ValidationError", "api_blueprint", "check_api_key", "decode_cursor",
-    "encode_cursor", "json_body", "page_limit", "paginated", "parse_body", "parse_query",
+    "encode_cursor", "json_body", "page_limit", "parse_json", "paginated", "parse_body", "parse_query",
     "validation_error",
 ]

@@ -42,6 +42,7 @@ from billing_core.persistence.events import (
     SqlEventStore,
     write_lock,
 )
+from billing_core import wire
 from webhooks.api.common import ApiError, api_blueprint, page_limit, paginated
 from webhooks.api.customers import engine, iso, new_id, utcnow
 from webhooks.api.openapi import documented
@@ -64,7 +65,7 @@ def _exact_json() -> Any:
     if not data:
         raise ApiError(400, "Request validation error", "request body is empty; JSON expected", field="body")
     try:
-        return json.loads(data, parse_float=Decimal)
+        return wire.loads(data, exact=True)  # NaN and Infinity are refused there
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "Request validation error", f"body is not valid JSON: {exc}", field="body") from None
 
@@ -262,13 +263,9 @@ def _instant(payload: dict[str, Any], name: str) -> datetime | None:
     raw = payload.get(name)
     if raw is None:
         return None
-    try:
-        parsed = datetime.fromisoformat(raw) if isinstance(raw, str) else None
-    except ValueError:
-        parsed = None
-    if parsed is None:
+    if not isinstance(raw, str):
         raise ApiError(400, "Request validation error", f"{name}: not an ISO 8601 instant", field=name)
-    return parsed
+    return wire.parse_instant(raw, name)
 
 
 @bp.post("/events/search")

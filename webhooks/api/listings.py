@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
-from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Optional
 
 from flask import current_app, request
 from flask.typing import ResponseReturnValue
 from pydantic import Field, field_validator
 
+from billing_core import wire
+from billing_core.money import InvalidAmount, parse_unit_price
 from webhooks.api.common import ApiError, Body, api_blueprint, parse_body
 from webhooks.api.openapi import documented
 from webhooks.api.schemas import Listing, ListingQuery, NumberedPage
@@ -23,22 +24,19 @@ map_exception(listings.ListingConflict, 409, "Resource conflict")
 
 
 def _decimal(value: object) -> str:
-    if isinstance(value, float):
-        raise ValueError("must be a decimal string such as \"0.01\", not a float")
+    # The bounds of billing prices: a listing's price rates the same usage.
     try:
-        amount = Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        raise ValueError("must be a decimal string such as \"0.01\"") from None
-    if not amount.is_finite() or amount <= 0:
-        raise ValueError("must be greater than 0")
-    return str(amount)
+        return str(parse_unit_price(value, "unit_price"))
+    except InvalidAmount as exc:
+        raise ValueError(str(exc).removeprefix("unit_price: ")) from None
 
 
 def _midnight(value: object) -> object:
     if isinstance(value, str) and "T" in value:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        if parsed.tzinfo is not None:
-            parsed = parsed.astimezone(timezone.utc)
+        try:
+            parsed = wire.parse_instant(value, "metering_start_date")
+        except wire.InvalidInstant as exc:
+            raise ValueError(str(exc).removeprefix("metering_start_date: ")) from None
         if (parsed.hour, parsed.minute, parsed.second, parsed.microsecond) != (0, 0, 0, 0):
             raise ValueError("must be a UTC midnight (a date such as 2026-11-01)")
         return parsed.date()
@@ -65,6 +63,16 @@ class _Fields(Body):
     @classmethod
     def _start(cls, value: object) -> object:
         return _midnight(value)
+
+    @field_validator("metering_start_date")
+    @classmethod
+    def _start_in_range(cls, value: Optional[date]) -> Optional[date]:
+        if value is not None:
+            try:
+                wire.check_date(value, "metering_start_date")
+            except wire.InvalidInstant as exc:
+                raise ValueError(str(exc).removeprefix("metering_start_date: ")) from None
+        return value
 
 
 class ListingCreate(_Fields):
