@@ -134,3 +134,20 @@ def test_parallel_listing_patches_all_apply(server: LiveServer) -> None:
     stored = requests.get(url, headers=HEADERS, timeout=10).json()
     for change in changes:
         assert {k: stored[k] for k in change} == change
+
+
+def test_parallel_plan_versions_get_one_winner(server: LiveServer) -> None:
+    """Parallel requests for the same next plan version: exactly one is created, the others are 409, none 500."""
+    base = server.url
+    item = requests.post(f"{base}/v1/items", json={"name": "API"}, headers=HEADERS, timeout=10).json()["id"]
+    price = {"name": "Fee", "item_id": item, "model_type": "unit", "cadence": "monthly",
+             "fixed_price_quantity": 1, "unit_config": {"unit_amount": "10.00"}}
+    plan = requests.post(f"{base}/v1/plans", json={"name": "Pro", "currency": "USD", "prices": [{"price": price}]},
+                         headers=HEADERS, timeout=10).json()
+    url = f"{base}/v1/plans/{plan['id']}/versions"
+    calls = [(lambda i=i: requests.post(url, json={"version": 2, "add_prices": [{"price": {**price, "name": f"Fee {i}"}}]},
+                                        headers=HEADERS, timeout=60)) for i in range(8)]
+    statuses = sorted(a.status_code for a in _parallel(calls))
+    assert statuses == [201] + [409] * 7, statuses
+    versions = requests.get(url, headers=HEADERS, timeout=10).json()["data"]
+    assert [v["version"] for v in versions] == [1, 2]

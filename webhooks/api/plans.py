@@ -9,7 +9,8 @@ from flask import request
 from sqlalchemy.orm import Session
 
 from billing_core import service_plans
-from billing_core.persistence.catalog import ItemRow, SqlCatalog
+from billing_core.persistence.catalog import ItemRow, PlanRow, SqlCatalog
+from billing_core.persistence.locks import get_for_update
 from billing_core.pricing import Price
 from webhooks.api.billing_shapes import (
     bad, check_fields, parse_metadata, cursor_id, engine, new_id, now, page_json, parse_adjustment, parse_price, plan_json,
@@ -130,6 +131,7 @@ def create_plan_version(plan_id: str):
     if not isinstance(body.get("version"), int):
         raise bad("version", "an integer is required")
     with session_scope(engine()) as session:
+        get_for_update(session, PlanRow, plan_id)  # two requests for version n+1: the second sees the first
         catalog = SqlCatalog(session)
         plan = catalog.get_plan(plan_id)
         latest = plan.version(plan.latest_version)
@@ -171,6 +173,7 @@ def set_default_version(plan_id: str):
     if not isinstance(body.get("version"), int):
         raise bad("version", "an integer is required")
     with session_scope(engine()) as session:
+        get_for_update(session, PlanRow, plan_id)
         plan = SqlCatalog(session).get_plan(plan_id)
         if body["version"] not in {v.version for v in plan.versions}:
             raise bad("version", f"plan {plan_id} has no version {body['version']}")
