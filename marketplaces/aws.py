@@ -25,13 +25,14 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import requests
 
 from marketplaces.base import (
+    MarketplaceRules,
     ContractNotification,
     MalformedNotification,
     Marketplace,
@@ -800,3 +801,27 @@ __all__ = [
     "parse_eventbridge",
     "string_to_sign",
 ]
+
+
+def _aws_record_identifiers(columns: Mapping[str, Any], ids: Mapping[str, str]) -> dict[str, str]:
+    # Current listings meter by account + license; legacy ones by the customer identifier.
+    identifiers = {"product_code": columns.get("product_code") or ids.get("product_code", "")}
+    if columns.get("license_arn") and columns.get("customer_aws_account_id"):
+        identifiers.update(customer_aws_account_id=columns["customer_aws_account_id"],
+                           license_arn=columns["license_arn"])
+    else:
+        identifiers["customer_identifier"] = columns.get("customer_identifier") or ids.get("customer_identifier", "")
+    return identifiers
+
+
+RULES = MarketplaceRules(
+    marketplace=Marketplace.AWS,
+    batch_size=25,  # BatchMeterUsage takes at most 25 records
+    final_usage_window=timedelta(hours=1),  # usage is accepted for one hour after the license ends
+    hourly_zero_record=True,  # AWS asks for a record every hour, zero included
+    flush_lookback_hours=0,
+    contract_key_fields=("license_arn", "customer_identifier"),
+    product_fields=("product_code", "product_id"),
+    record_identifiers=_aws_record_identifiers,
+    customer_identity=lambda ids: ids.get("customer_aws_account_id") or ids.get("customer_identifier"),
+)

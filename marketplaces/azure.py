@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import quote
 
@@ -33,6 +33,7 @@ from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError
 
 from marketplaces.base import (
+    MarketplaceRules,
     ContractNotification,
     Marketplace,
     MalformedNotification,
@@ -743,3 +744,21 @@ def build_azure_adapter(settings: Any, **overrides: Any) -> AzureMarketplace:
         )
     credential = overrides.pop("credential")
     return AzureMarketplace(session, credential, **overrides)
+
+
+def _azure_record_identifiers(columns: Mapping[str, Any], ids: Mapping[str, str]) -> dict[str, str]:
+    return {"resource_id": columns.get("azure_subscription_id") or ids.get("subscription_id", ""),
+            "plan_id": columns.get("plan_id") or ids.get("plan_id", "")}
+
+
+RULES = MarketplaceRules(
+    marketplace=Marketplace.AZURE,
+    batch_size=25,  # the batch usage event API takes at most 25 events
+    final_usage_window=timedelta(hours=24),  # usage events are accepted for 24 hours
+    hourly_zero_record=False,  # quantities must be above 0
+    flush_lookback_hours=23,  # any unused hour of the last 24, none after the cancellation
+    contract_key_fields=("subscription_id", "resource_id"),
+    product_fields=("offer_id", "product_id"),
+    record_identifiers=_azure_record_identifiers,
+    customer_identity=lambda ids: ids.get("azure_subscription_id") or ids.get("subscription_id"),
+)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from datetime import datetime, timedelta, timezone
+from typing import AbstractSet, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 
 class MarketplaceError(Exception):
@@ -163,3 +163,49 @@ class MarketplaceAdapter(Protocol):
         Raise ``UnverifiedNotification`` (401) or ``MalformedNotification`` (400).
         """
         ...
+
+
+def _hour(instant: datetime) -> datetime:
+    return instant.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+
+
+@dataclass(frozen=True)
+class MarketplaceRules:
+    """What the sync needs to know of one marketplace, so the worker never branches on its name.
+
+    - ``batch_size``: ledger rows per send;
+    - ``final_usage_window``: how long after a cancellation the marketplace still takes usage;
+    - ``hourly_zero_record``: send a zero-quantity record in hours without usage (a heartbeat);
+    - ``flush_lookback_hours``: 0 means a flush takes the current hour or waits for the next;
+      above 0, a flush may take the latest unused hour within that many hours back, never an
+      hour after the cancellation (a marketplace that accepts past hours but none after the end);
+    - ``contract_key_fields``: identifiers that key a contract, first present wins;
+    - ``product_fields``: identifiers that name the product a listing matches;
+    - ``record_identifiers(columns, cloud_identifiers)``: the identifiers of a usage record;
+    - ``customer_identity(identifiers)``: who the buyer is (keys the billing customer).
+    """
+
+    marketplace: Marketplace
+    batch_size: int
+    final_usage_window: timedelta
+    hourly_zero_record: bool
+    flush_lookback_hours: int
+    contract_key_fields: tuple[str, ...]
+    product_fields: tuple[str, ...]
+    record_identifiers: Callable[[Mapping[str, Any], Mapping[str, str]], dict[str, str]]
+    customer_identity: Callable[[Mapping[str, str]], str | None]
+
+    def flush_stamp(self, used: AbstractSet[datetime], now: datetime,
+                    cancel_effective_at: datetime | None) -> datetime | None:
+        """Return the hour stamp a flush can use now, or None when it must wait for the next hour."""
+        stamp = _hour(now)
+        if not self.flush_lookback_hours:
+            return None if stamp in used else stamp
+        if cancel_effective_at is not None:
+            stamp = min(stamp, _hour(cancel_effective_at))
+        oldest = _hour(now) - timedelta(hours=self.flush_lookback_hours)
+        while stamp >= oldest:
+            if stamp not in used:
+                return stamp
+            stamp -= timedelta(hours=1)
+        return None

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from config.settings import Settings
 from marketplaces.base import (
+    MarketplaceRules,
     ContractNotification,
     Marketplace,
     MalformedNotification,
@@ -755,3 +756,26 @@ def build_gcp_adapter(settings: Settings, **overrides: Any) -> GcpMarketplace:
     overrides.setdefault("provider_id", provider_id)
     client = overrides.pop("client")
     return GcpMarketplace(client, **overrides)
+
+
+def _gcp_record_identifiers(columns: Mapping[str, Any], ids: Mapping[str, str]) -> dict[str, str]:
+    identifiers = {"consumer_id": ids.get("usage_reporting_id") or ids.get("consumer_id", ""),
+                   "entitlement_id": columns.get("gcp_entitlement_id") or ids.get("entitlement_id", "")}
+    if ids.get("service_name"):
+        identifiers["service_name"] = ids["service_name"]
+    return identifiers
+
+
+RULES = MarketplaceRules(
+    marketplace=Marketplace.GCP,
+    # No per-call record limit (report calls are split at 100 operations or 1 MB), but one
+    # services.check per record: larger batches let the adapter run more checks at once.
+    batch_size=100,
+    final_usage_window=timedelta(hours=24),
+    hourly_zero_record=False,
+    flush_lookback_hours=0,
+    contract_key_fields=("entitlement_id",),
+    product_fields=("product_id", "product", "product_external_name"),
+    record_identifiers=_gcp_record_identifiers,
+    customer_identity=lambda ids: ids.get("gcp_account_id") or ids.get("account_id") or ids.get("gcp_entitlement_id"),
+)

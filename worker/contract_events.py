@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from billing_core import wire
 from billing_core.money import InvalidAmount, parse_unit_price
+from marketplaces import rules
 from marketplaces.base import ContractNotification
 
 EVENT_TYPES = ("contract.created", "contract.modified", "contract.canceled", "contract.renewed")
@@ -198,18 +199,11 @@ def _malformed(exc: ValidationError, prefix: str) -> MalformedEvent:
 
 # --- native notifications --------------------------------------------------------------------------
 
-_KEY_FIELDS = {
-    "aws": ("license_arn", "customer_identifier"),
-    "azure": ("subscription_id", "resource_id"),
-    "gcp": ("entitlement_id",),
-}
-
-
 def from_notification(note: ContractNotification, *, received_at: datetime) -> ContractEvent:
     """Bring a verified marketplace notification to a ``ContractEvent``."""
     marketplace = note.marketplace.value
     ids = {k: str(v) for k, v in note.identifiers.items() if v not in (None, "")}
-    key = next((ids[f] for f in _KEY_FIELDS[marketplace] if ids.get(f)), "")
+    key = next((ids[f] for f in rules(marketplace).contract_key_fields if ids.get(f)), "")
     if marketplace == "aws" and ids.get("license_id"):
         key = ids["license_id"]  # EventBridge prints ARNs without "arn:"; the l-<hex> id is stable
     identifiers = dict(ids)

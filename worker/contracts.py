@@ -17,12 +17,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from billing_core.persistence.locks import get_for_update
+from marketplaces import rules
 from worker.contract_events import ContractEvent
 from worker.persistence.contracts import ContractRow, ListingRow
 
-# Where each marketplace's product and plan live among the identifiers.
-_PRODUCT_FIELDS = {"aws": ("product_code", "product_id"), "azure": ("offer_id", "product_id"),
-                   "gcp": ("product_id", "product", "product_external_name")}
+# Where the plan lives among the identifiers (the product: the marketplace's rules).
 _PLAN_FIELDS = ("plan_id", "plan")
 _COLUMN_IDENTIFIERS = ("product_code", "customer_aws_account_id", "license_arn", "customer_identifier",
                        "azure_subscription_id", "gcp_entitlement_id", "offer_id", "plan_id")
@@ -77,19 +76,14 @@ def _first(values: Mapping[str, str], names: tuple[str, ...]) -> str:
 
 def external_customer_id(event_marketplace: str, identifiers: Mapping[str, str], contract_key: str) -> str:
     """Return the billing customer's external id, derived from the marketplace identity."""
-    if event_marketplace == "aws":
-        who = identifiers.get("customer_aws_account_id") or identifiers.get("customer_identifier")
-    elif event_marketplace == "azure":
-        who = identifiers.get("azure_subscription_id") or identifiers.get("subscription_id")
-    else:
-        who = identifiers.get("gcp_account_id") or identifiers.get("account_id") or identifiers.get("gcp_entitlement_id")
+    who = rules(event_marketplace).customer_identity(identifiers)
     return f"{event_marketplace}:{who or contract_key}"
 
 
 def find_listing(session: Session, marketplace: str, identifiers: Mapping[str, str],
                  plan: str | None = None) -> ListingRow | None:
     """Return the listing for the contract's product and plan (an exact plan beats 'any plan')."""
-    product = _first(identifiers, _PRODUCT_FIELDS[marketplace])
+    product = _first(identifiers, rules(marketplace).product_fields)
     plan_id = plan or _first(identifiers, _PLAN_FIELDS)
     if not product:
         return None
@@ -184,7 +178,7 @@ def map_contract(session: Session, row: ContractRow, billing: BillingGateway, *,
     with session.no_autoflush:  # keep our changes unflushed (no write lock) while billing writes
         listing = find_listing(session, row.marketplace, row.cloud_identifiers or {}, plan)
     if listing is None:
-        product = _first(row.cloud_identifiers or {}, _PRODUCT_FIELDS[row.marketplace]) or "(none)"
+        product = _first(row.cloud_identifiers or {}, rules(row.marketplace).product_fields) or "(none)"
         plan_id = plan or _first(row.cloud_identifiers or {}, _PLAN_FIELDS)
         row.mapping_status = "unmapped"
         row.mapping_reason = (f"no listing for {row.marketplace} product {product!r}"

@@ -34,6 +34,7 @@ from billing_core.invoices import costs, costs_each
 from billing_core.persistence.subscriptions import SqlSubscriptions
 from billing_core.sql_usage import SqlUsageSource
 from billing_core.subscriptions import Subscription, billing_period
+from marketplaces import rules
 from marketplaces.base import (
     Marketplace, OutcomeStatus, PermanentMarketplaceError, TransientMarketplaceError, UsageRecord,
 )
@@ -43,23 +44,18 @@ from worker.persistence.contracts import ContractRow, ListingRow
 from worker.persistence.ledger import ContractSyncRow, LedgerRow
 
 log = get_logger("marketsync.sync")
-
-BATCH = 25  # AWS and Azure accept at most 25 records per call
-# Google has no per-call record limit (its adapter splits report calls at 100 operations or
-# 1 MB) but one services.check per record: larger batches let the adapter run more at once.
-BATCH_SIZES = {"aws": BATCH, "azure": BATCH, "gcp": 100}
-
+# The contract columns a marketplace's record identifiers are read from.
+_COLUMN_IDENTIFIERS = ("product_code", "license_arn", "customer_aws_account_id", "customer_identifier",
+                       "azure_subscription_id", "plan_id", "gcp_entitlement_id")
 
 def batch_size(marketplace: str) -> int:
     """Return how many ledger rows of ``marketplace`` go out in one send."""
-    return BATCH_SIZES.get(marketplace, BATCH)
+    return rules(marketplace).batch_size
 
 
 CLAIM_TIMEOUT = timedelta(minutes=2)  # a claim older than this belongs to a dead worker
 COUNTED = ("pending", "accepted", "duplicate")  # statuses whose units count as reported
 COST_ERROR = "cost_error"  # last_outcome of a contract whose costs cannot be computed
-# How long after the cancellation webhook the marketplace still accepts the final usage.
-DEADLINES = {"aws": timedelta(hours=1), "azure": timedelta(hours=24), "gcp": timedelta(hours=24)}
 SYNCABLE = ("active", "suspended", "canceled")
 
 
@@ -318,7 +314,7 @@ def _record_many(engine: Engine, items: Sequence[tuple[ContractRow, ListingRow, 
                 plan = plan_report(cost, unit_price(contract, listing), reported, final=False,
                                    close_policy=listing.close_rounding)
                 plans[contract.id] = plan
-                send_zero = plan.delta == 0 and contract.marketplace == "aws" and kind == "hourly"
+                send_zero = plan.delta == 0 and rules(contract.marketplace).hourly_zero_record and kind == "hourly"
                 swaps.append({
                     "b_id": contract.id, "b_version": state.version, "b_new_version": state.version + 1,
                     "b_period_start": period_start, "b_units_reported": reported + plan.delta,
@@ -395,7 +391,7 @@ def _record(engine: Engine, contract: ContractRow, listing: ListingRow, cost: De
             same_period = _utc(state.period_start) == period_start
             reported = state.units_reported if same_period else 0
             plan = plan_report(cost, price, reported, final=final, close_policy=listing.close_rounding)
-            send_zero = plan.delta == 0 and contract.marketplace == "aws" and kind == "hourly"
+            send_zero = plan.delta == 0 and rules(contract.marketplace).hourly_zero_record and kind == "hourly"
             values: dict[str, Any] = {
                 "version": state.version + 1, "period_start": period_start,
                 "units_reported": reported + plan.delta, "over_reported": plan.over_reported,
@@ -436,22 +432,8 @@ def _record(engine: Engine, contract: ContractRow, listing: ListingRow, cost: De
 
 def usage_record(row: LedgerRow, contract: ContractRow) -> UsageRecord:
     """Build the adapter's record for a ledger row from the contract's cloud identifiers."""
-    ids = dict(contract.cloud_identifiers or {})
-    if contract.marketplace == "aws":
-        identifiers = {"product_code": contract.product_code or ids.get("product_code", "")}
-        if contract.license_arn and contract.customer_aws_account_id:
-            identifiers.update(customer_aws_account_id=contract.customer_aws_account_id,
-                               license_arn=contract.license_arn)
-        else:
-            identifiers["customer_identifier"] = contract.customer_identifier or ids.get("customer_identifier", "")
-    elif contract.marketplace == "azure":
-        identifiers = {"resource_id": contract.azure_subscription_id or ids.get("subscription_id", ""),
-                       "plan_id": contract.plan_id or ids.get("plan_id", "")}
-    else:
-        identifiers = {"consumer_id": ids.get("usage_reporting_id") or ids.get("consumer_id", ""),
-                       "entitlement_id": contract.gcp_entitlement_id or ids.get("entitlement_id", "")}
-        if ids.get("service_name"):
-            identifiers["service_name"] = ids["service_name"]
+    columns = {name: getattr(contract, name) for name in _COLUMN_IDENTIFIERS}
+    identifiers = rules(contract.marketplace).record_identifiers(columns, dict(contract.cloud_identifiers or {}))
     return UsageRecord(key=row.key, marketplace=Marketplace(contract.marketplace), identifiers=identifiers,
                        dimension=row.dimension, hour=_utc(row.hour),  # type: ignore[arg-type]
                        quantity=row.quantity)
@@ -666,26 +648,17 @@ def syncable_contracts(engine: Engine) -> list[str]:
 def flush_stamp(engine: Engine, contract_id: str, now: datetime) -> datetime | None:
     """Return the hour stamp a flush can use now, or None when it must wait for the next hour.
 
-    AWS and Google take the current hour (a second flush in the same hour waits for the next
-    boundary). Azure accepts no hour after the cancellation but any hour of the last 24 before
-    it, so a second Azure flush takes the latest unused hour stamp inside that window.
+    The marketplace's rules decide: the current hour only (a second flush in the same hour
+    waits for the next boundary), or the latest unused hour of a look-back window that ends at
+    the cancellation (``MarketplaceRules.flush_stamp``).
     """
     with Session(engine) as session:
         contract = session.get(ContractRow, contract_id)
         used = set(session.execute(select(LedgerRow.hour).where(LedgerRow.contract_id == contract_id)).scalars())
-    used = {_utc(h) for h in used}
-    stamp = hour_floor(now)
-    if contract is not None and contract.marketplace == "azure":
-        cancel = _utc(contract.cancel_effective_at)
-        if cancel is not None:
-            stamp = min(stamp, hour_floor(cancel))
-        oldest = hour_floor(now) - timedelta(hours=23)
-        while stamp >= oldest:
-            if stamp not in used:
-                return stamp
-            stamp -= timedelta(hours=1)
-        return None
-    return None if stamp in used else stamp
+    if contract is None:
+        stamp = hour_floor(now)
+        return None if stamp in used else stamp
+    return rules(contract.marketplace).flush_stamp({_utc(h) for h in used}, now, _utc(contract.cancel_effective_at))
 
 
 def deadline_for(contract: ContractRow) -> datetime | None:
@@ -693,7 +666,7 @@ def deadline_for(contract: ContractRow) -> datetime | None:
     received = _utc(contract.canceled_at)
     if received is None:
         return None
-    return received + DEADLINES.get(contract.marketplace, timedelta(hours=1))
+    return received + rules(contract.marketplace).final_usage_window
 
 
 def overdue_contracts(engine: Engine, *, now: datetime, margin: timedelta = timedelta(minutes=15)) -> list[dict[str, Any]]:
