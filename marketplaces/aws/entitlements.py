@@ -1,0 +1,83 @@
+"""GetEntitlements (reference §1.4): one purchase's entitled dimensions, and what they say at a time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from marketplaces.base import PermanentMarketplaceError
+from marketplaces.aws.wire import RecordLevelError
+
+
+@dataclass(frozen=True)
+class AwsEntitlement:
+    """One row of GetEntitlements: a dimension's entitled value for one customer/license."""
+
+    product_code: str
+    dimension: str
+    value: int | float | bool | str | None
+    customer_identifier: str | None = None
+    customer_aws_account_id: str | None = None
+    license_arn: str | None = None
+    expiration_date: datetime | None = None
+
+
+class Entitlements:
+    """The entitlement part of ``AwsMarketplace``: GetEntitlements through ``self.entitlement_client``."""
+
+    def get_entitlements(
+        self,
+        product_code: str,
+        customer_aws_account_id: str | None = None,
+        license_arn: str | None = None,
+        customer_identifier: str | None = None,
+    ) -> list[AwsEntitlement]:
+        """Return every entitlement of ``product_code`` matching the given customer filters."""
+        if self.entitlement_client is None:
+            raise PermanentMarketplaceError("no marketplace-entitlement client configured")
+        filters: dict[str, list[str]] = {}
+        if customer_aws_account_id:
+            filters["CUSTOMER_AWS_ACCOUNT_ID"] = [customer_aws_account_id]
+        if license_arn:
+            filters["LICENSE_ARN"] = [license_arn]
+        if customer_identifier:
+            filters["CUSTOMER_IDENTIFIER"] = [customer_identifier]
+        params: dict[str, Any] = {"ProductCode": product_code}
+        if filters:
+            params["Filter"] = filters
+        out: list[AwsEntitlement] = []
+        seen_tokens: set[str] = set()
+        while True:
+            try:
+                page = self._call(self.entitlement_client.get_entitlements, **params)
+            except RecordLevelError as err:
+                raise PermanentMarketplaceError(f"{err.code}: {err.message}") from None
+            out.extend(_entitlement(row) for row in page.get("Entitlements") or [])
+            token = page.get("NextToken")
+            # A page may be empty and still carry a NextToken: keep going until none is left.
+            if not token or token in seen_tokens:
+                return out
+            seen_tokens.add(token)
+            params["NextToken"] = token
+
+
+def _entitlement(row: Mapping[str, Any]) -> AwsEntitlement:
+    value_box = row.get("Value") or {}
+    value = None
+    for name in ("IntegerValue", "DoubleValue", "BooleanValue", "StringValue"):
+        if name in value_box:
+            value = value_box[name]
+            break
+    expiration = row.get("ExpirationDate")
+    if isinstance(expiration, datetime) and expiration.tzinfo is not None:
+        expiration = expiration.astimezone(timezone.utc)
+    return AwsEntitlement(
+        product_code=row.get("ProductCode", ""),
+        dimension=row.get("Dimension", ""),
+        value=value,
+        customer_identifier=row.get("CustomerIdentifier"),
+        customer_aws_account_id=row.get("CustomerAWSAccountId"),
+        license_arn=row.get("LicenseArn"),
+        expiration_date=expiration,
+    )

@@ -1,0 +1,182 @@
+"""BatchMeterUsage (reference §1.2): chunks of at most 25 per product code, per-record ``Outcome``
+values, ``UnprocessedRecords`` resent a few times, a call refused for one record split in halves
+until the bad record is isolated."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Mapping, Sequence
+
+from marketplaces.base import Marketplace, Outcome, OutcomeStatus, TransientMarketplaceError, UsageRecord
+from marketplaces.aws.wire import RecordLevelError, license_id
+
+
+MAX_BATCH = 25
+MAX_QUANTITY = 2_147_483_647
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+class Metering:
+    """The metering part of ``AwsMarketplace``: BatchMeterUsage through ``self.client``."""
+
+    def report(self, records: Sequence[UsageRecord]) -> list[Outcome]:
+        """Send ``records`` with BatchMeterUsage; return one ``Outcome`` per record, in order."""
+        outcomes: dict[str, Outcome] = {}
+        groups: dict[str, list[tuple[UsageRecord, dict[str, Any]]]] = {}
+        for record in records:
+            problem = self._local_problem(record)
+            if problem:
+                outcomes[record.key] = Outcome(record.key, OutcomeStatus.REJECTED, problem)
+                continue
+            product = record.identifiers.get("product_code") or self.product_code
+            groups.setdefault(str(product), []).append((record, _wire_record(record)))
+        try:
+            for product, items in groups.items():
+                for chunk in _chunks(items, self.max_batch):
+                    self._meter(product, chunk, outcomes, attempt=0)
+        except TransientMarketplaceError as err:
+            sent = [r for r in records if r.key in outcomes]
+            if not sent:
+                raise
+            # Part of the batch went through: keep those answers, the rest is safe to resend.
+            for record in records:
+                outcomes.setdefault(
+                    record.key, Outcome(record.key, OutcomeStatus.FAILED, f"not sent: {err}")
+                )
+        return [
+            outcomes.get(r.key) or Outcome(r.key, OutcomeStatus.FAILED, "no answer for this record")
+            for r in records
+        ]
+
+    def _local_problem(self, record: UsageRecord) -> str:
+        ids = record.identifiers
+        if record.marketplace != Marketplace.AWS:
+            return f"not an AWS record ({record.marketplace.value})"
+        if not (ids.get("product_code") or self.product_code):
+            return "missing product_code"
+        if not (ids.get("customer_aws_account_id") or ids.get("customer_identifier")):
+            return "missing customer_aws_account_id/license_arn or customer_identifier"
+        if record.quantity > MAX_QUANTITY:
+            return f"quantity {record.quantity} exceeds {MAX_QUANTITY}"
+        return ""
+
+    def _meter(
+        self,
+        product: str,
+        items: list[tuple[UsageRecord, dict[str, Any]]],
+        outcomes: dict[str, Outcome],
+        attempt: int,
+    ) -> None:
+        if len(items) > 1 and len(json.dumps([w for _, w in items], default=str)) > MAX_REQUEST_BYTES // 2:
+            half = len(items) // 2
+            self._meter(product, items[:half], outcomes, attempt)
+            self._meter(product, items[half:], outcomes, attempt)
+            return
+        if self._pace is not None:
+            self._pace()
+        try:
+            response = self._call(
+                self.client.batch_meter_usage,
+                ProductCode=product,
+                UsageRecords=[wire for _, wire in items],
+            )
+        except RecordLevelError as err:
+            if len(items) == 1:
+                record = items[0][0]
+                outcomes[record.key] = Outcome(
+                    record.key, OutcomeStatus.REJECTED, f"{err.code}: {err.message}"
+                )
+                return
+            # The whole call was refused for some record(s): split until they are isolated.
+            half = len(items) // 2
+            self._meter(product, items[:half], outcomes, attempt)
+            self._meter(product, items[half:], outcomes, attempt)
+            return
+        pending = {_match_key(wire): [] for _, wire in items}
+        for item in items:
+            pending[_match_key(item[1])].append(item)
+        for result in response.get("Results") or []:
+            queue = pending.get(_match_key(result.get("UsageRecord") or {}))
+            if not queue:
+                continue
+            record, _ = queue.pop(0)
+            outcomes[record.key] = _outcome(record, result)
+        unprocessed: list[tuple[UsageRecord, dict[str, Any]]] = []
+        for wire in response.get("UnprocessedRecords") or []:
+            queue = pending.get(_match_key(wire))
+            if queue:
+                unprocessed.append(queue.pop(0))
+        for queue in pending.values():
+            for record, _ in queue:
+                outcomes[record.key] = Outcome(
+                    record.key, OutcomeStatus.FAILED, "missing from the BatchMeterUsage response"
+                )
+        if not unprocessed:
+            return
+        if attempt >= self.unprocessed_retries:
+            for record, _ in unprocessed:
+                outcomes[record.key] = Outcome(
+                    record.key,
+                    OutcomeStatus.FAILED,
+                    f"still unprocessed after {attempt + 1} attempts",
+                )
+            return
+        self._sleep(self.backoff_seconds[min(attempt, len(self.backoff_seconds) - 1)])
+        self._meter(product, unprocessed, outcomes, attempt + 1)
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _wire_record(record: UsageRecord) -> dict[str, Any]:
+    ids = record.identifiers
+    wire: dict[str, Any] = {
+        "Timestamp": record.hour,
+        "Dimension": record.dimension,
+        "Quantity": record.quantity,
+    }
+    if ids.get("customer_aws_account_id"):
+        wire["CustomerAWSAccountId"] = ids["customer_aws_account_id"]
+        if ids.get("license_arn"):
+            wire["LicenseArn"] = ids["license_arn"]
+    else:
+        wire["CustomerIdentifier"] = ids["customer_identifier"]
+    return wire
+
+
+def _match_key(wire: Mapping[str, Any]) -> tuple[Any, ...]:
+    stamp = wire.get("Timestamp")
+    if isinstance(stamp, datetime):
+        stamp = int(stamp.timestamp())
+    elif isinstance(stamp, (int, float)):
+        stamp = int(stamp)
+    return (
+        wire.get("CustomerIdentifier") or "",
+        wire.get("CustomerAWSAccountId") or "",
+        license_id(wire.get("LicenseArn")) or "",
+        wire.get("Dimension"),
+        stamp,
+    )
+
+
+def _outcome(record: UsageRecord, result: Mapping[str, Any]) -> Outcome:
+    status = result.get("Status")
+    record_id = result.get("MeteringRecordId")
+    if status == "Success":
+        return Outcome(record.key, OutcomeStatus.ACCEPTED, marketplace_record_id=record_id)
+    if status == "DuplicateRecord":
+        return Outcome(
+            record.key,
+            OutcomeStatus.DUPLICATE,
+            "an earlier record for this customer, dimension and hour stands",
+            marketplace_record_id=record_id,
+        )
+    if status == "CustomerNotSubscribed":
+        return Outcome(
+            record.key,
+            OutcomeStatus.CUSTOMER_NOT_SUBSCRIBED,
+            "no active subscription for this customer/license",
+        )
+    return Outcome(record.key, OutcomeStatus.FAILED, f"unknown status {status!r}")

@@ -1,0 +1,80 @@
+"""SaaS Fulfillment v2: resolve, activate, read subscriptions and operations, answer operations."""
+from __future__ import annotations
+
+from typing import Any, Iterator
+from urllib.parse import quote
+
+from marketplaces.azure.wire import OperationSuperseded, _error_message
+
+
+class Fulfillment:
+    """The SaaS Fulfillment part of ``AzureMarketplace``."""
+
+    def resolve(self, marketplace_token: str) -> dict[str, Any]:
+        """Resolve a landing-page token to ``{id, subscriptionName, offerId, planId, ...}``."""
+        response = self._call(
+            "POST",
+            "/saas/subscriptions/resolve",
+            headers={"x-ms-marketplace-token": marketplace_token},
+        )
+        self._raise_for_status(response)
+        return response.json()
+
+    def activate(
+        self, subscription_id: str, plan_id: str, quantity: int | None = None
+    ) -> None:
+        """Activate a subscription on ``plan_id`` (billing starts now)."""
+        body: dict[str, Any] = {"planId": plan_id}
+        if quantity is not None:
+            body["quantity"] = str(quantity)
+        response = self._call(
+            "POST", f"/saas/subscriptions/{quote(subscription_id)}/activate", json_body=body
+        )
+        self._raise_for_status(response)
+
+    def get_subscription(self, subscription_id: str) -> dict[str, Any]:
+        """Return the subscription object."""
+        response = self._call("GET", f"/saas/subscriptions/{quote(subscription_id)}")
+        self._raise_for_status(response)
+        return response.json()
+
+    def list_subscriptions(self) -> Iterator[dict[str, Any]]:
+        """Yield every subscription of the publisher, following ``@nextLink`` pages."""
+        response = self._call("GET", "/saas/subscriptions")
+        while True:
+            self._raise_for_status(response)
+            page = response.json()
+            yield from page.get("subscriptions") or []
+            next_link = page.get("@nextLink") or page.get("nextLink")
+            if not next_link:
+                return
+            response = self._call("GET", next_link)
+
+    def list_operations(self, subscription_id: str) -> list[dict[str, Any]]:
+        """Return the subscription's pending operations."""
+        response = self._call("GET", f"/saas/subscriptions/{quote(subscription_id)}/operations")
+        self._raise_for_status(response)
+        return list(response.json().get("operations") or [])
+
+    def get_operation(self, subscription_id: str, operation_id: str) -> dict[str, Any]:
+        """Return one operation (the authoritative copy of a webhook's payload)."""
+        response = self._call(
+            "GET", f"/saas/subscriptions/{quote(subscription_id)}/operations/{quote(operation_id)}"
+        )
+        self._raise_for_status(response)
+        return response.json()
+
+    def update_operation(self, subscription_id: str, operation_id: str, status: str) -> None:
+        """Acknowledge a ChangePlan/ChangeQuantity operation with ``Success`` or ``Failure``."""
+        if status not in ("Success", "Failure"):
+            raise ValueError("status must be 'Success' or 'Failure'")
+        response = self._call(
+            "PATCH",
+            f"/saas/subscriptions/{quote(subscription_id)}/operations/{quote(operation_id)}",
+            json_body={"status": status},
+        )
+        if response.status_code == 409:
+            raise OperationSuperseded(
+                f"operation {operation_id} was superseded: {_error_message(response)}"
+            )
+        self._raise_for_status(response)
