@@ -79,7 +79,7 @@ def build(path: Path, subscriptions: int, events: int) -> None:
 
     from billing_core.metrics import create_metric
     from billing_core.persistence.catalog import SqlCatalog
-    from billing_core.persistence.events import SqlMetricRepository
+    from billing_core import SqlMetricRepository
     from billing_core.persistence.subscriptions import SubscriptionEditRow, SubscriptionRow
     from billing_core.codec import subscription_to_dict
     from billing_core.plans import Item

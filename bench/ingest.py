@@ -89,7 +89,7 @@ def _migrated(path: Path) -> None:
 
 def _add_customers(url: str, customers: int, now: datetime) -> None:
     from billing_core.customers import create_customer
-    from billing_core.persistence.events import SqlCustomerRepository
+    from billing_core import SqlCustomerRepository
     from worker import db
 
     engine = db.build_engine(url)
@@ -162,7 +162,7 @@ def run_in_process_and_raw(events: list[dict[str, Any]], batch: int, customers: 
     CPU seconds, events stored).
     """
     from billing_core.events import ingest_events, validate_batch
-    from billing_core.persistence.events import SqlEventStore
+    from billing_core import SqlEventStore
     from worker import db
 
     batches = _batches(events, batch)

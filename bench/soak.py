@@ -5,8 +5,8 @@
 
 The service runs as in production: gunicorn (``webhooks:create_app()``, the Procfile's 3 sync
 workers unless ``--threads`` > 1) and
-``--workers`` real ``rq worker --with-scheduler --worker-class rq.worker.SimpleWorker urgent
-contracts sync`` processes (the Procfile's) on a fresh SQLite file (WAL) and a private Redis;
+``--workers`` real ``rq worker --with-scheduler --worker-class worker.rq_worker.MarketsyncWorker
+urgent contracts sync`` processes (the Procfile's) on a fresh SQLite file (WAL) and a private Redis;
 their sandbox adapters talk to the three emulators served by this process (``--latency-ms``
 per call, AWS keeping its 10 calls/s throttle).
 
@@ -181,7 +181,7 @@ def create_catalog(db_path: Path, created: datetime) -> None:
 
     from billing_core.metrics import MetricDefinition, create_metric
     from billing_core.persistence.catalog import SqlCatalog
-    from billing_core.persistence.events import SqlMetricRepository
+    from billing_core import SqlMetricRepository
     from billing_core.plans import Item, create_plan
     from billing_core.pricing import ModelType, Price, UnitConfig
     from worker import db

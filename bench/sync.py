@@ -11,13 +11,13 @@ usage events in the current billing period (bulk ``executemany`` of validated ro
 
 The measured runs take the real path: the hourly fan-out (``jobs.run_hourly_sync``) enqueued on
 ``sync`` as the cron does, served by ``--workers`` real ``rq worker --with-scheduler
---worker-class rq.worker.SimpleWorker urgent contracts sync`` processes (the Procfile's), whose
+--worker-class worker.rq_worker.MarketsyncWorker urgent contracts sync`` processes (the Procfile's), whose
 real adapters (boto3, the Azure and Google HTTP clients) talk to the three emulators on
 loopback, each answering after ``--latency-ms`` and AWS keeping its 10 requests/s throttle.
 
 1. **full run**: every contract has usage to report under the hour that just ended. While it
    runs, a contract is canceled every ``--flush-every`` seconds and its flush enqueued on
-   ``urgent`` (``jobs.schedule_flushes``); the flush latency is enqueue -> its ledger row
+   ``urgent`` (``queueing.schedule_flushes``); the flush latency is enqueue -> its ledger row
    accepted.
 2. **incremental run**: 1 % of the contracts get new events (billing core ingest), then the
    next hour's run (AWS sends its hourly zero record for every other AWS contract).
@@ -67,7 +67,7 @@ def build(db_path: Path, emulators: Emulators, *, contracts: int, events: int, s
     from billing_core.codec import subscription_to_dict
     from billing_core.metrics import MetricDefinition, create_metric
     from billing_core.persistence.catalog import SqlCatalog
-    from billing_core.persistence.events import SqlMetricRepository
+    from billing_core import SqlMetricRepository
     from billing_core.persistence.subscriptions import SubscriptionEditRow, SubscriptionRow
     from billing_core.plans import Item, create_plan
     from billing_core.pricing import ModelType, Price, UnitConfig
@@ -264,8 +264,8 @@ class Flusher:
         from sqlmodel import Session
 
         from billing_core.events import ingest_events
-        from billing_core.persistence.events import SqlEventStore
-        from worker import jobs
+        from billing_core import SqlEventStore
+        from worker import queueing
         from worker.persistence.contracts import ContractRow
 
         engine = self.runtime.engine
@@ -283,7 +283,7 @@ class Flusher:
         self.canceled[contract["id"]] = at
         self.outstanding[contract["id"]] = time.perf_counter()
         # The final flush after the grace falls outside the bench; the one enqueued now is timed.
-        jobs.schedule_flushes(contract["id"], grace_seconds=3600, runtime=self.runtime)
+        queueing.schedule_flushes(self.runtime, contract["id"], grace_seconds=3600)
 
     def poll(self) -> None:
         """Record the flushes whose job finished with its report accepted (or nothing left to send)."""
@@ -364,7 +364,7 @@ def ingest_increment(db_path: Path, contracts: list[dict[str, Any]], *, share: f
     from sqlmodel import Session
 
     from billing_core.events import ingest_events
-    from billing_core.persistence.events import SqlEventStore
+    from billing_core import SqlEventStore
     from worker import db
 
     rng = random.Random(seed)

@@ -1,0 +1,83 @@
+"""The embedded billing core: what ``worker/`` and ``webhooks/`` may use.
+
+Everything outside ``billing_core`` imports from here: the errors (their tree is in
+``billing_core.errors``), the domain types, the use cases, and the SQL adapters the entry points
+hand to the use cases (repositories on the caller's session, usage sources, the write lock).
+Rows (``table=True`` models) stay inside ``billing_core.persistence``.
+
+``service_plans`` (use cases on a session: plans, subscriptions, invoices, costs) and ``wire``
+(strict JSON and the accepted instant range) are used as modules.
+"""
+
+from billing_core import service_plans, wire
+from billing_core.adjustments import Adjustment, AdjustmentType
+from billing_core.backfills import (
+    Backfill, BackfillNotFound, close_backfill, create_backfill, ingest_into_backfill, revert_backfill,
+)
+from billing_core.codec import definition_from_dict
+from billing_core.customers import Customer, CustomerNotFound, create_customer, update_customer
+from billing_core.errors import (
+    BillingError, Conflict, InexactAmount, InvalidInput, NotFound, OutOfRange, UnsupportedMetricSql,
+    UsageOutOfRange,
+)
+from billing_core.events import (
+    BatchTooLarge, Event, EventNotFound, EventValidationFailed, IdempotencyConflict, amend_event,
+    deprecate_event, from_micros, ingest_events, properties_json, store_records, to_micros, validate_batch,
+)
+from billing_core.invoices import (
+    Costs, Invoice, InvoiceNotFound, LineItem, PriceCost, costs, costs_each, iso,
+)
+from billing_core.metrics import Condition, Metric, MetricDefinition, MetricNotFound, create_metric, update_metric
+from billing_core.money import (
+    ExactNumber, InvalidAmount, divide_to_integral, exact_number, format_decimal, parse_decimal,
+    parse_optional_decimal, parse_unit_price, round_money,
+)
+from billing_core.periods import BillingAnchor, Cadence, Period
+from billing_core.persistence.backfills import SqlBackfillStore
+from billing_core.persistence.catalog import SqlCatalog
+from billing_core.persistence.customers import SqlCustomerRepository
+from billing_core.persistence.events import GroupCommitWriter, SqlEventStore, count_customer_events_since
+from billing_core.persistence.metrics import SqlMetricRepository
+from billing_core.persistence.subscriptions import SqlSubscriptions
+from billing_core.persistence.writes import GroupCommit, get_for_update, write_lock
+from billing_core.plans import Item, ItemNotFound, Plan, PlanNotFound, PriceNotFound, create_plan
+from billing_core.pricing import (
+    BillingMode, BulkConfig, BulkTier, MatrixConfig, MatrixValue, ModelType, PackageConfig, Price, Tier,
+    TieredConfig, TieredPackageConfig, TieredPackageTier, UnitConfig, config_to_dict, parse_config,
+)
+from billing_core.sql_usage import SqlUsageSource
+from billing_core.sql_usage_batch import BatchSqlUsageSource
+from billing_core.subscriptions import (
+    AddAdjustment, AddPrice, AdjustmentInterval, IntervalEdit, PriceInterval, ReplacePrice, Subscription,
+    SubscriptionNotFound, billing_period, cancel, create_subscription, schedule_plan_change,
+)
+
+__all__ = [
+    # modules used as namespaces
+    "service_plans", "wire",
+    # errors
+    "BillingError", "NotFound", "Conflict", "InvalidInput", "UnsupportedMetricSql", "OutOfRange",
+    "UsageOutOfRange", "InexactAmount", "InvalidAmount", "BatchTooLarge", "EventValidationFailed",
+    "IdempotencyConflict", "BackfillNotFound", "CustomerNotFound", "EventNotFound", "InvoiceNotFound",
+    "ItemNotFound", "MetricNotFound", "PlanNotFound", "PriceNotFound", "SubscriptionNotFound",
+    # domain types
+    "Adjustment", "AdjustmentType", "Backfill", "Customer", "Event", "Metric", "MetricDefinition", "Condition",
+    "Item", "Plan", "Price", "BillingMode", "ModelType", "UnitConfig", "Tier", "TieredConfig", "BulkTier",
+    "BulkConfig", "PackageConfig", "TieredPackageTier", "TieredPackageConfig", "MatrixValue", "MatrixConfig",
+    "Cadence", "BillingAnchor", "Period", "Subscription", "PriceInterval", "AdjustmentInterval", "AddPrice",
+    "AddAdjustment", "ReplacePrice", "IntervalEdit", "Invoice", "LineItem", "Costs", "PriceCost",
+    "ExactNumber",
+    # use cases and pure functions
+    "create_customer", "update_customer", "create_metric", "update_metric", "validate_batch",
+    "store_records", "ingest_events", "amend_event", "deprecate_event", "create_backfill",
+    "ingest_into_backfill", "close_backfill", "revert_backfill", "create_plan", "create_subscription",
+    "cancel", "schedule_plan_change", "billing_period", "costs", "costs_each", "count_customer_events_since",
+    # conversions at the edge
+    "definition_from_dict", "parse_config", "config_to_dict", "properties_json", "to_micros", "from_micros",
+    "iso", "format_decimal", "parse_decimal", "parse_optional_decimal", "parse_unit_price", "exact_number",
+    "round_money", "divide_to_integral",
+    # adapters: repositories on the caller's session, usage sources, writers
+    "SqlCustomerRepository", "SqlEventStore", "SqlMetricRepository", "SqlBackfillStore", "SqlCatalog",
+    "SqlSubscriptions", "SqlUsageSource", "BatchSqlUsageSource", "GroupCommitWriter", "GroupCommit",
+    "write_lock", "get_for_update",
+]

@@ -9,10 +9,13 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, Mapping
 
 from billing_core.adjustments import Adjustment, AdjustmentType, AppliedAdjustment
 from billing_core.invoices import Invoice, LineItem, LineTrace, iso
+from billing_core.metrics import (
+    AllOf, AnyOf, Condition, Filter, InvalidMetric, MetricDefinition, Scalar, to_decimal,
+)
 from billing_core.money import format_decimal
 from billing_core.periods import BillingAnchor, Cadence
 from billing_core.plans import Plan, PlanVersion
@@ -25,7 +28,7 @@ from billing_core.subscriptions import AdjustmentInterval, PlanPhase, PriceInter
 __all__ = [
     "price_to_dict", "price_from_dict", "adjustment_to_dict", "adjustment_from_dict",
     "version_to_dict", "version_from_dict", "subscription_to_dict", "subscription_from_dict",
-    "invoice_to_dict", "invoice_from_dict", "instant",
+    "invoice_to_dict", "invoice_from_dict", "instant", "definition_to_dict", "definition_from_dict",
 ]
 
 
@@ -224,3 +227,88 @@ def plan_header(plan: Plan) -> dict[str, Any]:
     return {"id": plan.id, "name": plan.name, "currency": plan.currency, "default_version": plan.default_version,
             "external_plan_id": plan.external_plan_id, "description": plan.description, "status": plan.status,
             "metadata": dict(sorted(plan.metadata.items())), "created_at": iso(plan.created_at)}
+
+
+# Metric definitions (storage and the structured HTTP form) -----------------------------------
+
+
+def _scalar_to_json(value: Scalar) -> Any:
+    if isinstance(value, Decimal):
+        return {"number": str(value)}
+    return value
+
+
+def _scalar_from_json(value: Any) -> Scalar:
+    if isinstance(value, dict) and set(value) == {"number"}:
+        return to_decimal(value["number"])
+    if isinstance(value, bool) or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return to_decimal(str(value))
+    raise InvalidMetric(f"unsupported filter value {value!r}")
+
+
+def _filter_to_dict(item: Filter) -> dict[str, Any]:
+    if isinstance(item, Condition):
+        value = (
+            [_scalar_to_json(v) for v in item.value]
+            if isinstance(item.value, tuple)
+            else _scalar_to_json(item.value)
+        )
+        return {"property": item.property, "operator": item.operator, "value": value}
+    key = "all_of" if isinstance(item, AllOf) else "any_of"
+    return {key: [_filter_to_dict(part) for part in item.parts]}
+
+
+def _filter_from_dict(data: Any) -> Filter:
+    if not isinstance(data, dict):
+        raise InvalidMetric("each filter must be an object")
+    if set(data) == {"all_of"} or set(data) == {"any_of"}:
+        (key, parts), = data.items()
+        if not isinstance(parts, list) or not parts:
+            raise InvalidMetric(f"{key} needs a non-empty list of filters")
+        built = tuple(_filter_from_dict(part) for part in parts)
+        return AllOf(built) if key == "all_of" else AnyOf(built)
+    unknown = set(data) - {"property", "operator", "value"}
+    if unknown:
+        raise InvalidMetric(f"unknown filter field {sorted(unknown)[0]!r}")
+    operator = data.get("operator")
+    raw = data.get("value")
+    if operator in ("in", "not in"):
+        if not isinstance(raw, list):
+            raise InvalidMetric(f"{operator} needs a list value")
+        value: Scalar | tuple[Scalar, ...] = tuple(_scalar_from_json(v) for v in raw)
+    else:
+        value = _scalar_from_json(raw)
+    return Condition(property=data.get("property"), operator=operator, value=value)  # type: ignore[arg-type]
+
+
+def definition_to_dict(definition: MetricDefinition) -> dict[str, Any]:
+    """Return the definition as plain JSON-ready data (numbers as ``{"number": "1.5"}``)."""
+    return {
+        "event_name": definition.event_name,
+        "aggregation": definition.aggregation,
+        "property": definition.property,
+        "filters": [_filter_to_dict(item) for item in definition.filters],
+        "group_by": list(definition.group_by),
+    }
+
+
+def definition_from_dict(data: Mapping[str, Any]) -> MetricDefinition:
+    """Build a definition from ``definition_to_dict`` data (plain JSON numbers accepted too)."""
+    if not isinstance(data, Mapping):
+        raise InvalidMetric("definition must be an object")
+    unknown = set(data) - {"event_name", "aggregation", "property", "filters", "group_by"}
+    if unknown:
+        raise InvalidMetric(f"unknown definition field {sorted(unknown)[0]!r}")
+    filters = data.get("filters") or []
+    group_by = data.get("group_by") or []
+    if not isinstance(filters, list) or not isinstance(group_by, list):
+        raise InvalidMetric("filters and group_by must be lists")
+    return MetricDefinition(
+        event_name=data.get("event_name"),  # type: ignore[arg-type]
+        aggregation=data.get("aggregation"),  # type: ignore[arg-type]
+        property=data.get("property"),
+        filters=tuple(_filter_from_dict(item) for item in filters),
+        group_by=tuple(group_by),
+    )

@@ -31,7 +31,7 @@ from billing_core.adjustments import (
     Adjustment, AdjustmentType, AppliedAdjustment, adjust_amount, applies_to, discount_groups,
     discount_quantity,
 )
-from billing_core.errors import OutOfRange, UsageOutOfRange
+from billing_core.errors import NotFound, OutOfRange, UsageOutOfRange
 from billing_core.money import ZERO, divide, exact, format_decimal, inexact, round_money
 from billing_core.periods import Cadence, Period, period_containing
 from billing_core.pricing import BillingMode, Price, SubLine, rate
@@ -39,6 +39,7 @@ from billing_core.subscriptions import PriceInterval, Subscription, billing_peri
 from billing_core.usage import EMPTY_USAGE, BatchUsageSource, MetricUsage, UsageRequest, UsageSource
 
 __all__ = [
+    "InvoiceNotFound",
     "Charge",
     "LineTrace",
     "LineItem",
@@ -72,6 +73,10 @@ def _dec(value: Decimal | None) -> str | None:
 
 
 # --- charges: what is rated, over which service period --------------------------------------
+
+
+class InvoiceNotFound(NotFound):
+    """No invoice (issued or computable) has this id."""
 
 @dataclass(frozen=True)
 class Charge:

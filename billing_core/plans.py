@@ -13,10 +13,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from billing_core.adjustments import Adjustment
+from billing_core.errors import NotFound
 from billing_core.money import FieldError
 from billing_core.pricing import Price
 
 __all__ = [
+    "ItemNotFound",
+    "PlanNotFound",
+    "PriceNotFound",
     "Item",
     "PlanVersion",
     "Plan",
@@ -26,6 +30,18 @@ __all__ = [
     "set_default_version",
     "price_lineage",
 ]
+
+
+class ItemNotFound(NotFound):
+    """No item has this id."""
+
+
+class PlanNotFound(NotFound):
+    """No plan has this id or external id."""
+
+
+class PriceNotFound(NotFound):
+    """No price has this id."""
 
 
 class PlanError(FieldError):

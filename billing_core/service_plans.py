@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from billing_core.adjustments import Adjustment
 from billing_core.errors import Conflict, InvalidInput, NotFound
 from billing_core.invoices import (
-    Costs, Invoice, MetricDailyUsage, compute_invoice, costs, costs_bulk, issue_invoice, usage_by_day,
+    Costs, Invoice, InvoiceNotFound, MetricDailyUsage, compute_invoice, costs, costs_bulk, issue_invoice, usage_by_day,
 )
 from billing_core.periods import BillingAnchor, Period
 from billing_core.persistence.catalog import SqlCatalog
@@ -30,7 +30,7 @@ from billing_core.subscriptions import (
 from billing_core.usage import UsageSource
 
 __all__ = [
-    "NewId", "PlanChanges", "InvoiceNotFound",
+    "NewId", "PlanChanges",
     "create_item", "create_plan_with_prices", "create_plan_version", "set_plan_default_version",
     "subscribe", "cancel_subscription", "change_plan", "edit_intervals",
     "subscription_costs", "customer_costs", "subscription_usage", "upcoming", "invoice_id_for",
@@ -38,10 +38,6 @@ __all__ = [
 ]
 
 NewId = Callable[[str], str]
-
-
-class InvoiceNotFound(NotFound):
-    """No invoice has this id."""
 
 
 @dataclass(frozen=True)

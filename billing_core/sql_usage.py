@@ -52,15 +52,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
+from billing_core.codec import definition_from_dict
+from billing_core.errors import UsageOutOfRange
 from billing_core.events import to_micros
 from billing_core.metrics import AllOf, AnyOf, Condition, Filter, MetricDefinition, MetricNotFound
-from billing_core.persistence.events import (
-    STATE_LIVE,
-    MetricRow,
-    customers_table,
-    events_table,
-)
-from billing_core.errors import UsageOutOfRange
+from billing_core.persistence.customers import customers_table
+from billing_core.persistence.events import STATE_LIVE, events_table
+from billing_core.persistence.metrics import MetricRow
 from billing_core.usage import (
     VALUE_DIGITS, VALUE_LIMIT, MetricUsage, UsageResult, checked_total, checked_value,
 )
@@ -313,8 +311,6 @@ class SqlUsageSource:
                 ).first()
             if row is None:
                 raise MetricNotFound(f"no metric with id {metric_id!r}")
-            from billing_core.metrics import definition_from_dict
-
             found = definition_from_dict(json.loads(row[0]))
             self._definitions[metric_id] = found
         return found

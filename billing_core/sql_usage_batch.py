@@ -29,10 +29,11 @@ import sqlalchemy as sa
 from sqlalchemy.sql.elements import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
+from billing_core.errors import UsageOutOfRange
 from billing_core.events import to_micros
 from billing_core.metrics import MetricDefinition
-from billing_core.persistence.events import STATE_LIVE, customers_table, events_table
-from billing_core.errors import UsageOutOfRange
+from billing_core.persistence.customers import customers_table
+from billing_core.persistence.events import STATE_LIVE, events_table
 from billing_core.sql_usage import (
     _BULK_FILTER_LIMIT, SqlUsageSource, _checked, _Json, is_overflow, number_of, sum_of, sum_parts,
 )

@@ -16,12 +16,14 @@ from datetime import datetime
 from enum import StrEnum
 
 from billing_core.adjustments import Adjustment
+from billing_core.errors import NotFound
 from billing_core.money import FieldError
 from billing_core.periods import BillingAnchor, Cadence, Period, ensure_utc, months_in, period_containing
 from billing_core.plans import Plan
 from billing_core.pricing import Price
 
 __all__ = [
+    "SubscriptionNotFound",
     "SubscriptionError",
     "ChangeOption",
     "PriceInterval",
@@ -40,6 +42,10 @@ __all__ = [
     "billing_period",
     "billing_cadence",
 ]
+
+
+class SubscriptionNotFound(NotFound):
+    """No subscription has this id."""
 
 
 class SubscriptionError(FieldError):

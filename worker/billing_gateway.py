@@ -14,7 +14,7 @@ from billing_core import subscriptions as subs
 from billing_core.customers import create_customer
 from billing_core.errors import BillingError, Conflict, NotFound
 from billing_core.persistence.catalog import SqlCatalog
-from billing_core.persistence.events import SqlCustomerRepository
+from billing_core import SqlCustomerRepository
 from billing_core.persistence.subscriptions import SqlSubscriptions
 from worker.contracts import BillingUnavailable
 

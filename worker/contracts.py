@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from billing_core.persistence.locks import get_for_update
+from billing_core import get_for_update
 from marketplaces import rules
 from worker.contract_events import ContractEvent
 from worker.persistence.contracts import ContractRow, ListingRow

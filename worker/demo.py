@@ -28,7 +28,7 @@ from billing_core.errors import NotFound
 from billing_core.metrics import MetricDefinition, create_metric
 from billing_core.periods import Cadence
 from billing_core.persistence.catalog import SqlCatalog
-from billing_core.persistence.events import SqlMetricRepository
+from billing_core import SqlMetricRepository
 from billing_core.plans import Item
 from billing_core.pricing import BillingMode, ModelType, Price, Tier, TieredConfig, UnitConfig
 from billing_core.service_plans import create_plan_with_prices

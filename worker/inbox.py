@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from sqlalchemy import Engine, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from billing_core.persistence.events import GroupCommit, write_lock
+from billing_core import GroupCommit, write_lock
 from worker.persistence.contracts import InboxRow
 
 # Headers worth keeping for audit; never authorization material.

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from billing_core.persistence.locks import get_for_update
+from billing_core import get_for_update
 from worker.contracts import new_id
 from worker.persistence.contracts import ListingRow
 

@@ -8,7 +8,7 @@ stored on its own so it can be named by id (``add_prices``, price intervals).
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,28 +16,12 @@ from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
 from billing_core.codec import price_from_dict, price_to_dict, version_from_dict, version_to_dict
-from billing_core.errors import Conflict, NotFound
-from billing_core.plans import Item, Plan
+from billing_core.errors import Conflict
+from billing_core.persistence.rows import utc
+from billing_core.plans import Item, ItemNotFound, Plan, PlanNotFound, PriceNotFound
 from billing_core.pricing import Price
 
-__all__ = ["ItemRow", "PriceRow", "PlanRow", "PlanVersionRow", "SqlCatalog", "ItemNotFound", "PlanNotFound",
-           "PriceNotFound", "page_rows"]
-
-
-class ItemNotFound(NotFound):
-    """No item has this id."""
-
-
-class PlanNotFound(NotFound):
-    """No plan has this id or external id."""
-
-
-class PriceNotFound(NotFound):
-    """No price has this id."""
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+__all__ = ["ItemRow", "PriceRow", "PlanRow", "PlanVersionRow", "SqlCatalog", "page_rows"]
 
 
 def _dump(value: Any) -> str:
@@ -54,7 +38,7 @@ class ItemRow(SQLModel, table=True):
     created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, index=True))
 
     def to_domain(self) -> Item:
-        return Item(id=self.id, name=self.name, created_at=_utc(self.created_at))
+        return Item(id=self.id, name=self.name, created_at=utc(self.created_at))
 
     @classmethod
     def from_domain(cls, item: Item) -> "ItemRow":
@@ -218,7 +202,7 @@ class SqlCatalog:
                     versions=tuple(version_from_dict(json.loads(v.body)) for v in versions),
                     default_version=row.default_version, external_plan_id=row.external_plan_id,
                     description=row.description, status=row.status,
-                    metadata=json.loads(row.metadata_json), created_at=_utc(row.created_at))
+                    metadata=json.loads(row.metadata_json), created_at=utc(row.created_at))
 
     def get_plan(self, plan_id: str) -> Plan:
         row = self.session.get(PlanRow, plan_id)

@@ -9,6 +9,7 @@ per (subscription, period start).
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
@@ -16,22 +17,13 @@ from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
 from billing_core.codec import invoice_from_dict, invoice_to_dict, subscription_from_dict, subscription_to_dict
-from billing_core.errors import Conflict, NotFound
-from billing_core.invoices import Invoice
+from billing_core.errors import Conflict
+from billing_core.invoices import Invoice, InvoiceNotFound
 from billing_core.persistence.catalog import page_rows
-from billing_core.persistence.locks import begin_write
-from billing_core.subscriptions import Subscription
+from billing_core.persistence.writes import begin_write
+from billing_core.subscriptions import Subscription, SubscriptionNotFound
 
-__all__ = ["SubscriptionRow", "SubscriptionEditRow", "InvoiceRow", "SqlSubscriptions",
-           "SubscriptionNotFound", "InvoiceNotFound"]
-
-
-class SubscriptionNotFound(NotFound):
-    """No subscription has this id."""
-
-
-class InvoiceNotFound(NotFound):
-    """No issued invoice has this id."""
+__all__ = ["SubscriptionRow", "SubscriptionEditRow", "InvoiceRow", "SqlSubscriptions"]
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -166,6 +158,13 @@ class SqlSubscriptions:
             query = query.where(SubscriptionRow.customer_id == customer_id)
         rows, nxt = page_rows(self.session, query, SubscriptionRow.__table__, SubscriptionRow, limit, cursor)
         return [r.to_domain() for r in rows], nxt
+
+    def get_many(self, subscription_ids: Collection[str]) -> dict[str, Subscription]:
+        """Return the named subscriptions that exist, by id, in one query."""
+        rows = self.session.execute(sa.select(SubscriptionRow).where(
+            SubscriptionRow.id.in_(sorted(set(subscription_ids))))).scalars()
+        cache: dict = {}
+        return {row.id: row.to_domain(cache) for row in rows}
 
     def for_customer(self, customer_id: str) -> list[Subscription]:
         rows = self.session.execute(sa.select(SubscriptionRow).where(SubscriptionRow.customer_id == customer_id)

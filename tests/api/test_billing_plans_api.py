@@ -9,7 +9,9 @@ import pytest
 from billing_core.customers import create_customer
 from billing_core.events import ingest_events
 from billing_core.metrics import create_metric
-from billing_core.persistence.events import SqlCustomerRepository, SqlEventStore, SqlMetricRepository
+from billing_core.persistence.customers import SqlCustomerRepository
+from billing_core.persistence.events import SqlEventStore
+from billing_core.persistence.metrics import SqlMetricRepository
 from worker.db import session_scope
 
 NOW = datetime(2026, 3, 20, 12, tzinfo=UTC)

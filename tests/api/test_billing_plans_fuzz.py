@@ -45,7 +45,7 @@ def base(app, client, auth_headers):  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime
 
     from billing_core.customers import create_customer
-    from billing_core.persistence.events import SqlCustomerRepository
+    from billing_core.persistence.customers import SqlCustomerRepository
     from worker.db import session_scope
 
     with session_scope(app.extensions["marketsync"].engine) as s:

@@ -12,7 +12,7 @@ from billing_core import service_plans
 from billing_core.customers import create_customer
 from billing_core.errors import Conflict
 from billing_core.persistence.catalog import SqlCatalog
-from billing_core.persistence.events import SqlCustomerRepository
+from billing_core.persistence.customers import SqlCustomerRepository
 from billing_core.persistence.subscriptions import SqlSubscriptions
 from billing_core.subscriptions import AddPrice, cancel, create_subscription
 from worker.db import session_scope

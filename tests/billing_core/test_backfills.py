@@ -20,7 +20,9 @@ from billing_core.customers import create_customer
 from billing_core.errors import InvalidInput
 from billing_core.events import EventValidationFailed, ingest_events, validate_batch
 from billing_core.metrics import MetricDefinition
-from billing_core.persistence.events import SqlBackfillStore, SqlCustomerRepository, SqlEventStore
+from billing_core.persistence.backfills import SqlBackfillStore
+from billing_core.persistence.customers import SqlCustomerRepository
+from billing_core.persistence.events import SqlEventStore
 from billing_core.sql_usage import SqlUsageSource
 from worker.db import session_scope
 

@@ -15,7 +15,7 @@ from billing_core.customers import (
     create_customer,
     update_customer,
 )
-from billing_core.persistence.events import SqlCustomerRepository
+from billing_core.persistence.customers import SqlCustomerRepository
 from worker.db import session_scope
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)

@@ -22,7 +22,9 @@ from billing_core.events import (
     to_micros,
     validate_batch,
 )
-from billing_core.persistence.events import SqlCustomerRepository, SqlEventStore, events_table, write_lock
+from billing_core.persistence.customers import SqlCustomerRepository
+from billing_core.persistence.events import SqlEventStore, events_table
+from billing_core.persistence.writes import write_lock
 from worker.db import session_scope
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)

@@ -7,6 +7,8 @@ from decimal import Decimal
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
+from billing_core.codec import definition_from_dict, definition_to_dict
+from billing_core.metric_sql import metric_from_sql, render_sql
 from billing_core.metrics import (
     AllOf,
     AnyOf,
@@ -14,10 +16,6 @@ from billing_core.metrics import (
     InvalidMetric,
     MetricDefinition,
     UnsupportedMetricSql,
-    definition_from_dict,
-    definition_to_dict,
-    metric_from_sql,
-    render_sql,
 )
 
 D = Decimal

@@ -17,7 +17,8 @@ from billing_core.errors import InexactAmount, UsageOutOfRange
 from billing_core.events import EventValidationFailed, store_records, to_micros, validate_batch
 from billing_core.metrics import MetricDefinition
 from billing_core.money import divide, divide_to_integral, exact, round_money
-from billing_core.persistence.events import SqlCustomerRepository, SqlEventStore
+from billing_core.persistence.customers import SqlCustomerRepository
+from billing_core.persistence.events import SqlEventStore
 from billing_core.pricing import rate
 from billing_core.sql_usage import SqlUsageSource
 from billing_core.sql_usage_batch import BatchSqlUsageSource

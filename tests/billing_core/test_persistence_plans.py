@@ -11,7 +11,7 @@ from billing_core.errors import Conflict, NotFound
 from billing_core.invoices import compute_invoice, issue_invoice
 from billing_core.periods import Period
 from billing_core.persistence.catalog import SqlCatalog
-from billing_core.persistence.events import SqlCustomerRepository
+from billing_core.persistence.customers import SqlCustomerRepository
 from billing_core.persistence.subscriptions import SqlSubscriptions
 from billing_core.plans import Item, add_version
 from billing_core.subscriptions import cancel, create_subscription

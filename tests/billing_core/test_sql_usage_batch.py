@@ -10,7 +10,9 @@ from sqlalchemy import Engine
 from billing_core.customers import create_customer
 from billing_core.events import ingest_events, to_micros
 from billing_core.metrics import create_metric
-from billing_core.persistence.events import SqlCustomerRepository, SqlEventStore, SqlMetricRepository
+from billing_core.persistence.customers import SqlCustomerRepository
+from billing_core.persistence.events import SqlEventStore
+from billing_core.persistence.metrics import SqlMetricRepository
 from billing_core.sql_usage import SqlUsageSource
 from billing_core.sql_usage_batch import BatchSqlUsageSource
 from billing_core.usage import UsageRequest

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from billing_core import service_plans
-from billing_core.persistence.events import SqlCustomerRepository
+from billing_core import SqlCustomerRepository
 from billing_core.persistence.subscriptions import SqlSubscriptions, SubscriptionRow
 from billing_core.subscriptions import Subscription
 from tests.billing_core.helpers import unit

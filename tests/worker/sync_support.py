@@ -15,7 +15,7 @@ from sqlmodel import Session
 from billing_core.events import ingest_events
 from billing_core.metrics import MetricDefinition, create_metric
 from billing_core.persistence.catalog import SqlCatalog
-from billing_core.persistence.events import SqlEventStore, SqlMetricRepository
+from billing_core import SqlEventStore, SqlMetricRepository
 from config import Settings
 from marketplaces.emulators.server import EmulatorServer
 from tests.billing_core.helpers import plan_of, unit

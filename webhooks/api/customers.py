@@ -12,7 +12,7 @@ from pydantic import Field
 
 from billing_core import wire
 from billing_core.customers import Customer, create_customer, update_customer
-from billing_core.persistence.events import SqlCustomerRepository
+from billing_core import SqlCustomerRepository
 from webhooks.api.common import ApiError, Body, api_blueprint, page_limit, paginated, parse_body
 from webhooks.api.openapi import documented
 from webhooks.api.schemas import CreatedAtQuery, Customer as CustomerShape, Page

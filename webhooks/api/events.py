@@ -35,13 +35,7 @@ from billing_core.events import (
     to_micros,
     validate_batch,
 )
-from billing_core.persistence.events import (
-    GroupCommitWriter,
-    SqlBackfillStore,
-    SqlCustomerRepository,
-    SqlEventStore,
-    write_lock,
-)
+from billing_core import GroupCommitWriter, SqlBackfillStore, SqlCustomerRepository, SqlEventStore, write_lock
 from billing_core import wire
 from webhooks.api.common import ApiError, api_blueprint, page_limit, paginated
 from webhooks.api.customers import engine, iso, new_id, utcnow

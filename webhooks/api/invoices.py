@@ -13,7 +13,7 @@ from flask import request
 from billing_core import service_plans
 from billing_core.errors import OutOfRange
 from billing_core.invoices import Invoice
-from billing_core.persistence.events import SqlCustomerRepository
+from billing_core import SqlCustomerRepository
 from billing_core.persistence.subscriptions import SqlSubscriptions
 from billing_core.sql_usage_batch import BatchSqlUsageSource
 from webhooks.api.billing_shapes import bad, engine, invoice_json, now

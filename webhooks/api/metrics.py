@@ -1,7 +1,7 @@
 """``/v1/metrics``: Orb's billable metrics (create from SQL, fetch, list, update metadata).
 
 A metric is created from Orb's ``sql`` field, or — an extension of this service — from a
-structured ``definition`` object (``billing_core.metrics.definition_from_dict``). The SQL is
+structured ``definition`` object (``billing_core.codec.definition_from_dict``). The SQL is
 parsed, never executed; a construct outside the supported subset is a 400 naming it.
 """
 
@@ -15,8 +15,8 @@ from pydantic import Field
 from sqlalchemy.orm import Session
 
 from billing_core.errors import InvalidInput
-from billing_core.metrics import Metric, create_metric, definition_from_dict, update_metric
-from billing_core.persistence.events import SqlMetricRepository
+from billing_core import Metric, create_metric, definition_from_dict, update_metric
+from billing_core import SqlMetricRepository
 from webhooks.api.common import ApiError, Body, api_blueprint, json_body, page_limit, paginated
 from webhooks.api.customers import engine, iso, list_filters, new_id, utcnow
 from webhooks.api.openapi import documented

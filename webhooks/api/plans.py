@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from billing_core import service_plans
 from billing_core.persistence.catalog import ItemRow, PlanRow, SqlCatalog
-from billing_core.persistence.locks import get_for_update
+from billing_core import get_for_update
 from billing_core.pricing import Price
 from webhooks.api.billing_shapes import (
     bad, check_fields, parse_metadata, cursor_id, engine, new_id, now, page_json, parse_adjustment, parse_price, plan_json,

@@ -16,7 +16,7 @@ from billing_core.customers import Customer
 from billing_core.errors import NotFound
 from billing_core.money import exact_number, parse_optional_decimal
 from billing_core.persistence.catalog import ItemRow, SqlCatalog
-from billing_core.persistence.events import SqlCustomerRepository, SqlMetricRepository
+from billing_core import SqlCustomerRepository, SqlMetricRepository
 from billing_core.persistence.subscriptions import SqlSubscriptions
 from billing_core.plans import Plan
 from billing_core.pricing import Price
