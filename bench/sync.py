@@ -11,13 +11,13 @@ usage events in the current billing period (bulk ``executemany`` of validated ro
 
 The measured runs take the real path: the hourly fan-out (``jobs.run_hourly_sync``) enqueued on
 ``sync`` as the cron does, served by ``--workers`` real ``rq worker --with-scheduler
---worker-class worker.rq_worker.MarketsyncWorker urgent contracts sync`` processes (the Procfile's), whose
+--worker-class rq.worker.SimpleWorker urgent contracts sync`` processes (the Procfile's), whose
 real adapters (boto3, the Azure and Google HTTP clients) talk to the three emulators on
 loopback, each answering after ``--latency-ms`` and AWS keeping its 10 requests/s throttle.
 
 1. **full run**: every contract has usage to report under the hour that just ended. While it
    runs, a contract is canceled every ``--flush-every`` seconds and its flush enqueued on
-   ``urgent`` (``queueing.schedule_flushes``); the flush latency is enqueue -> its ledger row
+   ``urgent`` (``jobs.schedule_flushes``); the flush latency is enqueue -> its ledger row
    accepted.
 2. **incremental run**: 1 % of the contracts get new events (billing core ingest), then the
    next hour's run (AWS sends its hourly zero record for every other AWS contract).
@@ -265,7 +265,7 @@ class Flusher:
 
         from billing_core.events import ingest_events
         from billing_core import SqlEventStore
-        from worker import queueing
+        from worker import jobs
         from worker.persistence.contracts import ContractRow
 
         engine = self.runtime.engine
@@ -283,7 +283,7 @@ class Flusher:
         self.canceled[contract["id"]] = at
         self.outstanding[contract["id"]] = time.perf_counter()
         # The final flush after the grace falls outside the bench; the one enqueued now is timed.
-        queueing.schedule_flushes(self.runtime, contract["id"], grace_seconds=3600)
+        jobs.schedule_flushes(contract["id"], grace_seconds=3600, runtime=self.runtime)
 
     def poll(self) -> None:
         """Record the flushes whose job finished with its report accepted (or nothing left to send)."""
