@@ -33,6 +33,7 @@ from billing_core.money import (
     parse_optional_decimal, parse_unit_price, round_money,
 )
 from billing_core.periods import BillingAnchor, Cadence, Period
+from billing_core.persistence import MIGRATIONS_DIR
 from billing_core.persistence.backfills import SqlBackfillStore
 from billing_core.persistence.catalog import SqlCatalog
 from billing_core.persistence.customers import SqlCustomerRepository
@@ -80,4 +81,6 @@ __all__ = [
     "SqlCustomerRepository", "SqlEventStore", "SqlMetricRepository", "SqlBackfillStore", "SqlCatalog",
     "SqlSubscriptions", "SqlUsageSource", "BatchSqlUsageSource", "GroupCommitWriter", "GroupCommit",
     "write_lock", "get_for_update",
+    # the Alembic revisions of billing_core's tables
+    "MIGRATIONS_DIR",
 ]

@@ -7,6 +7,7 @@ engine on the app (``app.extensions``) or the worker runtime.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +16,11 @@ from typing import Iterator
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session
 
+from billing_core import MIGRATIONS_DIR as BILLING_MIGRATIONS_DIR
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Each package keeps its own Alembic branches; one environment (worker/migrations/env.py) applies all.
+VERSION_LOCATIONS = (MIGRATIONS_DIR / "versions", BILLING_MIGRATIONS_DIR)
 MODEL_PACKAGES = ("billing_core.persistence", "worker.persistence")
 
 
@@ -69,7 +74,8 @@ def alembic_config(url: str | None = None):  # type: ignore[no-untyped-def]
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("version_locations", str(MIGRATIONS_DIR / "versions"))
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("version_locations", os.pathsep.join(str(path) for path in VERSION_LOCATIONS))
     if url:
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
