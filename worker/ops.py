@@ -250,7 +250,7 @@ def invoice_failure(exc: BaseException) -> str:
     """Return the sentence the contract page shows when the upcoming invoice fails (no SQL, no parameters)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from billing_core.errors import BillingError
+    from billing_core import BillingError
 
     if isinstance(exc, BillingError):  # a domain error names the input at fault in plain words
         return f"the upcoming invoice could not be computed: {public_error(exc.message)}"
@@ -274,10 +274,8 @@ def public_error(text: str | None, limit: int = 300) -> str:
 
 def contract_detail(engine: Engine, contract_id: str, *, now: datetime) -> dict[str, Any]:
     """Return everything the contract page shows (ContractNotFound when there is no such contract)."""
-    from billing_core.errors import NotFound
-    from billing_core.persistence.subscriptions import SqlSubscriptions
+    from billing_core import NotFound, SqlSubscriptions, SqlUsageSource
     from billing_core.service_plans import upcoming
-    from billing_core.sql_usage import SqlUsageSource
     from worker import contracts
 
     view = contracts.get_contract(engine, contract_id)

@@ -18,6 +18,7 @@ from sqlmodel import Field, SQLModel
 from billing_core.codec import price_from_dict, price_to_dict, version_from_dict, version_to_dict
 from billing_core.errors import Conflict
 from billing_core.persistence.rows import utc
+from billing_core.persistence.writes import begin_write
 from billing_core.plans import Item, ItemNotFound, Plan, PlanNotFound, PriceNotFound
 from billing_core.pricing import Price
 
@@ -136,6 +137,10 @@ class SqlCatalog:
         self.session.flush()
         return row.to_domain()
 
+    def item_names(self) -> dict[str, str]:
+        """Return every item's name by id (prices show their item's name)."""
+        return dict(self.session.execute(sa.select(ItemRow.id, ItemRow.name)).all())  # type: ignore[arg-type]
+
     def list_items(self, *, limit: int, cursor: str | None = None) -> tuple[list[Item], str | None]:
         rows, nxt = page_rows(self.session, sa.select(ItemRow), ItemRow.__table__, ItemRow, limit, cursor)
         return [r.to_domain() for r in rows], nxt
@@ -204,8 +209,11 @@ class SqlCatalog:
                     description=row.description, status=row.status,
                     metadata=json.loads(row.metadata_json), created_at=utc(row.created_at))
 
-    def get_plan(self, plan_id: str) -> Plan:
-        row = self.session.get(PlanRow, plan_id)
+    def get_plan(self, plan_id: str, *, for_update: bool = False) -> Plan:
+        """Return the plan (``for_update``: its row locked until commit, see ``writes``)."""
+        if for_update:
+            begin_write(self.session)
+        row = self.session.get(PlanRow, plan_id, with_for_update=for_update, populate_existing=for_update)
         if row is None:
             raise PlanNotFound(f"plan {plan_id} not found", field="plan_id")
         return self._plan(row)

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import sqlalchemy as sa
 from flask import request
 from sqlalchemy.orm import Session
 
-from billing_core import service_plans
-from billing_core.persistence.catalog import ItemRow, PlanRow, SqlCatalog
-from billing_core import get_for_update
-from billing_core.pricing import Price
+from billing_core import Price, SqlCatalog, service_plans
 from webhooks.api.billing_shapes import (
     bad, check_fields, parse_metadata, cursor_id, engine, new_id, now, page_json, parse_adjustment, parse_price, plan_json,
     plan_version_json, require_list, require_object,
@@ -37,7 +33,7 @@ def _unwrap_price(raw: Any, field: str) -> tuple[Mapping[str, Any], str]:
 
 
 def _item_names(session: Session) -> dict[str, str]:
-    return dict(session.execute(sa.select(ItemRow.id, ItemRow.name)).all())
+    return SqlCatalog(session).item_names()
 
 
 @bp.post("/plans")
@@ -131,9 +127,8 @@ def create_plan_version(plan_id: str):
     if not isinstance(body.get("version"), int):
         raise bad("version", "an integer is required")
     with session_scope(engine()) as session:
-        get_for_update(session, PlanRow, plan_id)  # two requests for version n+1: the second sees the first
-        catalog = SqlCatalog(session)
-        plan = catalog.get_plan(plan_id)
+        # Two requests for version n+1: the second waits for the first and sees its version.
+        plan = SqlCatalog(session).get_plan(plan_id, for_update=True)
         latest = plan.version(plan.latest_version)
         prices = list(latest.prices)
         for i, raw in enumerate(require_list(body.get("remove_prices"), "remove_prices")):
@@ -173,8 +168,7 @@ def set_default_version(plan_id: str):
     if not isinstance(body.get("version"), int):
         raise bad("version", "an integer is required")
     with session_scope(engine()) as session:
-        get_for_update(session, PlanRow, plan_id)
-        plan = SqlCatalog(session).get_plan(plan_id)
+        plan = SqlCatalog(session).get_plan(plan_id, for_update=True)
         if body["version"] not in {v.version for v in plan.versions}:
             raise bad("version", f"plan {plan_id} has no version {body['version']}")
         plan = service_plans.set_plan_default_version(session, plan, body["version"])

@@ -7,22 +7,13 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Mapping
 
-import sqlalchemy as sa
 from flask import request
 from sqlalchemy.orm import Session
 
-from billing_core import service_plans
-from billing_core.customers import Customer
-from billing_core.errors import NotFound
-from billing_core.money import exact_number, parse_optional_decimal
-from billing_core.persistence.catalog import ItemRow, SqlCatalog
-from billing_core import SqlCustomerRepository, SqlMetricRepository
-from billing_core.persistence.subscriptions import SqlSubscriptions
-from billing_core.plans import Plan
-from billing_core.pricing import Price
-from billing_core.sql_usage_batch import BatchSqlUsageSource
-from billing_core.subscriptions import (
-    AddAdjustment, AddPrice, IntervalEdit, ReplacePrice, Subscription, billing_period,
+from billing_core import (
+    AddAdjustment, AddPrice, BatchSqlUsageSource, Customer, IntervalEdit, NotFound, Plan, Price, ReplacePrice,
+    SqlCatalog, SqlCustomerRepository, SqlMetricRepository, SqlSubscriptions, Subscription, billing_period,
+    exact_number, parse_optional_decimal, service_plans,
 )
 from webhooks.api.billing_shapes import (
     bad, check_fields, parse_metadata, costs_json, cursor_id, engine, new_id, now, optional_instant, page_json, parse_adjustment,
@@ -71,7 +62,7 @@ def _plan(session: Session, body: Mapping[str, Any]) -> Plan:
 
 
 def _item_names(session: Session) -> dict[str, str]:
-    return dict(session.execute(sa.select(ItemRow.id, ItemRow.name)).all())
+    return SqlCatalog(session).item_names()
 
 
 def _render(session: Session, sub: Subscription, at: datetime, mutated: bool = False) -> dict[str, Any]:
