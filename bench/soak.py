@@ -5,8 +5,8 @@
 
 The service runs as in production: gunicorn (``webhooks:create_app()``, the Procfile's 3 sync
 workers unless ``--threads`` > 1) and
-``--workers`` real ``rq worker --with-scheduler --worker-class rq.worker.SimpleWorker urgent
-contracts sync`` processes (the Procfile's) on a fresh SQLite file (WAL) and a private Redis;
+``--workers`` real ``rq worker --with-scheduler --worker-class worker.rq_worker.MarketsyncWorker
+urgent contracts sync`` processes (the Procfile's) on a fresh SQLite file (WAL) and a private Redis;
 their sandbox adapters talk to the three emulators served by this process (``--latency-ms``
 per call, AWS keeping its 10 calls/s throttle).
 

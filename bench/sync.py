@@ -11,7 +11,7 @@ usage events in the current billing period (bulk ``executemany`` of validated ro
 
 The measured runs take the real path: the hourly fan-out (``jobs.run_hourly_sync``) enqueued on
 ``sync`` as the cron does, served by ``--workers`` real ``rq worker --with-scheduler
---worker-class rq.worker.SimpleWorker urgent contracts sync`` processes (the Procfile's), whose
+--worker-class worker.rq_worker.MarketsyncWorker urgent contracts sync`` processes (the Procfile's), whose
 real adapters (boto3, the Azure and Google HTTP clients) talk to the three emulators on
 loopback, each answering after ``--latency-ms`` and AWS keeping its 10 requests/s throttle.
 

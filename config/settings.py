@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     TRUSTED_PROXIES: int = Field(default=0, ge=0, le=10)  # reverse proxies whose X-Forwarded-For/-Proto count
     HOURLY_SYNC_MINUTE: int = Field(default=5, ge=0, le=59)
     CANCEL_USAGE_GRACE: int = Field(default=600, ge=0, description="seconds")
+    # prometheus_client's own variable: read from the process environment by it, here by /metrics.
+    PROMETHEUS_MULTIPROC_DIR: Path | None = None  # unset: marketsync run uses DATA_DIR/metrics
 
     @field_validator("API_KEYS", "WEBHOOK_SECRETS", "AWS_SNS_TOPIC_ARNS", mode="before")
     @classmethod
@@ -113,6 +115,11 @@ class Settings(BaseSettings):
             which = "" if isinstance(value, str) else f" (entries {', '.join(str(i + 1) for i in short)} are shorter)"
             raise ValueError(f"in live mode each value needs at least {LIVE_MIN_SECRET_LENGTH} characters{which}")
         return value
+
+    @field_validator("PROMETHEUS_MULTIPROC_DIR", mode="before")
+    @classmethod
+    def _optional_path(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -157,6 +164,11 @@ class Settings(BaseSettings):
     def secret_key_path(self) -> Path:
         """Return where the generated session-signing key is kept when ``SECRET_KEY`` is unset."""
         return self.DATA_DIR / "secret_key"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Return where the processes ``marketsync run`` starts keep their metrics files."""
+        return self.PROMETHEUS_MULTIPROC_DIR or self.DATA_DIR / "metrics"
 
     def emulator_url(self, marketplace: str) -> str:
         """Return the base URL of the built-in emulator for ``marketplace`` (aws, azure, gcp)."""

@@ -24,6 +24,7 @@ from webhooks.receivers import bp as receivers_bp
 from webhooks.sessions import session_secret
 from worker.logs import configure_logging, get_logger
 from worker.runtime import Runtime
+from worker.telemetry import observe_request
 
 log = get_logger("marketsync.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -100,7 +101,11 @@ def _install_request_context(app: Flask) -> None:
         request_id = getattr(g, "request_id", None) or uuid.uuid4().hex
         response.headers["X-Request-Id"] = request_id
         started = getattr(g, "started", None)
-        elapsed_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
+        elapsed = time.perf_counter() - started if started else None
+        elapsed_ms = round(elapsed * 1000, 2) if elapsed is not None else None
+        if elapsed is not None:  # by route template: the raw path may hold ids or secrets
+            observe_request(request.method, request.url_rule.rule if request.url_rule else None,
+                            response.status_code, elapsed)
         if request.path not in ("/healthz", "/readyz", "/metrics"):
             # The access log (gunicorn writes none): never the Authorization header, the URL's
             # userinfo or the Referer; path and query decoded so the scrubber finds secrets in them.

@@ -1,23 +1,31 @@
-"""``/metrics``: Prometheus text exposition (reports, webhooks, contracts, queues, flush latency)."""
+"""``/metrics``: the Prometheus exposition through prometheus_client.
+
+Two parts: ``ServiceStateCollector`` reads the database and Redis on each scrape (reports,
+webhooks, contracts, cost errors, flush latency, queues, deadline counters); the latency
+histograms of every process of this machine come from ``worker.telemetry``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 from flask import Blueprint, Response, current_app
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy import select
 from sqlmodel import Session
 
-from worker import reports, sync
+from worker import reports, sync, telemetry
 from worker.persistence.ledger import ContractSyncRow
-from worker.runtime import QUEUE_NAMES
+from worker.runtime import QUEUE_NAMES, Runtime
 
 bp = Blueprint("prometheus", __name__)
 
-
-def _labels(**values: object) -> str:
-    inner = ",".join(f'{k}="{str(v).replace(chr(34), "")}"' for k, v in values.items())
-    return "{" + inner + "}"
+FLUSH_QUANTILES = (0.5, 0.99)
+DEADLINE_COUNTERS = (("marketsync:metrics:deadline_alerts", "marketsync_deadline_alerts_total",
+                      "Cancellation deadline alerts raised."),
+                     ("marketsync:metrics:deadline_misses", "marketsync_deadline_misses_total",
+                      "Cancellation deadlines missed."))
 
 
 def _cost_errors(engine: Any) -> dict[str, int]:
@@ -33,49 +41,80 @@ def _cost_errors(engine: Any) -> dict[str, int]:
     return counts
 
 
+class ServiceStateCollector:
+    """Yield the gauges and counters kept in the database and Redis, read on each scrape."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._database()
+        yield from self._redis()
+
+    def _database(self) -> Iterator[Metric]:
+        snapshot = reports.metrics_snapshot(self.runtime.engine)
+        reported = GaugeMetricFamily("marketsync_reports_total", "Usage reports by marketplace and ledger status.",
+                                     labels=("marketplace", "status"))
+        units = GaugeMetricFamily("marketsync_reported_units_total", "Units by marketplace and ledger status.",
+                                  labels=("marketplace", "status"))
+        for marketplace, status, count, summed in snapshot["reports"]:
+            reported.add_metric((str(marketplace), str(status)), count)
+            units.add_metric((str(marketplace), str(status)), summed or 0)
+        yield reported
+        yield units
+        webhooks = GaugeMetricFamily("marketsync_webhooks_total", "Stored webhook deliveries by source and status.",
+                                     labels=("source", "status"))
+        for source, status, count in snapshot["inbox"]:
+            webhooks.add_metric((str(source), str(status)), count)
+        yield webhooks
+        contracts = GaugeMetricFamily("marketsync_contracts", "Contracts by marketplace, status and mapping status.",
+                                      labels=("marketplace", "status", "mapping"))
+        for marketplace, status, mapping, count in snapshot["contracts"]:
+            contracts.add_metric((str(marketplace), str(status), str(mapping)), count)
+        yield contracts
+        cost_errors = GaugeMetricFamily("marketsync_contract_cost_errors",
+                                        "Contracts whose costs cannot be computed, by reason.", labels=("reason",))
+        for reason, count in sorted(_cost_errors(self.runtime.engine).items()):
+            cost_errors.add_metric((reason,), count)
+        yield cost_errors
+        yield _flush_latency(snapshot["flush_latencies"])
+
+    def _redis(self) -> Iterator[Metric]:
+        try:
+            depth = GaugeMetricFamily("marketsync_queue_depth", "Jobs waiting per queue.", labels=("queue",))
+            for name in QUEUE_NAMES:
+                depth.add_metric((name,), self.runtime.queue(name).count)
+            counters = [CounterMetricFamily(metric, text, value=int(self.runtime.redis.get(key) or 0))
+                        for key, metric, text in DEADLINE_COUNTERS]
+        except Exception:  # noqa: BLE001 - metrics still answer when Redis is down, and say so
+            yield GaugeMetricFamily("marketsync_redis_up", "Whether Redis answered this scrape.", value=0)
+            return
+        yield depth
+        yield from counters
+        yield GaugeMetricFamily("marketsync_redis_up", "Whether Redis answered this scrape.", value=1)
+
+
+def _flush_latency(latencies: list[float]) -> Metric:
+    """Return the cancellation flush latencies (sorted seconds) as a summary with nearest-rank quantiles."""
+    summary = Metric("marketsync_flush_latency_seconds", "Cancellation webhook to first flush sent.", "summary")
+    for q in FLUSH_QUANTILES:
+        value = latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0
+        summary.add_sample("marketsync_flush_latency_seconds", {"quantile": str(q)}, value)
+    summary.add_sample("marketsync_flush_latency_seconds_count", {}, len(latencies))
+    summary.add_sample("marketsync_flush_latency_seconds_sum", {}, sum(latencies))
+    return summary
+
+
+def registry(runtime: Runtime) -> CollectorRegistry:
+    """Return a registry of what one scrape shows: the service's state and the latency histograms."""
+    built = CollectorRegistry(auto_describe=False)
+    built.register(ServiceStateCollector(runtime))
+    built.register(telemetry.latency_collector(runtime.settings))
+    return built
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Expose counters and latencies in the Prometheus text format."""
+    """Expose the service's state and latencies in the Prometheus text format."""
     runtime = current_app.extensions["marketsync"]
-    snapshot = reports.metrics_snapshot(runtime.engine)
-    lines = [
-        "# HELP marketsync_reports_total Usage reports by marketplace and ledger status.",
-        "# TYPE marketsync_reports_total gauge",
-    ]
-    for marketplace, status, count, _units in snapshot["reports"]:
-        lines.append(f"marketsync_reports_total{_labels(marketplace=marketplace, status=status)} {count}")
-    lines += ["# HELP marketsync_reported_units_total Units by marketplace and ledger status.",
-              "# TYPE marketsync_reported_units_total gauge"]
-    for marketplace, status, _count, units in snapshot["reports"]:
-        lines.append(f"marketsync_reported_units_total{_labels(marketplace=marketplace, status=status)} {units or 0}")
-    lines += ["# HELP marketsync_webhooks_total Stored webhook deliveries by source and status.",
-              "# TYPE marketsync_webhooks_total gauge"]
-    for source, status, count in snapshot["inbox"]:
-        lines.append(f"marketsync_webhooks_total{_labels(source=source, status=status)} {count}")
-    lines += ["# HELP marketsync_contracts Contracts by marketplace, status and mapping status.",
-              "# TYPE marketsync_contracts gauge"]
-    for marketplace, status, mapping, count in snapshot["contracts"]:
-        lines.append(f"marketsync_contracts{_labels(marketplace=marketplace, status=status, mapping=mapping)} {count}")
-    lines += ["# HELP marketsync_contract_cost_errors Contracts whose costs cannot be computed, by reason.",
-              "# TYPE marketsync_contract_cost_errors gauge"]
-    for reason, count in sorted(_cost_errors(runtime.engine).items()):
-        lines.append(f"marketsync_contract_cost_errors{_labels(reason=reason)} {count}")
-    latencies = snapshot["flush_latencies"]
-    lines += ["# HELP marketsync_flush_latency_seconds Cancellation webhook to first flush sent.",
-              "# TYPE marketsync_flush_latency_seconds summary"]
-    for q in (0.5, 0.99):
-        value = latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0
-        lines.append(f"marketsync_flush_latency_seconds{_labels(quantile=q)} {value}")
-    lines.append(f"marketsync_flush_latency_seconds_count {len(latencies)}")
-    lines.append(f"marketsync_flush_latency_seconds_sum {sum(latencies)}")
-    try:
-        lines += ["# HELP marketsync_queue_depth Jobs waiting per queue.", "# TYPE marketsync_queue_depth gauge"]
-        for name in QUEUE_NAMES:
-            lines.append(f"marketsync_queue_depth{_labels(queue=name)} {runtime.queue(name).count}")
-        for key, metric in (("marketsync:metrics:deadline_alerts", "marketsync_deadline_alerts_total"),
-                            ("marketsync:metrics:deadline_misses", "marketsync_deadline_misses_total")):
-            lines += [f"# TYPE {metric} counter", f"{metric} {int(runtime.redis.get(key) or 0)}"]
-        lines += ["# TYPE marketsync_redis_up gauge", "marketsync_redis_up 1"]
-    except Exception:  # noqa: BLE001 - metrics still answer when Redis is down, and say so
-        lines += ["# TYPE marketsync_redis_up gauge", "marketsync_redis_up 0"]
-    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+    return Response(generate_latest(registry(runtime)), content_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -318,6 +318,7 @@ def run(ready_timeout: float, demo: bool) -> None:
     """Start the whole service: web, worker, cron (+ a private Redis and the emulators)."""
     from worker import db as database
     from worker.redis_server import PrivateRedis
+    from worker.telemetry import prepare_directory
 
     settings = load_settings()
     settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -335,6 +336,10 @@ def run(ready_timeout: float, demo: bool) -> None:
     env["DATA_DIR"] = str(data_dir)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # Every child writes its latency histograms there; the web process's /metrics merges them.
+    metrics_dir = settings.metrics_dir.resolve()
+    prepare_directory(metrics_dir, clear=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     if demo:
         if settings.MARKETPLACE_MODE != "sandbox":
             click.echo("marketsync: --demo needs MARKETPLACE_MODE=sandbox (it drives the emulators)", err=True)

@@ -57,7 +57,9 @@ class Runtime:
 
                 overrides["pace"] = RedisPacer(self.redis, f"marketsync:pace:aws:{self.settings.AWS_REGION}",
                                                self.settings.AWS_METERING_RPS)
-            adapters[marketplace] = build(self.settings, **overrides)
+            from worker.telemetry import TimedAdapter  # its calls timed here, so marketplaces/ has no metrics code
+
+            adapters[marketplace] = TimedAdapter(marketplace, build(self.settings, **overrides))
         return adapters[marketplace]
 
     def billing_gateway(self) -> Any:

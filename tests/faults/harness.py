@@ -230,7 +230,7 @@ class Fleet:
     def command(self, name: str) -> list[str]:
         rq = str(Path(sys.executable).parent / "rq")
         return [rq, "worker", "--url", self.redis_url, "--with-scheduler", "--worker-class",
-                "rq.worker.SimpleWorker", "--name", name, *QUEUE_NAMES]
+                "worker.rq_worker.MarketsyncWorker", "--name", name, *QUEUE_NAMES]
 
     def supervise(self) -> None:
         """Restart workers that exited on their own, as the process manager of a Procfile does."""
