@@ -182,7 +182,11 @@ class MarketplaceRules:
     - ``contract_key_fields``: identifiers that key a contract, first present wins;
     - ``product_fields``: identifiers that name the product a listing matches;
     - ``record_identifiers(columns, cloud_identifiers)``: the identifiers of a usage record;
-    - ``customer_identity(identifiers)``: who the buyer is (keys the billing customer).
+    - ``customer_identity(identifiers)``: who the buyer is (keys the billing customer);
+    - ``event_identifiers(identifiers)``: the identifiers a contract event of a notification
+      carries (e.g. Azure's subscription id under the column name ``azure_subscription_id``);
+    - ``event_kind(notification, contract_key)``: the kind of that contract event (e.g. Google's
+      ``ENTITLEMENT_DELETED`` ends the contract).
     """
 
     marketplace: Marketplace
@@ -194,6 +198,12 @@ class MarketplaceRules:
     product_fields: tuple[str, ...]
     record_identifiers: Callable[[Mapping[str, Any], Mapping[str, str]], dict[str, str]]
     customer_identity: Callable[[Mapping[str, str]], str | None]
+    event_identifiers: Callable[[Mapping[str, str]], dict[str, str]] = dict
+    event_kind: Callable[[ContractNotification, str], str] = lambda note, key: note.kind.value
+
+    def contract_key(self, identifiers: Mapping[str, str]) -> str:
+        """Return the contract key among ``identifiers`` (the first of ``contract_key_fields`` present)."""
+        return next((identifiers[f] for f in self.contract_key_fields if identifiers.get(f)), "")
 
     def flush_stamp(self, used: AbstractSet[datetime], now: datetime,
                     cancel_effective_at: datetime | None) -> datetime | None:

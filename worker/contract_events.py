@@ -202,19 +202,11 @@ def _malformed(exc: ValidationError, prefix: str) -> MalformedEvent:
 def from_notification(note: ContractNotification, *, received_at: datetime) -> ContractEvent:
     """Bring a verified marketplace notification to a ``ContractEvent``."""
     marketplace = note.marketplace.value
+    marketplace_rules = rules(marketplace)
     ids = {k: str(v) for k, v in note.identifiers.items() if v not in (None, "")}
-    key = next((ids[f] for f in rules(marketplace).contract_key_fields if ids.get(f)), "")
-    if marketplace == "aws" and ids.get("license_id"):
-        key = ids["license_id"]  # EventBridge prints ARNs without "arn:"; the l-<hex> id is stable
-    identifiers = dict(ids)
-    if marketplace == "azure":
-        identifiers.setdefault("azure_subscription_id", ids.get("subscription_id") or ids.get("resource_id", ""))
-    if marketplace == "gcp" and ids.get("entitlement_id"):
-        identifiers.setdefault("gcp_entitlement_id", ids["entitlement_id"])
-    kind = note.kind.value
-    if marketplace == "gcp" and note.action == "ENTITLEMENT_DELETED" and key:
-        # Google deletes an entitlement without cancelling it first: the contract ends (GET answers 404).
-        kind = "canceled"
+    key = marketplace_rules.contract_key(ids)
+    identifiers = marketplace_rules.event_identifiers(ids)
+    kind = marketplace_rules.event_kind(note, key)
     effective = in_range(note.effective_at, "effective_at") if note.effective_at else received_at
     return ContractEvent(
         kind=kind,

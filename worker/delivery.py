@@ -14,6 +14,7 @@ from rq import Retry
 from sqlalchemy.exc import IntegrityError
 
 from billing_core.errors import Conflict
+from marketplaces.base import PermanentMarketplaceError
 
 from worker import inbox, lifecycle
 from worker.contract_events import ContractEvent
@@ -217,6 +218,11 @@ def process(runtime: Runtime, inbox_id: int, *, now: datetime, statuses: tuple[s
             inbox.finish(runtime.engine, inbox_id, applied.outcome, now=now,
                          error="" if applied.outcome != "deferred" else applied.detail,
                          contract_id=applied.contract_id, contract_key=event.contract_key)
+    except PermanentMarketplaceError as exc:
+        # Retrying gives the same answer (refused credentials, an operation Microsoft refuses): record, do not retry.
+        inbox.finish(runtime.engine, inbox_id, "failed", now=now, error=f"{type(exc).__name__}: {exc}")
+        log.warning("webhook_failed", inbox_id=inbox_id, error=f"{type(exc).__name__}: {exc}", retry=False)
+        return "failed"
     except Exception as exc:
         inbox.finish(runtime.engine, inbox_id, "failed", now=now, error=f"{type(exc).__name__}: {exc}")
         raise

@@ -159,7 +159,8 @@ RULES = MarketplaceRules(
     final_usage_window=timedelta(hours=1),  # usage is accepted for one hour after the license ends
     hourly_zero_record=True,  # AWS asks for a record every hour, zero included
     flush_lookback_hours=0,
-    contract_key_fields=("license_arn", "customer_identifier"),
+    # EventBridge prints ARNs without "arn:"; the l-<hex> license id is stable across both feeds.
+    contract_key_fields=("license_id", "license_arn", "customer_identifier"),
     product_fields=("product_code", "product_id"),
     record_identifiers=_aws_record_identifiers,
     customer_identity=lambda ids: ids.get("customer_aws_account_id") or ids.get("customer_identifier"),

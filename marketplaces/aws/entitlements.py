@@ -81,3 +81,22 @@ def _entitlement(row: Mapping[str, Any]) -> AwsEntitlement:
         license_arn=row.get("LicenseArn"),
         expiration_date=expiration,
     )
+
+
+def entitlement_state(entitlements: list[AwsEntitlement], *, at: datetime) -> dict[str, Any]:
+    """Summarize one purchase's entitlement rows as seen at ``at``.
+
+    Returns ``values`` (dimension -> value), ``expires_at`` (the latest expiration, if every row
+    has one), ``expired`` (every row expired by ``at``) and ``quantity`` (the integer value of
+    a single-dimension entitlement).
+    """
+    values = {row.dimension: row.value for row in entitlements}
+    expirations = [row.expiration_date for row in entitlements]
+    expires_at = max(expirations) if expirations and all(expirations) else None  # type: ignore[type-var]
+    integers = [v for v in values.values() if isinstance(v, int) and not isinstance(v, bool)]
+    return {
+        "values": values,
+        "expires_at": expires_at,
+        "expired": bool(entitlements) and expires_at is not None and expires_at <= at,
+        "quantity": integers[0] if len(values) == 1 and len(integers) == 1 else None,
+    }

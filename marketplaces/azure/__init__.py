@@ -128,6 +128,13 @@ def _azure_record_identifiers(columns: Mapping[str, Any], ids: Mapping[str, str]
             "plan_id": columns.get("plan_id") or ids.get("plan_id", "")}
 
 
+def _azure_event_identifiers(ids: Mapping[str, str]) -> dict[str, str]:
+    # The contract row keys the subscription as azure_subscription_id (the usage record's resource_id).
+    identifiers = dict(ids)
+    identifiers.setdefault("azure_subscription_id", ids.get("subscription_id") or ids.get("resource_id", ""))
+    return identifiers
+
+
 RULES = MarketplaceRules(
     marketplace=Marketplace.AZURE,
     batch_size=25,  # the batch usage event API takes at most 25 events
@@ -138,6 +145,7 @@ RULES = MarketplaceRules(
     product_fields=("offer_id", "product_id"),
     record_identifiers=_azure_record_identifiers,
     customer_identity=lambda ids: ids.get("azure_subscription_id") or ids.get("subscription_id"),
+    event_identifiers=_azure_event_identifiers,
 )
 
 __all__ = [

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any, Callable, Mapping
 
 from config.settings import Settings
-from marketplaces.base import MarketplaceRules, Marketplace, PermanentMarketplaceError
+from marketplaces.base import ContractNotification, MarketplaceRules, Marketplace, PermanentMarketplaceError
 from marketplaces.gcp.metering import (
     CHECK_CONCURRENCY,
     MAX_OPERATIONS_PER_CALL,
@@ -153,6 +153,20 @@ def _gcp_record_identifiers(columns: Mapping[str, Any], ids: Mapping[str, str]) 
     return identifiers
 
 
+def _gcp_event_identifiers(ids: Mapping[str, str]) -> dict[str, str]:
+    identifiers = dict(ids)
+    if ids.get("entitlement_id"):
+        identifiers.setdefault("gcp_entitlement_id", ids["entitlement_id"])
+    return identifiers
+
+
+def _gcp_event_kind(note: ContractNotification, key: str) -> str:
+    if note.action == "ENTITLEMENT_DELETED" and key:
+        # Google deletes an entitlement without cancelling it first: the contract ends (GET answers 404).
+        return "canceled"
+    return note.kind.value
+
+
 RULES = MarketplaceRules(
     marketplace=Marketplace.GCP,
     # No per-call record limit (report calls are split at 100 operations or 1 MB), but one
@@ -165,6 +179,8 @@ RULES = MarketplaceRules(
     product_fields=("product_id", "product", "product_external_name"),
     record_identifiers=_gcp_record_identifiers,
     customer_identity=lambda ids: ids.get("gcp_account_id") or ids.get("account_id") or ids.get("gcp_entitlement_id"),
+    event_identifiers=_gcp_event_identifiers,
+    event_kind=_gcp_event_kind,
 )
 
 __all__ = [

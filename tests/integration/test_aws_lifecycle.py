@@ -16,12 +16,12 @@ from billing_core.persistence.catalog import SqlCatalog
 from billing_core.persistence.subscriptions import SqlSubscriptions
 from config import Settings
 from marketplaces.aws import AwsEntitlement
+from marketplaces.aws.entitlements import entitlement_state
 from marketplaces.emulators.aws import AwsEmulatorClient, create_aws_emulator
 from marketplaces.emulators.server import EmulatorServer
 from tests.billing_core.helpers import plan_of, unit
 from tests.conftest import TEST_API_KEY, run_jobs
 from worker.billing_gateway import CoreBillingGateway
-from worker.lifecycle.aws import entitlement_state
 from worker.persistence.contracts import ContractRow, InboxRow
 
 PRODUCT = "8ab2c4d6e8f0abcdexample01"

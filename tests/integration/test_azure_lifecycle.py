@@ -363,3 +363,19 @@ def test_transient_api_failure_is_retried(app, client, auth_headers, sandbox, re
     sandbox.set_faults(outage=False)
     assert delivery.process(runtime, row.id, now=datetime.now(timezone.utc)) == "done"
     assert _contract(client, auth_headers, created["subscription"]["id"])["mapping"]["status"] == "mapped"
+
+
+def test_permanent_api_failure_is_recorded_not_retried(app, sandbox, receiver, billing_plans) -> None:  # type: ignore[no-untyped-def]
+    """A webhook whose subscription the Fulfillment API does not know (404) is recorded failed with the reason, and the job ends instead of raising for RQ to retry."""
+    created = _subscribe(sandbox, plan_id="payg")
+    unknown = "5d7b8f1e-0000-4000-8000-000000000404"
+    payload = {**created["webhook"]["payload"], "id": "2b9c7d4e-1f0a-4b3c-8d2e-6f5a4b3c2d1e",
+               "subscriptionId": unknown, "subscription": {**created["webhook"]["payload"]["subscription"], "id": unknown}}
+    assert _post_signed(sandbox, receiver, payload).status_code == 202
+    [row] = [r for r in _inbox(app) if r.delivery_id == payload["id"]]
+
+    outcome = delivery.process(app.extensions["marketsync"], row.id, now=datetime.now(timezone.utc))
+
+    assert outcome == "failed"
+    [row] = [r for r in _inbox(app) if r.delivery_id == payload["id"]]
+    assert row.status == "failed" and "PermanentMarketplaceError" in row.error and "404" in row.error

@@ -29,18 +29,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import datetime
 from typing import Any, Mapping
 
-from sqlalchemy import select
-from sqlmodel import Session
+import structlog
 
-from marketplaces.aws import AwsEntitlement, license_id
-from worker.contract_events import ContractEvent
-from worker.logs import get_logger
-from worker.persistence.contracts import ContractRow
+from marketplaces.aws.entitlements import AwsEntitlement, entitlement_state
+from marketplaces.aws.wire import license_id
+from marketplaces.lifecycle import ContractLookup, ContractView, LifecycleContext
 
-log = get_logger("marketsync.lifecycle.aws")
+log = structlog.get_logger("marketsync.lifecycle.aws")
 
 SOURCE = "aws"
 # The identifiers a contract keeps from its notifications (metering needs the first four).
@@ -48,20 +45,18 @@ _CARRIED = ("product_code", "customer_aws_account_id", "license_arn", "customer_
             "agreement_id")
 
 
-def before_apply(runtime: Any, event: ContractEvent) -> ContractEvent:
+def before_apply(context: LifecycleContext, event: Any) -> Any:
     """Return the event keyed to its purchase's contract, with the current entitlement read."""
     ids = _normalized(event.identifiers)
     entitlements: list[AwsEntitlement] | None = None
-    with Session(runtime.engine) as session:
-        row = find_contract(session, ids, key=event.contract_key)
+    row = find_contract(context.contracts, ids, key=event.contract_key)
     if row is None and not ids.get("license_id") and ids.get("customer_identifier") and ids.get("product_code"):
         # Legacy SNS names only the customer: learn the license so EventBridge events (which
         # name only the license) reach the same contract.
-        entitlements = _entitlements(runtime, ids)
+        entitlements = _entitlements(context, ids)
         ids.update(_license_of(entitlements, ids))
         if ids.get("license_id"):
-            with Session(runtime.engine) as session:
-                row = find_contract(session, ids, key="")
+            row = find_contract(context.contracts, ids, key="")
     if row is not None:
         key = row.external_id
         known = dict(row.cloud_identifiers or {})
@@ -72,53 +67,30 @@ def before_apply(runtime: Any, event: ContractEvent) -> ContractEvent:
         key = ids.get("license_id") or ids.get("customer_identifier") or event.contract_key
     event = replace(event, contract_key=key, identifiers=ids)
     if event.kind == "modified":
-        return _with_entitlement(runtime, event, entitlements)
+        return _with_entitlement(context, event, entitlements)
     return event
 
 
-def find_contract(session: Session, ids: Mapping[str, str], *, key: str) -> ContractRow | None:
+def find_contract(contracts: ContractLookup, ids: Mapping[str, str], *, key: str) -> ContractView | None:
     """Return the AWS contract of this purchase: by key, license id, customer identifier or agreement."""
-    def first(*conditions: Any) -> ContractRow | None:
-        query = select(ContractRow).where(ContractRow.source == SOURCE, *conditions).order_by(ContractRow.created_at)
-        return session.execute(query).scalars().first()
-
     lid = ids.get("license_id")
     for candidate in (key, lid):
         if candidate:
-            row = first(ContractRow.external_id == candidate)
+            row = contracts.find(SOURCE, external_id=candidate)
             if row is not None:
                 return row
     if lid:
-        row = first(ContractRow.cloud_identifiers["license_id"].as_string() == lid)
+        row = contracts.find(SOURCE, identifier=("license_id", lid))
         if row is not None:
             return row
     if ids.get("customer_identifier"):
-        row = first(ContractRow.customer_identifier == ids["customer_identifier"])
+        row = contracts.find(SOURCE, customer_identifier=ids["customer_identifier"])
         if row is not None:
             return row
     if ids.get("agreement_id"):
         # Purchase Agreement Ended / Amended name only the agreement.
-        return first(ContractRow.cloud_identifiers["agreement_id"].as_string() == ids["agreement_id"])
+        return contracts.find(SOURCE, identifier=("agreement_id", ids["agreement_id"]))
     return None
-
-
-def entitlement_state(entitlements: list[AwsEntitlement], *, at: datetime) -> dict[str, Any]:
-    """Summarize one purchase's entitlement rows as seen at ``at``.
-
-    Returns ``values`` (dimension -> value), ``expires_at`` (the latest expiration, if every row
-    has one), ``expired`` (every row expired by ``at``) and ``quantity`` (the integer value of
-    a single-dimension entitlement).
-    """
-    values = {row.dimension: row.value for row in entitlements}
-    expirations = [row.expiration_date for row in entitlements]
-    expires_at = max(expirations) if expirations and all(expirations) else None  # type: ignore[type-var]
-    integers = [v for v in values.values() if isinstance(v, int) and not isinstance(v, bool)]
-    return {
-        "values": values,
-        "expires_at": expires_at,
-        "expired": bool(entitlements) and expires_at is not None and expires_at <= at,
-        "quantity": integers[0] if len(values) == 1 and len(integers) == 1 else None,
-    }
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -136,12 +108,12 @@ def _normalized(identifiers: Mapping[str, str]) -> dict[str, str]:
     return ids
 
 
-def _entitlements(runtime: Any, ids: Mapping[str, str]) -> list[AwsEntitlement]:
+def _entitlements(context: LifecycleContext, ids: Mapping[str, str]) -> list[AwsEntitlement]:
     """Read the purchase's entitlement rows (filters: account id, else customer, else license)."""
     product = ids.get("product_code")
     if not product:
         return []
-    adapter = runtime.adapter("aws")
+    adapter = context.adapter
     # CUSTOMER_AWS_ACCOUNT_ID and CUSTOMER_IDENTIFIER are mutually exclusive filters; the account
     # filter is matched on the license id here, so ARN spellings cannot hide a row.
     if ids.get("customer_aws_account_id"):
@@ -168,10 +140,10 @@ def _license_of(entitlements: list[AwsEntitlement], ids: Mapping[str, str]) -> d
     return _normalized({**found, **{k: v for k, v in ids.items() if k in found and v}})
 
 
-def _with_entitlement(runtime: Any, event: ContractEvent, rows: list[AwsEntitlement] | None) -> ContractEvent:
+def _with_entitlement(context: LifecycleContext, event: Any, rows: list[AwsEntitlement] | None) -> Any:
     """Put the current entitlement on a ``modified`` event (or cancel it when it has expired)."""
     if rows is None:
-        rows = _entitlements(runtime, event.identifiers)
+        rows = _entitlements(context, event.identifiers)
     state = entitlement_state(rows, at=event.effective_at)  # as of the notification's own time
     ids = dict(event.identifiers)
     ids["entitlements"] = json.dumps(state["values"], sort_keys=True, default=str)

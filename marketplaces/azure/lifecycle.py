@@ -24,24 +24,21 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from sqlmodel import Session
+import structlog
 
-from marketplaces.azure import OperationSuperseded
-from worker.contract_events import ContractEvent
-from worker.contracts import find_listing
-from worker.logs import get_logger
-from worker.persistence.contracts import ContractRow
+from marketplaces.azure.wire import OperationSuperseded
+from marketplaces.lifecycle import LifecycleContext
 
-log = get_logger("marketsync.lifecycle.azure")
+log = structlog.get_logger("marketsync.lifecycle.azure")
 
 PENDING = "PendingFulfillmentStart"
 _OPEN_OPERATION = ("NotStarted", "InProgress")
 _DEAD_OPERATION = ("Conflict", "Failed")  # superseded by a newer change, or already refused
 
 
-def before_apply(runtime: Any, event: ContractEvent) -> ContractEvent:
+def before_apply(context: LifecycleContext, event: Any) -> Any:
     """Return the event as the Fulfillment API states it (and decide the operation's answer)."""
-    adapter = runtime.adapter("azure")
+    adapter = context.adapter
     subscription_id = event.identifiers.get("subscription_id") or event.contract_key
     subscription = _lower(adapter.get_subscription(subscription_id))
     extra = dict(event.extra)
@@ -70,7 +67,7 @@ def before_apply(runtime: Any, event: ContractEvent) -> ContractEvent:
         "publisher_id": _text(subscription.get("publisherid")),
     }.items() if v})
 
-    if event.action.lower() == "changeplan" and extra.get("ack") and not _has_listing(runtime, identifiers, plan):
+    if event.action.lower() == "changeplan" and extra.get("ack") and context.find_listing(identifiers, plan) is None:
         # We cannot bill the new plan: refuse it, and the contract keeps its current plan.
         extra["ack"] = "Failure"
         identifiers.pop("plan_id", None)
@@ -91,11 +88,11 @@ def before_apply(runtime: Any, event: ContractEvent) -> ContractEvent:
     )
 
 
-def after_apply(runtime: Any, event: ContractEvent, applied: Any) -> None:
+def after_apply(context: LifecycleContext, event: Any, applied: Any) -> None:
     """Activate a mapped pending subscription; answer a ChangePlan / ChangeQuantity operation."""
-    adapter = runtime.adapter("azure")
+    adapter = context.adapter
     subscription_id = event.identifiers.get("subscription_id") or event.contract_key
-    mapping = _mapping_status(runtime, applied.contract_id)
+    mapping = context.contracts.mapping_status(applied.contract_id)
 
     if event.kind == "created" and event.extra.get("subscription_status") == PENDING:
         if mapping == "mapped":
@@ -120,19 +117,6 @@ def after_apply(runtime: Any, event: ContractEvent, applied: Any) -> None:
             return
         log.info("azure_operation_answered", subscription_id=subscription_id,
                  operation_id=operation_id, status=answer, contract_id=applied.contract_id)
-
-
-def _has_listing(runtime: Any, identifiers: Mapping[str, str], plan: str | None) -> bool:
-    with Session(runtime.engine) as session:
-        return find_listing(session, "azure", identifiers, plan) is not None
-
-
-def _mapping_status(runtime: Any, contract_id: str | None) -> str:
-    if not contract_id:
-        return ""
-    with Session(runtime.engine) as session:
-        row = session.get(ContractRow, contract_id)
-        return row.mapping_status if row is not None else ""
 
 
 def _lower(value: Mapping[str, Any]) -> dict[str, Any]:

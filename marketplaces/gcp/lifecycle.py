@@ -39,18 +39,13 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Mapping
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+import structlog
 
 from marketplaces.base import TransientMarketplaceError
-from marketplaces.gcp import parse_rfc3339
-from worker.contract_events import ContractEvent
-from worker.contracts import find_listing, new_id
-from worker.logs import get_logger
-from worker.persistence.contracts import ContractRow, ListingRow
+from marketplaces.gcp.notifications import parse_rfc3339
+from marketplaces.lifecycle import LifecycleContext
 
-log = get_logger("marketsync.lifecycle.gcp")
+log = structlog.get_logger("marketsync.lifecycle.gcp")
 
 ACTIVATION_REQUESTED = "ENTITLEMENT_ACTIVATION_REQUESTED"
 PENDING_PLAN_CHANGE_APPROVAL = "ENTITLEMENT_PENDING_PLAN_CHANGE_APPROVAL"
@@ -61,11 +56,11 @@ _CANCELLATIONS = ("ENTITLEMENT_CANCELLING", "ENTITLEMENT_CANCELLED", "ENTITLEMEN
 _REASON_LIMIT = 256  # bytes: the longest reason Procurement accepts (reference §3.1)
 
 
-def before_apply(runtime: Any, event: ContractEvent) -> ContractEvent:
+def before_apply(context: LifecycleContext, event: Any) -> Any:
     """Return the event as the entitlement's current state says; approve what the listings allow."""
     if event.marketplace != "gcp" or not event.contract_key:
         return event
-    adapter = runtime.adapter("gcp")
+    adapter = context.adapter
     entitlement = adapter.get_entitlement(event.contract_key)
     if entitlement is None:
         # Deleted at Google (or never visible to us): the contract ends, if it exists.
@@ -80,11 +75,11 @@ def before_apply(runtime: Any, event: ContractEvent) -> ContractEvent:
     if event.action in _CANCELLATIONS or (state == CANCELLED and event.kind != "created"):
         return replace(filled, kind="canceled", effective_at=_cancel_time(event, entitlement, state))
     if state == ACTIVATION_REQUESTED:
-        _decide_activation(runtime, adapter, filled, plan)
+        _decide_activation(context, filled, plan)
         return replace(filled, kind="pending")
     if event.action == "ENTITLEMENT_PLAN_CHANGE_REQUESTED":
         if state == PENDING_PLAN_CHANGE_APPROVAL and entitlement.get("newPendingPlan"):
-            _decide_plan_change(runtime, adapter, filled, str(entitlement["newPendingPlan"]))
+            _decide_plan_change(context, filled, str(entitlement["newPendingPlan"]))
         return replace(filled, kind="pending")
     if event.action in _ACTIVATIONS or event.kind == "created":
         # Also when the entitlement is cancelled by now: the contract is created from its
@@ -102,9 +97,9 @@ def before_apply(runtime: Any, event: ContractEvent) -> ContractEvent:
 
 # --- approvals ------------------------------------------------------------------------------------
 
-def _decide_activation(runtime: Any, adapter: Any, event: ContractEvent, plan: str | None) -> None:
+def _decide_activation(context: LifecycleContext, event: Any, plan: str | None) -> None:
     """Approve a requested entitlement, or record it for the operator with the reason."""
-    listing = _listing(runtime, event.identifiers, plan)
+    listing = context.find_listing(event.identifiers, plan)
     product = event.identifiers.get("product_id", "(none)")
     if listing is None:
         reason = (f"entitlement awaits approval: no listing for gcp product {product!r} plan {plan!r}; "
@@ -113,16 +108,19 @@ def _decide_activation(runtime: Any, adapter: Any, event: ContractEvent, plan: s
         reason = (f"entitlement awaits approval: listing {listing.id} does not approve entitlements "
                   "automatically; approve it in the Producer Portal")
     else:
-        adapter.approve_entitlement(event.contract_key)
+        context.adapter.approve_entitlement(event.contract_key)
         log.info("gcp_entitlement_approved", entitlement_id=event.contract_key, listing_id=listing.id, plan=plan)
         return
-    _hold(runtime, event, plan, reason)
+    # Its start is set when the ``created`` event of its activation is applied.
+    context.contracts.hold(source=event.source, contract_key=event.contract_key, marketplace="gcp",
+                           identifiers=event.identifiers, plan=plan, reason=reason, at=event.occurred_at)
     log.info("gcp_entitlement_held", entitlement_id=event.contract_key, reason=reason)
 
 
-def _decide_plan_change(runtime: Any, adapter: Any, event: ContractEvent, new_plan: str) -> None:
+def _decide_plan_change(context: LifecycleContext, event: Any, new_plan: str) -> None:
     """Approve a pending plan change when the new plan has a listing, else reject it with a reason."""
-    listing = _listing(runtime, event.identifiers, new_plan)
+    adapter = context.adapter
+    listing = context.find_listing(event.identifiers, new_plan)
     if listing is None:
         product = event.identifiers.get("product_id", "")
         reason = f"plan {new_plan!r} of product {product!r} is not offered by this seller"
@@ -135,46 +133,9 @@ def _decide_plan_change(runtime: Any, adapter: Any, event: ContractEvent, new_pl
         log.info("gcp_plan_change_approved", entitlement_id=event.contract_key, plan=new_plan, listing_id=listing.id)
 
 
-def _listing(runtime: Any, identifiers: Mapping[str, str], plan: str | None) -> ListingRow | None:
-    with Session(runtime.engine, expire_on_commit=False) as session:
-        return find_listing(session, "gcp", identifiers, plan)
-
-
-def _hold(runtime: Any, event: ContractEvent, plan: str | None, reason: str) -> None:
-    """Record the requested entitlement as a pending, unmapped contract showing ``reason``.
-
-    Its start is set when the ``created`` event of its activation is applied.
-    """
-    for _ in range(2):  # a concurrent worker may insert the same contract: then update theirs
-        with Session(runtime.engine, expire_on_commit=False) as session:
-            row = session.execute(
-                select(ContractRow).where(ContractRow.source == event.source,
-                                          ContractRow.external_id == event.contract_key)
-            ).scalars().first()
-            if row is not None and (row.status != "pending" or row.mapping_status == "mapped"):
-                return  # activated or mapped meanwhile: nothing to hold
-            if row is None:
-                row = ContractRow(id=new_id("ctr"), source=event.source, external_id=event.contract_key,
-                                  marketplace="gcp", status="pending", created_at=event.occurred_at,
-                                  updated_at=event.occurred_at)
-            merged = dict(row.cloud_identifiers or {})
-            merged.update({k: v for k, v in event.identifiers.items() if v})
-            row.cloud_identifiers = merged
-            row.gcp_entitlement_id = merged.get("gcp_entitlement_id")
-            row.plan_id = plan
-            row.mapping_status, row.mapping_reason = "unmapped", reason
-            row.updated_at = event.occurred_at
-            session.add(row)
-            try:
-                session.commit()
-                return
-            except IntegrityError:
-                session.rollback()
-
-
 # --- reading the entitlement ----------------------------------------------------------------------
 
-def _identifiers(event: ContractEvent, entitlement: Mapping[str, Any]) -> dict[str, str]:
+def _identifiers(event: Any, entitlement: Mapping[str, Any]) -> dict[str, str]:
     """Return the event's identifiers completed from the entitlement."""
     found = {
         "gcp_entitlement_id": event.contract_key,
@@ -190,7 +151,7 @@ def _identifiers(event: ContractEvent, entitlement: Mapping[str, Any]) -> dict[s
     return identifiers
 
 
-def _cancel_time(event: ContractEvent, entitlement: Mapping[str, Any], state: str) -> datetime:
+def _cancel_time(event: Any, entitlement: Mapping[str, Any], state: str) -> datetime:
     """Return when billing stops (see the module docstring)."""
     if state != CANCELLED:
         return event.effective_at
