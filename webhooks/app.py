@@ -82,6 +82,7 @@ class _DashboardSessions(SecureCookieSessionInterface):
 def _install_request_context(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
+        g.started = time.perf_counter()  # first: a refused body (413) is timed too
         limit = app.config["MAX_CONTENT_LENGTH"]
         if request.content_length is not None and request.content_length > limit:
             raise RequestEntityTooLarge()
@@ -92,7 +93,6 @@ def _install_request_context(app: Flask) -> None:
                 raise RequestEntityTooLarge()
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        g.started = time.perf_counter()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
 

@@ -106,17 +106,21 @@ def test_redis_down_still_answers_and_says_so(settings: Settings) -> None:
 
 
 def test_request_is_observed_by_route_template_never_raw_path(client, auth_headers) -> None:  # type: ignore[no-untyped-def]
-    """A request counts under its method, route template and status class; ids, paths and secrets are in no label."""
+    """Requests count by method, route template and status class (413s too); no label holds an id, path or secret."""
     before = _families(client.get("/metrics").get_data(as_text=True))
     route = "/v1/contracts/<contract_id>"
     assert client.get("/v1/contracts/ctr_private42?token=hunter2", headers=auth_headers).status_code == 404
     assert client.get("/no/such/page-sekrit").status_code == 404
-    assert client.get("/v1/contracts/ctr_private42", headers={"Authorization": "Bearer wrong-key-xyz"}).status_code == 401
+    wrong_key = {"Authorization": "Bearer wrong-key-xyz"}
+    assert client.get("/v1/contracts/ctr_private42", headers=wrong_key).status_code == 401
+    too_large = b"x" * (client.application.config["MAX_CONTENT_LENGTH"] + 1)
+    assert client.post("/v1/ingest", data=too_large, headers=auth_headers).status_code == 413
     after = _families(client.get("/metrics").get_data(as_text=True))
     http = "marketsync_http_request_duration_seconds"
     for labels, grew in (({"method": "GET", "route": route, "status": "4xx"}, 2),
                          ({"method": "GET", "route": telemetry.UNMATCHED_ROUTE, "status": "4xx"}, 1),
-                         ({"method": "GET", "route": "/metrics", "status": "2xx"}, 1)):
+                         ({"method": "GET", "route": "/metrics", "status": "2xx"}, 1),
+                         ({"method": "POST", "route": "/v1/ingest", "status": "4xx"}, 1)):
         assert _count(after, http, **labels) - _count(before, http, **labels) == grew, labels
     values = " ".join(_label_values(after))
     for secret in ("ctr_private42", "hunter2", "page-sekrit", "wrong-key-xyz", TEST_API_KEY):
