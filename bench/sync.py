@@ -17,7 +17,7 @@ loopback, each answering after ``--latency-ms`` and AWS keeping its 10 requests/
 
 1. **full run**: every contract has usage to report under the hour that just ended. While it
    runs, a contract is canceled every ``--flush-every`` seconds and its flush enqueued on
-   ``urgent`` (``jobs.schedule_flushes``); the flush latency is enqueue -> its ledger row
+   ``urgent`` (``queueing.schedule_flushes``); the flush latency is enqueue -> its ledger row
    accepted.
 2. **incremental run**: 1 % of the contracts get new events (billing core ingest), then the
    next hour's run (AWS sends its hourly zero record for every other AWS contract).
@@ -265,7 +265,7 @@ class Flusher:
 
         from billing_core.events import ingest_events
         from billing_core import SqlEventStore
-        from worker import jobs
+        from worker import queueing
         from worker.persistence.contracts import ContractRow
 
         engine = self.runtime.engine
@@ -283,7 +283,7 @@ class Flusher:
         self.canceled[contract["id"]] = at
         self.outstanding[contract["id"]] = time.perf_counter()
         # The final flush after the grace falls outside the bench; the one enqueued now is timed.
-        jobs.schedule_flushes(contract["id"], grace_seconds=3600, runtime=self.runtime)
+        queueing.schedule_flushes(self.runtime, contract["id"], grace_seconds=3600)
 
     def poll(self) -> None:
         """Record the flushes whose job finished with its report accepted (or nothing left to send)."""

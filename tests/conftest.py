@@ -289,7 +289,7 @@ def settle_jobs(runtime, queues, worker_class) -> None:  # type: ignore[no-untyp
     Receivers signal the drain job from a background thread just after answering, and a job
     can make an emulator send a notification that enqueues more: run until it all settles.
     """
-    from worker.delivery import drain_signal
+    from worker.queueing import drain_signal
 
     signal = drain_signal(runtime)
     for _ in range(20):

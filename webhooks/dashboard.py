@@ -6,7 +6,7 @@ server-side session (``webhooks.sessions``) that logout deletes. Failed logins c
 the per-address throttle (``webhooks.throttle``). Every form carries the session's CSRF token
 and every POST is checked against it (400 otherwise).
 Actions go through the same use cases and jobs as the API: mapping follows the PATCH rules,
-retries and "sync now" enqueue ``report_contract``.
+retries and "sync now" go through ``worker.reporting.request_report``, as the API's sync does.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from flask import (
 from flask.typing import ResponseReturnValue
 
 from webhooks import sessions, throttle
-from worker import contracts, jobs, ops, sync
+from worker import contracts, jobs, ledger, ops, reporting
 from worker.runtime import QUEUE_NAMES
 
 bp = Blueprint("ops", __name__, url_prefix="/ops", template_folder="templates",
@@ -355,26 +355,14 @@ def _property_error(exc: contracts.InvalidProperties) -> str:
     return _sentence(Exception(str(exc).removeprefix("custom_properties: ").removeprefix("custom_properties.")))
 
 
-def _enqueue_report(contract_id: str, suffix: str) -> tuple[str, datetime, datetime | None]:
-    """Enqueue ``report_contract`` on ``urgent`` under the stamp ``ops.report_stamp`` picks."""
-    runtime = _runtime()
-    stamp, run_at = ops.report_stamp(runtime.engine, contract_id, now=_now())
-    job_id = f"{jobs.report_job_id(contract_id, stamp)}-{suffix}"
-    queue = runtime.queue("urgent")
-    if run_at is None:
-        queue.enqueue(jobs.report_contract, contract_id, stamp.isoformat(), job_id=job_id)
-    else:
-        queue.enqueue_at(run_at, jobs.report_contract, contract_id, stamp.isoformat(), job_id=job_id)
-    return job_id, stamp, run_at
-
-
 def _syncable(contract_id: str) -> str:
     """Return why the contract cannot be reported now ("" when it can)."""
-    view = contracts.get_contract(_runtime().engine, contract_id)
-    if view["mapping"]["status"] != "mapped":
-        return "The contract is not mapped to a subscription: map it first."
-    if view["status"] not in sync.SYNCABLE:
-        return f"The contract is {view['status']}: nothing is reported for it any more."
+    try:
+        reporting.check_reportable(_runtime().engine, contract_id)
+    except reporting.NotReportable as exc:
+        if not exc.mapped:
+            return "The contract is not mapped to a subscription: map it first."
+        return f"The contract is {exc.status}: nothing is reported for it any more."
     return ""
 
 
@@ -385,7 +373,7 @@ def retry_report(contract_id: str, ledger_id: int) -> ResponseReturnValue:
         reason = _syncable(contract_id)
     except contracts.ContractNotFound:
         return _page_error(404, f"There is no contract {contract_id}.")
-    entry = ops.ledger_entry(_runtime().engine, contract_id, ledger_id)
+    entry = ledger.ledger_entry(_runtime().engine, contract_id, ledger_id)
     if entry is None:
         return _page_error(404, f"Contract {contract_id} has no report {ledger_id}.")
     if entry.status not in ops.ATTENTION:
@@ -393,8 +381,9 @@ def retry_report(contract_id: str, ledger_id: int) -> ResponseReturnValue:
     elif reason:
         flash(reason, "error")
     else:
-        job_id, stamp, run_at = _enqueue_report(contract_id, f"retry{ledger_id}")
-        flash(_stamp_message(f"Retry queued ({job_id}).", ops.utc(entry.hour), stamp, run_at), "ok")
+        queued = reporting.request_report(_runtime(), contract_id, reason=f"retry{ledger_id}", now=_now())
+        flash(_stamp_message(f"Retry queued ({queued.job_id}).", ops.utc(entry.hour), queued.stamp, queued.run_at),
+              "ok")
     return redirect(url_for("ops.contract_detail", contract_id=contract_id) + "#ledger")
 
 
@@ -410,7 +399,7 @@ def _stamp_message(head: str, used: datetime | None, stamp: datetime, run_at: da
 
 @bp.post("/contracts/<contract_id>/sync")
 def sync_now(contract_id: str) -> ResponseReturnValue:
-    """Report the contract's outstanding units now (under the current hour's stamp if unused)."""
+    """Report the contract's outstanding units (``reporting.manual_stamp``: this hour, else the next)."""
     try:
         reason = _syncable(contract_id)
     except contracts.ContractNotFound:
@@ -418,8 +407,9 @@ def sync_now(contract_id: str) -> ResponseReturnValue:
     if reason:
         flash(reason, "error")
     else:
-        job_id, stamp, run_at = _enqueue_report(contract_id, "manual")
-        flash(_stamp_message(f"Sync queued ({job_id}) under the hour {fmt_time(stamp)}.", None, stamp, run_at), "ok")
+        queued = reporting.request_report(_runtime(), contract_id, reason="manual", now=_now())
+        flash(_stamp_message(f"Sync queued ({queued.job_id}) under the hour {fmt_time(queued.stamp)}.", None,
+                             queued.stamp, queued.run_at), "ok")
     return redirect(url_for("ops.contract_detail", contract_id=contract_id) + "#ledger")
 
 

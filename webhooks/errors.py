@@ -7,6 +7,10 @@ was acknowledged, so a webhook sender or API client retries. An arithmetic overf
 outage: SQLite's "integer overflow" is never a 503, and a computation beyond the supported
 numeric range (``OutOfRange``) is a 422 naming the customer and metric. Other unexpected errors
 become a 500 without a traceback (the traceback is logged).
+
+Domain errors are answered by their base class, in one static table (``_MAPPED``): the billing
+core's (``billing_core.errors``), the worker's (``worker.errors``) and the webhook verification
+and parsing errors of the receivers. No module adds to it.
 """
 
 from __future__ import annotations
@@ -19,8 +23,12 @@ from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
-from billing_core.errors import Conflict, InvalidInput, NotFound, OutOfRange
+from billing_core import errors as billing
+from marketplaces.base import MalformedNotification, UnverifiedNotification
+from worker import errors as worker
+from worker.contract_events import MalformedEvent
 from worker.logs import get_logger
+from worker.standard_webhooks import WebhookVerificationError
 
 log = get_logger("marketsync.http")
 
@@ -35,13 +43,24 @@ _TYPES = {
     500: "https://docs.withorb.com/reference/error-responses#500-internal-server-error",
 }
 
-# (exception class, status, title) — first match wins; modules may add their own.
-_MAPPED: list[tuple[type[BaseException], int, str]] = [
-    (NotFound, 404, "Resource not found"),
-    (Conflict, 409, "Resource conflict"),
-    (InvalidInput, 400, "Request validation error"),
-    (OutOfRange, 422, "Usage out of range"),
-]
+# (exception class, status, title) — first match wins. The message is the detail; a ``field``
+# attribute becomes ``validation_errors``.
+_MAPPED: tuple[tuple[type[BaseException], int, str], ...] = (
+    (billing.NotFound, 404, "Resource not found"),
+    (worker.NotFound, 404, "Resource not found"),
+    (billing.Conflict, 409, "Resource conflict"),
+    (worker.Conflict, 409, "Resource conflict"),
+    # A contract that cannot be reported as it is: the request contradicts its stored state.
+    (worker.Permanent, 409, "Resource conflict"),
+    (billing.InvalidInput, 400, "Request validation error"),
+    (worker.Invalid, 400, "Request validation error"),
+    (billing.OutOfRange, 422, "Usage out of range"),
+    # The receivers: a delivery that does not verify is refused; a malformed one names its field.
+    (WebhookVerificationError, 401, "Authentication error"),
+    (UnverifiedNotification, 401, "Authentication error"),
+    (MalformedEvent, 400, "Request validation error"),
+    (MalformedNotification, 400, "Request validation error"),
+)
 
 
 class ApiError(Exception):
@@ -78,11 +97,6 @@ def database_unavailable(exc: BaseException | None) -> bool:
 def _overflow(exc: BaseException) -> bool:
     orig = getattr(exc, "orig", exc)
     return isinstance(orig, sqlite3.OperationalError) and "integer overflow" in str(orig)
-
-
-def map_exception(exc_class: type[BaseException], status: int, title: str) -> None:
-    """Answer ``exc_class`` (and subclasses) with ``status``; its message becomes the detail."""
-    _MAPPED.insert(0, (exc_class, status, title))
 
 
 def error_response(status: int, title: str, detail: str = "", **extra: Any) -> Response:

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import select
 from sqlmodel import Session
 
-from worker import reports, sync, telemetry
+from worker import ledger, reports, telemetry
 from worker.persistence.ledger import ContractSyncRow
 from worker.runtime import QUEUE_NAMES, Runtime
 
@@ -35,7 +35,7 @@ def _cost_errors(engine: Any) -> dict[str, int]:
     counts = {UsageOutOfRange.reason: 0, InexactAmount.reason: 0}
     with Session(engine) as session:
         for error in session.execute(select(ContractSyncRow.last_error).where(
-                ContractSyncRow.last_outcome == sync.COST_ERROR)).scalars():
+                ContractSyncRow.last_outcome == ledger.COST_ERROR)).scalars():
             reason = (error or "").split(":", 1)[0] or "unknown"
             counts[reason] = counts.get(reason, 0) + 1
     return counts

@@ -1,7 +1,8 @@
 """Webhook receivers: verify, store (unique on source + delivery id), enqueue, answer 202.
 
 An unverifiable delivery gets 401 and is stored nowhere; a malformed one gets 400 naming the
-field; a repeated one is acknowledged and changes nothing.
+field; a repeated one is acknowledged and changes nothing. The verification and parsing errors
+propagate: ``webhooks.errors`` answers them.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from datetime import datetime, timezone
 from flask import Blueprint, current_app, request
 from flask.typing import ResponseReturnValue
 
-from marketplaces.base import MalformedNotification, NotificationKind, UnverifiedNotification
+from marketplaces.base import NotificationKind
 from webhooks.api.openapi import documented
 from webhooks.api.schemas import ContractWebhook, DeliveryAccepted, MarketplaceNotification
 from webhooks.errors import ApiError
 from worker import delivery, standard_webhooks
-from worker.contract_events import MalformedEvent, from_notification, parse_normalized
+from worker.contract_events import from_notification, parse_normalized
 from worker.runtime import Runtime
 
 bp = Blueprint("receivers", __name__, url_prefix="/webhooks")
@@ -38,17 +39,11 @@ def contracts() -> ResponseReturnValue:
     """Receive a normalized contract event signed per Standard Webhooks."""
     runtime = _runtime()
     body = request.get_data(cache=True)
-    try:
-        verified = standard_webhooks.verify(
-            request.headers, body, runtime.settings.WEBHOOK_SECRETS, now=int(time.time()),
-            tolerance=runtime.settings.WEBHOOK_TOLERANCE_SECONDS,
-        )
-    except standard_webhooks.WebhookVerificationError as exc:
-        raise _unauthorized(str(exc)) from None
-    try:
-        event_type, event = parse_normalized(body)
-    except MalformedEvent as exc:
-        raise ApiError(400, "Request validation error", str(exc), field=exc.field) from None
+    verified = standard_webhooks.verify(
+        request.headers, body, runtime.settings.WEBHOOK_SECRETS, now=int(time.time()),
+        tolerance=runtime.settings.WEBHOOK_TOLERANCE_SECONDS,
+    )
+    event_type, event = parse_normalized(body)
     stored = delivery.accept(runtime, source="contracts", delivery_id=verified.delivery_id,
                              event_type=event_type, body=body, headers=request.headers, event=event,
                              now=datetime.now(timezone.utc))
@@ -59,20 +54,12 @@ def _native(marketplace: str, source: str, headers: dict[str, str] | None = None
     runtime = _runtime()
     body = request.get_data(cache=True)
     adapter = runtime.adapter(marketplace)
-    try:
-        note = adapter.parse_notification(dict(request.headers) if headers is None else headers, body)
-    except UnverifiedNotification as exc:
-        raise _unauthorized(str(exc) or "notification did not verify") from None
-    except MalformedNotification as exc:
-        raise ApiError(400, "Request validation error", str(exc), field=exc.field) from None
+    note = adapter.parse_notification(dict(request.headers) if headers is None else headers, body)
     now = datetime.now(timezone.utc)
     if note.kind == NotificationKind.SUBSCRIPTION_CONFIRMATION:
         # Confirm only after the signature checked out (the adapter re-verifies too).
         adapter.confirm_subscription(note)
-    try:
-        event = from_notification(note, received_at=now)
-    except MalformedEvent as exc:
-        raise ApiError(400, "Request validation error", str(exc), field=exc.field) from None
+    event = from_notification(note, received_at=now)
     stored = delivery.accept(runtime, source=source, delivery_id=note.delivery_id, event_type=note.action,
                              body=body, headers=request.headers, event=event, now=now)
     return delivery.summary(stored), 202

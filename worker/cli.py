@@ -157,7 +157,7 @@ def sync(contract_ids: tuple[str, ...], hour: str | None, dry_run: bool) -> None
     """Report every active mapped contract now (what the hourly run does), with progress."""
     from datetime import datetime, timezone
 
-    from worker import sync as sync_module
+    from worker import hourly
     from worker.metering import hour_floor, previous_hour
 
     runtime = _runtime()
@@ -168,18 +168,18 @@ def sync(contract_ids: tuple[str, ...], hour: str | None, dry_run: bool) -> None
         raise click.BadParameter(f"not an ISO instant: {hour!r}", param_hint="--hour") from None
     if stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=timezone.utc)
-    ids = list(contract_ids) or sync_module.syncable_contracts(runtime.engine)
+    ids = list(contract_ids) or hourly.syncable_contracts(runtime.engine)
     rows = []
     with click.progressbar(ids, label=f"{'previewing' if dry_run else 'reporting'} {stamp:%Y-%m-%d %H:00}Z",
                            file=sys.stderr) as bar:
         for contract_id in bar:
             try:
                 if dry_run:
-                    rows.append(sync_module.preview(runtime.engine, contract_id, stamp, now=now))
+                    rows.append(hourly.preview(runtime.engine, contract_id, stamp, now=now))
                 else:
-                    marketplace = sync_module.marketplace_of(runtime.engine, contract_id)
-                    rows.append(sync_module.report_contract(runtime.engine, runtime.adapter(marketplace),
-                                                            contract_id, stamp, now=now))
+                    marketplace = hourly.marketplace_of(runtime.engine, contract_id)
+                    rows.append(hourly.report_contract(runtime.engine, runtime.adapter(marketplace),
+                                                       contract_id, stamp, now=now))
             except Exception as exc:  # noqa: BLE001 - one contract's failure is printed, the rest go on
                 rows.append({"contract_id": contract_id, "error": f"{type(exc).__name__}: {exc}"})
     for row in rows:
@@ -226,10 +226,10 @@ def contracts(status: str | None) -> None:
 @click.argument("contract_id")
 def ledger(contract_id: str) -> None:
     """Print a contract's usage ledger hour by hour, with each marketplace answer."""
-    from worker import sync as sync_module
+    from worker.ledger import ledger_rows
 
     runtime = _runtime()
-    rows = sync_module.ledger_rows(runtime.engine, contract_id)
+    rows = ledger_rows(runtime.engine, contract_id)
     click.echo(f"{'hour (UTC)':20} {'kind':7} {'units':>8} {'total':>8} {'cost to date':>14} {'status':10} detail")
     for row in rows:
         click.echo(f"{row['hour'][:16]:20} {row['kind']:7} {row['quantity']:>8} {row['units_total']:>8} "

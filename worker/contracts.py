@@ -16,9 +16,10 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from billing_core import get_for_update
+from billing_core import SubscriptionNotFound, get_for_update
 from marketplaces import rules
 from worker.contract_events import ContractEvent
+from worker.errors import Conflict, Invalid, NotFound
 from worker.persistence.contracts import ContractRow, ListingRow
 
 # Where the plan lives among the identifiers (the product: the marketplace's rules).
@@ -304,24 +305,19 @@ def _iso(value: datetime | None) -> str | None:
 
 # --- queries and operator actions ------------------------------------------------------------------
 
-class ContractNotFound(LookupError):
+class ContractNotFound(NotFound, LookupError):
     """No contract has this id."""
 
 
-class MappingConflict(Exception):
+class MappingConflict(Conflict):
     """The subscription cannot be attached to this contract (another customer or contract)."""
 
 
-class SubscriptionNotFound(LookupError):
-    """The billing core has no subscription with this id."""
-
-
-class InvalidProperties(ValueError):
+class InvalidProperties(Invalid, ValueError):
     """Custom properties outside the limits below; ``field`` names the offending one."""
 
     def __init__(self, message: str, field: str = "custom_properties"):
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, field=field)
 
 
 MAX_PROPERTIES = 100  # per contract, after the merge

@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
-import uuid
-import weakref
 from datetime import datetime
 from typing import Any, Mapping
 
-from rq import Retry
 from sqlalchemy.exc import IntegrityError
 
 from billing_core.errors import Conflict
 from marketplaces.base import PermanentMarketplaceError
 
-from worker import inbox, lifecycle
+from worker import inbox, lifecycle, queueing
 from worker.contract_events import ContractEvent
 from worker.contracts import Applied, apply_event
 from worker.logs import get_logger
 from worker.runtime import Runtime
 
 log = get_logger("marketsync.inbox")
-RETRY = Retry(max=5, interval=[10, 60, 300, 900, 1800])
-# A drain that died (the database went away under it) runs again soon for what is still
-# ``received``; a row it left ``processing`` is the sweeper's (after 30 s).
-DRAIN_RETRY = Retry(max=3, interval=[5, 30, 120])
 
 
 def accept(runtime: Runtime, *, source: str, delivery_id: str, event_type: str, body: bytes,
@@ -34,7 +26,7 @@ def accept(runtime: Runtime, *, source: str, delivery_id: str, event_type: str, 
     """Store a verified delivery (unique on source + id), then have it processed; never lose it.
 
     An event that needs no processing is stored as ``ignored``. The drain job is signalled
-    right after, off the request path (``DrainSignal``). If Redis is unreachable, or the process
+    right after, off the request path (``queueing.DrainSignal``). If Redis is unreachable, or the process
     dies before it signals, the delivery stays ``received`` and the cron sweeper enqueues it.
     """
     status = "received" if event is not None and event.kind not in ("ignored",) else "ignored"
@@ -44,114 +36,20 @@ def accept(runtime: Runtime, *, source: str, delivery_id: str, event_type: str, 
         contract_key=event.contract_key if event else "", now=now,
     )
     if stored.created and status == "received":
-        drain_signal(runtime).request()
+        queueing.drain_signal(runtime).request()
     log.info("webhook_stored", source=source, delivery_id=delivery_id, inbox_id=stored.id,
              duplicate=not stored.created, status=stored.status)
     return stored
 
 
-DRAIN_FLAG = "marketsync:inbox:drain-pending"
-
-
-def signal_drain(runtime: Runtime) -> bool:
-    """Make sure a drain job is queued; return False (and log) when Redis is unreachable.
-
-    One Redis round trip (SET NX); only the call that sets the flag enqueues the job. The
-    drain clears the flag before it reads the inbox, so a delivery stored after that read sets
-    it again: nothing stored is ever left without a drain (and the sweeper is the second line).
-    """
-    from worker.jobs import drain_inbox
-
-    try:
-        if runtime.redis.set(DRAIN_FLAG, "1", nx=True, ex=60):
-            runtime.queue("contracts").enqueue(drain_inbox, job_id=f"inbox-drain-{uuid.uuid4().hex}",
-                                               retry=DRAIN_RETRY, result_ttl=600, failure_ttl=7 * 86400)
-        return True
-    except Exception as exc:  # noqa: BLE001 - the sweeper re-enqueues whatever Redis error this was
-        log.warning("enqueue_failed", error=type(exc).__name__)
-        return False
-
-
-class DrainSignal:
-    """Signal the drain job after deliveries are stored, from a background thread of the process.
-
-    A request that stored a delivery only sets a mark and answers; the thread wakes, clears the
-    mark and calls ``signal_drain`` once for every delivery stored before that. A delivery
-    stored while a signal is in flight sets the mark again, so every stored row is followed by
-    a signal issued after its commit, and under load one Redis round trip covers many
-    deliveries instead of one each. The thread leaves after a few idle seconds.
-    """
-
-    IDLE_SECONDS = 5.0
-
-    def __init__(self, runtime: Runtime):
-        self._runtime = weakref.ref(runtime)  # the registry below is keyed weakly on the runtime
-        self._wanted = threading.Event()
-        self._settled = threading.Event()
-        self._settled.set()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def request(self) -> None:
-        """Ask for a signal covering every delivery stored so far (returns at once)."""
-        with self._lock:
-            self._settled.clear()
-            self._wanted.set()
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="marketsync-drain-signal", daemon=True)
-                self._thread.start()
-
-    def wait(self, timeout: float = 10.0) -> bool:
-        """Block until every requested signal was sent (tests, shutdown); False on timeout."""
-        return self._settled.wait(timeout)
-
-    def _run(self) -> None:
-        while True:
-            if not self._wanted.wait(self.IDLE_SECONDS):
-                with self._lock:
-                    if not self._wanted.is_set():
-                        self._thread = None
-                        return
-                continue
-            self._wanted.clear()
-            runtime = self._runtime()
-            if runtime is not None:
-                signal_drain(runtime)
-            del runtime
-            with self._lock:
-                if not self._wanted.is_set():
-                    self._settled.set()
-
-
-_signals: "weakref.WeakKeyDictionary[Runtime, DrainSignal]" = weakref.WeakKeyDictionary()
-_signals_guard = threading.Lock()
-
-
-def drain_signal(runtime: Runtime) -> DrainSignal:
-    """Return the runtime's drain signal in this process."""
-    with _signals_guard:
-        signal = _signals.get(runtime)
-        if signal is None:
-            signal = _signals[runtime] = DrainSignal(runtime)
-        return signal
-
-
 def enqueue(runtime: Runtime, inbox_id: int) -> bool:
     """Enqueue processing of one inbox row (retries and the sweeper); False when Redis is down."""
-    from worker.jobs import process_delivery
-
-    try:
-        runtime.queue("contracts").enqueue(process_delivery, inbox_id, job_id=f"inbox-{inbox_id}",
-                                           retry=RETRY, result_ttl=3600, failure_ttl=7 * 86400)
-        return True
-    except Exception as exc:  # noqa: BLE001 - the sweeper re-enqueues whatever Redis error this was
-        log.warning("enqueue_failed", inbox_id=inbox_id, error=type(exc).__name__)
-        return False
+    return queueing.enqueue_delivery(runtime, inbox_id)
 
 
 def drain(runtime: Runtime, *, now_fn: Any, batch: int = 200) -> dict[str, int]:
     """Process every received delivery, oldest first; a failing one is left for its retry."""
-    runtime.redis.delete(DRAIN_FLAG)
+    queueing.clear_drain_signal(runtime)
     counts: dict[str, int] = {}
     while True:
         ids = inbox.received_ids(runtime.engine, limit=batch)
@@ -230,9 +128,7 @@ def process(runtime: Runtime, inbox_id: int, *, now: datetime, statuses: tuple[s
              detail=applied.detail)
     if applied.outcome == "done" and event.kind == "canceled" and applied.contract_id:
         # Final usage must reach the marketplace inside its window: flush at once and after the grace.
-        from worker.jobs import schedule_flushes
-
-        schedule_flushes(applied.contract_id, grace_seconds=runtime.settings.CANCEL_USAGE_GRACE, runtime=runtime)
+        queueing.schedule_flushes(runtime, applied.contract_id, grace_seconds=runtime.settings.CANCEL_USAGE_GRACE)
     if applied.outcome == "done" and event.kind == "created":
         # Events that arrived before the contract existed are applied now, in arrival order.
         for waiting in inbox.deferred_for(runtime.engine, event.contract_key):

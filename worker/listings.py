@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Mapping
 
@@ -12,26 +11,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from billing_core import get_for_update
+from marketplaces.base import Marketplace
 from worker.contracts import new_id
+from worker.errors import Conflict, NotFound
 from worker.persistence.contracts import ListingRow
 
 CLOSE_ROUNDING = ("floor", "half_up", "ceil")
-MARKETPLACES = ("aws", "azure", "gcp")
+MARKETPLACES = tuple(m.value for m in Marketplace)
 
 
-class ListingNotFound(LookupError):
+class ListingNotFound(NotFound, LookupError):
     """No listing has this id."""
 
 
-class ListingConflict(Exception):
+class ListingConflict(Conflict):
     """Another listing already maps this marketplace product and plan."""
-
-
-@dataclass(frozen=True)
-class ListingInput:
-    """Validated fields of a listing (all optional on update)."""
-
-    values: Mapping[str, Any]
 
 
 def listing_as_dict(row: ListingRow) -> dict[str, Any]:
@@ -116,8 +110,3 @@ def _row_values(values: Mapping[str, Any]) -> dict[str, Any]:
     if "metering_start_date" in out and isinstance(out["metering_start_date"], datetime):
         out["metering_start_date"] = out["metering_start_date"].date()
     return out
-
-
-def metering_start_instant(day: date | None) -> datetime | None:
-    """Return the UTC midnight a metering start date stands for."""
-    return datetime.combine(day, time.min, tzinfo=timezone.utc) if day else None

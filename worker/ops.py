@@ -10,25 +10,29 @@ import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
 
 from sqlalchemy import Engine, String, and_, cast, func, or_, select
 from sqlmodel import Session
 
-from worker import sync
+from marketplaces.base import Marketplace
+from worker import cancellation, hourly, ledger
+from worker.ledger import utc
 from worker.logs import get_logger
 from worker.metering import hour_floor
 from worker.persistence.contracts import ContractRow, ListingRow
 from worker.persistence.ledger import ContractSyncRow, LedgerRow
+from worker.statuses import ContractStatus, LedgerStatus, MappingStatus
 
 log = get_logger("marketsync.ops")
-MARKETPLACES = ("aws", "azure", "gcp")
-STATUSES = ("pending", "active", "suspended", "canceled", "closed")
-MAPPING_STATUSES = ("mapped", "unmapped", "error")
-LEDGER_STATUSES = ("accepted", "duplicate", "pending", "rejected", "failed")
-ATTENTION = ("failed", "rejected")
+MARKETPLACES = tuple(m.value for m in Marketplace)
+STATUSES = tuple(ContractStatus)
+MAPPING_STATUSES = tuple(MappingStatus)
+LEDGER_STATUSES = (LedgerStatus.ACCEPTED, LedgerStatus.DUPLICATE, LedgerStatus.PENDING, LedgerStatus.REJECTED,
+                   LedgerStatus.FAILED)
+ATTENTION = (LedgerStatus.FAILED, LedgerStatus.REJECTED)
 FAILED_JOB_LIMIT = 200
 # Sort keys of the contracts table -> column (a leading "-" sorts descending).
 SORTS = {
@@ -36,13 +40,6 @@ SORTS = {
     "status": ContractRow.status, "mapping": ContractRow.mapping_status, "listing": ContractRow.listing_id,
     "units": ContractSyncRow.units_reported, "last_run": ContractSyncRow.last_run_at,
 }
-
-
-def utc(value: datetime | None) -> datetime | None:
-    """Return ``value`` as an aware UTC datetime (SQLite hands back naive ones)."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -141,7 +138,7 @@ def _last_reports(session: Session, contract_ids: list[str]) -> dict[str, Ledger
 
 def _contract_line(contract: ContractRow, state: ContractSyncRow | None, last: LedgerRow | None, *,
                    now: datetime) -> dict[str, Any]:
-    deadline = sync.deadline_for(contract) if contract.status == "canceled" else None
+    deadline = cancellation.deadline_for(contract) if contract.status == ContractStatus.CANCELED else None
     return {
         "id": contract.id, "marketplace": contract.marketplace, "buyer": contract.buyer_name or contract.external_id,
         "email": contract.buyer_email, "listing_id": contract.listing_id, "status": contract.status,
@@ -157,7 +154,7 @@ def _contract_line(contract: ContractRow, state: ContractSyncRow | None, last: L
 
 def cost_error(state: ContractSyncRow | None) -> str:
     """Return why the contract's costs cannot be computed (its ``cost_error`` state), or ""."""
-    if state is None or state.last_outcome != sync.COST_ERROR:
+    if state is None or state.last_outcome != ledger.COST_ERROR:
         return ""
     return state.last_error or "its costs cannot be computed"
 
@@ -174,7 +171,7 @@ def overview(engine: Engine, *, now: datetime) -> dict[str, Any]:
                                   .group_by(ContractRow.marketplace, ContractRow.mapping_status)).all()
         reports = session.execute(select(LedgerRow.status, func.count(), func.coalesce(func.sum(LedgerRow.quantity), 0))
                                   .where(LedgerRow.created_at >= since).group_by(LedgerRow.status)).all()
-        canceled = session.execute(select(ContractRow).where(ContractRow.status == "canceled")
+        canceled = session.execute(select(ContractRow).where(ContractRow.status == ContractStatus.CANCELED)
                                    .order_by(ContractRow.canceled_at)).scalars().all()
         session.expunge_all()
     by_status: dict[str, dict[str, int]] = {m: defaultdict(int) for m in MARKETPLACES}
@@ -185,7 +182,7 @@ def overview(engine: Engine, *, now: datetime) -> dict[str, Any]:
         by_mapping.setdefault(marketplace, defaultdict(int))[status] += n
     deadlines = []
     for contract in canceled:
-        deadline = sync.deadline_for(contract)
+        deadline = cancellation.deadline_for(contract)
         deadlines.append({"id": contract.id, "marketplace": contract.marketplace,
                           "buyer": contract.buyer_name or contract.external_id,
                           "canceled_at": utc(contract.canceled_at), "deadline": deadline,
@@ -212,7 +209,7 @@ def attention(engine: Engine, *, limit: int = 50) -> list[dict[str, Any]]:
         settled = dict(session.execute(
             select(LedgerRow.contract_id, func.max(LedgerRow.id))
             .where(LedgerRow.contract_id.in_({row.contract_id for row, _ in bad}),
-                   LedgerRow.status.in_(("accepted", "duplicate")))
+                   LedgerRow.status.in_((LedgerStatus.ACCEPTED, LedgerStatus.DUPLICATE)))
             .group_by(LedgerRow.contract_id)).all())
         session.expunge_all()
     out = []
@@ -299,23 +296,23 @@ def contract_detail(engine: Engine, contract_id: str, *, now: datetime) -> dict[
                 log.exception("upcoming_invoice_failed", contract_id=contract_id,
                               subscription_id=row.subscription_id, error_type=type(exc).__name__)
                 billing_error = invoice_failure(exc)
-    price = sync.unit_price(row, listing) if listing else None
-    ledger = ledger_rows(engine, contract_id)
-    used = {entry["hour"] for entry in ledger}
+    price = hourly.unit_price(row, listing) if listing else None
+    reports = ledger.ledger_rows(engine, contract_id)
+    used = {entry["hour"] for entry in reports}
     current = hour_floor(now)
-    deadline = sync.deadline_for(row) if row.status == "canceled" else None
+    deadline = cancellation.deadline_for(row) if row.status == ContractStatus.CANCELED else None
     return {
         "contract": view, "listing": listing, "state": state, "subscription": subscription,
         "cost_error": cost_error(state),
         "invoice": invoice, "billing_error": billing_error, "unit_price": price,
-        "ledger": ledger, "chart": chart(ledger, price),
+        "ledger": reports, "chart": chart(reports, price),
         "deadline": deadline, "overdue": bool(deadline and now >= deadline),
         "current_stamp_used": current.isoformat() in used, "current_stamp": current,
         "next_stamp": current + timedelta(hours=1),
     }
 
 
-def chart(ledger: list[dict[str, Any]], unit_price: Decimal | None, *, width: int = 720,
+def chart(entries: list[dict[str, Any]], unit_price: Decimal | None, *, width: int = 720,
           height: int = 220) -> dict[str, Any]:
     """Return an SVG-ready chart: units reported per hour (bars) vs computed cost in units (line).
 
@@ -324,8 +321,8 @@ def chart(ledger: list[dict[str, Any]], unit_price: Decimal | None, *, width: in
     """
     points = []
     cumulative = 0
-    for entry in ledger:
-        counted = entry["status"] in ("accepted", "duplicate", "pending")
+    for entry in entries:
+        counted = entry["status"] in ledger.COUNTED
         reported = entry["quantity"]  # a failed or rejected report's bar is drawn, not counted
         cumulative += reported if counted else 0
         try:
@@ -361,51 +358,12 @@ def chart(ledger: list[dict[str, Any]], unit_price: Decimal | None, *, width: in
     }
 
 
-def ledger_rows(engine: Engine, contract_id: str) -> list[dict[str, Any]]:
-    """Return a contract's reports hour by hour, with their ids (the retry action names one)."""
-    with Session(engine) as session:
-        rows = session.execute(select(LedgerRow).where(LedgerRow.contract_id == contract_id)
-                               .order_by(LedgerRow.hour, LedgerRow.id)).scalars().all()
-        return [{"id": r.id, "hour": utc(r.hour).isoformat(), "kind": r.kind,  # type: ignore[union-attr]
-                 "quantity": r.quantity, "units_total": r.units_total, "cost_to_date": r.cost_to_date,
-                 "status": r.status, "detail": r.detail, "marketplace_record_id": r.marketplace_record_id,
-                 "attempts": r.attempts, "sent_at": utc(r.sent_at)} for r in rows]
-
-
 def _nice_ceiling(value: float) -> int:
     """Return the smallest of 2, 5, 10, 20, 50, ... that is at least ``value`` (an even axis top)."""
     top = 2
     while top < value:
         top = top * 5 // 2 if str(top).startswith("2") else top * 2
     return top
-
-
-def report_stamp(engine: Engine, contract_id: str, *, now: datetime) -> tuple[datetime, datetime | None]:
-    """Return the hour stamp a manual report uses, and when to run it (None: now).
-
-    A contract gets one report per hour stamp (the marketplaces dedupe on it), so a report
-    whose stamp is used cannot be sent again under it: the outstanding units (a failed or
-    rejected report's units are not counted as reported) go under the current hour, or, when
-    that stamp is used too, under the next hour, at its start.
-    """
-    current = hour_floor(now)
-    with Session(engine) as session:
-        used = {utc(h) for h in session.execute(select(LedgerRow.hour).where(
-            LedgerRow.contract_id == contract_id, LedgerRow.hour >= current)).scalars()}
-    if current not in used:
-        return current, None
-    later = current + timedelta(hours=1)
-    return later, later
-
-
-def ledger_entry(engine: Engine, contract_id: str, ledger_id: int) -> LedgerRow | None:
-    """Return one ledger row of a contract (None when it is not this contract's)."""
-    with Session(engine) as session:
-        row = session.get(LedgerRow, ledger_id)
-        if row is None or row.contract_id != contract_id:
-            return None
-        session.expunge(row)
-        return row
 
 
 def listing_rows(engine: Engine) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from config import Settings
 from marketplaces.emulators.server import EmulatorServer
 from tests.conftest import TEST_API_KEY, TEST_WEBHOOK_SECRET
 from tests.worker.sync_support import SyncEnv, emulator_factory, ingest, map_contract, setup_billing
-from worker import sync
+from worker import hourly
 from worker.billing_gateway import CoreBillingGateway
 from worker.metering import hour_floor
 from worker.persistence.contracts import ContractRow
@@ -84,13 +84,13 @@ def seeded(app: Any, aws_emulator: EmulatorServer) -> Seeded:
             custom_properties={"crm_id": "ACME-001", "region": "emea"},
             pricing={"currency": "USD", "dimensions": [{"name": "usage_cost", "unit_price": "0.01"}]})
     ingest(engine, acme_customer, 12345, start + timedelta(minutes=10))
-    sync.report_contract(engine, env.adapter, acme, start, now=now)
+    hourly.report_contract(engine, env.adapter, acme, start, now=now)
     ingest(engine, acme_customer, 2000, start + timedelta(minutes=70))
-    sync.report_contract(engine, env.adapter, acme, start + timedelta(hours=1), now=now)
+    hourly.report_contract(engine, env.adapter, acme, start + timedelta(hours=1), now=now)
     # The emulator refuses the credentials: a permanent error, the report is marked failed.
     ingest(engine, acme_customer, 3000, start + timedelta(minutes=130))
     env.control("POST", "options", {"bad_access_keys": ["sandbox"]})
-    failed = sync.report_contract(engine, env.adapter, acme, start + timedelta(hours=2), now=now)
+    failed = hourly.report_contract(engine, env.adapter, acme, start + timedelta(hours=2), now=now)
     env.control("POST", "options", {"bad_access_keys": []})
     assert failed["sent"].get("failed") == 1, failed
     failed_id = next(r["id"] for r in _ledger(engine, acme) if r["status"] == "failed")
@@ -119,9 +119,9 @@ def seeded(app: Any, aws_emulator: EmulatorServer) -> Seeded:
 
 
 def _ledger(engine: Any, contract_id: str) -> list[dict[str, Any]]:
-    from worker import ops
+    from worker import ledger
 
-    return ops.ledger_rows(engine, contract_id)
+    return ledger.ledger_rows(engine, contract_id)
 
 
 def _subscription_of(engine: Any, contract_id: str) -> str:

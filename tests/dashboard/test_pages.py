@@ -9,7 +9,7 @@ from sqlmodel import Session
 
 from tests.conftest import TEST_API_KEY, TEST_WEBHOOK_SECRET, run_jobs
 from tests.dashboard.conftest import Seeded, csrf_of
-from worker import ops
+from worker import ledger, ops
 from worker.persistence.contracts import ContractRow
 
 PAGES = ["/ops/", "/ops/contracts", "/ops/listings", "/ops/jobs/failed"]
@@ -195,7 +195,7 @@ def test_retry_a_failed_report_sends_its_units_under_an_unused_hour(ops_client: 
     html = _html(ops_client.get(path))
     assert "Retry queued" in html and "already has its one report" in html
     run_jobs(app)
-    rows = ops.ledger_rows(engine, seeded.acme)
+    rows = ledger.ledger_rows(engine, seeded.acme)
     failed = next(r for r in rows if r["id"] == seeded.failed_ledger_id)
     assert rows[-1]["status"] == "accepted" and rows[-1]["quantity"] == failed["quantity"] == 300
     assert ops.attention(engine) == []
@@ -245,11 +245,10 @@ def test_static_css_is_served_without_a_session(client: Any) -> None:
 def test_cost_error_state_on_the_list_the_page_and_metrics(ops_client: Any, app: Any, seeded: Seeded) -> None:
     """A contract whose costs cannot be computed shows its reason on the list and its page, and counts in /metrics."""
     from billing_core.errors import UsageOutOfRange
-    from worker import sync
 
     runtime = app.extensions["marketsync"]
     error = UsageOutOfRange("metric 'm_tokens', customer 'c9': the total 1.0E+18 is beyond the supported range")
-    sync.mark_cost_errors(runtime.engine, {seeded.acme: error}, now=datetime.now(UTC))
+    ledger.mark_cost_errors(runtime.engine, {seeded.acme: error}, now=datetime.now(UTC))
     html = _html(ops_client.get("/ops/contracts"))
     assert "cost error" in html and "usage_out_of_range: metric &#39;m_tokens&#39;" in html
     page = _html(ops_client.get(f"/ops/contracts/{seeded.acme}"))

@@ -1,16 +1,13 @@
-"""The dashboard's read model: pure helpers as tables, the stamp a manual report takes."""
+"""The dashboard's read model: pure helpers as tables."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import Engine
-from sqlmodel import Session
 
 from worker import ops
-from worker.persistence.ledger import LedgerRow
 
 T = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 
@@ -42,21 +39,3 @@ def test_chart_counts_only_units_that_reached_the_marketplace() -> None:
     assert [p["cumulative"] for p in points] == [10, 10, 17]
     assert [p["computed"] for p in points] == [10.0, 15.0, 17.0]
     assert ops.chart([], Decimal("0.01"))["points"] == []
-
-
-def _row(engine: Engine, hour: datetime, status: str = "failed") -> None:
-    with Session(engine) as session:
-        session.add(LedgerRow(key=f"ctr_1:d:{hour.isoformat()}", contract_id="ctr_1", marketplace="aws",
-                              dimension="d", hour=hour, period_start=T, quantity=3, status=status,
-                              created_at=hour))
-        session.commit()
-
-
-def test_report_stamp_takes_the_current_hour_else_the_next(engine: Engine) -> None:
-    """A manual report goes under the current hour; if that stamp is used, at the next hour under it."""
-    now = T + timedelta(minutes=20)
-    _row(engine, T - timedelta(hours=1))
-    assert ops.report_stamp(engine, "ctr_1", now=now) == (T, None)
-    _row(engine, T, status="accepted")
-    later = T + timedelta(hours=1)
-    assert ops.report_stamp(engine, "ctr_1", now=now) == (later, later)

@@ -18,12 +18,13 @@ from typing import Iterator
 
 import pytest
 from redis import Redis
+from rq import Retry
 
 from config import Settings
 from tests.conftest import TEST_API_KEY, TEST_WEBHOOK_SECRET
 from tests.faults.harness import Book, Fleet, Marketplaces, Recovery, assert_exact, populate, settle
 from tests.worker.sync_support import start_of_test_window
-from worker import jobs, runtime as runtime_module
+from worker import jobs, queueing, runtime as runtime_module
 from worker.redis_server import PrivateRedis
 
 WORKERS = 2
@@ -99,7 +100,7 @@ def bed(request: pytest.FixtureRequest, db_url: str, private_redis: PrivateRedis
     """Start two workers, map the contracts and ingest their usage (nothing enqueued yet)."""
     markets.reset()
     # RQ's retry intervals are minutes long; retries here requeue at once (no scheduler wait).
-    monkeypatch.setattr(jobs, "SYNC_RETRY_INTERVALS", [0, 0, 0, 0, 0])
+    monkeypatch.setattr(queueing, "REPORT_RETRY", Retry(max=5, interval=[0, 0, 0, 0, 0]))
     environment = {**markets.environment(), "DATABASE_URL": db_url}
     settings = Settings.from_env({**environment, "REDIS_URL": private_redis.url, "DATA_DIR": str(tmp_path / "data"),
                                   "LOG_LEVEL": "WARNING", "API_KEYS": TEST_API_KEY,

@@ -10,7 +10,7 @@
 - ``settle``: what an operator's cron does after a failure, run until nothing is left: wait
   until the live workers are idle, hand abandoned RQ jobs back to their retry policy (RQ's own
   registry cleanup, run now instead of at its next maintenance), let claims of dead workers
-  expire (their ``claimed_at`` is moved past ``sync.CLAIM_TIMEOUT``, as if the clock had
+  expire (their ``claimed_at`` is moved past ``ledger.CLAIM_TIMEOUT``, as if the clock had
   moved) and enqueue the ledger sweeper.
 """
 
@@ -39,7 +39,7 @@ from sqlmodel import Session
 
 from marketplaces.emulators.server import EmulatorServer
 from tests.worker.sync_support import SyncEnv, emulator_factory, ingest, map_contract, setup_billing
-from worker import sync
+from worker import ledger
 from worker.persistence.ledger import ContractSyncRow, LedgerRow
 from worker.runtime import QUEUE_NAMES
 
@@ -390,7 +390,7 @@ def expire_dead_claims(engine: Engine) -> int:
             LedgerRow.status == "pending", LedgerRow.claim_token.is_not(None))).all()
         for row_id, claimed_at in rows:
             conn.execute(update(LedgerRow).where(LedgerRow.id == row_id).values(
-                claimed_at=claimed_at - sync.CLAIM_TIMEOUT - timedelta(seconds=1)))
+                claimed_at=claimed_at - ledger.CLAIM_TIMEOUT - timedelta(seconds=1)))
     return len(rows)
 
 

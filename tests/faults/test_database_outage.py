@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import requests
-from rq import Queue
+from rq import Queue, Retry
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
@@ -39,7 +39,7 @@ from billing_core.persistence.events import EventRow
 from tests.conftest import TEST_API_KEY, TEST_WEBHOOK_SECRET, LiveServer
 from tests.faults.conftest import BOTH_DATABASES
 from tests.faults.harness import wait_quiet
-from worker import delivery, jobs
+from worker import delivery, queueing
 from worker.persistence.contracts import ContractRow, InboxRow, ListingRow
 from worker.runtime import QUEUE_NAMES
 from worker.standard_webhooks import signed_headers
@@ -350,7 +350,7 @@ def test_database_outage_while_webhooks_and_reports_flow(bed, outage: Outage,  #
 
     # The production backoff (10 s, 60 s, ...) scaled down: a report job failing in the outage
     # retries after it rather than spending its retries inside it.
-    monkeypatch.setattr(jobs, "SYNC_RETRY_INTERVALS", [1, 1, 2, 3, 5])
+    monkeypatch.setattr(queueing, "REPORT_RETRY", Retry(max=5, interval=[1, 1, 2, 3, 5]))
     now = datetime.now(UTC)
     with Session(bed.engine) as session:
         session.add(ListingRow(id="lst_outage", marketplace="aws", product_id="prod-outage",

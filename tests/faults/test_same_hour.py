@@ -22,7 +22,7 @@ def test_same_hour_run_twice_by_two_workers(bed) -> None:  # type: ignore[no-unt
     twins = []
     for contract_id in contracts:
         for twin in ("a", "b"):
-            twins.append(Queue.prepare_data(jobs.report_contract, (contract_id, hour, True),
+            twins.append(Queue.prepare_data(jobs.report_contract, (contract_id, hour),
                                             job_id=f"twin-{twin}-{contract_id}"))
     for n in range(0, len(contracts), 27):
         chunk = contracts[n:n + 27]

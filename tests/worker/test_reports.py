@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from tests.worker.sync_support import ingest, map_contract, start_of_test_window
 from tests.worker.test_sync_jobs import aws_server, env  # noqa: F401
 from webhooks import create_app
-from worker import sync
+from worker import hourly
 from worker.reports import metering_report, month_bounds
 
 import pytest
@@ -26,7 +26,7 @@ def test_report_json_csv_metrics_and_force_sync(env, auth_headers) -> None:  # t
     start = start_of_test_window()
     contract, customer = map_contract(environment, start=start)
     ingest(environment.engine, customer, 8000, start + timedelta(minutes=5))
-    sync.report_contract(environment.engine, environment.adapter, contract, start, now=datetime.now(UTC))
+    hourly.report_contract(environment.engine, environment.adapter, contract, start, now=datetime.now(UTC))
     rows = metering_report(environment.engine, start.strftime("%Y-%m"))
     assert len(rows) == 1 and rows[0]["units_reported"] == 800 and rows[0]["amount"] == "8.00"
     assert rows[0]["outcomes"] == {"accepted": 1}

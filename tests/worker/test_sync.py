@@ -19,7 +19,7 @@ from tests.worker.sync_support import (
 )
 from marketplaces.base import TransientMarketplaceError
 from marketplaces.emulators.server import EmulatorServer
-from worker import sync
+from worker import cancellation, hourly, ledger
 from worker.metering import hour_floor
 from worker.persistence.contracts import ContractRow
 from worker.persistence.ledger import ContractSyncRow, LedgerRow
@@ -60,16 +60,16 @@ def test_hours_with_remainders(env: SyncEnv) -> None:
     now = datetime.now(UTC)
     # 12345 tokens x 0.001 = 12.345 USD -> 1234 units of 0.01
     ingest(env.engine, customer, 12345, start + timedelta(minutes=10))
-    first = sync.report_contract(env.engine, env.adapter, contract, start, now=now)
+    first = hourly.report_contract(env.engine, env.adapter, contract, start, now=now)
     assert first["quantity"] == 1234, first
     # 4 more tokens: 12.349 -> still 1234: nothing new to send (AWS sends its hourly zero)
     ingest(env.engine, customer, 4, start + timedelta(minutes=70))
-    second = sync.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=1), now=now)
+    second = hourly.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=1), now=now)
     assert second["quantity"] == 0
     # 652 more tokens: 13.001 -> 1300 units: 66 sent
     ingest(env.engine, customer, 651, start + timedelta(minutes=130))
     ingest(env.engine, customer, 1, start + timedelta(minutes=131))
-    third = sync.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=2), now=now)
+    third = hourly.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=2), now=now)
     assert third["quantity"] == 66
     assert env.totals() == 1300
     kinds = [r.kind for r in _ledger(env.engine, contract)]
@@ -84,8 +84,8 @@ def test_rerun_same_hour_never_reports_twice(env: SyncEnv) -> None:
     ingest(env.engine, customer, 5000, start + timedelta(minutes=5))
     now = datetime.now(UTC)
     for _ in range(3):
-        sync.report_contract(env.engine, env.adapter, contract, start, now=now)
-    sync.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=1), now=now)
+        hourly.report_contract(env.engine, env.adapter, contract, start, now=now)
+    hourly.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=1), now=now)
     assert env.totals() == 500
 
 
@@ -99,11 +99,11 @@ def test_amendment_lowering_cost_is_over_reported(env: SyncEnv) -> None:
     ingest(env.engine, customer, 3000, start + timedelta(minutes=5), key="big")
     ingest(env.engine, customer, 1000, start + timedelta(minutes=6), key="small")
     now = datetime.now(UTC)
-    sync.report_contract(env.engine, env.adapter, contract, start, now=now)
+    hourly.report_contract(env.engine, env.adapter, contract, start, now=now)
     with Session(env.engine) as session:
         deprecate_event(SqlEventStore(session), "big")
         session.commit()
-    result = sync.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=1), now=now)
+    result = hourly.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=1), now=now)
     assert result["quantity"] == 0
     assert env.totals() == 400
     with Session(env.engine) as session:
@@ -119,7 +119,7 @@ def test_metering_start_date_respected(env: SyncEnv) -> None:
         pytest.skip("the test window crosses midnight")
     contract, customer = map_contract(env, start=start, metering_start=today + timedelta(days=1))
     ingest(env.engine, customer, 9000, start + timedelta(minutes=5))
-    sync.report_contract(env.engine, env.adapter, contract, start, now=datetime.now(UTC))
+    hourly.report_contract(env.engine, env.adapter, contract, start, now=datetime.now(UTC))
     assert env.totals() == 0
 
 
@@ -130,8 +130,8 @@ def test_two_workers_same_hour(env: SyncEnv) -> None:
     ingest(env.engine, customer, 7777, start + timedelta(minutes=5))
     now = datetime.now(UTC)
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda _: sync.report_contract(env.engine, env.adapter, contract, start, now=now), range(8)))
-    sync.send_pending(env.engine, env.adapter, env.marketplace, now=now)
+        list(pool.map(lambda _: hourly.report_contract(env.engine, env.adapter, contract, start, now=now), range(8)))
+    hourly.send_pending(env.engine, env.adapter, env.marketplace, now=now)
     assert env.totals() == 777
 
 
@@ -141,10 +141,10 @@ def test_crash_between_ledger_write_and_send(env: SyncEnv) -> None:
     contract, customer = map_contract(env, start=start)
     ingest(env.engine, customer, 2500, start + timedelta(minutes=5))
     now = datetime.now(UTC)
-    prepared = sync.prepare(env.engine, contract, start, now=now)  # the worker dies here
+    prepared = hourly.prepare(env.engine, contract, start, now=now)  # the worker dies here
     assert prepared.outcome == "queued" and env.totals() == 0
-    later = now + sync.CLAIM_TIMEOUT + timedelta(seconds=1)
-    sync.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=1), now=later)
+    later = now + ledger.CLAIM_TIMEOUT + timedelta(seconds=1)
+    hourly.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=1), now=later)
     assert env.totals() == 250
     assert [r.status for r in _ledger(env.engine, contract)][0] == "accepted"
 
@@ -155,12 +155,12 @@ def test_crash_between_send_and_record(env: SyncEnv) -> None:
     contract, customer = map_contract(env, start=start)
     ingest(env.engine, customer, 4200, start + timedelta(minutes=5))
     now = datetime.now(UTC)
-    sync.prepare(env.engine, contract, start, now=now)
-    token, rows = sync._claim(env.engine, env.marketplace, now=now, first=contract, limit=25)
-    env.adapter.report([sync.usage_record(r, _contract(env.engine, contract)) for r in rows])  # then it dies
+    hourly.prepare(env.engine, contract, start, now=now)
+    token, rows = ledger.claim(env.engine, env.marketplace, now=now, first=contract, limit=25)
+    env.adapter.report([hourly.usage_record(r, _contract(env.engine, contract)) for r in rows])  # then it dies
     assert env.totals() == 420
-    later = now + sync.CLAIM_TIMEOUT + timedelta(seconds=1)
-    sync.send_pending(env.engine, env.adapter, env.marketplace, now=later)
+    later = now + ledger.CLAIM_TIMEOUT + timedelta(seconds=1)
+    hourly.send_pending(env.engine, env.adapter, env.marketplace, now=later)
     assert env.totals() == 420
     assert _ledger(env.engine, contract)[0].status in ("accepted", "duplicate")
 
@@ -174,11 +174,11 @@ def test_outage_keeps_rows_pending_then_delivers(env: SyncEnv) -> None:
     env.control("POST", "faults", {"outage": True})
     try:
         with pytest.raises(TransientMarketplaceError):
-            sync.report_contract(env.engine, env.adapter, contract, start, now=now)
+            hourly.report_contract(env.engine, env.adapter, contract, start, now=now)
     finally:
         env.control("POST", "faults", {"outage": False})
     assert _ledger(env.engine, contract)[0].status == "pending"
-    sync.send_pending(env.engine, env.adapter, env.marketplace, now=now)
+    hourly.send_pending(env.engine, env.adapter, env.marketplace, now=now)
     assert env.totals() == 99
 
 
@@ -188,7 +188,7 @@ def test_cancellation_flush_and_close(env: SyncEnv) -> None:
     contract, customer = map_contract(env, start=start, close_rounding="half_up")
     ingest(env.engine, customer, 1234, start + timedelta(minutes=5))  # 1.234 -> 123 units
     now = datetime.now(UTC)
-    sync.report_contract(env.engine, env.adapter, contract, start, now=now)
+    hourly.report_contract(env.engine, env.adapter, contract, start, now=now)
     canceled_at = now - timedelta(minutes=1)
     with Session(env.engine) as session:
         row = session.get(ContractRow, contract)
@@ -196,17 +196,17 @@ def test_cancellation_flush_and_close(env: SyncEnv) -> None:
         session.add(row)
         session.commit()
     ingest(env.engine, customer, 6, start + timedelta(minutes=20))  # 1.240 -> 124
-    first = sync.flush(env.engine, env.adapter, contract, now=now, final=False)
+    first = cancellation.flush(env.engine, env.adapter, contract, now=now, final=False)
     assert first["quantity"] == 1
     ingest(env.engine, customer, 5, start + timedelta(minutes=30))  # 1.245 -> half_up 125 (floor 124)
-    final = sync.flush(env.engine, env.adapter, contract, now=now, final=True)
+    final = cancellation.flush(env.engine, env.adapter, contract, now=now, final=True)
     if env.marketplace != "azure":
         # This hour's stamp is taken: the final report waits for the next hour boundary.
         assert final["outcome"] == "wait"
         later = hour_floor(now) + timedelta(hours=1, seconds=5)
         env.control("POST", "clock", {"now": later.isoformat().replace("+00:00", "Z")})
         try:
-            final = sync.flush(env.engine, env.adapter, contract, now=later, final=True)
+            final = cancellation.flush(env.engine, env.adapter, contract, now=later, final=True)
         finally:
             env.control("POST", "clock", {"now": None})
     assert final["quantity"] == 1 and final["closed"] is True, final
@@ -214,8 +214,8 @@ def test_cancellation_flush_and_close(env: SyncEnv) -> None:
     assert _contract(env.engine, contract).status == "closed"
     # Usage for a time after the cancellation is kept and flagged unbillable, never reported.
     ingest(env.engine, customer, 500, now)
-    assert sync.flag_unbillable(env.engine, now=now) == {contract: 1}
-    assert sync.report_contract(env.engine, env.adapter, contract, now, now=now)["outcome"] == "skipped"
+    assert cancellation.flag_unbillable(env.engine, now=now) == {contract: 1}
+    assert hourly.report_contract(env.engine, env.adapter, contract, now, now=now)["outcome"] == "skipped"
     assert env.totals() == 125
 
 
@@ -245,14 +245,14 @@ def test_cost_error_contract_does_not_block_its_chunk(env: SyncEnv) -> None:
             ingest_events(SqlEventStore(session), events[at:at + 500], now=datetime.now(UTC))
             session.commit()
     now = datetime.now(UTC)
-    result = sync.report_many(env.engine, lambda _m: env.adapter, [healthy, broken, other], start, now=now)
+    result = hourly.report_many(env.engine, lambda _m: env.adapter, [healthy, broken, other], start, now=now)
     assert set(result["errors"]) == {broken} and "usage_out_of_range" in result["errors"][broken]
-    sync.send_pending(env.engine, env.adapter, env.marketplace, now=now)
+    hourly.send_pending(env.engine, env.adapter, env.marketplace, now=now)
     assert env.totals() == 800  # 500 + 300 units of 0.01 USD: the healthy contracts only
     with Session(env.engine) as session:
         state = session.get(ContractSyncRow, broken)
-        assert state is not None and state.last_outcome == sync.COST_ERROR
+        assert state is not None and state.last_outcome == ledger.COST_ERROR
         assert f"customer {heavy!r}" in state.last_error
     assert _ledger(env.engine, broken) == []
-    again = sync.report_contract(env.engine, env.adapter, broken, start + timedelta(hours=1), now=now)
-    assert again["outcome"] == sync.COST_ERROR  # one contract at a time: the same state, no exception
+    again = hourly.report_contract(env.engine, env.adapter, broken, start + timedelta(hours=1), now=now)
+    assert again["outcome"] == ledger.COST_ERROR  # one contract at a time: the same state, no exception

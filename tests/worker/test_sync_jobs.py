@@ -14,7 +14,7 @@ from marketplaces.emulators.aws import create_aws_emulator
 from marketplaces.emulators.server import EmulatorServer
 from tests.conftest import run_jobs
 from tests.worker.sync_support import SyncEnv, ingest, map_contract, setup_billing, start_of_test_window
-from worker import jobs, runtime as runtime_module
+from worker import jobs, queueing, runtime as runtime_module
 from worker.persistence.contracts import ContractRow
 from worker.persistence.ledger import ContractSyncRow
 
@@ -71,7 +71,7 @@ def test_cancellation_schedules_two_flushes(env) -> None:  # type: ignore[no-unt
         row.status, row.canceled_at, row.cancel_effective_at = "canceled", now, now
         session.add(row)
         session.commit()
-    jobs.schedule_flushes(contract, grace_seconds=600)
+    queueing.schedule_flushes(runtime, contract, grace_seconds=600)
     urgent = runtime.queue("urgent")
     assert urgent.count == 1
     assert f"flush-{contract}-final" in ScheduledJobRegistry(queue=urgent).get_job_ids()

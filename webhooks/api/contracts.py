@@ -13,14 +13,9 @@ from webhooks.api.common import ApiError, Body, api_blueprint, parse_body
 from webhooks.api.openapi import documented
 from webhooks.api.schemas import Contract, ContractQuery, NumberedPage
 from webhooks.api.paging import page_envelope, page_params
-from webhooks.errors import map_exception
 from worker import contracts
 
 bp = api_blueprint("contracts", __name__)
-map_exception(contracts.ContractNotFound, 404, "Resource not found")
-map_exception(contracts.SubscriptionNotFound, 404, "Resource not found")
-map_exception(contracts.MappingConflict, 409, "Resource conflict")
-map_exception(contracts.InvalidProperties, 400, "Request validation error")
 
 
 class _MappedObject(BaseModel):

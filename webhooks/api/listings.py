@@ -15,12 +15,9 @@ from webhooks.api.common import ApiError, Body, api_blueprint, parse_body
 from webhooks.api.openapi import documented
 from webhooks.api.schemas import Listing, ListingQuery, NumberedPage
 from webhooks.api.paging import page_envelope, page_params
-from webhooks.errors import map_exception
 from worker import listings
 
 bp = api_blueprint("listings", __name__)
-map_exception(listings.ListingNotFound, 404, "Resource not found")
-map_exception(listings.ListingConflict, 409, "Resource conflict")
 
 
 def _decimal(value: object) -> str:

@@ -11,7 +11,7 @@ from flask.typing import ResponseReturnValue
 from webhooks.api.common import ApiError, api_blueprint
 from webhooks.api.openapi import documented
 from webhooks.api.schemas import MeteringReport, ReportQuery, SyncQueued
-from worker import reports
+from worker import reporting, reports
 
 bp = api_blueprint("metering", __name__)
 
@@ -41,17 +41,7 @@ def metering_reports() -> ResponseReturnValue:
 @bp.post("/contracts/<contract_id>/sync")
 @documented(response=SyncQueued, status=202)
 def force_sync(contract_id: str) -> ResponseReturnValue:
-    """Enqueue a report of the contract now (under the current hour's stamp); return the job id."""
-    from worker import contracts, jobs, sync
-    from worker.metering import hour_floor
-
-    runtime = _runtime()
-    contract = contracts.get_contract(runtime.engine, contract_id)  # 404 when unknown
-    if contract["mapping"]["status"] != "mapped":
-        raise ApiError(409, "Resource conflict", f"contract {contract_id} is not mapped to a subscription")
-    if contract["status"] not in sync.SYNCABLE:
-        raise ApiError(409, "Resource conflict", f"contract {contract_id} is {contract['status']}: nothing to sync")
-    stamp = hour_floor(datetime.now(timezone.utc))
-    job_id = jobs.report_job_id(contract_id, stamp) + "-manual"
-    runtime.queue("urgent").enqueue(jobs.report_contract, contract_id, stamp.isoformat(), job_id=job_id)
-    return {"job_id": job_id, "contract_id": contract_id, "hour": stamp.isoformat()}, 202
+    """Enqueue a report of the contract: under the current hour's stamp when it is unused, otherwise
+    under the next hour's, run at its start (``hour`` says which); return the job id."""
+    queued = reporting.request_report(_runtime(), contract_id, reason="manual", now=datetime.now(timezone.utc))
+    return {"job_id": queued.job_id, "contract_id": contract_id, "hour": queued.stamp.isoformat()}, 202

@@ -1,0 +1,355 @@
+"""The hourly report (DESIGN §4, reference/billing.md §3): cost window, prepare, report, send.
+
+Two steps, each safe to repeat and to run in several processes at once:
+
+1. ``prepare``: compute the contract's unrounded cost to date for its billing period, convert
+   it to whole units, and write the difference to the usage ledger as a ``pending`` row keyed
+   (contract, dimension, hour stamp) — ``ledger.record``, a compare-and-swap on the contract's
+   sync state in the same transaction, so no two runs ever count the same units.
+2. ``send_pending``: claim up to a batch of pending rows of one marketplace (across contracts),
+   send them through the adapter, and record each answer. A crash before the answer is recorded
+   leaves the row pending; it is sent again, identical, and the marketplace's dedupe answers.
+
+A contract whose costs cannot be computed (``OutOfRange``: its usage is beyond the supported
+range) reports nothing and is put in the ``cost_error`` state — ``last_outcome`` of its sync
+state, with the reason in ``last_error`` — shown on the dashboard and counted in ``/metrics``.
+It is not retried (the same data gives the same answer); the other contracts of its chunk are
+reported as usual, and the next run that can compute its costs clears the state.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Callable, Sequence
+
+from sqlalchemy import Engine, select
+from sqlmodel import Session
+
+from billing_core import OutOfRange, SqlSubscriptions, SqlUsageSource, Subscription, billing_period, costs, costs_each
+from marketplaces import rules
+from marketplaces.base import Marketplace, PermanentMarketplaceError, TransientMarketplaceError, UsageRecord
+from worker import ledger
+from worker.errors import Permanent, Transient
+from worker.ledger import COST_ERROR, Due, Prepared, utc
+from worker.logs import get_logger
+from worker.metering import hour_floor, plan_report
+from worker.persistence.contracts import ContractRow, ListingRow
+from worker.persistence.ledger import ContractSyncRow, LedgerRow
+from worker.statuses import SYNCABLE, MappingStatus
+
+log = get_logger("marketsync.sync")
+# The contract columns a marketplace's record identifiers are read from.
+_COLUMN_IDENTIFIERS = ("product_code", "license_arn", "customer_aws_account_id", "customer_identifier",
+                       "azure_subscription_id", "plan_id", "gcp_entitlement_id")
+_Loaded = tuple[ContractRow, ListingRow, Subscription]
+
+
+class SyncError(Permanent):
+    """A contract cannot be reported as it is (unmapped, no listing, ...); shown, not retried."""
+
+
+def batch_size(marketplace: str) -> int:
+    """Return how many ledger rows of ``marketplace`` go out in one send."""
+    return rules(marketplace).batch_size
+
+
+def unit_price(contract: ContractRow, listing: ListingRow) -> Decimal:
+    """Return the unit price of the listing's dimension (a contract's own pricing wins)."""
+    for dimension in (contract.pricing or {}).get("dimensions", []) or []:
+        if dimension.get("name") == listing.dimension and dimension.get("unit_price"):
+            return Decimal(str(dimension["unit_price"]))
+    return Decimal(listing.unit_price)
+
+
+def _metering_start(listing: ListingRow) -> datetime | None:
+    if listing.metering_start_date is None:
+        return None
+    return datetime.combine(listing.metering_start_date, datetime.min.time(), tzinfo=timezone.utc)
+
+
+def cost_window(sub: Subscription, contract: ContractRow, listing: ListingRow, *, stamp: datetime,
+                now: datetime) -> tuple[datetime, datetime, datetime]:
+    """Return (start, end, period start) of the costs to read: the billing period the stamp falls in, to now."""
+    ends = [now]
+    for limit in (utc(sub.end), utc(contract.cancel_effective_at)):
+        if limit is not None:
+            ends.append(limit)
+    end = min(ends)
+    reference = min(stamp, end - timedelta(microseconds=1))
+    reference = max(reference, utc(sub.start))  # type: ignore[type-var]
+    period = billing_period(sub, reference)
+    start = period.start
+    metering_start = _metering_start(listing)
+    if metering_start is not None:
+        start = max(start, metering_start)
+    return start, min(end, period.end), period.start
+
+
+def _reported_total(result: Any, listing: ListingRow) -> Decimal:
+    """Return the unrounded total of the prices the listing reports (usage, and fixed fees if included)."""
+    return sum((p.total_unrounded for p in result.per_price_costs
+                if listing.include_fixed_fees or p.price.metric_id is not None), Decimal(0))
+
+
+def contract_cost(engine: Engine, sub: Subscription, contract: ContractRow, listing: ListingRow, *,
+                  stamp: datetime, now: datetime) -> tuple[Decimal, datetime]:
+    """Return the unrounded cost to date of the billing period the stamp falls in, and its start."""
+    start, end, period_start = cost_window(sub, contract, listing, stamp=stamp, now=now)
+    if end <= start:
+        return Decimal(0), period_start
+    return _reported_total(costs(sub, start, end, SqlUsageSource(engine)), listing), period_start
+
+
+def _load(engine: Engine, contract_id: str) -> _Loaded:
+    """Return the contract with its listing and subscription (SyncError when it cannot be reported)."""
+    loaded = _load_many(engine, [contract_id])[contract_id]
+    if isinstance(loaded, SyncError):
+        raise loaded
+    return loaded
+
+
+def _load_many(engine: Engine, contract_ids: Sequence[str]) -> dict[str, _Loaded | SyncError]:
+    """Load many contracts with their listings and subscriptions in three queries."""
+    out: dict[str, _Loaded | SyncError] = {}
+    with Session(engine) as session:
+        contracts = {c.id: c for c in session.execute(
+            select(ContractRow).where(ContractRow.id.in_(list(contract_ids)))).scalars()}
+        listings = {row.id: row for row in session.execute(select(ListingRow).where(
+            ListingRow.id.in_({c.listing_id for c in contracts.values() if c.listing_id}))).scalars()}
+        subs = SqlSubscriptions(session).get_many({c.subscription_id for c in contracts.values() if c.subscription_id})
+        for contract_id in contract_ids:
+            contract = contracts.get(contract_id)
+            if contract is None:
+                out[contract_id] = SyncError(f"no contract {contract_id!r}")
+            elif contract.mapping_status != MappingStatus.MAPPED or not contract.subscription_id:
+                out[contract_id] = SyncError(f"contract {contract_id} is not mapped to a subscription")
+            elif not contract.listing_id or contract.listing_id not in listings:
+                out[contract_id] = SyncError(f"contract {contract_id} has no listing")
+            elif contract.subscription_id not in subs:
+                out[contract_id] = SyncError(f"subscription {contract.subscription_id} of contract {contract_id} "
+                                             "does not exist")
+            else:
+                out[contract_id] = (contract, listings[contract.listing_id], subs[contract.subscription_id])
+        session.expunge_all()
+    return out
+
+
+def _unreportable(contract: ContractRow, listing: ListingRow, sub: Subscription, stamp: datetime) -> Prepared | None:
+    """Return why the contract reports nothing under ``stamp`` (skipped), or None when it may report."""
+    if contract.status not in SYNCABLE:
+        return Prepared("skipped", f"contract is {contract.status}")
+    first_hour = hour_floor(utc(sub.start))  # type: ignore[arg-type]
+    metering_start = _metering_start(listing)
+    if metering_start is not None:
+        first_hour = max(first_hour, metering_start)
+    if stamp < first_hour:
+        # No marketplace accepts usage stamped before the buyer's use began.
+        return Prepared("skipped", f"hour {stamp.isoformat()} is before the contract's first billable hour")
+    return None
+
+
+def _product(contract: ContractRow) -> str:
+    return contract.product_code or contract.offer_id or str((contract.cloud_identifiers or {}).get("product_id", ""))
+
+
+def _due(contract: ContractRow, listing: ListingRow, cost: Decimal, period_start: datetime) -> Due:
+    return Due(contract_id=contract.id, marketplace=contract.marketplace, product=_product(contract),
+               dimension=listing.dimension, unit_price=unit_price(contract, listing),
+               close_rounding=listing.close_rounding, cost=cost, period_start=period_start,
+               zero_record=rules(contract.marketplace).hourly_zero_record)
+
+
+def prepare(engine: Engine, contract_id: str, stamp: datetime, *, now: datetime, final: bool = False,
+            kind: str = "hourly") -> Prepared:
+    """Write the contract's outstanding units under ``stamp`` to the ledger (pending)."""
+    stamp = hour_floor(stamp)
+    contract, listing, sub = _load(engine, contract_id)
+    skipped = _unreportable(contract, listing, sub, stamp)
+    if skipped is not None:
+        return skipped
+    try:
+        cost, period_start = contract_cost(engine, sub, contract, listing, stamp=stamp, now=now)
+    except OutOfRange as exc:
+        ledger.mark_cost_errors(engine, {contract_id: exc}, now=now)
+        return Prepared(COST_ERROR, ledger.cost_error_text(exc))
+    result = ledger.record(engine, [_due(contract, listing, cost, period_start)], stamp, now=now, kind=kind,
+                           final=final)[contract_id]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def prepare_many(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *, now: datetime,
+                 kind: str = "hourly") -> dict[str, Prepared | Exception]:
+    """``prepare`` many contracts under ``stamp``, reading their costs in bulk (one grouped query per metric).
+
+    A contract that cannot be reported maps to its ``SyncError``; one whose costs cannot be
+    computed to ``Prepared("cost_error")`` (and that state); one whose state kept changing to
+    ``Contention``.
+    """
+    stamp = hour_floor(stamp)
+    out: dict[str, Prepared | Exception] = {}
+    todo: list[tuple[ContractRow, ListingRow, Subscription, datetime, datetime, datetime]] = []
+    for contract_id, loaded in _load_many(engine, contract_ids).items():
+        if isinstance(loaded, SyncError):
+            out[contract_id] = loaded
+            continue
+        contract, listing, sub = loaded
+        skipped = _unreportable(contract, listing, sub, stamp)
+        if skipped is not None:
+            out[contract_id] = skipped
+            continue
+        todo.append((contract, listing, sub, *cost_window(sub, contract, listing, stamp=stamp, now=now)))
+    priced = [t for t in todo if t[4] > t[3]]
+    results = costs_each([(sub, start, end) for _, _, sub, start, end, _ in priced], SqlUsageSource(engine))
+    failed = {t[0].id: result for t, result in zip(priced, results) if isinstance(result, OutOfRange)}
+    totals = {t[0].id: _reported_total(result, t[1]) for t, result in zip(priced, results)
+              if not isinstance(result, OutOfRange)}
+    ledger.mark_cost_errors(engine, failed, now=now)
+    out.update({contract_id: Prepared(COST_ERROR, ledger.cost_error_text(exc)) for contract_id, exc in failed.items()})
+    dues = [_due(contract, listing, totals.get(contract.id, Decimal(0)), period_start)
+            for contract, listing, _sub, _start, _end, period_start in todo if contract.id not in failed]
+    out.update(ledger.record(engine, dues, stamp, now=now, kind=kind))
+    return out
+
+
+def preview(engine: Engine, contract_id: str, stamp: datetime, *, now: datetime, final: bool = False) -> dict[str, Any]:
+    """Return what ``prepare`` would write for the contract, without writing anything."""
+    stamp = hour_floor(stamp)
+    contract, listing, sub = _load(engine, contract_id)
+    cost, period_start = contract_cost(engine, sub, contract, listing, stamp=stamp, now=now)
+    price = unit_price(contract, listing)
+    with Session(engine) as session:
+        state = session.get(ContractSyncRow, contract_id)
+    taken = ledger.stamp_taken(engine, contract_id, stamp)
+    reported = state.units_reported if state and utc(state.period_start) == period_start else 0
+    plan = plan_report(cost, price, reported, final=final, close_policy=listing.close_rounding)
+    return {"contract_id": contract_id, "marketplace": contract.marketplace, "hour": stamp.isoformat(),
+            "period_start": period_start.isoformat(), "cost": str(cost), "unit_price": str(price),
+            "units_total": plan.units_total, "units_reported": reported, "would_send": 0 if taken else plan.delta,
+            "over_reported": plan.over_reported, "stamp_used": taken, "status": contract.status}
+
+
+# --- sending ---------------------------------------------------------------------------------------
+
+def usage_record(row: LedgerRow, contract: ContractRow) -> UsageRecord:
+    """Build the adapter's record for a ledger row from the contract's cloud identifiers."""
+    columns = {name: getattr(contract, name) for name in _COLUMN_IDENTIFIERS}
+    identifiers = rules(contract.marketplace).record_identifiers(columns, dict(contract.cloud_identifiers or {}))
+    return UsageRecord(key=row.key, marketplace=Marketplace(contract.marketplace), identifiers=identifiers,
+                       dimension=row.dimension, hour=utc(row.hour),  # type: ignore[arg-type]
+                       quantity=row.quantity)
+
+
+def send_pending(engine: Engine, adapter: Any, marketplace: str, *, now: datetime, first: str | None = None,
+                 max_batches: int = 4) -> dict[str, int]:
+    """Send pending ledger rows of ``marketplace`` in batches (``batch_size``); return counts by outcome.
+
+    ``first`` puts one contract's rows at the head of the first batch. Transient failures
+    release the claim and propagate (the job retries); permanent ones mark the rows failed.
+    """
+    totals: dict[str, int] = {}
+    for _ in range(max_batches):
+        token, rows = ledger.claim(engine, marketplace, now=now, first=first, limit=batch_size(marketplace))
+        if not rows:
+            break
+        with Session(engine) as session:
+            contracts = {c.id: c for c in session.execute(
+                select(ContractRow).where(ContractRow.id.in_({r.contract_id for r in rows}))).scalars()}
+            session.expunge_all()
+        records = [usage_record(r, contracts[r.contract_id]) for r in rows]
+        try:
+            outcomes = adapter.report(records)
+        except TransientMarketplaceError as exc:
+            ledger.release(engine, token, f"transient: {exc}")
+            raise
+        except PermanentMarketplaceError as exc:
+            ledger.fail(engine, rows, f"permanent: {exc}", now=now)
+            log.error("report_failed", marketplace=marketplace, rows=len(rows), error=str(exc))
+            totals["failed"] = totals.get("failed", 0) + len(rows)
+            continue
+        counts = ledger.settle(engine, rows, {o.key: o for o in outcomes}, now=now)
+        for status, n in counts.items():
+            totals[status] = totals.get(status, 0) + n
+        log.info("reported", marketplace=marketplace, records=len(rows), **counts)
+        if counts.get("pending"):
+            break  # the marketplace left some unprocessed: leave them for the retry
+    return totals
+
+
+def send_all_pending(engine: Engine, adapter_for: Callable[[str], Any], *, now: datetime,
+                     max_batches: int = 4) -> dict[str, dict[str, int]]:
+    """Send the pending reports of every marketplace that has some; return counts per marketplace."""
+    return {marketplace: send_pending(engine, adapter_for(marketplace), marketplace, now=now,
+                                      max_batches=max_batches)
+            for marketplace in ledger.marketplaces_with_pending(engine)}
+
+
+# --- reporting one contract, or a chunk of them ------------------------------------------------------
+
+def report_contract(engine: Engine, adapter: Any, contract_id: str, stamp: datetime, *, now: datetime,
+                    final: bool = False, kind: str = "hourly") -> dict[str, Any]:
+    """Prepare one contract's report under ``stamp`` and send it at once (with others' pending rows)."""
+    prepared = prepare(engine, contract_id, stamp, now=now, final=final, kind=kind)
+    marketplace = marketplace_of(engine, contract_id)
+    sent = send_pending(engine, adapter, marketplace, now=now, first=contract_id)
+    return {"contract_id": contract_id, "hour": stamp.isoformat(), "outcome": prepared.outcome,
+            "detail": prepared.detail, "quantity": prepared.quantity, "cost": str(prepared.cost), "sent": sent}
+
+
+def report_many(engine: Engine, adapter_for: Callable[[str], Any], contract_ids: Sequence[str], stamp: datetime, *,
+                now: datetime) -> dict[str, Any]:
+    """The hourly report of many contracts: prepare each (costs read in bulk), then send full
+    batches of usage.
+
+    Rows below a full batch, and zero-quantity heartbeats, wait for the fan-out's drain jobs. A
+    contract that cannot be reported is counted and skipped; a transient failure (sending, or a
+    sync state that kept changing) propagates after the others are done, so the job retries.
+    """
+    prepared = prepare_many(engine, contract_ids, stamp, now=now)
+    outcomes: dict[str, int] = {}
+    errors: dict[str, str] = {}
+    transient: Exception | None = None
+    for contract_id, result in prepared.items():
+        if isinstance(result, Prepared):
+            outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
+            if result.outcome == COST_ERROR:
+                errors[contract_id] = result.detail
+            continue
+        errors[contract_id] = str(result)
+        if isinstance(result, (Transient, TransientMarketplaceError)):
+            transient = transient or result
+        else:
+            log.error("sync_error", contract=contract_id, error=str(result))
+    with Session(engine) as session:
+        marketplaces = sorted(set(session.execute(select(ContractRow.marketplace).where(
+            ContractRow.id.in_([c for c, r in prepared.items() if isinstance(r, Prepared) and r.ledger_id]))).scalars()))
+    sent: dict[str, dict[str, int]] = {}
+    for marketplace in marketplaces:
+        # Full batches of usage go out now; zero-quantity heartbeats (AWS, paced at 10 calls/s)
+        # wait for the fan-out's drain jobs, so they never hold up the other chunks' reports.
+        full = ledger.pending_count(engine, marketplace, usage_only=True) // batch_size(marketplace)
+        if full:
+            sent[marketplace] = send_pending(engine, adapter_for(marketplace), marketplace, now=now, max_batches=full)
+    if transient is not None:
+        raise transient
+    return {"hour": hour_floor(stamp).isoformat(), "contracts": len(contract_ids), "outcomes": outcomes,
+            "errors": errors, "sent": sent}
+
+
+def syncable_contracts(engine: Engine) -> list[str]:
+    """Return ids of mapped contracts that still report (active, suspended, canceled-not-closed)."""
+    with Session(engine) as session:
+        return list(session.execute(select(ContractRow.id).where(
+            ContractRow.mapping_status == MappingStatus.MAPPED, ContractRow.status.in_(SYNCABLE),
+        ).order_by(ContractRow.id)).scalars())
+
+
+def marketplace_of(engine: Engine, contract_id: str) -> str:
+    """Return the contract's marketplace (SyncError if there is no such contract)."""
+    with Session(engine) as session:
+        contract = session.get(ContractRow, contract_id)
+        if contract is None:
+            raise SyncError(f"no contract {contract_id!r}")
+        return contract.marketplace

@@ -1,0 +1,368 @@
+"""The usage ledger: writing reports, claiming them to send, settling the answers, listing them.
+
+Every outbound report is a ledger row keyed (contract, dimension, hour stamp), written
+``pending`` in the same transaction as a compare-and-swap on the contract's sync state
+(``record``, the only write path), so no two runs ever count the same units. A sender claims
+pending rows (``claim``), and either ``settle``s the marketplace's answers, ``fail``s them
+(a permanent error) or ``release``s them (a transient one). The rows themselves are
+``worker.persistence.ledger``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Sequence
+
+from sqlalchemy import Engine, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from billing_core.errors import OutOfRange
+from marketplaces.base import OutcomeStatus
+from worker.errors import Contention
+from worker.logs import get_logger
+from worker.metering import ledger_key, plan_report
+from worker.persistence.ledger import ContractSyncRow, LedgerRow
+from worker.statuses import LedgerStatus
+
+log = get_logger("marketsync.ledger")
+CLAIM_TIMEOUT = timedelta(minutes=2)  # a claim older than this belongs to a dead worker
+COUNTED = (LedgerStatus.PENDING, LedgerStatus.ACCEPTED, LedgerStatus.DUPLICATE)  # units count as reported
+COST_ERROR = "cost_error"  # last_outcome of a contract whose costs cannot be computed
+RECORD_ATTEMPTS = 10  # compare-and-swap passes per contract before giving up (Contention)
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """Return ``value`` as an aware UTC datetime (SQLite hands back naive ones)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Due:
+    """One contract's cost to date for a period, to be written as a report under an hour stamp."""
+
+    contract_id: str
+    marketplace: str
+    product: str
+    dimension: str
+    unit_price: Decimal
+    close_rounding: str
+    cost: Decimal
+    period_start: datetime
+    zero_record: bool = False  # write a zero-quantity row when nothing is due (AWS's hourly heartbeat)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What preparing one contract's report under one hour stamp did."""
+
+    outcome: str  # queued, zero, nothing, stamp_used, skipped, cost_error
+    detail: str = ""
+    ledger_id: int | None = None
+    cost: Decimal = Decimal(0)
+    units_total: int = 0
+    quantity: int = 0
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+class _Moved(Exception):
+    """A compare-and-swap found a state that changed since it was read."""
+
+
+def record(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetime, kind: str,
+           final: bool = False) -> dict[str, Prepared | Contention]:
+    """Write the units of each cost not yet reported as pending ledger rows; return what each got.
+
+    All contracts go in one transaction (one read of their states and stamps, one batched
+    compare-and-swap, one multi-row insert). When any state moved meanwhile (another run, a
+    flush) nothing is written and each contract is recorded alone, again from its new state,
+    until its swap holds; one that keeps losing maps to ``Contention``.
+    """
+    written = _swap(engine, dues, stamp, now=now, kind=kind, final=final)
+    if written is not None:
+        return dict(written)
+    out: dict[str, Prepared | Contention] = {}
+    for due in dues:
+        for _attempt in range(RECORD_ATTEMPTS):
+            one = _swap(engine, [due], stamp, now=now, kind=kind, final=final)
+            if one is not None:
+                out.update(one)
+                break
+        else:
+            out[due.contract_id] = Contention(f"contract {due.contract_id}: sync state kept changing; retry")
+    return out
+
+
+def _swap(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetime, kind: str,
+          final: bool) -> dict[str, Prepared] | None:
+    """One compare-and-swap transaction for ``dues``; None, having written nothing, when a state moved."""
+    if not dues:
+        return {}
+    sync_t, ledger_t = ContractSyncRow.__table__, LedgerRow.__table__
+    ids = [due.contract_id for due in dues]
+    by_id = {due.contract_id: due for due in dues}
+    try:
+        with Session(engine) as session:
+            known = set(session.execute(select(sync_t.c.contract_id).where(sync_t.c.contract_id.in_(ids))).scalars())
+            if len(known) < len(ids):
+                session.add_all([ContractSyncRow(contract_id=i) for i in ids if i not in known])
+                session.flush()
+            states = {r.contract_id: r for r in session.execute(select(
+                sync_t.c.contract_id, sync_t.c.version, sync_t.c.period_start, sync_t.c.units_reported,
+            ).where(sync_t.c.contract_id.in_(ids)))}
+            used = {(r.contract_id, r.dimension): r for r in session.execute(select(
+                ledger_t.c.contract_id, ledger_t.c.dimension, ledger_t.c.id, ledger_t.c.status,
+            ).where(ledger_t.c.contract_id.in_(ids), ledger_t.c.hour == stamp))}
+            out: dict[str, Prepared] = {}
+            swaps: list[dict[str, Any]] = []
+            rows: list[dict[str, Any]] = []
+            plans: dict[str, Any] = {}
+            for due in dues:
+                taken = used.get((due.contract_id, due.dimension))
+                if taken is not None:
+                    out[due.contract_id] = Prepared(
+                        "stamp_used", f"hour {stamp.isoformat()} already has a {taken.status} report",
+                        ledger_id=taken.id, cost=due.cost)
+                    continue
+                state = states[due.contract_id]
+                reported = state.units_reported if utc(state.period_start) == due.period_start else 0
+                plan = plan_report(due.cost, due.unit_price, reported, final=final, close_policy=due.close_rounding)
+                plans[due.contract_id] = plan
+                send_zero = plan.delta == 0 and due.zero_record and kind == "hourly"
+                swaps.append({
+                    "b_id": due.contract_id, "b_version": state.version, "b_new_version": state.version + 1,
+                    "b_period_start": due.period_start, "b_units_reported": reported + plan.delta,
+                    "b_over_reported": plan.over_reported, "b_last_cost": str(due.cost),
+                    "b_last_units_total": plan.units_total, "b_last_run_at": now,
+                    "b_last_outcome": "queued" if plan.delta else "nothing to report",
+                })
+                if plan.delta > 0 or send_zero:
+                    rows.append({
+                        "key": ledger_key(due.contract_id, due.dimension, stamp), "contract_id": due.contract_id,
+                        "marketplace": due.marketplace, "product": due.product, "dimension": due.dimension,
+                        "hour": stamp, "period_start": due.period_start, "quantity": plan.delta,
+                        "kind": "zero" if plan.delta == 0 else kind, "cost_to_date": str(due.cost),
+                        "units_total": plan.units_total, "status": LedgerStatus.PENDING.value, "detail": "",
+                        "attempts": 0, "created_at": now,
+                    })
+                else:
+                    out[due.contract_id] = Prepared("nothing", "no whole unit to report", cost=due.cost,
+                                                    units_total=plan.units_total)
+            if swaps:
+                swapped = session.execute(update(sync_t).where(
+                    sync_t.c.contract_id == bindparam("b_id"), sync_t.c.version == bindparam("b_version"),
+                ).values(
+                    version=bindparam("b_new_version"), period_start=bindparam("b_period_start"),
+                    units_reported=bindparam("b_units_reported"), over_reported=bindparam("b_over_reported"),
+                    last_cost=bindparam("b_last_cost"), last_units_total=bindparam("b_last_units_total"),
+                    last_run_at=bindparam("b_last_run_at"), last_outcome=bindparam("b_last_outcome"),
+                ).execution_options(synchronize_session=False), swaps).rowcount
+                if swapped != len(swaps):
+                    raise _Moved
+            if rows:
+                inserted = session.execute(insert(ledger_t).returning(ledger_t.c.id, ledger_t.c.contract_id), rows)
+                for row_id, contract_id in inserted:
+                    plan = plans[contract_id]
+                    out[contract_id] = Prepared("zero" if plan.delta == 0 else "queued", ledger_id=row_id,
+                                                cost=by_id[contract_id].cost, units_total=plan.units_total,
+                                                quantity=plan.delta)
+            session.commit()
+    except (_Moved, IntegrityError):
+        return None  # another run moved a state or took a stamp: the next pass reads the new one
+    for contract_id, plan in plans.items():
+        if plan.over_reported:
+            log.warning("over_reported", contract=contract_id, units=plan.over_reported,
+                        cost=str(by_id[contract_id].cost))
+    return out
+
+
+def cost_error_text(exc: OutOfRange) -> str:
+    """Return the stored ``last_error`` of a cost error: ``<reason>: <message>``."""
+    return f"{exc.reason}: {exc}"[:2000]
+
+
+def mark_cost_errors(engine: Engine, errors: dict[str, OutOfRange], *, now: datetime) -> None:
+    """Put contracts in the ``cost_error`` state, with the reason (one transaction)."""
+    if not errors:
+        return
+    sync_t = ContractSyncRow.__table__
+    with Session(engine) as session:
+        known = set(session.execute(select(sync_t.c.contract_id).where(
+            sync_t.c.contract_id.in_(list(errors)))).scalars())
+        session.add_all([ContractSyncRow(contract_id=i) for i in errors if i not in known])
+        session.flush()
+        session.execute(update(sync_t).where(sync_t.c.contract_id == bindparam("b_id")).values(
+            last_outcome=COST_ERROR, last_error=bindparam("b_error"), last_run_at=now,
+        ).execution_options(synchronize_session=False),
+            [{"b_id": i, "b_error": cost_error_text(exc)} for i, exc in errors.items()])
+        session.commit()
+    for contract_id, exc in errors.items():
+        log.error("cost_error", contract=contract_id, reason=exc.reason, error=str(exc))
+
+
+# --- sending: claim, then settle, fail or release ---------------------------------------------------
+
+def claim(engine: Engine, marketplace: str, *, now: datetime, first: str | None, limit: int) -> tuple[str, list[LedgerRow]]:
+    """Take up to ``limit`` pending rows of ``marketplace`` for sending (``first``'s rows ahead)."""
+    token = secrets.token_hex(8)
+    table = LedgerRow.__table__
+    claimable = and_(table.c.status == LedgerStatus.PENDING, table.c.marketplace == marketplace,
+                     or_(table.c.claim_token.is_(None), table.c.claimed_at < now - CLAIM_TIMEOUT))
+    # Usage before zero-quantity heartbeats (AWS's are paced at 10 calls/s and may trail the run).
+    order = [case((table.c.quantity > 0, 0), else_=1), table.c.id]
+    if first:
+        order.insert(0, case((table.c.contract_id == first, 0), else_=1))
+    with engine.begin() as conn:
+        ids = [r.id for r in conn.execute(select(table.c.id).where(claimable).order_by(*order).limit(limit))]
+        if not ids:
+            return token, []
+        # The claimable condition is repeated so that a concurrent claimer skips taken rows.
+        conn.execute(update(table).where(table.c.id.in_(ids), claimable)
+                     .values(claim_token=token, claimed_at=now, attempts=table.c.attempts + 1))
+    with Session(engine, expire_on_commit=False) as session:
+        rows = list(session.execute(select(LedgerRow).where(LedgerRow.claim_token == token)
+                                    .order_by(LedgerRow.id)).scalars())
+    return token, rows
+
+
+def release(engine: Engine, token: str, detail: str) -> None:
+    """Give claimed rows back, still pending, noting why (a transient failure)."""
+    with engine.begin() as conn:
+        conn.execute(update(LedgerRow).where(LedgerRow.claim_token == token, LedgerRow.status == LedgerStatus.PENDING)
+                     .values(claim_token=None, detail=detail[:2000]))
+
+
+def _uncount(conn: Any, row: LedgerRow) -> None:
+    """Take a row's units out of the reported count (they did not reach the marketplace)."""
+    conn.execute(update(ContractSyncRow).where(
+        ContractSyncRow.contract_id == row.contract_id, ContractSyncRow.period_start == row.period_start,
+    ).values(units_reported=ContractSyncRow.units_reported - row.quantity, version=ContractSyncRow.version + 1))
+
+
+def fail(engine: Engine, rows: Sequence[LedgerRow], detail: str, *, now: datetime) -> None:
+    """Mark claimed rows failed (a permanent error): their units no longer count, the contract shows it."""
+    with Session(engine) as session:
+        for row in rows:
+            session.execute(update(LedgerRow).where(LedgerRow.id == row.id).values(
+                status=LedgerStatus.FAILED, detail=detail[:2000], settled_at=now, claim_token=None))
+            _uncount(session, row)
+            session.execute(update(ContractSyncRow).where(ContractSyncRow.contract_id == row.contract_id)
+                            .values(last_outcome=LedgerStatus.FAILED.value, last_error=detail[:2000]))
+        session.commit()
+
+
+def settle(engine: Engine, rows: Sequence[LedgerRow], outcomes: dict[str, Any], *, now: datetime) -> dict[str, int]:
+    """Record the marketplace's answer for each sent row, in one transaction of batched updates."""
+    ledger_t, sync_t = LedgerRow.__table__, ContractSyncRow.__table__
+    counts: dict[str, int] = {}
+    unanswered: list[dict[str, Any]] = []
+    settled: list[dict[str, Any]] = []
+    last: dict[str, dict[str, Any]] = {}  # contract -> its sync state's last outcome (the batch's last row wins)
+    rejected: list[LedgerRow] = []
+    for row in rows:
+        outcome = outcomes.get(row.key)
+        if outcome is None or outcome.status == OutcomeStatus.FAILED:
+            status, detail = LedgerStatus.PENDING, (outcome.detail if outcome else "no answer for this record")
+        elif outcome.status == OutcomeStatus.ACCEPTED:
+            status, detail = LedgerStatus.ACCEPTED, outcome.detail
+        elif outcome.status == OutcomeStatus.DUPLICATE:
+            status = LedgerStatus.DUPLICATE
+            kept = outcome.accepted_quantity
+            detail = ("the marketplace already had this hour" if kept in (None, row.quantity)
+                      else f"the marketplace keeps {kept} units for this hour, not {row.quantity}")
+        else:
+            status, detail = LedgerStatus.REJECTED, f"{outcome.status.value}: {outcome.detail}".strip(": ")
+        if status == LedgerStatus.PENDING:
+            unanswered.append({"b_id": row.id, "b_detail": detail[:2000]})
+        else:
+            settled.append({"b_id": row.id, "b_status": status.value, "b_detail": detail[:2000],
+                            "b_record_id": getattr(outcome, "marketplace_record_id", None)})
+            last[row.contract_id] = {"b_contract": row.contract_id, "b_outcome": status.value,
+                                     "b_error": detail[:2000] if status == LedgerStatus.REJECTED else ""}
+            if status == LedgerStatus.REJECTED:
+                rejected.append(row)
+        counts[status.value] = counts.get(status.value, 0) + 1
+    with engine.begin() as conn:
+        if unanswered:
+            conn.execute(update(ledger_t).where(ledger_t.c.id == bindparam("b_id")).values(
+                detail=bindparam("b_detail"), sent_at=now, claim_token=None), unanswered)
+        if settled:
+            conn.execute(update(ledger_t).where(ledger_t.c.id == bindparam("b_id")).values(
+                status=bindparam("b_status"), detail=bindparam("b_detail"), sent_at=now, settled_at=now,
+                claim_token=None, marketplace_record_id=bindparam("b_record_id")), settled)
+        for row in rejected:
+            _uncount(conn, row)
+        if last:
+            conn.execute(update(sync_t).where(sync_t.c.contract_id == bindparam("b_contract")).values(
+                last_outcome=bindparam("b_outcome"), last_error=bindparam("b_error")), list(last.values()))
+    return counts
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+def pending_count(engine: Engine, marketplace: str, *, usage_only: bool = False) -> int:
+    """Return how many reports of ``marketplace`` wait to be sent (only those with units: ``usage_only``)."""
+    query = select(func.count()).select_from(LedgerRow).where(
+        LedgerRow.status == LedgerStatus.PENDING, LedgerRow.marketplace == marketplace)
+    if usage_only:
+        query = query.where(LedgerRow.quantity > 0)
+    with Session(engine) as session:
+        return int(session.execute(query).scalar_one())
+
+
+def has_pending(engine: Engine, contract_id: str) -> bool:
+    """Tell whether any report of the contract waits to be sent."""
+    with Session(engine) as session:
+        return session.execute(select(LedgerRow.id).where(
+            LedgerRow.contract_id == contract_id, LedgerRow.status == LedgerStatus.PENDING)).first() is not None
+
+
+def marketplaces_with_pending(engine: Engine) -> list[str]:
+    """Return the marketplaces that have pending reports."""
+    with Session(engine) as session:
+        return sorted(set(session.execute(select(LedgerRow.marketplace).where(
+            LedgerRow.status == LedgerStatus.PENDING)).scalars()))
+
+
+def used_hours(engine: Engine, contract_id: str, *, since: datetime | None = None) -> set[datetime]:
+    """Return the hour stamps the contract's reports already use (from ``since`` on)."""
+    query = select(LedgerRow.hour).where(LedgerRow.contract_id == contract_id)
+    if since is not None:
+        query = query.where(LedgerRow.hour >= since)
+    with Session(engine) as session:
+        return {utc(h) for h in session.execute(query).scalars()}  # type: ignore[misc]
+
+
+def stamp_taken(engine: Engine, contract_id: str, stamp: datetime) -> bool:
+    """Tell whether a report of the contract already uses the hour ``stamp``."""
+    with Session(engine) as session:
+        return session.execute(select(LedgerRow.id).where(
+            LedgerRow.contract_id == contract_id, LedgerRow.hour == stamp)).first() is not None
+
+
+def ledger_rows(engine: Engine, contract_id: str) -> list[dict[str, Any]]:
+    """Return a contract's reports hour by hour, with their ids (the retry action names one)."""
+    with Session(engine) as session:
+        rows = session.execute(select(LedgerRow).where(LedgerRow.contract_id == contract_id)
+                               .order_by(LedgerRow.hour, LedgerRow.id)).scalars().all()
+        return [{"id": r.id, "key": r.key, "hour": utc(r.hour).isoformat(),  # type: ignore[union-attr]
+                 "kind": r.kind, "quantity": r.quantity, "units_total": r.units_total,
+                 "cost_to_date": r.cost_to_date, "status": r.status, "detail": r.detail,
+                 "marketplace_record_id": r.marketplace_record_id, "attempts": r.attempts,
+                 "sent_at": utc(r.sent_at)} for r in rows]
+
+
+def ledger_entry(engine: Engine, contract_id: str, ledger_id: int) -> LedgerRow | None:
+    """Return one ledger row of a contract (None when it is not this contract's)."""
+    with Session(engine) as session:
+        row = session.get(LedgerRow, ledger_id)
+        if row is None or row.contract_id != contract_id:
+            return None
+        session.expunge(row)
+        return row
