@@ -26,6 +26,7 @@ from prometheus_client import Histogram, multiprocess, values
 from prometheus_client.registry import Collector
 
 from config import Settings
+from marketplaces.base import NotificationError, PermanentMarketplaceError, TransientMarketplaceError
 from worker.logs import get_logger
 
 log = get_logger("marketsync.telemetry")
@@ -90,8 +91,6 @@ def observe_job(function: str, outcome: str, seconds: float) -> None:
 
 def call_outcome(exc: BaseException | None) -> str:
     """Name a marketplace call's outcome by what the caller does next."""
-    from marketplaces.base import NotificationError, PermanentMarketplaceError, TransientMarketplaceError
-
     if exc is None:
         return "ok"
     if isinstance(exc, TransientMarketplaceError):

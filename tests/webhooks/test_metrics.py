@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
 
 from config import Settings
-from marketplaces.base import MalformedNotification
+from marketplaces.base import MalformedNotification, PermanentMarketplaceError, TransientMarketplaceError
 from tests.conftest import TEST_API_KEY
 from tests.worker.sync_support import ingest, map_contract, start_of_test_window
 from tests.worker.test_sync_jobs import aws_server, env  # noqa: F401
@@ -56,6 +56,15 @@ def _count(families: dict[str, Any], histogram: str, **labels: str) -> float:
     family = families.get(histogram)
     return sum(s.value for s in (family.samples if family else [])
                if s.name == f"{histogram}_count" and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def _exposition() -> str:
+    """Return this process's histograms in the text format (tests run without a multiprocess directory)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    registry.register(telemetry.latency_collector(Settings.from_env({})))
+    return generate_latest(registry).decode()
 
 
 def _label_values(families: dict[str, Any]) -> list[str]:
@@ -145,16 +154,37 @@ def test_report_to_the_emulator_is_observed_per_marketplace_and_operation(env) -
         assert _count(after, call, **labels) - _count(before, call, **labels) == 1, labels
 
 
-def test_timed_adapter_passes_attributes_through() -> None:
-    """The timing wrapper hands attributes through unchanged and times public methods only."""
+def test_timed_adapter_passes_attributes_and_errors_through() -> None:
+    """The timing wrapper hands attributes, results and errors through, and counts a failed call by outcome."""
     class Adapter:
-        marketplace = "aws"
+        marketplace = "azure"
 
         def report(self, records: list[int]) -> list[int]:
             return records
 
-    wrapped = telemetry.TimedAdapter("aws", Adapter())
-    assert wrapped.marketplace == "aws" and wrapped.report([1, 2]) == [1, 2]
+        def get_subscription(self, subscription_id: str) -> dict[str, str]:
+            raise TransientMarketplaceError("503 from the fulfillment API")
+
+    wrapped = telemetry.TimedAdapter("azure", Adapter())
+    labels = {"marketplace": "azure", "operation": "get_subscription", "outcome": "transient"}
+    before = _count(_families(_exposition()), "marketsync_marketplace_call_duration_seconds", **labels)
+    assert wrapped.marketplace == "azure" and wrapped.report([1, 2]) == [1, 2]
+    with pytest.raises(TransientMarketplaceError):
+        wrapped.get_subscription("sub-1")
+    after = _count(_families(_exposition()), "marketsync_marketplace_call_duration_seconds", **labels)
+    assert after - before == 1
+
+
+@pytest.mark.parametrize("exc, outcome", [
+    (None, "ok"),
+    (TransientMarketplaceError("throttled"), "transient"),
+    (PermanentMarketplaceError("bad credentials"), "permanent"),
+    (MalformedNotification("not json"), "rejected_notification"),
+    (ValueError("a bug"), "error"),
+], ids=["ok", "transient", "permanent", "notification", "other"])
+def test_call_outcome_names_what_the_caller_does_next(exc: BaseException | None, outcome: str) -> None:
+    """A marketplace call's outcome label follows the exception tree of marketplaces.base."""
+    assert telemetry.call_outcome(exc) == outcome
 
 
 def test_clearing_the_directory_drops_only_metrics_files(tmp_path: Path) -> None:
