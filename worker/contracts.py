@@ -21,6 +21,7 @@ from marketplaces import rules
 from worker.contract_events import ContractEvent
 from worker.errors import Conflict, Invalid, NotFound
 from worker.persistence.contracts import ContractRow, ListingRow
+from worker.statuses import ContractStatus, InboxStatus, MappingStatus
 
 # Where the plan lives among the identifiers (the product: the marketplace's rules).
 _PLAN_FIELDS = ("plan_id", "plan")
@@ -118,18 +119,18 @@ def _fill(row: ContractRow, event: ContractEvent) -> None:
 def apply_event(engine: Engine, event: ContractEvent, billing: BillingGateway, *, now: datetime) -> Applied:
     """Apply one contract event; idempotent, and convergent whatever the delivery order."""
     if event.kind in ("ignored", "subscription_confirmation", "pending"):
-        return Applied("ignored", detail=f"{event.action or event.kind}: nothing to apply")
+        return Applied(InboxStatus.IGNORED, detail=f"{event.action or event.kind}: nothing to apply")
     if not event.contract_key:
-        return Applied("ignored", detail="the event names no contract")
+        return Applied(InboxStatus.IGNORED, detail="the event names no contract")
     with Session(engine, expire_on_commit=False) as session:
         row = _load(session, event.source, event.contract_key)
         if row is None and event.kind != "created":
             # Out of order: applied once the contract exists (see process_deferred).
-            return Applied("deferred", detail=f"{event.kind} before created")
+            return Applied(InboxStatus.DEFERRED, detail=f"{event.kind} before created")
         if row is None:
             row = ContractRow(
                 id=new_id("ctr"), source=event.source, external_id=event.contract_key,
-                marketplace=event.marketplace, status="pending", created_at=now, updated_at=now,
+                marketplace=event.marketplace, status=ContractStatus.PENDING, created_at=now, updated_at=now,
                 started_at=event.effective_at,
             )
             session.add(row)
@@ -148,7 +149,7 @@ def apply_event(engine: Engine, event: ContractEvent, billing: BillingGateway, *
         row.updated_at = now
         session.add(row)
         session.commit()
-        return Applied("done", contract_id=row.id, detail=detail)
+        return Applied(InboxStatus.DONE, contract_id=row.id, detail=detail)
 
 
 def _created(session: Session, row: ContractRow, event: ContractEvent, billing: BillingGateway,
@@ -159,8 +160,8 @@ def _created(session: Session, row: ContractRow, event: ContractEvent, billing: 
         row.pricing = dict(event.pricing)
     if row.started_at is None:
         row.started_at = event.effective_at
-    if row.status in ("pending", "suspended") and row.canceled_at is None:
-        row.status = "active"
+    if row.status in (ContractStatus.PENDING, ContractStatus.SUSPENDED) and row.canceled_at is None:
+        row.status = ContractStatus.ACTIVE
     detail = map_contract(session, row, billing, plan=event.plan)
     if row.canceled_at is not None and row.subscription_id and row.cancel_effective_at:
         # Canceled before this (late) creation mapped it: bill from start to the cancellation only.
@@ -174,14 +175,14 @@ def _created(session: Session, row: ContractRow, event: ContractEvent, billing: 
 def map_contract(session: Session, row: ContractRow, billing: BillingGateway, *, plan: str | None = None) -> str:
     """Create or attach the billing subscription of a contract, recording why when it cannot."""
     if row.subscription_id:
-        row.mapping_status, row.mapping_reason = "mapped", ""
+        row.mapping_status, row.mapping_reason = MappingStatus.MAPPED, ""
         return "already mapped"
     with session.no_autoflush:  # keep our changes unflushed (no write lock) while billing writes
         listing = find_listing(session, row.marketplace, row.cloud_identifiers or {}, plan)
     if listing is None:
         product = _first(row.cloud_identifiers or {}, rules(row.marketplace).product_fields) or "(none)"
         plan_id = plan or _first(row.cloud_identifiers or {}, _PLAN_FIELDS)
-        row.mapping_status = "unmapped"
+        row.mapping_status = MappingStatus.UNMAPPED
         row.mapping_reason = (f"no listing for {row.marketplace} product {product!r}"
                               + (f" plan {plan_id!r}" if plan_id else "")
                               + ": create one (POST /v1/listings), then map the contract")
@@ -199,10 +200,10 @@ def map_contract(session: Session, row: ContractRow, billing: BillingGateway, *,
             reporting_id=row.id,
         )
     except BillingUnavailable as exc:
-        row.mapping_status, row.mapping_reason = "error", str(exc)
+        row.mapping_status, row.mapping_reason = MappingStatus.ERROR, str(exc)
         return row.mapping_reason
     row.customer_id, row.subscription_id = customer_id, subscription_id
-    row.mapping_status, row.mapping_reason = "mapped", ""
+    row.mapping_status, row.mapping_reason = MappingStatus.MAPPED, ""
     return f"mapped to subscription {subscription_id}"
 
 
@@ -224,7 +225,7 @@ def _modified(session: Session, row: ContractRow, event: ContractEvent, billing:
                 row.listing_id = listing.id
                 details.append(f"plan changed to {listing.billing_plan_id} from {event.effective_at.isoformat()}")
             except BillingUnavailable as exc:
-                row.mapping_status, row.mapping_reason = "error", str(exc)
+                row.mapping_status, row.mapping_reason = MappingStatus.ERROR, str(exc)
                 details.append(str(exc))
         elif listing is None:
             details.append(f"no listing for plan {event.plan!r}; subscription unchanged")
@@ -232,16 +233,16 @@ def _modified(session: Session, row: ContractRow, event: ContractEvent, billing:
         merged = dict(row.cloud_identifiers or {})
         merged["quantity"] = str(event.quantity)
         row.cloud_identifiers = merged
-    if not row.subscription_id and row.mapping_status != "mapped":
+    if not row.subscription_id and row.mapping_status != MappingStatus.MAPPED:
         details.append(map_contract(session, row, billing, plan=event.plan))
     return "; ".join(details) or "recorded"
 
 
 def _canceled(session: Session, row: ContractRow, event: ContractEvent, billing: BillingGateway,
               now: datetime) -> str:
-    if row.status in ("canceled", "closed"):
+    if row.status in (ContractStatus.CANCELED, ContractStatus.CLOSED):
         return "already canceled"
-    row.status = "canceled"
+    row.status = ContractStatus.CANCELED
     row.canceled_at = now
     row.cancel_effective_at = event.effective_at
     if row.subscription_id:
@@ -260,15 +261,15 @@ def _renewed(session: Session, row: ContractRow, event: ContractEvent, billing: 
 
 def _suspended(session: Session, row: ContractRow, event: ContractEvent, billing: BillingGateway,
                now: datetime) -> str:
-    if row.status == "active":
-        row.status = "suspended"
+    if row.status == ContractStatus.ACTIVE:
+        row.status = ContractStatus.SUSPENDED
     return "suspended"
 
 
 def _reinstated(session: Session, row: ContractRow, event: ContractEvent, billing: BillingGateway,
                 now: datetime) -> str:
-    if row.status == "suspended":
-        row.status = "active"
+    if row.status == ContractStatus.SUSPENDED:
+        row.status = ContractStatus.ACTIVE
     return "reinstated"
 
 
@@ -423,7 +424,7 @@ def patch_contract(engine: Engine, contract_id: str, billing: BillingGateway, *,
             if row.subscription_id:
                 raise MappingConflict(f"contract is already mapped to subscription {row.subscription_id!r}")
             row.subscription_id, row.customer_id = subscription_id, owner
-            row.mapping_status, row.mapping_reason = "mapped", ""
+            row.mapping_status, row.mapping_reason = MappingStatus.MAPPED, ""
         if custom_properties is not None:
             merged = dict(row.custom_properties or {})
             for key, value in custom_properties.items():

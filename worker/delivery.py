@@ -15,8 +15,10 @@ from marketplaces.base import PermanentMarketplaceError
 from worker import inbox, lifecycle, queueing
 from worker.contract_events import ContractEvent
 from worker.contracts import Applied, apply_event
+from worker.errors import Permanent
 from worker.logs import get_logger
 from worker.runtime import Runtime
+from worker.statuses import InboxStatus
 
 log = get_logger("marketsync.inbox")
 
@@ -29,13 +31,13 @@ def accept(runtime: Runtime, *, source: str, delivery_id: str, event_type: str, 
     right after, off the request path (``queueing.DrainSignal``). If Redis is unreachable, or the process
     dies before it signals, the delivery stays ``received`` and the cron sweeper enqueues it.
     """
-    status = "received" if event is not None and event.kind not in ("ignored",) else "ignored"
+    status = InboxStatus.RECEIVED if event is not None and event.kind != "ignored" else InboxStatus.IGNORED
     stored = inbox.store_delivery(
         runtime.engine, source=source, delivery_id=delivery_id, event_type=event_type, body=body,
         headers=headers, normalized=event.to_json() if event else None, status=status,
         contract_key=event.contract_key if event else "", now=now,
     )
-    if stored.created and status == "received":
+    if stored.created and status == InboxStatus.RECEIVED:
         queueing.drain_signal(runtime).request()
     log.info("webhook_stored", source=source, delivery_id=delivery_id, inbox_id=stored.id,
              duplicate=not stored.created, status=stored.status)
@@ -57,10 +59,10 @@ def drain(runtime: Runtime, *, now_fn: Any, batch: int = 200) -> dict[str, int]:
             return counts
         for inbox_id in ids:
             try:
-                outcome = process(runtime, inbox_id, now=now_fn(), statuses=("received",))
+                outcome = process(runtime, inbox_id, now=now_fn(), statuses=(InboxStatus.RECEIVED,))
             except Exception as exc:  # noqa: BLE001 - recorded on the row; the sweeper retries it
                 log.warning("webhook_failed", inbox_id=inbox_id, error=f"{type(exc).__name__}: {exc}")
-                outcome = "failed"
+                outcome = InboxStatus.FAILED
             counts[outcome] = counts.get(outcome, 0) + 1
 
 
@@ -103,33 +105,34 @@ def process(runtime: Runtime, inbox_id: int, *, now: datetime, statuses: tuple[s
     if row is None:
         return "already finished"
     if not row.normalized:
-        inbox.finish(runtime.engine, inbox_id, "ignored", now=now)
-        return "ignored"
+        inbox.finish(runtime.engine, inbox_id, InboxStatus.IGNORED, now=now)
+        return InboxStatus.IGNORED
     event = ContractEvent.from_json(row.normalized)
     try:
         event = lifecycle.before_apply(runtime, event)
         with _contract_lock(runtime, event):
             applied = _apply(runtime, event, now=now)
-            if applied.outcome == "done":
+            if applied.outcome == InboxStatus.DONE:
                 lifecycle.after_apply(runtime, event, applied)
             # Recorded inside the lock: a creation processed next sees this row if it was deferred.
             inbox.finish(runtime.engine, inbox_id, applied.outcome, now=now,
-                         error="" if applied.outcome != "deferred" else applied.detail,
+                         error="" if applied.outcome != InboxStatus.DEFERRED else applied.detail,
                          contract_id=applied.contract_id, contract_key=event.contract_key)
-    except PermanentMarketplaceError as exc:
-        # Retrying gives the same answer (refused credentials, an operation Microsoft refuses): record, do not retry.
-        inbox.finish(runtime.engine, inbox_id, "failed", now=now, error=f"{type(exc).__name__}: {exc}")
+    except (PermanentMarketplaceError, Permanent) as exc:
+        # Retrying gives the same answer (refused credentials, an operation Microsoft refuses): record, do not
+        # retry, neither by RQ nor by the sweeper.
+        inbox.finish(runtime.engine, inbox_id, InboxStatus.FAILED, now=now, error=f"{type(exc).__name__}: {exc}", final=True)
         log.warning("webhook_failed", inbox_id=inbox_id, error=f"{type(exc).__name__}: {exc}", retry=False)
-        return "failed"
+        return InboxStatus.FAILED
     except Exception as exc:
-        inbox.finish(runtime.engine, inbox_id, "failed", now=now, error=f"{type(exc).__name__}: {exc}")
+        inbox.finish(runtime.engine, inbox_id, InboxStatus.FAILED, now=now, error=f"{type(exc).__name__}: {exc}")
         raise
     log.info("webhook_processed", inbox_id=inbox_id, outcome=applied.outcome, contract_id=applied.contract_id,
              detail=applied.detail)
-    if applied.outcome == "done" and event.kind == "canceled" and applied.contract_id:
+    if applied.outcome == InboxStatus.DONE and event.kind == "canceled" and applied.contract_id:
         # Final usage must reach the marketplace inside its window: flush at once and after the grace.
         queueing.schedule_flushes(runtime, applied.contract_id, grace_seconds=runtime.settings.CANCEL_USAGE_GRACE)
-    if applied.outcome == "done" and event.kind == "created":
+    if applied.outcome == InboxStatus.DONE and event.kind == "created":
         # Events that arrived before the contract existed are applied now, in arrival order.
         for waiting in inbox.deferred_for(runtime.engine, event.contract_key):
             process(runtime, waiting, now=now)

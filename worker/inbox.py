@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from billing_core import GroupCommit, write_lock
 from worker.persistence.contracts import InboxRow
+from worker.statuses import InboxStatus
 
 # Headers worth keeping for audit; never authorization material.
 _KEPT_HEADERS = {"content-type", "user-agent", "webhook-id", "webhook-timestamp",
@@ -155,7 +156,7 @@ def _writer(engine: Engine) -> InboxWriter:
         return writer
 
 
-CLAIMABLE = ("received", "processing", "failed", "deferred")
+CLAIMABLE = (InboxStatus.RECEIVED, InboxStatus.PROCESSING, InboxStatus.FAILED, InboxStatus.DEFERRED)
 
 
 def claim(engine: Engine, inbox_id: int, *, now: datetime, statuses: tuple[str, ...] = CLAIMABLE) -> InboxRow | None:
@@ -169,7 +170,7 @@ def claim(engine: Engine, inbox_id: int, *, now: datetime, statuses: tuple[str, 
         result = conn.execute(
             update(table)
             .where(table.c.id == inbox_id, table.c.status.in_(statuses))
-            .values(status="processing", attempts=table.c.attempts + 1)
+            .values(status=InboxStatus.PROCESSING.value, attempts=table.c.attempts + 1)
         )
         if result.rowcount != 1:
             return None
@@ -178,10 +179,15 @@ def claim(engine: Engine, inbox_id: int, *, now: datetime, statuses: tuple[str, 
 
 
 def finish(engine: Engine, inbox_id: int, status: str, *, now: datetime, error: str = "",
-           contract_id: str | None = None, contract_key: str | None = None) -> None:
-    """Record the outcome of processing a row (and the contract key its processing resolved)."""
+           contract_id: str | None = None, contract_key: str | None = None, final: bool = False) -> None:
+    """Record the outcome of processing a row (and the contract key its processing resolved).
+
+    ``final``: a failure that retrying cannot change; the sweeper leaves the row alone.
+    """
     table = InboxRow.__table__
     values: dict[str, Any] = {"status": status, "error": error[:2000], "processed_at": now}
+    if final:
+        values["attempts"] = MAX_ATTEMPTS
     if contract_id:
         values["contract_id"] = contract_id
     if contract_key:
@@ -202,14 +208,14 @@ def stale_received(engine: Engine, *, now: datetime, older_than: timedelta = tim
     with engine.connect() as conn:
         rows = conn.execute(
             select(table.c.id, table.c.status, table.c.attempts, table.c.processed_at)
-            .where(((table.c.status.in_(("received", "processing"))) & (table.c.received_at < cutoff))
-                   | ((table.c.status == "failed") & (table.c.attempts < MAX_ATTEMPTS)))
+            .where(((table.c.status.in_((InboxStatus.RECEIVED, InboxStatus.PROCESSING))) & (table.c.received_at < cutoff))
+                   | ((table.c.status == InboxStatus.FAILED) & (table.c.attempts < MAX_ATTEMPTS)))
             .order_by(table.c.id)
             .limit(limit)
         ).all()
     out = []
     for r in rows:
-        if r.status == "failed" and r.processed_at is not None:
+        if r.status == InboxStatus.FAILED and r.processed_at is not None:
             last = r.processed_at if r.processed_at.tzinfo else r.processed_at.replace(tzinfo=now.tzinfo)
             if now - last < timedelta(minutes=r.attempts):
                 continue
@@ -221,7 +227,7 @@ def received_ids(engine: Engine, *, limit: int) -> list[int]:
     """Return ids of rows waiting to be processed, oldest first."""
     table = InboxRow.__table__
     with engine.connect() as conn:
-        rows = conn.execute(select(table.c.id).where(table.c.status == "received")
+        rows = conn.execute(select(table.c.id).where(table.c.status == InboxStatus.RECEIVED)
                             .order_by(table.c.id).limit(limit)).all()
     return [r.id for r in rows]
 
@@ -232,7 +238,7 @@ def deferred_for(engine: Engine, contract_key: str) -> list[int]:
     with engine.connect() as conn:
         rows = conn.execute(
             select(table.c.id)
-            .where(table.c.status == "deferred", table.c.contract_key == contract_key)
+            .where(table.c.status == InboxStatus.DEFERRED, table.c.contract_key == contract_key)
             .order_by(table.c.received_at, table.c.id)
         ).all()
     return [r.id for r in rows]

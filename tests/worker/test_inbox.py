@@ -74,3 +74,13 @@ def test_deliveries_stored_together_share_a_commit_and_keep_their_own_answers(an
     for d, r in results:
         by_id.setdefault(d, set()).add(r.id)
     assert all(len(v) == 1 for v in by_id.values())
+
+
+def test_a_final_failure_is_not_swept_again(any_engine: Engine) -> None:
+    """A delivery failed for good (a permanent error) stays failed: the sweeper never re-enqueues it."""
+    retried, final = _store(any_engine, "f1"), _store(any_engine, "f2")
+    for stored in (retried, final):
+        inbox.claim(any_engine, stored.id, now=NOW)
+    inbox.finish(any_engine, retried.id, "failed", now=NOW, error="TransientMarketplaceError: later")
+    inbox.finish(any_engine, final.id, "failed", now=NOW, error="PermanentMarketplaceError: never", final=True)
+    assert inbox.stale_received(any_engine, now=NOW + timedelta(hours=1)) == [retried.id]

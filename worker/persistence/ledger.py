@@ -35,7 +35,7 @@ class LedgerRow(SQLModel, table=True):
     kind: str = Field(default="hourly", max_length=16)  # hourly, zero, final
     cost_to_date: str = Field(default="0", sa_column=Column(Text, nullable=False, default="0"))
     units_total: int = Field(default=0)  # units computed for the period when this row was written
-    status: str = Field(default="pending", max_length=16)  # pending accepted duplicate rejected failed
+    status: str = Field(default="pending", max_length=16)  # a worker.statuses.LedgerStatus
     detail: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     marketplace_record_id: Optional[str] = Field(default=None, max_length=255)
     attempts: int = Field(default=0)
