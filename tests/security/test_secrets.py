@@ -135,7 +135,8 @@ def test_aws_emulator_control_api_never_echoes_the_api_key(tmp_path: Path) -> No
     assert created.status_code == 201 and created.json["notifications"], created.json
     texts.append(created.get_data(as_text=True))
     notifications = emulator.get("/_emulator/notifications")
-    assert notifications.json and notifications.json[-1]["headers"]["Authorization"] == "***"
+    sent = notifications.json["notifications"]
+    assert sent and sent[-1]["headers"]["Authorization"] == "***"
     texts.append(notifications.get_data(as_text=True))
     for text in texts:
         assert TEST_API_KEY not in text
