@@ -27,7 +27,8 @@ from billing_core.events import (
 from billing_core.invoices import (
     Costs, Invoice, InvoiceNotFound, LineItem, PriceCost, costs, costs_each, iso,
 )
-from billing_core.metrics import Condition, Metric, MetricDefinition, MetricNotFound, create_metric, update_metric
+from billing_core.metric_definition import Condition, MetricDefinition
+from billing_core.metrics import Metric, MetricNotFound, create_metric, update_metric
 from billing_core.money import (
     ExactNumber, InvalidAmount, divide_to_integral, exact_number, format_decimal, parse_decimal,
     parse_optional_decimal, parse_unit_price, round_money,

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from billing_core.adjustments import Adjustment, AdjustmentType, AppliedAdjustment
 from billing_core.invoices import Invoice, LineItem, LineTrace, iso
-from billing_core.metrics import (
+from billing_core.metric_definition import (
     AllOf, AnyOf, Condition, Filter, InvalidMetric, MetricDefinition, Scalar, to_decimal,
 )
 from billing_core.money import format_decimal

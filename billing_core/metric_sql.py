@@ -34,7 +34,7 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import Tokenizer
 
-from billing_core.metrics import (
+from billing_core.metric_definition import (
     MAX_GROUP_BY,
     RANGE_OPERATORS,
     RESERVED_PROPERTIES,

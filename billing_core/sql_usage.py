@@ -55,7 +55,8 @@ from sqlalchemy.orm import Session
 from billing_core.codec import definition_from_dict
 from billing_core.errors import UsageOutOfRange
 from billing_core.events import to_micros
-from billing_core.metrics import AllOf, AnyOf, Condition, Filter, MetricDefinition, MetricNotFound
+from billing_core.metric_definition import AllOf, AnyOf, Condition, Filter, MetricDefinition
+from billing_core.metrics import MetricNotFound
 from billing_core.persistence.customers import customers_table
 from billing_core.persistence.events import STATE_LIVE, events_table
 from billing_core.persistence.metrics import MetricRow

@@ -31,7 +31,7 @@ from sqlalchemy.sql.operators import custom_op
 
 from billing_core.errors import UsageOutOfRange
 from billing_core.events import to_micros
-from billing_core.metrics import MetricDefinition
+from billing_core.metric_definition import MetricDefinition
 from billing_core.persistence.customers import customers_table
 from billing_core.persistence.events import STATE_LIVE, events_table
 from billing_core.sql_usage import (

@@ -19,7 +19,7 @@ from billing_core.backfills import (
 from billing_core.customers import create_customer
 from billing_core.errors import InvalidInput
 from billing_core.events import EventValidationFailed, ingest_events, validate_batch
-from billing_core.metrics import MetricDefinition
+from billing_core.metric_definition import MetricDefinition
 from billing_core.persistence.backfills import SqlBackfillStore
 from billing_core.persistence.customers import SqlCustomerRepository
 from billing_core.persistence.events import SqlEventStore

@@ -9,7 +9,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 
 from billing_core.codec import definition_from_dict, definition_to_dict
 from billing_core.metric_sql import metric_from_sql, render_sql
-from billing_core.metrics import (
+from billing_core.metric_definition import (
     AllOf,
     AnyOf,
     Condition,

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from billing_core.customers import create_customer
 from billing_core.errors import InexactAmount, UsageOutOfRange
 from billing_core.events import EventValidationFailed, store_records, to_micros, validate_batch
-from billing_core.metrics import MetricDefinition
+from billing_core.metric_definition import MetricDefinition
 from billing_core.money import divide, divide_to_integral, exact, round_money
 from billing_core.persistence.customers import SqlCustomerRepository
 from billing_core.persistence.events import SqlEventStore

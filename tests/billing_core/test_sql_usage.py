@@ -13,7 +13,8 @@ from sqlalchemy import Engine, text
 from billing_core.customers import create_customer
 from billing_core.events import amend_event, deprecate_event, ingest_events
 from billing_core.metric_sql import metric_from_sql
-from billing_core.metrics import Condition, MetricDefinition, create_metric
+from billing_core.metric_definition import Condition, MetricDefinition
+from billing_core.metrics import create_metric
 from billing_core.persistence.customers import SqlCustomerRepository
 from billing_core.persistence.events import SqlEventStore
 from billing_core.persistence.metrics import SqlMetricRepository

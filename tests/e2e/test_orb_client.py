@@ -114,7 +114,7 @@ def test_backfill_through_the_client(app, orb_client: orb.Orb) -> None:  # type:
     found = {e.id: e.deprecated for e in orb_client.events.search(
         event_ids=["live", "fixed"], timeframe_start=now - timedelta(days=2)).data}
     assert found == {"live": True, "fixed": False}
-    from billing_core.metrics import MetricDefinition
+    from billing_core import MetricDefinition
 
     usage = SqlUsageSource(app.extensions["marketsync"].engine).evaluate(
         MetricDefinition("call", "sum", "n"), [customer.id], now - timedelta(days=2), now)

@@ -1,7 +1,8 @@
-"""Helpers shared by the ``/v1`` API blueprints: API-key auth, body parsing, pagination.
+"""Helpers shared by the ``/v1`` API blueprints: API-key auth, the clock and ids, body parsing,
+the one way to refuse input (``bad``: a 400 naming the field), pagination.
 
-A blueprint module in ``webhooks/api/`` defines ``bp = api_blueprint("name", __name__)``
-and is registered automatically by ``webhooks.api.register_api``.
+A blueprint module in ``webhooks/api/`` defines ``bp = api_blueprint("name", __name__)`` and is
+listed in ``webhooks.api.BLUEPRINTS``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import secrets
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Sequence, TypeVar
 
 from flask import Blueprint, abort, current_app, g, request
@@ -19,14 +24,37 @@ from webhooks import throttle
 from webhooks.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
+NewId = Callable[[str], str]
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+_CREATED_AT_FILTERS = {"created_at[gt]": "gt", "created_at[gte]": "gte", "created_at[lt]": "lt", "created_at[lte]": "lte"}
 
 
 class Body(BaseModel):
     """Base for request bodies: unknown fields are an error."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def engine() -> Any:
+    """Return the process's database engine."""
+    return current_app.extensions["marketsync"].engine
+
+
+def now() -> datetime:
+    """Read the clock (entry points only); tests may install ``app.extensions['billing_clock']``."""
+    clock = current_app.extensions.get("billing_clock")
+    return clock() if clock else datetime.now(UTC)
+
+
+def new_id(prefix: str | None = None) -> str:
+    """Return a fresh opaque id: ``<prefix>_<20 hex>`` (plans, prices ...), or 22 URL-safe characters."""
+    return f"{prefix}_{uuid.uuid4().hex[:20]}" if prefix else secrets.token_urlsafe(16)
+
+
+def bad(field: str, message: str) -> ApiError:
+    """Return the 400 that refuses ``field``: ``"<field>: <message>"`` (raise it)."""
+    return ApiError(400, "Request validation error", f"{field}: {message}", field=field)
 
 
 def check_api_key() -> None:
@@ -64,7 +92,7 @@ def json_body(*, exact: bool = False) -> Any:
     """
     data = request.get_data(cache=True)
     if not data:
-        raise ApiError(400, "Request validation error", "request body is empty; JSON expected", field="body")
+        raise bad("body", "empty; JSON expected")
     return parse_json(data, exact=exact)
 
 
@@ -73,16 +101,16 @@ def parse_json(data: bytes, *, exact: bool = False, field: str = "body") -> Any:
     try:
         return wire.loads(data, exact=exact)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "Request validation error", f"{field} is not valid JSON: {exc}", field=field) from None
+        raise bad(field, f"not valid JSON: {exc}") from None
     except RecursionError:
-        raise ApiError(400, "Request validation error", f"{field}: JSON nested too deeply", field=field) from None
+        raise bad(field, "JSON nested too deeply") from None
 
 
 def parse_body(model: type[M]) -> M:
     """Validate the JSON body against ``model`` (400 naming every offending field)."""
     payload = json_body()
     if not isinstance(payload, dict):
-        raise ApiError(400, "Request validation error", "body must be a JSON object", field="body")
+        raise bad("body", "must be a JSON object")
     return model.model_validate(payload)
 
 
@@ -107,7 +135,7 @@ def decode_cursor(cursor: str | None) -> dict[str, Any] | None:
             raise ValueError
         return value
     except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "Request validation error", "cursor: not a valid cursor", field="cursor") from None
+        raise bad("cursor", "not a valid cursor") from None
 
 
 def page_limit() -> int:
@@ -116,9 +144,9 @@ def page_limit() -> int:
     try:
         limit = int(raw)
     except ValueError:
-        raise ApiError(400, "Request validation error", f"limit: not an integer ({raw!r})", field="limit") from None
+        raise bad("limit", f"not an integer ({raw!r})") from None
     if not 1 <= limit <= MAX_LIMIT:
-        raise ApiError(400, "Request validation error", f"limit: must be between 1 and {MAX_LIMIT}", field="limit")
+        raise bad("limit", f"must be between 1 and {MAX_LIMIT}")
     return limit
 
 
@@ -127,13 +155,33 @@ def paginated(data: Sequence[Any], *, has_more: bool, next_cursor: str | None) -
     return {"data": list(data), "pagination_metadata": {"has_more": has_more, "next_cursor": next_cursor if has_more else None}}
 
 
-def validation_error(field: str, message: str) -> ApiError:
-    """Return a 400 naming ``field``."""
-    return ApiError(400, "Request validation error", f"{field}: {message}", field=field)
+def cursor_id() -> str | None:
+    """Return the row id the ``cursor`` query parameter points after."""
+    value = decode_cursor(request.args.get("cursor"))
+    return None if value is None else str(value.get("id"))
+
+
+def page_json(data: list[Any], next_id: str | None) -> dict[str, Any]:
+    """Return Orb's list envelope with an opaque cursor naming the last row's id."""
+    return paginated(data, has_more=next_id is not None,
+                     next_cursor=encode_cursor({"id": next_id}) if next_id else None)
+
+
+def list_filters(allowed: tuple[str, ...] = ()) -> dict[str, datetime]:
+    """Parse ``cursor``/``limit``/``created_at[..]`` (and ``allowed``) query parameters; 400 on others."""
+    created: dict[str, datetime] = {}
+    for name, value in request.args.items():
+        if name in ("cursor", "limit") or name in allowed:
+            continue
+        op = _CREATED_AT_FILTERS.get(name)
+        if op is None:
+            raise bad(name, "unknown query parameter")
+        created[op] = wire.parse_instant(value, name)
+    return created
 
 
 __all__ = [
-    "ApiError", "Body", "ValidationError", "api_blueprint", "check_api_key", "decode_cursor",
-    "encode_cursor", "json_body", "page_limit", "parse_json", "paginated", "parse_body", "parse_query",
-    "validation_error",
+    "ApiError", "Body", "NewId", "ValidationError", "api_blueprint", "bad", "check_api_key", "cursor_id",
+    "decode_cursor", "encode_cursor", "engine", "json_body", "list_filters", "new_id", "now", "page_json",
+    "page_limit", "paginated", "parse_body", "parse_json", "parse_query",
 ]

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import secrets
-from datetime import datetime, timezone
 from typing import Any, Optional
 
-from flask import current_app, request
+from flask import request
 from flask.typing import ResponseReturnValue
 from pydantic import Field
 
-from billing_core import wire
-from billing_core.customers import Customer, create_customer, update_customer
-from billing_core import SqlCustomerRepository
-from webhooks.api.common import ApiError, Body, api_blueprint, page_limit, paginated, parse_body
+from billing_core import SqlCustomerRepository, create_customer, update_customer
+from webhooks.api.common import (
+    Body, api_blueprint, bad, engine, json_body, list_filters, new_id, now, page_limit, paginated,
+)
 from webhooks.api.openapi import documented
+from webhooks.api.orb import customer_json
 from webhooks.api.schemas import CreatedAtQuery, Customer as CustomerShape, Page
 from worker.db import session_scope
 
@@ -29,33 +28,11 @@ _UNSUPPORTED = (
 )
 
 
-def utcnow() -> datetime:
-    """Read the clock (entry points only)."""
-    return datetime.now(timezone.utc)
-
-
-def iso(instant: datetime | None) -> str | None:
-    """Format an instant as ISO-8601 UTC with a ``Z`` suffix."""
-    if instant is None:
-        return None
-    return instant.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def new_id() -> str:
-    """Return a new random resource id (Orb-style: 22 URL-safe characters)."""
-    return secrets.token_urlsafe(16)
-
-
-def engine() -> Any:
-    """Return the process's database engine."""
-    return current_app.extensions["marketsync"].engine
-
-
 def refuse_unsupported(payload: dict[str, Any]) -> None:
     """Answer 400 naming an Orb field this service does not implement."""
     for name in _UNSUPPORTED:
         if payload.get(name) not in (None, [], {}):
-            raise ApiError(400, "Request validation error", f"{name}: not supported by this service", field=name)
+            raise bad(name, "not supported by this service")
 
 
 class CustomerCreate(Body):
@@ -75,41 +52,10 @@ class CustomerUpdate(Body):
     metadata: Optional[dict[str, Optional[str]]] = None
 
 
-def customer_json(customer: Customer) -> dict[str, Any]:
-    """Return Orb's customer resource."""
-    return {
-        "id": customer.id,
-        "external_customer_id": customer.external_customer_id,
-        "name": customer.name,
-        "email": customer.email,
-        "currency": customer.currency,
-        "timezone": customer.timezone,
-        "metadata": dict(customer.metadata),
-        "created_at": iso(customer.created_at),
-        "additional_emails": [],
-        "auto_collection": False,
-        "auto_issuance": None,
-        "balance": "0.00",
-        "billing_address": None,
-        "shipping_address": None,
-        "email_delivery": False,
-        "exempt_from_automated_tax": False,
-        "hierarchy": {"children": [], "parent": None},
-        "payment_provider": None,
-        "payment_provider_id": None,
-        "portal_url": None,
-        "tax_id": None,
-        "accounting_sync_configuration": None,
-        "reporting_configuration": None,
-    }
-
-
 def _payload() -> dict[str, Any]:
-    from webhooks.api.common import json_body
-
     payload = json_body()
     if not isinstance(payload, dict):
-        raise ApiError(400, "Request validation error", "body must be a JSON object", field="body")
+        raise bad("body", "must be a JSON object")
     refuse_unsupported(payload)
     for name in _UNSUPPORTED:
         payload.pop(name, None)
@@ -127,7 +73,7 @@ def create() -> ResponseReturnValue:
         customer = create_customer(
             SqlCustomerRepository(session),
             customer_id=new_id(),
-            now=utcnow(),
+            now=now(),
             **body.model_dump(),
         )
     return customer_json(customer)
@@ -172,22 +118,6 @@ def update(customer_id: str) -> ResponseReturnValue:
 def update_by_external_id(external_customer_id: str) -> ResponseReturnValue:
     """Update a customer found by its external id."""
     return _update(lambda repository: repository.get_by_external_id(external_customer_id, for_update=True))
-
-
-_CREATED_AT_FILTERS = {"created_at[gt]": "gt", "created_at[gte]": "gte", "created_at[lt]": "lt", "created_at[lte]": "lte"}
-
-
-def list_filters(allowed: tuple[str, ...] = ()) -> dict[str, datetime]:
-    """Parse ``cursor``/``limit``/``created_at[..]`` (and ``allowed``) query parameters; 400 on others."""
-    created: dict[str, datetime] = {}
-    for name, value in request.args.items():
-        if name in ("cursor", "limit") or name in allowed:
-            continue
-        op = _CREATED_AT_FILTERS.get(name)
-        if op is None:
-            raise ApiError(400, "Request validation error", f"{name}: unknown query parameter", field=name)
-        created[op] = wire.parse_instant(value, name)
-    return created
 
 
 @bp.get("/customers")

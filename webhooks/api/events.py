@@ -7,39 +7,21 @@ model is built per event.
 
 from __future__ import annotations
 
-import json
 import threading
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
 from typing import Any
 
 from flask import Response, current_app, request
 from flask.typing import ResponseReturnValue
 
-from billing_core.backfills import (
-    Backfill,
-    close_backfill,
-    create_backfill,
-    ingest_into_backfill,
-    revert_backfill,
+from billing_core import (
+    EventValidationFailed, GroupCommitWriter, IdempotencyConflict, SqlBackfillStore, SqlCustomerRepository,
+    SqlEventStore, amend_event, close_backfill, create_backfill, deprecate_event, ingest_into_backfill,
+    revert_backfill, store_records, to_micros, validate_batch, wire, write_lock,
 )
-from billing_core.events import (
-    BatchTooLarge,
-    Event,
-    EventValidationFailed,
-    IdempotencyConflict,
-    amend_event,
-    deprecate_event,
-    properties_json,
-    store_records,
-    to_micros,
-    validate_batch,
-)
-from billing_core import GroupCommitWriter, SqlBackfillStore, SqlCustomerRepository, SqlEventStore, write_lock
-from billing_core import wire
-from webhooks.api.common import ApiError, api_blueprint, page_limit, paginated
-from webhooks.api.customers import engine, iso, new_id, utcnow
+from webhooks.api.common import api_blueprint, bad, engine, new_id, now, page_limit, paginated
 from webhooks.api.openapi import documented
+from webhooks.api.orb import backfill_json, event_json
 from webhooks.api.schemas import (
     Amended, Backfill as BackfillShape, BackfillCreate, CursorQuery, Deprecated, EventAmend, EventList, EventSearch,
     IngestBody, IngestQuery, IngestResult, Page,
@@ -57,19 +39,19 @@ def _exact_json() -> Any:
     """Parse the body with numbers kept exact (``Decimal``), or answer 400."""
     data = request.get_data(cache=False)
     if not data:
-        raise ApiError(400, "Request validation error", "request body is empty; JSON expected", field="body")
+        raise bad("body", "empty; JSON expected")
     try:
         return wire.loads(data, exact=True)  # NaN and Infinity are refused there
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "Request validation error", f"body is not valid JSON: {exc}", field="body") from None
+        raise bad("body", f"not valid JSON: {exc}") from None
 
 
 def _object(payload: Any, allowed: set[str]) -> dict[str, Any]:
     if not isinstance(payload, dict):
-        raise ApiError(400, "Request validation error", "body must be a JSON object", field="body")
+        raise bad("body", "must be a JSON object")
     unknown = sorted(set(payload) - allowed)
     if unknown:
-        raise ApiError(400, "Request validation error", f"{unknown[0]}: unknown field", field=unknown[0])
+        raise bad(unknown[0], "unknown field")
     return payload
 
 
@@ -81,7 +63,7 @@ def _flag(name: str) -> bool:
         return True
     if raw.lower() in ("false", "0", ""):
         return False
-    raise ApiError(400, "Request validation error", f"{name}: expected true or false", field=name)
+    raise bad(name, "expected true or false")
 
 
 _WRITER_GUARD = threading.Lock()
@@ -110,16 +92,16 @@ def ingest() -> ResponseReturnValue:
     """Ingest up to 500 events: all stored, or none (400 listing every failing event, 409 on a reused key)."""
     for name in request.args:
         if name not in ("debug", "backfill_id"):
-            raise ApiError(400, "Request validation error", f"{name}: unknown query parameter", field=name)
+            raise bad(name, "unknown query parameter")
     backfill_id = request.args.get("backfill_id") or None
     debug = _flag("debug")
     payload = _object(_exact_json(), {"events"})
     events = payload.get("events")
     if not isinstance(events, list):
-        raise ApiError(400, "Request validation error", "events: must be a list", field="events")
+        raise bad("events", "must be a list")
     db = engine()
     try:
-        records = validate_batch(events, now=utcnow())
+        records = validate_batch(events, now=now())
         if db.dialect.name == "sqlite" and backfill_id is None and not debug:
             _writer(db).submit(records, sent=len(events))
             return {"validation_failed": []}
@@ -133,8 +115,6 @@ def ingest() -> ResponseReturnValue:
                                               sent=len(events))
     except (EventValidationFailed, IdempotencyConflict) as exc:
         return _failed(exc)
-    except BatchTooLarge as exc:
-        raise ApiError(400, "Request validation error", str(exc), field="events") from None
     body: dict[str, Any] = {"validation_failed": []}
     if debug:
         body["debug"] = {
@@ -142,22 +122,6 @@ def ingest() -> ResponseReturnValue:
             "ingested": [k for k in result.keys if k not in existing],
         }
     return body
-
-
-def _backfill_json(backfill: Backfill) -> dict[str, Any]:
-    return {
-        "id": backfill.id,
-        "status": backfill.status,
-        "created_at": iso(backfill.created_at),
-        "timeframe_start": iso(backfill.timeframe_start),
-        "timeframe_end": iso(backfill.timeframe_end),
-        "customer_id": backfill.customer_id,
-        "replace_existing_events": backfill.replace_existing_events,
-        "events_ingested": backfill.events_ingested,
-        "close_time": iso(backfill.close_time),
-        "reverted_at": iso(backfill.reverted_at),
-        "deprecation_filter": None,
-    }
 
 
 @bp.post("/events/backfills")
@@ -170,31 +134,27 @@ def create_backfill_view() -> ResponseReturnValue:
                                       "replace_existing_events", "close_time", "deprecation_filter"})
     for name in ("close_time", "deprecation_filter"):
         if payload.get(name) is not None:
-            raise ApiError(400, "Request validation error",
-                           f"{name}: not supported (close a backfill with POST /v1/events/backfills/{{id}}/close)",
-                           field=name)
+            raise bad(name, "not supported (close a backfill with POST /v1/events/backfills/{id}/close)")
     start, end = _instant(payload, "timeframe_start"), _instant(payload, "timeframe_end")
     if start is None or end is None:
         missing = "timeframe_start" if start is None else "timeframe_end"
-        raise ApiError(400, "Request validation error", f"{missing}: required", field=missing)
+        raise bad(missing, "required")
     replace_existing = payload.get("replace_existing_events", False)
     if not isinstance(replace_existing, bool):
-        raise ApiError(400, "Request validation error", "replace_existing_events: must be a boolean",
-                       field="replace_existing_events")
+        raise bad("replace_existing_events", "must be a boolean")
     with session_scope(engine()) as session:
         customer_id = payload.get("customer_id")
         if payload.get("external_customer_id") is not None:
             if customer_id is not None:
-                raise ApiError(400, "Request validation error",
-                               "customer_id: give customer_id or external_customer_id, not both", field="customer_id")
+                raise bad("customer_id", "give customer_id or external_customer_id, not both")
             customer_id = SqlCustomerRepository(session).get_by_external_id(payload["external_customer_id"]).id
         elif customer_id is not None:
             customer_id = SqlCustomerRepository(session).get(customer_id).id
         backfill = create_backfill(
             SqlBackfillStore(session), backfill_id=new_id(), timeframe_start=_utc(start), timeframe_end=_utc(end),
-            now=utcnow(), customer_id=customer_id, replace_existing_events=replace_existing,
+            now=now(), customer_id=customer_id, replace_existing_events=replace_existing,
         )
-    return _backfill_json(backfill)
+    return backfill_json(backfill)
 
 
 @bp.get("/events/backfills")
@@ -203,11 +163,11 @@ def list_backfills() -> ResponseReturnValue:
     """List backfills, newest first."""
     for name in request.args:
         if name not in ("cursor", "limit"):
-            raise ApiError(400, "Request validation error", f"{name}: unknown query parameter", field=name)
+            raise bad(name, "unknown query parameter")
     limit = page_limit()
     with session_scope(engine()) as session:
         page, cursor = SqlBackfillStore(session).list(limit=limit, cursor=request.args.get("cursor") or None)
-    return paginated([_backfill_json(b) for b in page], has_more=cursor is not None, next_cursor=cursor)
+    return paginated([backfill_json(b) for b in page], has_more=cursor is not None, next_cursor=cursor)
 
 
 @bp.get("/events/backfills/<backfill_id>")
@@ -215,7 +175,7 @@ def list_backfills() -> ResponseReturnValue:
 def fetch_backfill(backfill_id: str) -> ResponseReturnValue:
     """Fetch a backfill."""
     with session_scope(engine()) as session:
-        return _backfill_json(SqlBackfillStore(session).get(backfill_id))
+        return backfill_json(SqlBackfillStore(session).get(backfill_id))
 
 
 @bp.post("/events/backfills/<backfill_id>/close")
@@ -224,7 +184,7 @@ def close_backfill_view(backfill_id: str) -> ResponseReturnValue:
     """Close a backfill: its events count from now on (replacing the window's, if it said so)."""
     db = engine()
     with write_lock(db), session_scope(db) as session:
-        return _backfill_json(close_backfill(SqlBackfillStore(session), backfill_id, now=utcnow()))
+        return backfill_json(close_backfill(SqlBackfillStore(session), backfill_id, now=now()))
 
 
 @bp.post("/events/backfills/<backfill_id>/revert")
@@ -233,24 +193,11 @@ def revert_backfill_view(backfill_id: str) -> ResponseReturnValue:
     """Revert a backfill: its events stop counting and the events it replaced count again."""
     db = engine()
     with write_lock(db), session_scope(db) as session:
-        return _backfill_json(revert_backfill(SqlBackfillStore(session), backfill_id, now=utcnow()))
+        return backfill_json(revert_backfill(SqlBackfillStore(session), backfill_id, now=now()))
 
 
 def _utc(instant: datetime) -> datetime:
     return instant.replace(tzinfo=timezone.utc) if instant.tzinfo is None else instant.astimezone(timezone.utc)
-
-
-def _event_json(event: Event) -> str:
-    head = {
-        "id": event.idempotency_key,
-        "customer_id": event.customer_id,
-        "external_customer_id": event.external_customer_id,
-        "event_name": event.event_name,
-        "timestamp": iso(event.timestamp),
-        "deprecated": event.deprecated,
-    }
-    # Numbers keep their exact text, so properties are serialized by the billing core.
-    return json.dumps(head)[:-1] + ',"properties":' + properties_json(event.properties) + "}"
 
 
 def _instant(payload: dict[str, Any], name: str) -> datetime | None:
@@ -258,7 +205,7 @@ def _instant(payload: dict[str, Any], name: str) -> datetime | None:
     if raw is None:
         return None
     if not isinstance(raw, str):
-        raise ApiError(400, "Request validation error", f"{name}: not an ISO 8601 instant", field=name)
+        raise bad(name, "not an ISO 8601 instant")
     return wire.parse_instant(raw, name)
 
 
@@ -269,15 +216,14 @@ def search() -> ResponseReturnValue:
     payload = _object(_exact_json(), {"event_ids", "timeframe_start", "timeframe_end"})
     ids = payload.get("event_ids")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise ApiError(400, "Request validation error", "event_ids: must be a list of strings", field="event_ids")
+        raise bad("event_ids", "must be a list of strings")
     if len(ids) > MAX_SEARCH_IDS:
-        raise ApiError(400, "Request validation error", f"event_ids: at most {MAX_SEARCH_IDS}", field="event_ids")
-    now = utcnow()
-    end = _instant(payload, "timeframe_end") or now
+        raise bad("event_ids", f"at most {MAX_SEARCH_IDS}")
+    end = _instant(payload, "timeframe_end") or now()
     start = _instant(payload, "timeframe_start") or (end - SEARCH_DEFAULT_WINDOW)
     with session_scope(engine()) as session:
         found = SqlEventStore(session).search(ids, start=to_micros(start), end=to_micros(end))
-    text = '{"data":[' + ",".join(_event_json(e) for e in found) + "]}"
+    text = '{"data":[' + ",".join(event_json(e) for e in found) + "]}"
     return Response(text, mimetype="application/json")
 
 
@@ -293,7 +239,7 @@ def amend(event_id: str) -> ResponseReturnValue:
     db = engine()
     try:
         with write_lock(db), session_scope(db) as session:
-            amend_event(SqlEventStore(session), event_id, payload, now=utcnow())
+            amend_event(SqlEventStore(session), event_id, payload, now=now())
     except EventValidationFailed as exc:
         return _failed(exc)
     return {"amended": event_id}

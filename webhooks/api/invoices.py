@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from flask import request
 
-from billing_core import service_plans
-from billing_core.errors import OutOfRange
-from billing_core.invoices import Invoice
-from billing_core import SqlCustomerRepository
-from billing_core.persistence.subscriptions import SqlSubscriptions
-from billing_core.sql_usage_batch import BatchSqlUsageSource
-from webhooks.api.billing_shapes import bad, engine, invoice_json, now
-from webhooks.api.common import api_blueprint, decode_cursor, encode_cursor, page_limit, paginated
+from billing_core import (
+    BatchSqlUsageSource, Invoice, OutOfRange, SqlCustomerRepository, SqlSubscriptions, service_plans,
+)
+from webhooks.api.common import (
+    api_blueprint, bad, decode_cursor, encode_cursor, engine, now, page_limit, paginated,
+)
 from webhooks.api.openapi import documented
+from webhooks.api.orb import invoice_json
 from webhooks.api.schemas import Invoice as InvoiceShape, InvoiceQuery, Page, UpcomingInvoiceQuery
 from worker.db import session_scope
 from worker.logs import get_logger

@@ -14,12 +14,14 @@ from flask.typing import ResponseReturnValue
 from pydantic import Field
 from sqlalchemy.orm import Session
 
-from billing_core.errors import InvalidInput
-from billing_core import Metric, create_metric, definition_from_dict, update_metric
-from billing_core import SqlMetricRepository
-from webhooks.api.common import ApiError, Body, api_blueprint, json_body, page_limit, paginated
-from webhooks.api.customers import engine, iso, list_filters, new_id, utcnow
+from billing_core import (
+    InvalidInput, Metric, SqlCatalog, SqlMetricRepository, create_metric, definition_from_dict, update_metric,
+)
+from webhooks.api.common import (
+    Body, api_blueprint, bad, engine, json_body, list_filters, new_id, now, page_limit, paginated,
+)
 from webhooks.api.openapi import documented
+from webhooks.api.orb import metric_json
 from webhooks.api.schemas import Metric as MetricShape, MetricQuery, Page
 from worker.db import session_scope
 
@@ -41,37 +43,15 @@ class MetricUpdate(Body):
     metadata: Optional[dict[str, Optional[str]]] = None
 
 
-def _item(session: Session, item_id: str | None) -> dict[str, Any]:
-    """Return Orb's item object for ``item_id`` (400 when the item does not exist)."""
-    from billing_core.persistence.catalog import SqlCatalog
-
-    if item_id is None:
-        return {"id": None, "name": None, "created_at": None, "external_connections": [], "metadata": {},
-                "archived_at": None}
-    item = SqlCatalog(session).get_item(item_id)
-    return {"id": item.id, "name": item.name, "created_at": iso(item.created_at), "external_connections": [],
-            "metadata": {}, "archived_at": None}
-
-
-def metric_json(session: Session, metric: Metric) -> dict[str, Any]:
-    """Return Orb's billable metric resource."""
-    return {
-        "id": metric.id,
-        "name": metric.name,
-        "description": metric.description,
-        "item": _item(session, metric.item_id),
-        "metadata": dict(metric.metadata),
-        "status": metric.status,
-        "sql": metric.sql,
-        "parameter_definitions": None,
-        "created_at": iso(metric.created_at),
-    }
+def _json(session: Session, metric: Metric) -> dict[str, Any]:
+    """Render ``metric`` with its item (NotFound, a 404, when the item does not exist)."""
+    return metric_json(metric, SqlCatalog(session).get_item(metric.item_id) if metric.item_id else None)
 
 
 def _payload() -> dict[str, Any]:
     payload = json_body()
     if not isinstance(payload, dict):
-        raise ApiError(400, "Request validation error", "body must be a JSON object", field="body")
+        raise bad("body", "must be a JSON object")
     return payload
 
 
@@ -83,27 +63,27 @@ def create() -> ResponseReturnValue:
     """Create a metric from Orb's SQL (or a structured definition)."""
     body = MetricCreate.model_validate(_payload())
     if (body.sql is None) == (body.definition is None):
-        raise ApiError(400, "Request validation error", "sql: give exactly one of sql or definition", field="sql")
+        raise bad("sql", "give exactly one of sql or definition")
     definition = None
     if body.definition is not None:
         try:
             definition = definition_from_dict(body.definition)
         except InvalidInput as exc:
-            raise ApiError(400, "Request validation error", f"definition: {exc}", field="definition") from None
+            raise bad("definition", str(exc)) from None
     with session_scope(engine()) as session:
-        _item(session, body.item_id)
+        SqlCatalog(session).get_item(body.item_id)  # the item must exist
         metric = create_metric(
             SqlMetricRepository(session),
             metric_id=new_id(),
             name=body.name,
-            now=utcnow(),
+            now=now(),
             sql=body.sql,
             definition=definition,
             item_id=body.item_id,
             description=body.description,
             metadata={k: v for k, v in (body.metadata or {}).items() if v is not None},
         )
-        return metric_json(session, metric)
+        return _json(session, metric)
 
 
 @bp.get("/metrics/<metric_id>")
@@ -111,7 +91,7 @@ def create() -> ResponseReturnValue:
 def fetch(metric_id: str) -> ResponseReturnValue:
     """Fetch a metric."""
     with session_scope(engine()) as session:
-        return metric_json(session, SqlMetricRepository(session).get(metric_id))
+        return _json(session, SqlMetricRepository(session).get(metric_id))
 
 
 @bp.put("/metrics/<metric_id>")
@@ -125,7 +105,7 @@ def update(metric_id: str) -> ResponseReturnValue:
         # Read under the write lock: concurrent metadata merges must not lose each other's keys.
         metric = update_metric(repository, repository.get(metric_id, for_update=True),
                                body.model_dump(include=set(payload)))
-        return metric_json(session, metric)
+        return _json(session, metric)
 
 
 def _set_status(metric_id: str, status: str) -> ResponseReturnValue:
@@ -136,7 +116,7 @@ def _set_status(metric_id: str, status: str) -> ResponseReturnValue:
         metric = repository.get(metric_id, for_update=True)
         if metric.status != status:
             metric = repository.save(replace(metric, status=status))  # type: ignore[arg-type]
-        return metric_json(session, metric)
+        return _json(session, metric)
 
 
 @bp.post("/metrics/<metric_id>/archive")
@@ -160,11 +140,11 @@ def index() -> ResponseReturnValue:
     created = list_filters(("status",))
     status = request.args.get("status") or None
     if status not in (None, "active", "draft", "archived"):
-        raise ApiError(400, "Request validation error", "status: use active, draft or archived", field="status")
+        raise bad("status", "use active, draft or archived")
     limit = page_limit()
     with session_scope(engine()) as session:
         page, cursor = SqlMetricRepository(session).list(
             limit=limit, cursor=request.args.get("cursor") or None, created_at=created, status=status
         )
-        data = [metric_json(session, m) for m in page]
+        data = [_json(session, m) for m in page]
     return paginated(data, has_more=cursor is not None, next_cursor=cursor)

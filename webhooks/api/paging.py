@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 from flask import request
 
-from webhooks.errors import ApiError
+from webhooks.api.common import bad
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -22,9 +22,9 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ApiError(400, "Request validation error", f"{name}: not an integer ({raw!r})", field=name) from None
+        raise bad(name, f"not an integer ({raw!r})") from None
     if not low <= value <= high:
-        raise ApiError(400, "Request validation error", f"{name}: must be between {low} and {high}", field=name)
+        raise bad(name, f"must be between {low} and {high}")
     return value
 
 

@@ -8,12 +8,14 @@ from flask import request
 from sqlalchemy.orm import Session
 
 from billing_core import Price, SqlCatalog, service_plans
-from webhooks.api.billing_shapes import (
-    bad, check_fields, parse_metadata, cursor_id, engine, new_id, now, page_json, parse_adjustment, parse_price, plan_json,
-    plan_version_json, require_list, require_object,
+from webhooks.api.bodies import (
+    check_fields, parse_adjustment, parse_metadata, parse_price, require_list, require_object,
 )
-from webhooks.api.common import api_blueprint, json_body, page_limit
+from webhooks.api.common import (
+    api_blueprint, bad, cursor_id, engine, json_body, new_id, now, page_json, page_limit,
+)
 from webhooks.api.openapi import documented
+from webhooks.api.orb import plan_json, plan_version_json
 from webhooks.api.schemas import Page, Plan, PlanCreate, PlanQuery, PlanVersion, PlanVersionCreate, SetDefaultVersion
 from worker.db import session_scope
 

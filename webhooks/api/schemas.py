@@ -1,6 +1,6 @@
 """Pydantic models of what the API answers, and of the request shapes parsed by hand.
 
-Response models mirror the shape functions (``billing_shapes``, ``customers.customer_json``,
+Response models mirror the shape functions (``webhooks.api.orb``,
 ``worker.contracts.contract_as_dict`` ...) field by field: unknown fields are forbidden, so a
 field added to a shape without its model fails the contract test. Request models for bodies
 and query strings that the routes parse with plain code (plans, subscriptions, events, items,
@@ -194,7 +194,8 @@ class Customer(Shape):
     billing_address: None
     shipping_address: None
     email_delivery: bool
-    exempt_from_automated_tax: Optional[bool]
+    exempt_from_automated_tax: bool
+    automatic_tax_enabled: bool
     hierarchy: CustomerHierarchy
     payment_provider: None
     payment_provider_id: None
@@ -202,7 +203,6 @@ class Customer(Shape):
     tax_id: None
     accounting_sync_configuration: None
     reporting_configuration: None
-    automatic_tax_enabled: Optional[bool] = None
 
 
 # --- prices, plans --------------------------------------------------------------------------------
@@ -729,6 +729,8 @@ class LineItem(Shape):
 
 
 class InvoiceCustomer(Shape):
+    """Orb's minified customer, as an invoice embeds it."""
+
     id: str
     external_customer_id: Optional[str]
 

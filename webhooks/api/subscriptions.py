@@ -15,12 +15,15 @@ from billing_core import (
     SqlCatalog, SqlCustomerRepository, SqlMetricRepository, SqlSubscriptions, Subscription, billing_period,
     exact_number, parse_optional_decimal, service_plans,
 )
-from webhooks.api.billing_shapes import (
-    bad, check_fields, parse_metadata, costs_json, cursor_id, engine, new_id, now, optional_instant, page_json, parse_adjustment,
-    parse_anchor, parse_instant, parse_price, require_list, require_object, subscription_json,
+from webhooks.api.bodies import (
+    check_fields, optional_instant, parse_adjustment, parse_anchor, parse_instant, parse_metadata, parse_price,
+    require_list, require_object,
 )
-from webhooks.api.common import api_blueprint, json_body, page_limit
+from webhooks.api.common import (
+    api_blueprint, bad, cursor_id, engine, json_body, new_id, now, page_json, page_limit,
+)
 from webhooks.api.openapi import documented
+from webhooks.api.orb import costs_json, subscription_json
 from webhooks.api.schemas import (
     Costs, Page, PlanChange, PriceIntervalsEdit, Subscription as SubscriptionShape, SubscriptionCancel,
     SubscriptionCreate, SubscriptionQuery, TimeframeQuery, Usage, UsageQuery,

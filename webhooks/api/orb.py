@@ -1,205 +1,38 @@
-"""Orb-shaped JSON for the billing API: parse request bodies into domain objects, render results.
+"""The Orb response shapes, once: every ``/v1`` billing resource is rendered here.
 
-Field names and shapes follow the ``orb-billing`` client's types (``unit_config``,
-``tiered_config``, ``price_intervals``, ``per_price_costs`` ...). Money is always a decimal
-string; instants are ISO-8601 UTC. Errors name the offending field (400).
+Field names and shapes follow the ``orb-billing`` client's ``types/`` (``unit_config``,
+``price_intervals``, ``per_price_costs`` ...); ``webhooks/api/schemas.py`` documents them field by
+field. Money is always a decimal string, quantities exact JSON numbers, instants ISO-8601 UTC.
+A customer has one shape wherever it appears (its own endpoints, a subscription's ``customer``);
+an invoice embeds the minified customer, as Orb's does.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+import json
+from collections.abc import Mapping
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from flask import current_app
-
-from billing_core import wire
-from billing_core.adjustments import Adjustment, AdjustmentType
-from billing_core.customers import Customer
-from billing_core.errors import InvalidInput
-from billing_core.invoices import Costs, Invoice, LineItem, PriceCost, iso
-from billing_core.money import (
-    ExactNumber, exact_number, format_decimal, parse_decimal, parse_optional_decimal, round_money,
+from billing_core import (
+    Adjustment, AdjustmentInterval, AdjustmentType, Backfill, Cadence, Costs, Customer, Event, ExactNumber, Invoice,
+    Item, LineItem, MatrixConfig, Metric, Plan, Price, PriceCost, PriceInterval, Subscription, billing_period,
+    config_to_dict, exact_number, format_decimal, iso, properties_json, round_money,
 )
-from billing_core.periods import BillingAnchor, Cadence
-from billing_core.plans import Item, Plan
-from billing_core.pricing import BillingMode, MatrixConfig, ModelType, Price, config_to_dict, parse_config
-from billing_core.subscriptions import AdjustmentInterval, PriceInterval, Subscription, billing_period
 
-NewId = Callable[[str], str]
+__all__ = [
+    "ADJUSTMENT_VALUE_FIELD", "adjustment_json", "backfill_json", "costs_json", "customer_json",
+    "customer_minified_json", "event_json", "invoice_json", "item_json", "line_item_json", "metric_json",
+    "plan_json", "plan_version_json", "price_json", "subscription_json",
+]
 
-_PRICE_FIELDS = {
-    "name", "item_id", "model_type", "cadence", "billable_metric_id", "billed_in_advance", "fixed_price_quantity",
-    "currency", "external_price_id", "metadata", "minimum_amount", "maximum_amount",
-    "unit_config", "tiered_config", "bulk_config", "package_config", "tiered_package_config", "matrix_config",
-}
-# Orb fields this core does not implement: accepted only when absent or null.
-_IGNORED_WHEN_NULL = {
-    "conversion_rate", "conversion_rate_config", "invoice_grouping_key", "invoicing_cycle_configuration",
-    "billing_cycle_configuration", "dimensional_price_configuration", "reference_id", "license_type_id",
-}
-
-
-def now() -> datetime:
-    """Read the clock (entry points only); tests may install ``app.extensions['billing_clock']``."""
-    clock = current_app.extensions.get("billing_clock")
-    return clock() if clock else datetime.now(UTC)
-
-
-def new_id(prefix: str) -> str:
-    """Return a fresh opaque id with a readable prefix."""
-    return f"{prefix}_{uuid.uuid4().hex[:20]}"
-
-
-def bad(field: str, message: str) -> InvalidInput:
-    return InvalidInput(f"{field}: {message}", field=field)
-
-
-def parse_instant(value: Any, field: str) -> datetime:
-    """Parse an ISO-8601 instant (a date means midnight UTC; naive is UTC) in the accepted range."""
-    if not isinstance(value, str):
-        raise bad(field, "expected an ISO-8601 date-time")
-    return wire.parse_instant(value, field)
-
-
-def optional_instant(value: Any, field: str) -> datetime | None:
-    return None if value is None else parse_instant(value, field)
-
-
-def require_object(value: Any, field: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise bad(field, "expected an object")
-    return value
-
-
-def require_list(value: Any, field: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise bad(field, "expected a list")
-    return value
-
-
-def parse_metadata(value: Any, field: str = "metadata") -> dict[str, str]:
-    """Read Orb metadata: an object of strings; null values are dropped."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise bad(field, "expected an object of strings")
-    for key, item in value.items():
-        if item is not None and not isinstance(item, (str, int, float, bool)):
-            raise bad(f"{field}.{key}", "expected a string")
-    return {str(k): str(v) for k, v in value.items() if v is not None}
-
-
-def check_fields(raw: Mapping[str, Any], allowed: set[str], field: str, ignored: set[str] = frozenset()) -> None:
-    """Refuse unknown fields (and unsupported Orb fields unless null), naming the first."""
-    for key in sorted(raw):
-        if key in allowed:
-            continue
-        if key in ignored and raw[key] is None:
-            continue
-        prefix = f"{field}." if field else ""
-        raise bad(f"{prefix}{key}", "unknown or unsupported field")
-
-
-def parse_price(raw: Any, *, currency: str, field: str, key: str | None = None,
-                id_factory: NewId = new_id) -> Price:
-    """Build a Price from Orb's new-price JSON (``model_type`` + its ``*_config``)."""
-    raw = require_object(raw, field)
-    check_fields(raw, _PRICE_FIELDS, field, _IGNORED_WHEN_NULL)
-    model_type = raw.get("model_type")
-    if model_type not in {m.value for m in ModelType}:
-        raise bad(f"{field}.model_type", f"{model_type!r} is not supported "
-                  f"(one of {', '.join(m.value for m in ModelType)})")
-    config_key = f"{model_type}_config"
-    if not isinstance(raw.get(config_key), Mapping):
-        raise bad(f"{field}.{config_key}", "is required for this model_type")
-    try:
-        config = parse_config(model_type, raw[config_key])
-    except InvalidInput as exc:
-        raise bad(f"{field}.{exc.field or config_key}", str(exc).split(": ", 1)[-1]) from None
-    for other in _PRICE_FIELDS:
-        if other.endswith("_config") and other != config_key and raw.get(other) is not None:
-            raise bad(f"{field}.{other}", f"does not belong to model_type {model_type}")
-    try:
-        cadence = Cadence(raw.get("cadence"))
-    except ValueError:
-        raise bad(f"{field}.cadence", f"{raw.get('cadence')!r} is not supported "
-                  f"(one of {', '.join(c.value for c in Cadence)})") from None
-    name = raw.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise bad(f"{field}.name", "is required")
-    item_id = raw.get("item_id")
-    if not isinstance(item_id, str) or not item_id:
-        raise bad(f"{field}.item_id", "is required")
-    price_currency = raw.get("currency") or currency
-    if price_currency != currency:
-        raise bad(f"{field}.currency", f"must be {currency}")
-    metric_id = raw.get("billable_metric_id")
-    in_advance = bool(raw.get("billed_in_advance"))
-    if in_advance and metric_id:
-        raise bad(f"{field}.billed_in_advance", "usage prices are billed in arrears")
-    if model_type == ModelType.MATRIX and not metric_id:
-        raise bad(f"{field}.billable_metric_id", "a matrix price needs a metric")
-    quantity = parse_optional_decimal(raw.get("fixed_price_quantity"), f"{field}.fixed_price_quantity")
-    if quantity is not None and metric_id:
-        raise bad(f"{field}.fixed_price_quantity", "applies to fixed prices only (no billable_metric_id)")
-    metadata = parse_metadata(raw.get("metadata"), f"{field}.metadata")
-    price_id = id_factory("price")
-    return Price(
-        id=price_id, key=key or price_id, name=name.strip(), item_id=item_id, model_type=ModelType(model_type),
-        config=config, cadence=cadence, currency=currency,
-        billing_mode=BillingMode.IN_ADVANCE if in_advance else BillingMode.IN_ARREAR, metric_id=metric_id,
-        fixed_price_quantity=(quantity if quantity is not None else (None if metric_id else Decimal(1))),
-        minimum_amount=parse_optional_decimal(raw.get("minimum_amount"), f"{field}.minimum_amount"),
-        maximum_amount=parse_optional_decimal(raw.get("maximum_amount"), f"{field}.maximum_amount"),
-        external_price_id=raw.get("external_price_id"),
-        metadata=metadata,
-    )
-
-
-_ADJ_VALUE = {
+# The field that carries an adjustment's value, by adjustment type.
+ADJUSTMENT_VALUE_FIELD = {
     "usage_discount": "usage_discount", "amount_discount": "amount_discount",
     "percentage_discount": "percentage_discount", "minimum": "minimum_amount", "maximum": "maximum_amount",
 }
-_ADJ_FIELDS = {"adjustment_type", "applies_to_price_ids", "applies_to_all", "is_invoice_level", "item_id",
-               "currency", "reason", *_ADJ_VALUE.values()}
 
-
-def parse_adjustment(raw: Any, field: str, id_factory: NewId = new_id) -> Adjustment:
-    """Build an Adjustment from Orb's new-adjustment JSON."""
-    raw = require_object(raw, field)
-    kind = raw.get("adjustment_type")
-    if kind not in _ADJ_VALUE:
-        raise bad(f"{field}.adjustment_type", f"{kind!r} is not supported (one of {', '.join(_ADJ_VALUE)})")
-    check_fields(raw, _ADJ_FIELDS, field, {"filters", "applies_to_item_ids", "price_type"})
-    value_field = _ADJ_VALUE[kind]
-    if raw.get(value_field) is None:
-        raise bad(f"{field}.{value_field}", "is required")
-    names = tuple(str(n) for n in require_list(raw.get("applies_to_price_ids"), f"{field}.applies_to_price_ids"))
-    try:
-        return Adjustment(id=id_factory("adj"), adjustment_type=AdjustmentType(kind),
-                          value=parse_decimal(raw[value_field], f"{field}.{value_field}"),
-                          applies_to_price_ids=names, reason=raw.get("reason"))
-    except InvalidInput as exc:
-        raise bad(f"{field}.{value_field}", str(exc).split(": ", 1)[-1]) from None
-
-
-def parse_anchor(raw: Any, field: str = "billing_cycle_anchor_configuration") -> BillingAnchor | None:
-    if raw is None:
-        return None
-    raw = require_object(raw, field)
-    check_fields(raw, {"day", "month", "year"}, field)
-    try:
-        return BillingAnchor(day=int(raw["day"]), month=int(raw.get("month") or 1))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise bad(f"{field}.day", str(exc) or "is required") from None
-
-
-# --- rendering ----------------------------------------------------------------------------------
 
 def _num(value: Decimal | None) -> int | ExactNumber | None:
     """Render a quantity as an exact JSON number (quantities are not money; no float either)."""
@@ -246,7 +79,7 @@ def adjustment_json(adj: Adjustment) -> dict[str, Any]:
         "applies_to_price_ids": list(adj.applies_to_price_ids), "filters": [], "is_invoice_level": False,
         "plan_phase_order": None, "reason": adj.reason, "replaces_adjustment_id": None,
     }
-    field = _ADJ_VALUE[adj.adjustment_type.value]
+    field = ADJUSTMENT_VALUE_FIELD[adj.adjustment_type.value]
     body[field] = _num(value) if adj.adjustment_type in (AdjustmentType.USAGE_DISCOUNT,
                                                         AdjustmentType.PERCENTAGE_DISCOUNT) else _money(value)
     if adj.adjustment_type == AdjustmentType.MINIMUM:
@@ -278,16 +111,39 @@ def plan_version_json(plan: Plan, version: int, item_names: Mapping[str, str] | 
 
 
 def customer_json(customer: Customer) -> dict[str, Any]:
+    """Return Orb's customer: the same object from its own endpoints and inside a subscription."""
     return {
-        "id": customer.id, "external_customer_id": customer.external_customer_id, "name": customer.name,
-        "email": customer.email, "currency": customer.currency, "timezone": customer.timezone,
-        "metadata": dict(customer.metadata), "created_at": iso(customer.created_at), "balance": "0.00",
-        "additional_emails": [], "auto_collection": False, "auto_issuance": None, "billing_address": None,
-        "shipping_address": None, "email_delivery": False, "exempt_from_automated_tax": None,
-        "hierarchy": {"children": [], "parent": None}, "payment_provider": None, "payment_provider_id": None,
-        "portal_url": None, "tax_id": None, "accounting_sync_configuration": None,
-        "reporting_configuration": None, "automatic_tax_enabled": None,
+        "id": customer.id,
+        "external_customer_id": customer.external_customer_id,
+        "name": customer.name,
+        "email": customer.email,
+        "currency": customer.currency,
+        "timezone": customer.timezone,
+        "metadata": dict(customer.metadata),
+        "created_at": iso(customer.created_at),
+        "additional_emails": [],
+        "auto_collection": False,
+        "auto_issuance": None,
+        "balance": "0.00",
+        "billing_address": None,
+        "shipping_address": None,
+        "email_delivery": False,
+        # No tax is computed here: nobody is exempt and automatic tax is off (Orb: always a boolean).
+        "exempt_from_automated_tax": False,
+        "automatic_tax_enabled": False,
+        "hierarchy": {"children": [], "parent": None},
+        "payment_provider": None,
+        "payment_provider_id": None,
+        "portal_url": None,
+        "tax_id": None,
+        "accounting_sync_configuration": None,
+        "reporting_configuration": None,
     }
+
+
+def customer_minified_json(customer: Customer) -> dict[str, Any]:
+    """Return Orb's minified customer (what an invoice embeds)."""
+    return {"id": customer.id, "external_customer_id": customer.external_customer_id}
 
 
 def _interval_json(sub: Subscription, interval: PriceInterval, current_at: datetime,
@@ -382,7 +238,7 @@ def invoice_json(invoice: Invoice, *, customer: Customer, at: datetime, upcoming
         "id": invoice.id, "invoice_number": invoice.invoice_number or (invoice.id or ""),
         "status": "issued" if invoice.status == "issued" else "draft",
         "currency": invoice.currency,
-        "customer": {"id": customer.id, "external_customer_id": customer.external_customer_id},
+        "customer": customer_minified_json(customer),
         "subscription": {"id": invoice.subscription_id},
         "amount_due": _money(invoice.total), "total": _money(invoice.total), "subtotal": _money(invoice.subtotal),
         "line_items": [line_item_json(line) for line in invoice.line_items],
@@ -431,26 +287,49 @@ def costs_json(all_costs: list[Costs], item_names: Mapping[str, str] | None = No
     return {"data": data}
 
 
-# --- view helpers ---------------------------------------------------------------------------------
+def metric_json(metric: Metric, item: Item | None) -> dict[str, Any]:
+    """Return Orb's billable metric (``item``: the metric's item, None when it has none)."""
+    return {
+        "id": metric.id,
+        "name": metric.name,
+        "description": metric.description,
+        "item": item_json(item) if item is not None else {
+            "id": None, "name": None, "created_at": None, "external_connections": [], "metadata": {},
+            "archived_at": None},
+        "metadata": dict(metric.metadata),
+        "status": metric.status,
+        "sql": metric.sql,
+        "parameter_definitions": None,
+        "created_at": iso(metric.created_at),
+    }
 
-def engine() -> Any:
-    """Return the process's database engine."""
-    return current_app.extensions["marketsync"].engine
+
+def backfill_json(backfill: Backfill) -> dict[str, Any]:
+    """Return Orb's backfill."""
+    return {
+        "id": backfill.id,
+        "status": backfill.status,
+        "created_at": iso(backfill.created_at),
+        "timeframe_start": iso(backfill.timeframe_start),
+        "timeframe_end": iso(backfill.timeframe_end),
+        "customer_id": backfill.customer_id,
+        "replace_existing_events": backfill.replace_existing_events,
+        "events_ingested": backfill.events_ingested,
+        "close_time": iso(backfill.close_time),
+        "reverted_at": iso(backfill.reverted_at),
+        "deprecation_filter": None,
+    }
 
 
-def cursor_id() -> str | None:
-    """Return the row id the ``cursor`` query parameter points after."""
-    from flask import request
-
-    from webhooks.api.common import decode_cursor
-
-    value = decode_cursor(request.args.get("cursor"))
-    return None if value is None else str(value.get("id"))
-
-
-def page_json(data: list[Any], next_id: str | None) -> dict[str, Any]:
-    """Return Orb's list envelope with an opaque cursor."""
-    from webhooks.api.common import encode_cursor, paginated
-
-    return paginated(data, has_more=next_id is not None,
-                     next_cursor=encode_cursor({"id": next_id}) if next_id else None)
+def event_json(event: Event) -> str:
+    """Return Orb's event as JSON text (its properties keep their exact numbers)."""
+    head = {
+        "id": event.idempotency_key,
+        "customer_id": event.customer_id,
+        "external_customer_id": event.external_customer_id,
+        "event_name": event.event_name,
+        "timestamp": iso(event.timestamp),
+        "deprecated": event.deprecated,
+    }
+    # Numbers keep their exact text, so properties are serialized by the billing core.
+    return json.dumps(head)[:-1] + ',"properties":' + properties_json(event.properties) + "}"
