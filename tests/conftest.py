@@ -7,6 +7,8 @@
   and the skip says why.
 - Redis: ``TEST_REDIS_URL`` (or ``REDIS_URL``) if it answers — its database is FLUSHED by
   the tests — else a private ``redis-server`` started for the session.
+- Emulators: one of each marketplace for the session (``emulator_servers``); ``emulators``
+  resets all three (state, faults, clock, options) through their shared control API.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 import redis
@@ -25,6 +27,9 @@ from sqlalchemy.engine import make_url
 from config import Settings
 from worker import db
 from worker.redis_server import PrivateRedis
+
+if TYPE_CHECKING:
+    from marketplaces.emulators.server import EmulatorServer
 
 TEST_DB = os.environ.get("MARKETSYNC_TEST_DB", "sqlite")
 if TEST_DB not in ("sqlite", "postgres"):
@@ -223,6 +228,37 @@ def client(app):  # type: ignore[no-untyped-def]
 def auth_headers() -> dict[str, str]:
     """Return headers carrying a valid API key."""
     return {"Authorization": f"Bearer {TEST_API_KEY}"}
+
+
+# --- marketplace emulators ----------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def emulator_servers() -> Iterator[dict[str, "EmulatorServer"]]:
+    """One running emulator per marketplace (by name) for the whole session; reset before use."""
+    from marketplaces.emulators import EMULATORS
+    from marketplaces.emulators.server import EmulatorServer
+
+    servers = {name: EmulatorServer(factory()).start() for name, factory in EMULATORS.items()}
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
+def reset_emulator(server: "EmulatorServer", **options: object) -> "EmulatorServer":
+    """Reset one emulator (``options`` replace its creation options until the next reset)."""
+    import requests
+
+    answer = requests.post(f"{server.url}/_emulator/reset", json={"options": options}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return server
+
+
+@pytest.fixture
+def emulators(emulator_servers: dict[str, "EmulatorServer"]) -> dict[str, "EmulatorServer"]:
+    """The session's emulators, each reset to empty: no state, faults, fixed clock or receiver."""
+    for server in emulator_servers.values():
+        reset_emulator(server)
+    return emulator_servers
 
 
 # --- live servers ---------------------------------------------------------------------------------

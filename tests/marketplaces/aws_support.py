@@ -1,23 +1,21 @@
-"""Fixtures shared by the AWS adapter and emulator tests: one emulator per module, reset per test."""
+"""Fixtures shared by the AWS adapter and emulator tests: the session's emulator, reset per test."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Iterator
 
 import pytest
 
-from marketplaces.emulators.aws import AwsEmulatorClient, create_aws_emulator
+from marketplaces.emulators.aws import AwsEmulatorClient
 from marketplaces.emulators.server import EmulatorServer
 
 NOW = datetime(2026, 11, 21, 10, 30, tzinfo=timezone.utc)
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[EmulatorServer]:
-    """Run one AWS emulator for the test module."""
-    with EmulatorServer(create_aws_emulator()) as running:
-        yield running
+@pytest.fixture
+def server(emulator_servers: dict[str, EmulatorServer]) -> EmulatorServer:
+    """The session's AWS emulator (``emu`` resets it)."""
+    return emulator_servers["aws"]
 
 
 @pytest.fixture

@@ -85,10 +85,7 @@ class _AwsControl:
 
 def _aws_env(servers: dict[str, EmulatorServer]) -> Iterator[AdapterEnv]:
     from marketplaces.aws import build_aws_adapter
-    from marketplaces.emulators.aws import create_aws_emulator
 
-    if "aws" not in servers:
-        servers["aws"] = EmulatorServer(create_aws_emulator()).start()
     server = servers["aws"]
     control = _AwsControl(server.url)
     control.reset()
@@ -153,10 +150,7 @@ class _AzureControl:
 
 def _azure_env(servers: dict[str, EmulatorServer]) -> Iterator[AdapterEnv]:
     from marketplaces.azure import build_azure_adapter
-    from marketplaces.emulators.azure import create_azure_emulator
 
-    if "azure" not in servers:
-        servers["azure"] = EmulatorServer(create_azure_emulator()).start()
     server = servers["azure"]
     control = _AzureControl(server.url)
     control.reset()
@@ -225,11 +219,8 @@ class _GcpControl:
 def _gcp_env(servers: dict[str, EmulatorServer]) -> Iterator[AdapterEnv]:
     from google.oauth2.credentials import Credentials
 
-    from marketplaces.emulators.gcp import create_gcp_emulator
     from marketplaces.gcp import build_gcp_adapter
 
-    if "gcp" not in servers:
-        servers["gcp"] = EmulatorServer(create_gcp_emulator()).start()
     server = servers["gcp"]
     control = _GcpControl(server.url)
     control.reset()
@@ -265,18 +256,12 @@ ENV_FACTORIES: dict[str, Callable[[dict[str, EmulatorServer]], Iterator[AdapterE
 }
 
 
-@pytest.fixture(scope="module")
-def _emulator_servers() -> Iterator[dict[str, EmulatorServer]]:
-    servers: dict[str, EmulatorServer] = {}
-    yield servers
-    for server in servers.values():
-        server.stop()
 
 
 @pytest.fixture(params=sorted(ENV_FACTORIES), ids=sorted(ENV_FACTORIES))
-def adapter_env(request: pytest.FixtureRequest, _emulator_servers: dict[str, EmulatorServer]) -> Iterator[AdapterEnv]:
+def adapter_env(request: pytest.FixtureRequest, emulator_servers: dict[str, EmulatorServer]) -> Iterator[AdapterEnv]:
     """Yield one marketplace's adapter and a freshly reset emulator."""
-    yield from ENV_FACTORIES[request.param](_emulator_servers)
+    yield from ENV_FACTORIES[request.param](emulator_servers)
 
 
 def _report_until_final(env: AdapterEnv, records: list[UsageRecord], rounds: int = 10) -> dict[str, Any]:

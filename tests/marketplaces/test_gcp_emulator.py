@@ -65,16 +65,10 @@ class Gcp:
         )
 
 
-@pytest.fixture(scope="module")
-def _shared_server() -> Iterator[EmulatorServer]:
-    with EmulatorServer(create_gcp_emulator()) as server:
-        yield server
-
-
 @pytest.fixture
-def gcp(_shared_server: EmulatorServer) -> Gcp:
-    """Return the module's emulator, reset to empty with no faults."""
-    env = Gcp(_shared_server)
+def gcp(emulator_servers: dict[str, EmulatorServer]) -> Gcp:
+    """Return the session's emulator, reset to empty with no faults."""
+    env = Gcp(emulator_servers["gcp"])
     env.control("POST", "/_emulator/reset")
     return env
 

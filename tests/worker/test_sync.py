@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Iterator
 
 import pytest
 from sqlalchemy import Engine, select
 from sqlmodel import Session
 
 from tests.worker.sync_support import (
-    SyncEnv, build_env, emulator_factory, ingest, map_contract, setup_billing, start_of_test_window,
+    SyncEnv, build_env, ingest, map_contract, setup_billing, start_of_test_window,
 )
 from marketplaces.base import TransientMarketplaceError
 from marketplaces.emulators.server import EmulatorServer
@@ -27,21 +26,10 @@ from worker.persistence.ledger import ContractSyncRow, LedgerRow
 MARKETPLACES = ["aws", "azure", "gcp"]
 
 
-@pytest.fixture(scope="module")
-def _servers() -> Iterator[dict[str, EmulatorServer]]:
-    started: dict[str, EmulatorServer] = {}
-    yield started
-    for server in started.values():
-        server.stop()
-
-
 @pytest.fixture(params=MARKETPLACES)
-def env(request: pytest.FixtureRequest, engine: Engine, _servers: dict[str, EmulatorServer]) -> SyncEnv:
+def env(request: pytest.FixtureRequest, engine: Engine, emulator_servers: dict[str, EmulatorServer]) -> SyncEnv:
     """Return a fresh emulator state, its adapter, and a billing core with one plan."""
-    name = request.param
-    if name not in _servers:
-        _servers[name] = EmulatorServer(emulator_factory(name)()).start()
-    environment = build_env(name, engine, _servers[name])
+    environment = build_env(request.param, engine, emulator_servers[request.param])
     environment.control("POST", "reset")
     setup_billing(engine)
     return environment

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Iterator
 
 import pytest
 from rq.registry import ScheduledJobRegistry
 from sqlmodel import Session
 
 from config import Settings
-from marketplaces.emulators.aws import create_aws_emulator
 from marketplaces.emulators.server import EmulatorServer
 from tests.conftest import run_jobs
 from tests.worker.sync_support import SyncEnv, ingest, map_contract, setup_billing, start_of_test_window
@@ -20,10 +18,9 @@ from worker.persistence.ledger import ContractSyncRow
 
 
 @pytest.fixture
-def aws_server() -> Iterator[EmulatorServer]:
-    """Run an AWS emulator for the test."""
-    with EmulatorServer(create_aws_emulator()) as server:
-        yield server
+def aws_server(emulators: dict[str, EmulatorServer]) -> EmulatorServer:
+    """The session's AWS emulator, reset."""
+    return emulators["aws"]
 
 
 @pytest.fixture
