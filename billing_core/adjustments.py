@@ -1,6 +1,6 @@
 """Adjustments: discounts, minimums and maximums applied to one line.
 
-Order (billing.md §1 "Adjustments"): usage discount (units, before rating) → amount discount
+Order (docs/billing-rules.md §6): usage discount (units, before rating) → amount discount
 → percentage discount (0–1) → minimum → maximum. A plan- or subscription-level adjustment
 applies to the prices it names (by price id or stable price key), or to every line when it
 names none. All arithmetic is on unrounded amounts; the line is rounded once afterwards.

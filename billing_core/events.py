@@ -1,6 +1,6 @@
 """Usage events: validated at ingest, stored append-only, corrected by read-path overlays.
 
-Rules (billing.md §1 "Events"):
+Rules (docs/billing-rules.md §3):
 
 - at most one event per ``idempotency_key``, for ever: the same key with the same body is a
   no-op; the same key with a different body — inside one batch or against a stored event —

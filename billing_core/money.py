@@ -2,7 +2,7 @@
 
 Every amount in the billing core is a ``Decimal``. Amounts are rounded exactly once per
 invoice line, by :func:`round_money`, ``ROUND_HALF_UP`` to the currency's minor unit
-(billing.md §1 "Rounding"). No float ever touches money.
+(docs/billing-rules.md §7). No float ever touches money.
 
 Python's default context keeps 28 significant digits, so ``quantity * price`` would round
 silently. Rating runs inside :func:`exact` instead: 400 significant digits with the ``Inexact``

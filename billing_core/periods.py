@@ -1,6 +1,6 @@
 """Billing periods: cadences on a billing-cycle anchor, and proration by days.
 
-Rules (billing.md §1 "Time"): every instant is UTC; a period is half-open ``[start, end)``;
+Rules (docs/billing-rules.md §2): every instant is UTC; a period is half-open ``[start, end)``;
 period boundaries fall at midnight UTC on the anchor day, and an anchor day the month does not
 have (the 31st in April, the 30th in February) falls on that month's last day. Multi-month
 cadences keep the anchor's month phase (a quarterly anchor of 15 February bills on 15 May,

@@ -5,7 +5,7 @@ billing-cycle anchor. What it is charged is its **timeline**: price intervals (a
 ``[start, end)``) and adjustment intervals. Every change — creation overrides, cancellation, a
 plan change, a negotiated rate — is a pure function returning a new subscription with an edited
 timeline and one more entry in its edit log. Each edit has an effective instant, possibly in the
-past; usage before it stays priced by the old intervals (billing.md §1 "Changes").
+past; usage before it stays priced by the old intervals (docs/billing-rules.md §9).
 """
 
 from __future__ import annotations

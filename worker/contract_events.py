@@ -1,4 +1,4 @@
-"""Contract events: the normalized webhook of DESIGN §5 and the marketplaces' native messages,
+"""Contract events: the normalized webhook of docs/marketplaces.md §5 and the marketplaces' native messages,
 brought to one shape, ``ContractEvent``, that the contract use cases apply.
 """
 
@@ -73,7 +73,7 @@ class ContractEvent:
         return cls(**values)
 
 
-# --- the normalized webhook (DESIGN §5) ------------------------------------------------------------
+# --- the normalized webhook (docs/marketplaces.md §5) ------------------------------------------------------------
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)

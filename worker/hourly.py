@@ -1,4 +1,4 @@
-"""The hourly report (DESIGN §4, reference/billing.md §3): cost window, prepare, report, send.
+"""The hourly report (docs/architecture.md §4, docs/billing-rules.md §12): cost window, prepare, report, send.
 
 Two steps, each safe to repeat and to run in several processes at once:
 

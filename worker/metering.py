@@ -1,4 +1,4 @@
-"""The sync's arithmetic (reference/billing.md §3): cost to whole units, and what to report.
+"""The sync's arithmetic (docs/billing-rules.md §12): cost to whole units, and what to report.
 
 Pure functions over Decimal: ``units_total = floor(cost / unit_price)`` at hourly runs (the
 remainder below one unit carries forward), the listing's close policy at the final report,

@@ -3,7 +3,7 @@
 ``AwsMarketplace`` takes its boto3 clients in the constructor; ``build_aws_adapter(settings)``
 builds them (pointed at the emulator in sandbox mode, at AWS in live mode).
 
-Reporting (reference §1.2): records are grouped by product code and sent in chunks of at most
+Reporting (docs/marketplaces.md §2.2-§2.5): records are grouped by product code and sent in chunks of at most
 25. Per-record statuses become ``Outcome`` values; ``UnprocessedRecords`` are resent a few
 times, then come back ``FAILED``. A request-level error that concerns a record (bad dimension,
 timestamp out of window, bad license, ...) rejects the whole call, so the chunk is split in
@@ -11,7 +11,7 @@ halves until the bad records are isolated and the good ones go through. Throttli
 timeouts and connection errors raise ``TransientMarketplaceError`` (after botocore's own
 retries); configuration and auth errors raise ``PermanentMarketplaceError``.
 
-Notifications (reference §1.5-§1.7): SNS HTTP envelopes are verified (SignatureVersion 1 or 2
+Notifications (docs/marketplaces.md §2.7-§2.9): SNS HTTP envelopes are verified (SignatureVersion 1 or 2
 against the signing certificate, whose URL must be on an SNS host; in sandbox mode only the
 emulator's certificate URL is trusted). EventBridge events carry no signature: the receiver
 authenticates them (shared-secret header) before calling ``parse_eventbridge``.

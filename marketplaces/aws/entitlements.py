@@ -1,4 +1,4 @@
-"""GetEntitlements (reference §1.4): one purchase's entitled dimensions, and what they say at a time."""
+"""GetEntitlements (docs/marketplaces.md §2.6): one purchase's entitled dimensions, and what they say at a time."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """AWS Marketplace steps before applying a contract event.
 
-One AWS purchase reaches us through two feeds that name it differently (reference §1.5, §1.7):
+One AWS purchase reaches us through two feeds that name it differently (docs/marketplaces.md §2.7, §2.9):
 SNS messages carry the legacy ``customer-identifier`` (and, on newer products, the license),
 EventBridge license events carry the license ARN (often printed without ``arn:``), and
 ``Purchase Agreement Ended`` carries only the agreement id. ``before_apply`` brings every event

@@ -1,4 +1,4 @@
-"""BatchMeterUsage (reference §1.2): chunks of at most 25 per product code, per-record ``Outcome``
+"""BatchMeterUsage (docs/marketplaces.md §2.2-§2.5): chunks of at most 25 per product code, per-record ``Outcome``
 values, ``UnprocessedRecords`` resent a few times, a call refused for one record split in halves
 until the bad record is isolated."""
 

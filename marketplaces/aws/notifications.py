@@ -1,4 +1,4 @@
-"""AWS lifecycle feeds (reference §1.5-§1.7): SNS HTTP envelopes verified against the signing
+"""AWS lifecycle feeds (docs/marketplaces.md §2.7-§2.9): SNS HTTP envelopes verified against the signing
 certificate (SignatureVersion 1 or 2, a certificate URL on an SNS host; in sandbox mode only the
 emulator's), and EventBridge events, which carry no signature: the receiver authenticates them
 (shared-secret header) before calling ``parse_eventbridge``."""

@@ -1,4 +1,4 @@
-"""Usage events (reference §2.4): batches of at most 25, zero quantities never sent, a batch refused
+"""Usage events (docs/marketplaces.md §3.2): batches of at most 25, zero quantities never sent, a batch refused
 whole split in halves until the bad event is isolated; per-event results become ``Outcome`` values."""
 from __future__ import annotations
 

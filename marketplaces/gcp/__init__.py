@@ -5,7 +5,7 @@ Usage goes out as one Service Control ``Operation`` per record: ``services.check
 (a consumer whose service is not active must not be billed), then ``services.report`` for
 the records that passed, batched under the 1 MB request limit. Each operation's
 ``operationId`` is a UUID v5 derived from the record's ledger key, dimension and hour, so
-resending after an ambiguous failure can never bill twice (reference §3.3, §6.3).
+resending after an ambiguous failure can never bill twice (docs/marketplaces.md §4.2, §4.3).
 """
 
 from __future__ import annotations

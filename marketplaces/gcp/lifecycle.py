@@ -1,7 +1,7 @@
 """Google Cloud Marketplace steps before applying a contract event.
 
 Google's Pub/Sub events are hints: they may be redelivered, arrive out of order, or describe a
-state that has moved on (reference §3.1). ``before_apply`` therefore GETs the entitlement
+state that has moved on (docs/marketplaces.md §4.6). ``before_apply`` therefore GETs the entitlement
 through the Partner Procurement API for every event and acts on its *current* state, filling
 the event with the product (``productExternalName``), plan, account id and ``usageReportingId``:
 
@@ -24,7 +24,7 @@ While the GET does not show it cancelled yet (``ENTITLEMENT_CANCELLING``), or on
 (404), the event's own time is used (its ``updateTime``, else the receipt time).
 
 **Missing usageReportingId.** Google may create an active entitlement before its
-``usageReportingId`` exists (reference §3.1). Without it no usage can be reported, so the
+``usageReportingId`` exists (docs/marketplaces.md §4.6). Without it no usage can be reported, so the
 activation raises ``TransientMarketplaceError`` and the RQ job GETs again later (10 s, 1 min,
 5 min, ...). The subscription still starts at the activation time, so nothing is lost.
 
@@ -53,7 +53,7 @@ CANCELLED = "ENTITLEMENT_CANCELLED"
 SUSPENDED = "ENTITLEMENT_SUSPENDED"
 _ACTIVATIONS = ("ENTITLEMENT_ACTIVE", "ENTITLEMENT_OFFER_ACCEPTED")
 _CANCELLATIONS = ("ENTITLEMENT_CANCELLING", "ENTITLEMENT_CANCELLED", "ENTITLEMENT_DELETED")
-_REASON_LIMIT = 256  # bytes: the longest reason Procurement accepts (reference §3.1)
+_REASON_LIMIT = 256  # bytes: the longest reason Procurement accepts (docs/marketplaces.md §4.6)
 
 
 def before_apply(context: LifecycleContext, event: Any) -> Any:

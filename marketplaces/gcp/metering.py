@@ -1,4 +1,4 @@
-"""Service Control usage (reference §3.3, §6.3): ``services.check`` first, then ``services.report``
+"""Service Control usage (docs/marketplaces.md §4.2, §4.3): ``services.check`` first, then ``services.report``
 batched under the 1 MB limit, one operation per record with a deterministic ``operationId``."""
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def operation_id_for(record: UsageRecord) -> str:
     """Return the deterministic Service Control operationId of ``record``.
 
     It names the contract's (entitlement, dimension, hour) like the ledger key does, so two
-    reports for the same hour share one id and Google keeps only the first (reference §6.3).
+    reports for the same hour share one id and Google keeps only the first (docs/marketplaces.md §4.3).
     The entitlement id stands for the contract; ``consumer_id`` only when it is absent.
     """
     contract = record.identifiers.get("entitlement_id") or record.identifiers.get("consumer_id", "")

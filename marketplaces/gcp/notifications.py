@@ -27,7 +27,7 @@ EMULATOR_CERTS_PATH = "/_emulator/oauth2/v1/certs"
 
 
 # eventType -> (kind, approval needed). Anything not listed is understood but ignored: the
-# worker GETs the entitlement or account and acts on its current state (reference §3.1).
+# worker GETs the entitlement or account and acts on its current state (docs/marketplaces.md §4.6).
 _EVENT_KINDS: dict[str, NotificationKind] = {
     "ENTITLEMENT_ACTIVE": NotificationKind.CREATED,
     "ENTITLEMENT_OFFER_ACCEPTED": NotificationKind.CREATED,

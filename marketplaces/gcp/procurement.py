@@ -1,4 +1,4 @@
-"""Partner Procurement (reference §3.1, §3.2): entitlements and accounts, read and approved."""
+"""Partner Procurement (docs/marketplaces.md §4.6, §4.7): entitlements and accounts, read and approved."""
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping

@@ -1,4 +1,4 @@
-"""Event ingest rules (billing.md §1 "Events"): validation, idempotency, corrections, storage."""
+"""Event ingest rules (docs/billing-rules.md §3): validation, idempotency, corrections, storage."""
 
 from __future__ import annotations
 

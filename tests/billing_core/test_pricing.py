@@ -1,4 +1,4 @@
-"""Price models: every rule of billing.md §1 "Prices" and worked examples 1–4, 6, 7, 9."""
+"""Price models: every rule of docs/billing-rules.md §5 and worked examples 1–4, 6, 7, 9."""
 
 from decimal import Decimal as D
 

@@ -1,4 +1,4 @@
-"""The AWS Marketplace emulator enforces each rule of reference §1.9, seen through real boto3 clients."""
+"""The AWS Marketplace emulator enforces each rule of docs/marketplaces.md §2.11, seen through real boto3 clients."""
 
 from __future__ import annotations
 

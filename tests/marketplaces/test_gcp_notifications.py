@@ -36,7 +36,7 @@ PROVIDER = "acme-saas-public"
 ENTITLEMENT = "0f4b7a2c-8e1d-4c55-9a7e-1b2c3d4e5f60"
 ACCOUNT = "eda2a6ce-2e2d-44ff-985f-37e6c51af7d1"
 
-# reference §7.3, verbatim
+# docs/marketplaces.md §4.10, verbatim
 VECTORS = {
     "creation-requested": {"eventId": "CREATION_REQUESTED-4f1e2d3c-b4a5-4968-8778-695a4b3c2d1e", "eventType": "ENTITLEMENT_CREATION_REQUESTED", "providerId": "acme-saas-public", "entitlement": {"id": "0f4b7a2c-8e1d-4c55-9a7e-1b2c3d4e5f60", "updateTime": "2026-11-21T09:02:11.275760Z"}},
     "active": {"eventId": "ACTIVE-5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d", "eventType": "ENTITLEMENT_ACTIVE", "providerId": "acme-saas-public", "entitlement": {"id": "0f4b7a2c-8e1d-4c55-9a7e-1b2c3d4e5f60", "updateTime": "2026-11-21T09:03:40.104512Z"}},

@@ -1,4 +1,4 @@
-"""The sync arithmetic of billing.md §3, pinned by tables."""
+"""The sync arithmetic of docs/billing-rules.md §12, pinned by tables."""
 
 from __future__ import annotations
 
