@@ -69,6 +69,23 @@ class Faults:
         }
 
 
+class ControlDefaults:
+    """The plain parts of every emulator state's control API (``marketplaces.emulators.control``)."""
+
+    faults: Faults
+
+    def faults_view(self) -> dict[str, Any]:
+        return self.faults.as_dict()
+
+    def set_faults(self, values: dict[str, Any]) -> None:
+        """Set faults; unknown names raise ``KeyError``."""
+        self.faults.update(**values)
+
+    def clock_moved(self, base_url: str) -> dict[str, Any]:
+        """Act on a clock change; nothing by default."""
+        return {}
+
+
 def self_signed_certificate_pem(key: "RSAPrivateKey", common_name: str) -> bytes:
     """Return a ten-year self-signed certificate for ``key`` (PEM), as the emulators publish."""
     from datetime import datetime, timedelta, timezone

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from marketplaces.emulators.aws.wire import AwsError, _iso
-from marketplaces.emulators.server import Faults, self_signed_certificate_pem
+from marketplaces.emulators.server import ControlDefaults, Faults, self_signed_certificate_pem
 
 
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -118,7 +118,7 @@ class TokenBucket:
         return False
 
 
-class AwsEmulatorState:
+class AwsEmulatorState(ControlDefaults):
     """Everything the emulator knows, behind one lock."""
 
     def __init__(self, options: Mapping[str, Any]):
@@ -178,12 +178,6 @@ class AwsEmulatorState:
     def clock_moved(self, base_url: str) -> dict[str, Any]:
         """Moving time may close final-usage windows: send their unsubscribe-success now."""
         return {"notifications": self.close_windows(self, self.options.get("public_url") or base_url)}
-
-    def faults_view(self) -> dict[str, Any]:
-        return self.faults.as_dict()
-
-    def set_faults(self, values: dict[str, Any]) -> None:
-        self.faults.update(**values)
 
     def receiver_view(self) -> dict[str, Any]:
         with self.lock:

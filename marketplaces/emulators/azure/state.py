@@ -14,7 +14,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from marketplaces.azure import MARKETPLACE_APP_ID, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT_ID
-from marketplaces.emulators.server import Faults
+from marketplaces.emulators.server import ControlDefaults, Faults
 from marketplaces.emulators.azure.wire import (
     PENDING,
     SUBSCRIBED,
@@ -52,7 +52,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 }
 
 
-class AzureEmulatorState:
+class AzureEmulatorState(ControlDefaults):
     """Everything one emulator instance knows, behind one lock."""
 
     def __init__(self, **options: Any):
@@ -101,15 +101,6 @@ class AzureEmulatorState:
 
     def wire_time(self, moment: datetime) -> str:
         return _wire_time(moment)
-
-    def clock_moved(self, base_url: str) -> dict[str, Any]:
-        return {}
-
-    def faults_view(self) -> dict[str, Any]:
-        return self.faults.as_dict()
-
-    def set_faults(self, values: dict[str, Any]) -> None:
-        self.faults.update(**values)
 
     def receiver_view(self) -> dict[str, Any]:
         with self.lock:

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 import requests
 
 from marketplaces.emulators.control import parse_instant
-from marketplaces.emulators.server import Faults
+from marketplaces.emulators.server import ControlDefaults, Faults
 from marketplaces.gcp import SANDBOX_PROVIDER_ID, SANDBOX_PUSH_SERVICE_ACCOUNT, SANDBOX_SERVICE_NAME, parse_rfc3339
 from marketplaces.emulators.gcp.wire import (
     ACTIVE_STATES,
@@ -74,7 +74,7 @@ def settings_of(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class GcpEmulatorState:
+class GcpEmulatorState(ControlDefaults):
     """Everything the emulator knows; every access holds ``lock``."""
 
     provider_id: str
@@ -129,9 +129,6 @@ class GcpEmulatorState:
 
     def wire_time(self, moment: datetime) -> str:
         return _rfc3339(moment)
-
-    def clock_moved(self, base_url: str) -> dict[str, Any]:
-        return {}
 
     def faults_view(self) -> dict[str, Any]:
         return {**self.faults.as_dict(), "fail_after_store": self.fail_after_store}
