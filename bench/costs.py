@@ -163,7 +163,8 @@ def all_costs(path: Path) -> tuple[float, int, Decimal, dict[str, float]]:
 
     The phases are what ``service_plans.all_costs`` does in one call, timed step by step.
     """
-    from billing_core.invoices import _aggregate_costs, _fetch, _rate_all, _usage_key, charges_for_timeframe
+    from billing_core.costs import _aggregate_costs
+    from billing_core.lines import charges_for_timeframe, fetch_usage, rate_all, usage_key
     from billing_core.persistence.subscriptions import SqlSubscriptions
     from billing_core.sql_usage_batch import BatchSqlUsageSource
     from billing_core.subscriptions import billing_period
@@ -187,10 +188,10 @@ def all_costs(path: Path) -> tuple[float, int, Decimal, dict[str, float]]:
         planned = [(s, billing_period(s, NOW).start, charges_for_timeframe(s, billing_period(s, NOW).start, NOW))
                    for s in subs]
         phase("plan charges")
-        keys = [k for s, _, charges in planned for k in (_usage_key(s, c) for c in charges) if k is not None]
-        usage = _fetch(keys, BatchSqlUsageSource(session))
+        keys = [k for s, _, charges in planned for k in (usage_key(s, c) for c in charges) if k is not None]
+        usage = fetch_usage(keys, BatchSqlUsageSource(session))
         phase("read usage (SQL, batched)")
-        results = [_aggregate_costs(s, start, NOW, _rate_all(s, charges, usage)) for s, start, charges in planned]
+        results = [_aggregate_costs(s, start, NOW, rate_all(s, charges, usage)) for s, start, charges in planned]
         phase("rate and add up")
     elapsed = time.perf_counter() - started
     engine.dispose()

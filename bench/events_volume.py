@@ -6,7 +6,7 @@ Builds the ``bench.costs`` database (SQLite, WAL: ``--subscriptions`` customers 
 ``--events`` events over the current period), then times, in the same run:
 
 1. **one contract's costs to date** — what the hourly sync and a flush compute for a single
-   contract (``billing_core.invoices.costs`` over ``SqlUsageSource``) — for ``--samples``
+   contract (``billing_core.costs.costs`` over ``SqlUsageSource``) — for ``--samples``
    random subscriptions, with ``ix_events_customer_name_ts (customer_id, event_name, ts)``;
 2. the same after dropping that index (fewer samples: each is a scan of the whole table);
 3. **ingest cost of the index**: a raw ``executemany`` of 100,000 further events with the
@@ -34,7 +34,7 @@ INDEX_SQL = f"CREATE INDEX {INDEX} ON events (customer_id, event_name, ts)"
 
 def one_contract_costs(path: Path, subscription_ids: list[str]) -> list[float]:
     """Return the milliseconds each subscription's costs to date took (fresh engine, warm cache)."""
-    from billing_core.invoices import costs
+    from billing_core.costs import costs
     from billing_core.persistence.subscriptions import SqlSubscriptions
     from billing_core.sql_usage import SqlUsageSource
     from billing_core.subscriptions import billing_period

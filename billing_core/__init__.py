@@ -15,6 +15,7 @@ from billing_core.backfills import (
     Backfill, BackfillNotFound, close_backfill, create_backfill, ingest_into_backfill, revert_backfill,
 )
 from billing_core.codec import definition_from_dict
+from billing_core.costs import Costs, PriceCost, costs, costs_each
 from billing_core.customers import Customer, CustomerNotFound, create_customer, update_customer
 from billing_core.errors import (
     BillingError, Conflict, InexactAmount, InvalidInput, NotFound, OutOfRange, UnsupportedMetricSql,
@@ -24,9 +25,8 @@ from billing_core.events import (
     BatchTooLarge, Event, EventNotFound, EventValidationFailed, IdempotencyConflict, amend_event,
     deprecate_event, from_micros, ingest_events, properties_json, store_records, to_micros, validate_batch,
 )
-from billing_core.invoices import (
-    Costs, Invoice, InvoiceNotFound, LineItem, PriceCost, costs, costs_each, iso,
-)
+from billing_core.invoices import Invoice, InvoiceNotFound
+from billing_core.lines import LineItem, iso
 from billing_core.metric_definition import Condition, MetricDefinition
 from billing_core.metrics import Metric, MetricNotFound, create_metric, update_metric
 from billing_core.money import (
@@ -41,7 +41,7 @@ from billing_core.persistence.customers import SqlCustomerRepository
 from billing_core.persistence.events import GroupCommitWriter, SqlEventStore, count_customer_events_since
 from billing_core.persistence.metrics import SqlMetricRepository
 from billing_core.persistence.subscriptions import SqlSubscriptions
-from billing_core.persistence.writes import GroupCommit, get_for_update, write_lock
+from billing_core.persistence.writes import GroupCommit, get_for_update, process_local, write_lock
 from billing_core.plans import Item, ItemNotFound, Plan, PlanNotFound, PriceNotFound, create_plan
 from billing_core.pricing import (
     BillingMode, BulkConfig, BulkTier, MatrixConfig, MatrixValue, ModelType, PackageConfig, Price, Tier,
@@ -81,7 +81,7 @@ __all__ = [
     # adapters: repositories on the caller's session, usage sources, writers
     "SqlCustomerRepository", "SqlEventStore", "SqlMetricRepository", "SqlBackfillStore", "SqlCatalog",
     "SqlSubscriptions", "SqlUsageSource", "BatchSqlUsageSource", "GroupCommitWriter", "GroupCommit",
-    "write_lock", "get_for_update",
+    "write_lock", "get_for_update", "process_local",
     # the Alembic revisions of billing_core's tables
     "MIGRATIONS_DIR",
 ]

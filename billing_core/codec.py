@@ -12,7 +12,8 @@ from functools import lru_cache
 from typing import Any, Mapping
 
 from billing_core.adjustments import Adjustment, AdjustmentType, AppliedAdjustment
-from billing_core.invoices import Invoice, LineItem, LineTrace, iso
+from billing_core.invoices import Invoice
+from billing_core.lines import LineItem, LineTrace, iso
 from billing_core.metric_definition import (
     AllOf, AnyOf, Condition, Filter, InvalidMetric, MetricDefinition, Scalar, to_decimal,
 )

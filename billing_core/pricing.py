@@ -3,7 +3,7 @@
 Price models and their config shapes follow Orb's (``unit_config``, ``tiered_config``,
 ``bulk_config``, ``package_config``, ``tiered_package_config``, ``matrix_config``); the
 bounds and rules are docs/billing-rules.md §5. Rating never rounds: the one rounding happens per
-invoice line in :mod:`billing_core.invoices`.
+invoice line in :mod:`billing_core.lines`.
 """
 
 from __future__ import annotations

@@ -14,10 +14,9 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from billing_core.adjustments import Adjustment
+from billing_core.costs import Costs, MetricDailyUsage, costs, costs_bulk, usage_by_day
 from billing_core.errors import Conflict, InvalidInput, NotFound
-from billing_core.invoices import (
-    Costs, Invoice, InvoiceNotFound, MetricDailyUsage, compute_invoice, costs, costs_bulk, issue_invoice, usage_by_day,
-)
+from billing_core.invoices import Invoice, InvoiceNotFound, compute_invoice, issue_invoice
 from billing_core.periods import BillingAnchor, Period
 from billing_core.persistence.catalog import SqlCatalog
 from billing_core.persistence.subscriptions import SqlSubscriptions

@@ -5,7 +5,8 @@ from decimal import Decimal as D
 import pytest
 
 from billing_core.adjustments import Adjustment, AdjustmentType
-from billing_core.invoices import compute_invoice, costs, costs_bulk, issue_invoice, upcoming_invoice, usage_by_day
+from billing_core.costs import costs, costs_bulk, usage_by_day
+from billing_core.invoices import compute_invoice, issue_invoice, upcoming_invoice
 from billing_core.periods import BillingAnchor, Cadence, Period
 from billing_core.pricing import BillingMode
 from billing_core.subscriptions import AddPrice, IntervalEdit, cancel, create_subscription, edit_price_intervals, schedule_plan_change

@@ -5,7 +5,8 @@ from decimal import Decimal as D
 
 from hypothesis import given, settings, strategies as st
 
-from billing_core.invoices import compute_invoice, costs
+from billing_core.costs import costs
+from billing_core.invoices import compute_invoice
 from billing_core.periods import Period
 from billing_core.pricing import rate
 from billing_core.subscriptions import create_subscription

@@ -1,0 +1,140 @@
+"""The mapping API (listings, contracts, metering reports) and the webhook receivers."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from webhooks.api.schemas.base import Money, Shape, Query, NumberedQuery
+from webhooks.api.schemas.catalog import IdRef
+from worker.contracts import FILTERS as CONTRACT_FILTERS
+
+
+# --- the mapping API ------------------------------------------------------------------------------
+
+class Listing(Shape):
+    id: str
+    marketplace: Literal["aws", "azure", "gcp"]
+    product_id: str
+    plan_id: Optional[str]
+    name: Optional[str]
+    billing_plan_id: str
+    dimension: str
+    unit_price: Money
+    currency: str
+    close_rounding: Literal["floor", "half_up", "ceil"]
+    include_fixed_fees: bool
+    metering_start_date: Optional[date]
+    approve_entitlements: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class ListingQuery(NumberedQuery):
+    marketplace: Optional[Literal["aws", "azure", "gcp"]] = None
+
+
+class Buyer(Shape):
+    name: Optional[str]
+    email: Optional[str]
+
+
+class ContractMapping(Shape):
+    status: str
+    reason: Optional[str]
+    customer_id: Optional[str]
+    subscription_id: Optional[str]
+
+
+class MappedObject(Shape):
+    mapped_object: Optional[IdRef]
+
+
+class BillingAssociation(Shape):
+    billing: MappedObject
+
+
+class Contract(Shape):
+    id: str
+    source: str
+    external_id: str
+    marketplace: Literal["aws", "azure", "gcp"]
+    status: str
+    listing_id: Optional[str]
+    cloud_identifiers: dict[str, Any]
+    buyer: Buyer
+    pricing: Optional[dict[str, Any]]
+    previous_pricing: Optional[dict[str, Any]]
+    custom_properties: dict[str, Any]
+    mapping: ContractMapping
+    external_associations: BillingAssociation
+    started_at: Optional[datetime]
+    canceled_at: Optional[datetime]
+    cancel_effective_at: Optional[datetime]
+    closed_at: Optional[datetime]
+    created_at: datetime
+    updated_at: datetime
+    inbox: Optional[list[dict[str, Any]]] = None
+
+
+ContractQuery = create_model(
+    "ContractQuery", __base__=NumberedQuery,
+    **{name: (Optional[str], None) for name in sorted(CONTRACT_FILTERS)},  # type: ignore[call-overload]
+)
+
+
+class SyncQueued(Shape):
+    job_id: str
+    contract_id: str
+    hour: datetime
+
+
+class ReportRow(Shape):
+    date: date
+    contract_id: str
+    marketplace: str
+    status: str
+    listing_id: Optional[str]
+    dimension: str
+    unit_price: Optional[Money]
+    units_reported: int
+    amount: Money
+    outcomes: dict[str, int]
+    identifiers: dict[str, Any]
+    custom_properties: dict[str, Any]
+
+
+class MeteringReport(Shape):
+    month: str
+    data: list[ReportRow]
+
+
+class ReportQuery(Query):
+    month: Optional[str] = Field(default=None, pattern=r"^[0-9]{4}-[0-9]{2}$", description="YYYY-MM (default: now)")
+    format: Optional[Literal["json", "csv"]] = None
+
+
+# --- receivers ------------------------------------------------------------------------------------
+
+class ContractWebhook(BaseModel):
+    """A normalized contract event (``worker.contract_events.parse_normalized``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=255)
+    type: str = Field(min_length=1, max_length=64)
+    occurred_at: datetime
+    data: dict[str, Any]
+
+
+class MarketplaceNotification(BaseModel):
+    """A marketplace's own notification body (SNS, EventBridge, Azure, Pub/Sub push)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class DeliveryAccepted(Shape):
+    id: int
+    status: str
+    duplicate: bool
