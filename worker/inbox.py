@@ -6,10 +6,7 @@ changes nothing. Rows move ``received -> processing -> done | failed | ignored |
 
 from __future__ import annotations
 
-import os
 import sys
-import threading
-import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Mapping
@@ -17,7 +14,7 @@ from typing import Any, Mapping
 from sqlalchemy import Engine, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from billing_core import GroupCommit, write_lock
+from billing_core import GroupCommit, process_local, write_lock
 from worker.persistence.contracts import InboxRow
 from worker.statuses import InboxStatus
 
@@ -111,7 +108,6 @@ class InboxWriter:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.pid = os.getpid()
         self._group: GroupCommit[_Slot] = GroupCommit(self._write)
 
     def store(self, values: dict[str, Any]) -> StoredDelivery:
@@ -144,16 +140,8 @@ class InboxWriter:
             slot.done = True
 
 
-_writers: "weakref.WeakKeyDictionary[Engine, InboxWriter]" = weakref.WeakKeyDictionary()
-_writers_guard = threading.Lock()
-
-
 def _writer(engine: Engine) -> InboxWriter:
-    with _writers_guard:
-        writer = _writers.get(engine)
-        if writer is None or writer.pid != os.getpid():  # a forked child builds its own
-            writer = _writers[engine] = InboxWriter(engine)
-        return writer
+    return process_local(engine, "inbox_writer", lambda: InboxWriter(engine))
 
 
 CLAIMABLE = (InboxStatus.RECEIVED, InboxStatus.PROCESSING, InboxStatus.FAILED, InboxStatus.DEFERRED)

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from rq import Retry
 
+from billing_core import process_local
 from marketplaces.base import Marketplace
 from worker.logs import get_logger
 
@@ -160,7 +161,7 @@ class DrainSignal:
     IDLE_SECONDS = 5.0
 
     def __init__(self, runtime: Any):
-        self._runtime = weakref.ref(runtime)  # the registry below is keyed weakly on the runtime
+        self._runtime = weakref.ref(runtime)  # process_local keys the signal weakly on the runtime
         self._wanted = threading.Event()
         self._settled = threading.Event()
         self._settled.set()
@@ -198,14 +199,6 @@ class DrainSignal:
                     self._settled.set()
 
 
-_signals: "weakref.WeakKeyDictionary[Any, DrainSignal]" = weakref.WeakKeyDictionary()
-_signals_guard = threading.Lock()
-
-
 def drain_signal(runtime: Any) -> DrainSignal:
     """Return the runtime's drain signal in this process."""
-    with _signals_guard:
-        signal = _signals.get(runtime)
-        if signal is None:
-            signal = _signals[runtime] = DrainSignal(runtime)
-        return signal
+    return process_local(runtime, "drain_signal", lambda: DrainSignal(runtime))

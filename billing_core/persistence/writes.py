@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
@@ -26,7 +27,7 @@ except ImportError:  # pragma: no cover
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-__all__ = ["GroupCommit", "begin_write", "get_for_update", "write_lock"]
+__all__ = ["GroupCommit", "begin_write", "get_for_update", "process_local", "write_lock"]
 
 R = TypeVar("R")
 _S = TypeVar("_S")
@@ -62,6 +63,25 @@ def write_lock(engine: sa.Engine) -> Iterator[None]:
 _guard = threading.Lock()
 _lock_fds: dict[tuple[int, str], int] = {}
 _thread_locks: dict[str, threading.Lock] = {}
+
+_T = TypeVar("_T")
+_locals: "weakref.WeakKeyDictionary[Any, dict[str, tuple[int, Any]]]" = weakref.WeakKeyDictionary()
+_locals_guard = threading.Lock()
+
+
+def process_local(owner: Any, name: str, build: Callable[[], _T]) -> _T:
+    """Return this process's ``name`` object for ``owner`` (an engine, a runtime), built once.
+
+    The one per-process registry (group-commit writers, drain signals): an entry lives as long as
+    its owner, and a forked child builds its own instead of sharing its parent's threads.
+    """
+    with _locals_guard:
+        slots = _locals.setdefault(owner, {})
+        pid, value = slots.get(name, (None, None))
+        if pid != os.getpid():
+            value = build()
+            slots[name] = (os.getpid(), value)
+        return value  # type: ignore[no-any-return]
 
 
 class GroupCommit(Generic[_S]):

@@ -7,17 +7,16 @@ model is built per event.
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from flask import Response, current_app, request
+from flask import Response, request
 from flask.typing import ResponseReturnValue
 
 from billing_core import (
     EventValidationFailed, GroupCommitWriter, IdempotencyConflict, SqlBackfillStore, SqlCustomerRepository,
     SqlEventStore, amend_event, close_backfill, create_backfill, deprecate_event, ingest_into_backfill,
-    revert_backfill, store_records, to_micros, validate_batch, wire, write_lock,
+    process_local, revert_backfill, store_records, to_micros, validate_batch, wire, write_lock,
 )
 from webhooks.api.common import api_blueprint, bad, engine, new_id, now, page_limit, paginated
 from webhooks.api.openapi import documented
@@ -66,16 +65,9 @@ def _flag(name: str) -> bool:
     raise bad(name, "expected true or false")
 
 
-_WRITER_GUARD = threading.Lock()
-
-
 def _writer(db: Any) -> GroupCommitWriter:
-    """Return this app's group-commit writer for ``db`` (built on first use, one per process)."""
-    with _WRITER_GUARD:
-        writer = current_app.extensions.get("events_writer")
-        if writer is None or writer.engine is not db:
-            writer = current_app.extensions["events_writer"] = GroupCommitWriter(db)
-        return writer
+    """Return this process's group-commit writer for ``db`` (built on first use)."""
+    return process_local(db, "events_writer", lambda: GroupCommitWriter(db))
 
 
 def _failed(exc: EventValidationFailed | IdempotencyConflict) -> Response:
