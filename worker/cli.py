@@ -88,36 +88,19 @@ def db_revision(message: str, branch: str, autogenerate: bool) -> None:
 
 # --- emulators -----------------------------------------------------------------------------------
 
-def emulator_options(settings: Settings, receiver_base: str | None) -> dict[str, dict[str, object]]:
-    """Return each emulator's options: its public URL and where it sends lifecycle notifications."""
-    options: dict[str, dict[str, object]] = {"aws": {"public_url": settings.emulator_url("aws")},
-                                             "azure": {}, "gcp": {}}
-    if receiver_base:
-        base = receiver_base.rstrip("/")
-        options["aws"].update(receiver_url=f"{base}/webhooks/aws/sns", eventbridge_url=f"{base}/webhooks/aws/events")
-        if settings.API_KEYS:
-            options["aws"]["eventbridge_headers"] = {"Authorization": f"Bearer {settings.API_KEYS[0]}"}
-        options["azure"].update(receiver_url=f"{base}/webhooks/azure")
-        options["gcp"].update(receiver_url=f"{base}/webhooks/gcp/pubsub",
-                              audience=settings.GCP_PUSH_AUDIENCE or f"{base}/webhooks/gcp/pubsub")
-    return options
-
-
 @main.command()
 @click.option("--receiver-base", default=None, help="Base URL of the web process that receives notifications.")
 def emulators(receiver_base: str | None) -> None:
     """Run the built-in AWS, Azure and Google marketplace emulators on loopback."""
-    from marketplaces.emulators import EMULATORS
+    from marketplaces.emulators import EMULATORS, launch_options, ports
     from marketplaces.emulators.server import EmulatorServer
 
     settings = load_settings()
-    ports = {"aws": settings.AWS_EMULATOR_PORT, "azure": settings.AZURE_EMULATOR_PORT,
-             "gcp": settings.GCP_EMULATOR_PORT}
-    options = emulator_options(settings, receiver_base)
+    options, where = launch_options(settings, receiver_base), ports(settings)
     servers = []
     for name, factory in EMULATORS.items():
         server = EmulatorServer(factory(**options.get(name, {})), host=settings.EMULATOR_HOST,
-                                port=ports[name]).start()
+                                port=where[name]).start()
         servers.append(server)
         click.echo(f"{name} emulator: {server.url}")
     if not servers:

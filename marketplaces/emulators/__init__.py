@@ -6,6 +6,8 @@ from typing import Callable
 
 from flask import Flask
 
+from config import Settings
+
 from marketplaces.emulators.aws import create_aws_emulator
 from marketplaces.emulators.azure import create_azure_emulator
 from marketplaces.emulators.gcp import create_gcp_emulator
@@ -15,3 +17,23 @@ EMULATORS: dict[str, Callable[..., Flask]] = {
     "azure": create_azure_emulator,
     "gcp": create_gcp_emulator,
 }
+
+
+def ports(settings: Settings) -> dict[str, int]:
+    """Return the port each emulator listens on (``marketsync emulators``)."""
+    return {"aws": settings.AWS_EMULATOR_PORT, "azure": settings.AZURE_EMULATOR_PORT, "gcp": settings.GCP_EMULATOR_PORT}
+
+
+def launch_options(settings: Settings, receiver_base: str | None) -> dict[str, dict[str, object]]:
+    """Return each emulator's options: its public URL and where it sends lifecycle notifications."""
+    options: dict[str, dict[str, object]] = {"aws": {"public_url": settings.emulator_url("aws")},
+                                             "azure": {}, "gcp": {}}
+    if receiver_base:
+        base = receiver_base.rstrip("/")
+        options["aws"].update(receiver_url=f"{base}/webhooks/aws/sns", eventbridge_url=f"{base}/webhooks/aws/events")
+        if settings.API_KEYS:
+            options["aws"]["eventbridge_headers"] = {"Authorization": f"Bearer {settings.API_KEYS[0]}"}
+        options["azure"].update(receiver_url=f"{base}/webhooks/azure")
+        options["gcp"].update(receiver_url=f"{base}/webhooks/gcp/pubsub",
+                              audience=settings.GCP_PUSH_AUDIENCE or f"{base}/webhooks/gcp/pubsub")
+    return options

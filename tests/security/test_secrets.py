@@ -20,10 +20,11 @@ import pytest
 import requests
 
 from config import Settings, SettingsError
+from marketplaces.emulators import launch_options
 from tests.conftest import TEST_API_KEY, TEST_WEBHOOK_SECRET
 from webhooks import create_app
 from webhooks.sessions import load_or_create_secret
-from worker.cli import PROJECT_ROOT, emulator_options, procfile_commands
+from worker.cli import PROJECT_ROOT, procfile_commands
 
 LONG_KEY = "k" * 32
 
@@ -126,7 +127,7 @@ def test_aws_emulator_control_api_never_echoes_the_api_key(tmp_path: Path) -> No
     from marketplaces.emulators.aws import create_aws_emulator
 
     settings = Settings.from_env({"API_KEYS": TEST_API_KEY, "DATA_DIR": str(tmp_path)})
-    options = emulator_options(settings, "http://127.0.0.1:9")["aws"]
+    options = launch_options(settings, "http://127.0.0.1:9")["aws"]
     assert options["eventbridge_headers"] == {"Authorization": f"Bearer {TEST_API_KEY}"}
     emulator = create_aws_emulator(**options).test_client()
     texts = [emulator.get("/_emulator/options").get_data(as_text=True),
