@@ -2,6 +2,9 @@
 # Both create or refresh .venv from pyproject.toml first (fast when nothing changed).
 
 PYTHON ?= python3
+# Test processes: the suite waits on subprocesses, sockets and browsers more than it computes, so
+# four workers keep two cores busy. Each test file runs whole on one worker (--dist loadfile).
+TEST_WORKERS ?= 4
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
@@ -20,10 +23,10 @@ run: $(STAMP)
 	$(BIN)/marketsync run
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 faults: $(STAMP)  ## the fault suite alone (also part of `make test`)
-	$(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests/faults $(PYTEST_ARGS)
 
 emulators: $(STAMP)
 	$(BIN)/marketsync emulators

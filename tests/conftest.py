@@ -61,12 +61,17 @@ def sqlite_url(_sqlite_template: Path, tmp_path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+def _engine_at(url: str) -> Iterator[Engine]:
+    """The one way tests get an engine: built like the app builds it, disposed after the test."""
+    eng = db.build_engine(url)
+    yield eng
+    eng.dispose()
+
+
 @pytest.fixture
 def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
     """Return an engine on a fresh, migrated SQLite file (whatever MARKETSYNC_TEST_DB says)."""
-    eng = db.build_engine(sqlite_url)
-    yield eng
-    eng.dispose()
+    yield from _engine_at(sqlite_url)
 
 
 @pytest.fixture
@@ -83,9 +88,7 @@ def database_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     """Return an engine on a fresh, migrated test database (see ``database_url``)."""
-    eng = db.build_engine(database_url)
-    yield eng
-    eng.dispose()
+    yield from _engine_at(database_url)
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------
@@ -134,14 +137,6 @@ def pg_url(_pg_database: str) -> Iterator[str]:
     engine.dispose()
 
 
-@pytest.fixture
-def pg_engine(pg_url: str) -> Iterator[Engine]:
-    """Return an engine on the session's migrated PostgreSQL database."""
-    eng = db.build_engine(pg_url)
-    yield eng
-    eng.dispose()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def any_url(request: pytest.FixtureRequest) -> str:
     """Return a migrated database URL: SQLite, then PostgreSQL (the test runs on both)."""
@@ -153,9 +148,7 @@ def any_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def any_engine(any_url: str) -> Iterator[Engine]:
     """Return an engine on SQLite, then on PostgreSQL (the test runs on both)."""
-    eng = db.build_engine(any_url)
-    yield eng
-    eng.dispose()
+    yield from _engine_at(any_url)
 
 
 # --- Redis ---------------------------------------------------------------------------------------
@@ -167,13 +160,24 @@ def _reachable(url: str) -> bool:
         return False
 
 
+def _worker_database(url: str) -> str:
+    """Give each pytest-xdist worker its own database of a shared Redis (gw0 -> 1, gw1 -> 2 ...)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{int(worker[2:]) + 1}"))
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Return a real Redis URL: TEST_REDIS_URL / REDIS_URL if reachable, else a private server."""
     for name in ("TEST_REDIS_URL", "REDIS_URL"):
         url = os.environ.get(name)
         if url and _reachable(url):
-            yield url
+            yield _worker_database(url)
             return
     server = PrivateRedis(tmp_path_factory.mktemp("redis")).start()
     try:
