@@ -19,7 +19,7 @@ from billing_core.metric_definition import (
 )
 from billing_core.money import format_decimal
 from billing_core.periods import BillingAnchor, Cadence
-from billing_core.plans import Plan, PlanVersion
+from billing_core.plans import PlanVersion
 from billing_core.pricing import (
     BillingMode, BulkConfig, MatrixConfig, ModelType, PackageConfig, Price, SubLine, TieredConfig,
     TieredPackageConfig, UnitConfig, parse_config,
@@ -221,13 +221,6 @@ def invoice_from_dict(data: dict[str, Any]) -> Invoice:
         line_items=tuple(lines), status=data["status"], id=data["id"], issued_at=instant(data["issued_at"]),
         invoice_number=data.get("invoice_number"),
     )
-
-
-def plan_header(plan: Plan) -> dict[str, Any]:
-    """Encode a plan's identity fields (versions are stored one by one)."""
-    return {"id": plan.id, "name": plan.name, "currency": plan.currency, "default_version": plan.default_version,
-            "external_plan_id": plan.external_plan_id, "description": plan.description, "status": plan.status,
-            "metadata": dict(sorted(plan.metadata.items())), "created_at": iso(plan.created_at)}
 
 
 # Metric definitions (storage and the structured HTTP form) -----------------------------------

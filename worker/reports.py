@@ -26,7 +26,7 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
         year, mon = (int(part) for part in month.split("-"))
         start = datetime(year, mon, 1, tzinfo=timezone.utc)
     except (ValueError, TypeError):
-        raise ValueError("month: expected YYYY-MM, e.g. 2026-11") from None
+        raise ValueError("expected YYYY-MM, e.g. 2026-11") from None
     end = datetime(year + (mon == 12), 1 if mon == 12 else mon + 1, 1, tzinfo=timezone.utc)
     return start, end
 

@@ -7,6 +7,7 @@ revert restores them).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa

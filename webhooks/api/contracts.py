@@ -9,7 +9,7 @@ from flask import current_app, request
 from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from webhooks.api.common import ApiError, Body, api_blueprint, parse_body
+from webhooks.api.common import Body, api_blueprint, bad, parse_body
 from webhooks.api.openapi import documented
 from webhooks.api.schemas import Contract, ContractQuery, NumberedPage
 from webhooks.api.paging import page_envelope, page_params
@@ -63,7 +63,7 @@ def index() -> ResponseReturnValue:
             continue
         if name not in contracts.FILTERS:
             allowed = ", ".join(sorted(contracts.FILTERS))
-            raise ApiError(400, "Request validation error", f"{name}: unknown filter (use {allowed})", field=name)
+            raise bad(name, f"unknown filter (use {allowed})")
         filters[name] = value
     rows, total = contracts.list_contracts(_runtime().engine, filters, offset=(page - 1) * size, limit=size)
     return page_envelope(rows, total=total, page=page, size=size)
@@ -82,8 +82,7 @@ def patch(contract_id: str) -> ResponseReturnValue:
     """Attach an existing subscription and/or merge custom properties."""
     body = parse_body(ContractPatch)
     if body.external_associations is None and body.custom_properties is None:
-        raise ApiError(400, "Request validation error",
-                       "body: give external_associations and/or custom_properties", field="body")
+        raise bad("body", "give external_associations and/or custom_properties")
     runtime = _runtime()
     subscription_id = body.external_associations.billing.mapped_object.id if body.external_associations else None
     return contracts.patch_contract(runtime.engine, contract_id, runtime.billing_gateway(),

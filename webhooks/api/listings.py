@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 
 from billing_core import wire
 from billing_core.money import InvalidAmount, parse_unit_price
-from webhooks.api.common import ApiError, Body, api_blueprint, parse_body
+from webhooks.api.common import Body, api_blueprint, bad, parse_body
 from webhooks.api.openapi import documented
 from webhooks.api.schemas import Listing, ListingQuery, NumberedPage
 from webhooks.api.paging import page_envelope, page_params
@@ -111,7 +111,7 @@ def index() -> ResponseReturnValue:
     page, size = page_params()
     marketplace = request.args.get("marketplace")
     if marketplace and marketplace not in listings.MARKETPLACES:
-        raise ApiError(400, "Request validation error", "marketplace: must be aws, azure or gcp", field="marketplace")
+        raise bad("marketplace", "must be aws, azure or gcp")
     rows, total = listings.list_listings(_engine(), marketplace=marketplace, offset=(page - 1) * size, limit=size)
     return page_envelope(rows, total=total, page=page, size=size)
 
@@ -133,5 +133,5 @@ def update(listing_id: str) -> ResponseReturnValue:
         values["currency"] = values["currency"].upper()
     nulls = [k for k, v in values.items() if v is None and k not in ("metering_start_date", "name")]
     if nulls:
-        raise ApiError(400, "Request validation error", f"{nulls[0]}: may not be null", field=nulls[0])
+        raise bad(nulls[0], "may not be null")
     return listings.update_listing(_engine(), listing_id, values, now=datetime.now(timezone.utc))

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Response, current_app, request
 from flask.typing import ResponseReturnValue
 
-from webhooks.api.common import ApiError, api_blueprint
+from webhooks.api.common import api_blueprint, bad
 from webhooks.api.openapi import documented
 from webhooks.api.schemas import MeteringReport, ReportQuery, SyncQueued
 from worker import reporting, reports
@@ -27,11 +27,11 @@ def metering_reports() -> ResponseReturnValue:
     month = request.args.get("month") or datetime.now(timezone.utc).strftime("%Y-%m")
     fmt = request.args.get("format", "json")
     if fmt not in ("json", "csv"):
-        raise ApiError(400, "Request validation error", "format: use json or csv", field="format")
+        raise bad("format", "use json or csv")
     try:
         rows = reports.metering_report(_runtime().engine, month)
     except ValueError as exc:
-        raise ApiError(400, "Request validation error", str(exc), field="month") from None
+        raise bad("month", str(exc)) from None
     if fmt == "csv":
         return Response(reports.as_csv(rows), mimetype="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="metering-{month}.csv"'})
