@@ -1,0 +1,92 @@
+"""Fragments merge exactly: any window cut into raw edges, hours and days adds up to the same answer
+as aggregating its events directly, for every mergeable aggregation, with and without groups."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from hypothesis import given, settings, strategies as st
+
+from billing_core.fragments import DAY, EMPTY, HOUR, MERGEABLE, Partial, cover, merge_groups
+
+START = 1_795_000_000_000_000 - 1_795_000_000_000_000 % DAY  # a UTC midnight in 2026, in microseconds
+SPAN = 5 * DAY
+
+instants = st.integers(min_value=START, max_value=START + SPAN)
+values = st.one_of(
+    st.none(),
+    st.decimals(min_value=Decimal("-999999999999.999"), max_value=Decimal("999999999999.999"), places=3,
+                allow_nan=False, allow_infinity=False),
+)
+events = st.lists(st.tuples(instants, values, st.sampled_from(["a", "b", ""])), max_size=60)
+
+
+def _direct(rows: list[tuple[int, int, Decimal | None, str]], start: int, end: int) -> dict[str, Partial]:
+    """Aggregate the events of [start, end) one by one (the reference), per group."""
+    out: dict[str, list[tuple[int, int, Decimal | None]]] = {}
+    for ts, seq, value, group in rows:
+        if start <= ts < end:
+            out.setdefault(group, []).append((ts, seq, value))
+    result = {}
+    for group, found in out.items():
+        with_values = [(ts, seq, v) for ts, seq, v in found if v is not None]
+        result[group] = Partial(
+            count=len(found), with_value=len(with_values), total=sum((v for _, _, v in with_values), Decimal(0)),
+            maximum=max((v for _, _, v in with_values), default=None),
+            latest=max(with_values, key=lambda x: (x[0], x[1]), default=None),
+        )
+    return result
+
+
+@settings(max_examples=300, deadline=None)
+@given(start=instants, length=st.integers(min_value=0, max_value=SPAN))
+def test_cover_cuts_a_window_into_aligned_pieces_without_gap_or_overlap(start: int, length: int) -> None:
+    end = start + length
+    pieces = cover(start, end)
+    assert (pieces[0].start, pieces[-1].end) == (start, end) if pieces else length == 0
+    for before, after in zip(pieces, pieces[1:]):
+        assert before.end == after.start
+    for piece in pieces:
+        assert piece.start < piece.end
+        if piece.kind == "hour":
+            assert piece.start % HOUR == 0 and piece.end - piece.start == HOUR
+        elif piece.kind == "day":
+            assert piece.start % DAY == 0 and piece.end - piece.start == DAY
+        else:
+            assert piece.end - piece.start < HOUR or len(pieces) == 1
+    raw = [p for p in pieces if p.kind == "raw"]
+    assert len(raw) <= 2 and sum(p.kind == "hour" for p in pieces) <= 46
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=events, start=instants, length=st.integers(min_value=0, max_value=SPAN))
+def test_a_window_from_pieces_equals_the_window_read_directly(rows, start, length) -> None:  # type: ignore[no-untyped-def]
+    numbered = [(ts, seq, value, group) for seq, (ts, value, group) in enumerate(rows)]
+    end = start + length
+    direct = _direct(numbered, start, end)
+    merged = merge_groups(*(_direct(numbered, p.start, p.end) for p in cover(start, end)))
+    assert merged == direct
+    for aggregation in MERGEABLE:
+        assert {g: p.quantity(aggregation) for g, p in merged.items()} == \
+               {g: p.quantity(aggregation) for g, p in direct.items()}
+
+
+@given(parts=st.lists(st.tuples(instants, values), max_size=12))
+def test_merge_is_associative_and_commutative_with_empty_as_identity(parts) -> None:  # type: ignore[no-untyped-def]
+    """Events have distinct ingest sequences, so ``latest`` never ties."""
+    partials = [Partial.of(ts, seq, value) for seq, (ts, value) in enumerate(parts)]
+    forward, backward = Partial.combine(partials), Partial.combine(reversed(partials))
+    assert forward == backward == EMPTY.merge(forward) == forward.merge(EMPTY)
+    if len(partials) >= 3:
+        a, b, c = partials[0], partials[1], Partial.combine(partials[2:])
+        assert a.merge(b).merge(c) == a.merge(b.merge(c))
+
+
+def test_unique_count_is_not_merged() -> None:
+    assert "unique_count" not in MERGEABLE
+    try:
+        Partial.of(0, 1, Decimal(1)).quantity("unique_count")
+    except ValueError as exc:
+        assert "read it raw" in str(exc)
+    else:  # pragma: no cover
+        raise AssertionError("unique_count merged")
