@@ -55,6 +55,7 @@ from sqlalchemy.orm import Session
 from billing_core.codec import definition_from_dict
 from billing_core.errors import UsageOutOfRange
 from billing_core.events import to_micros
+from billing_core.fragments import HOUR, MERGEABLE, Partial
 from billing_core.metric_definition import AllOf, AnyOf, Condition, Filter, MetricDefinition
 from billing_core.metrics import MetricNotFound
 from billing_core.persistence.customers import customers_table
@@ -368,6 +369,69 @@ class SqlUsageSource:
                 continue
             result[cid] = MetricUsage(quantity=checked, event_count=count, skipped=skipped, groups=grouped)
         return result
+
+    def partials(self, definition: MetricDefinition, customer_ids: Sequence[str], start: datetime, end: datetime,
+                 *, bucket: int = HOUR, group_by: tuple[str, ...] = ()
+                 ) -> dict[tuple[str, ...], dict[int, Partial]]:
+        """Return, per (customer id, *group values), the ``Partial`` of each aligned bucket of ``[start, end)``.
+
+        What a usage fragment holds (``billing_core.fragments``): buckets of ``bucket`` microseconds
+        (an hour by default) that hold matching events, each clipped to the window, so merging them
+        gives ``evaluate`` over the window. ``count``, ``sum``, ``max`` and ``latest`` only; a sum the
+        database can give only as a float raises ``UsageOutOfRange``.
+        """
+        if definition.aggregation not in MERGEABLE:
+            raise ValueError(f"{definition.aggregation!r} does not merge from fragments (read it raw)")
+        ids = list(dict.fromkeys(customer_ids))
+        if not ids:
+            return {}
+        groups = tuple(group_by)
+        e = events_table
+        with self._connection() as conn:
+            json_ = _Json(self._dialect(conn))
+            aliases = self._aliases(conn, ids)
+            where = self._where(json_, definition, ids, aliases, to_micros(start), to_micros(end))
+            key, source = self._customer_key(aliases)
+            keys = ([key.label("cust")] + [json_.group_key(g).label(f"g{i}") for i, g in enumerate(groups)]
+                    + [(e.c.ts - e.c.ts % bucket).label("b")])
+            prop = definition.property
+            value = json_.number(prop) if prop else sa.null()
+            columns: list[Any] = [sa.func.count().label("n"), sa.func.count(value).label("n_value")]
+            if definition.aggregation == "sum":
+                columns += json_.sum_columns(prop or "", wide=True)
+            elif definition.aggregation == "max":
+                columns.append(sa.func.max(value).label("m"))
+            rows = conn.execute(sa.select(*keys, *columns).select_from(source).where(*where).group_by(*keys)).mappings()
+            out: dict[tuple[str, ...], dict[int, Partial]] = {}
+            found: dict[tuple[Any, ...], dict[str, Any]] = {}
+            for row in rows:
+                if row["cust"] is not None:
+                    found[tuple(row[k.name] for k in keys)] = dict(row)
+            latest: dict[tuple[Any, ...], tuple[int, int, Decimal]] = {}
+            if definition.aggregation == "latest" and found:
+                partition = [k.element for k in keys]
+                inner = sa.select(
+                    *keys, e.c.ts.label("ts"), e.c.seq.label("seq"), value.label("v"),
+                    sa.func.row_number().over(partition_by=partition, order_by=[e.c.ts.desc(), e.c.seq.desc()])
+                    .label("rn"),
+                ).select_from(source).where(*where, value.is_not(None)).subquery()
+                for row in conn.execute(sa.select(inner).where(inner.c.rn == 1)).mappings():
+                    if row["cust"] is not None:
+                        latest[tuple(row[k.name] for k in keys)] = (int(row["ts"]), int(row["seq"]), number_of(row["v"]))
+        metric = definition.event_name
+        for full_key, row in found.items():
+            count, with_value = int(row["n"]), int(row["n_value"])
+            total, maximum = Decimal(0), None
+            if definition.aggregation == "sum":
+                summed = sum_of(row["s"], row.get("s_scaled"), row.get("s_hi"))
+                total = _checked("sum", summed, metric, str(full_key[0]), tuple(full_key[1:-1]) or None)
+            elif definition.aggregation == "max" and with_value:
+                maximum = _checked("max", number_of(row["m"]), metric, str(full_key[0]), tuple(full_key[1:-1]) or None)
+            if definition.aggregation == "count":
+                with_value = count
+            partial = Partial(count, with_value, total, maximum, latest.get(full_key))
+            out.setdefault(tuple(full_key[:-1]), {})[int(full_key[-1])] = partial
+        return out
 
     # Query building ----------------------------------------------------------------------------
 

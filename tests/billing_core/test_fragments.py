@@ -1,13 +1,21 @@
 """Fragments merge exactly: any window cut into raw edges, hours and days adds up to the same answer
-as aggregating its events directly, for every mergeable aggregation, with and without groups."""
+as aggregating its events directly, for every mergeable aggregation, with and without groups; and
+the bucket partials the database computes merge into what evaluating the window gives."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from hypothesis import given, settings, strategies as st
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from sqlalchemy import Engine, text
 
+from billing_core.events import from_micros, to_micros
 from billing_core.fragments import DAY, EMPTY, HOUR, MERGEABLE, Partial, cover, merge_groups
+from billing_core.metric_definition import MetricDefinition
+from billing_core.sql_usage import SqlUsageSource
+from tests.billing_core.test_sql_usage import add_customer, ingest
 
 START = 1_795_000_000_000_000 - 1_795_000_000_000_000 % DAY  # a UTC midnight in 2026, in microseconds
 SPAN = 5 * DAY
@@ -90,3 +98,63 @@ def test_unique_count_is_not_merged() -> None:
         assert "read it raw" in str(exc)
     else:  # pragma: no cover
         raise AssertionError("unique_count merged")
+
+
+# --- fragments computed by the database ------------------------------------------------------------
+
+DB_START = datetime(2026, 11, 9, tzinfo=timezone.utc)
+_db_events = st.lists(
+    st.tuples(
+        st.integers(0, 3 * 24 * 3600 - 1),                       # seconds after DB_START
+        st.sampled_from(["acme", "globex"]),                      # the customer's external id
+        st.one_of(st.none(), st.decimals(min_value=-10**6, max_value=10**6, places=2, allow_nan=False,
+                                         allow_infinity=False)),
+        st.sampled_from(["x", "y"]),
+    ),
+    max_size=25,
+)
+
+
+@pytest.mark.parametrize("aggregation", sorted(MERGEABLE))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=_db_events, window=st.tuples(st.integers(0, 3 * 24 * 3600), st.integers(0, 3 * 24 * 3600)))
+def test_bucket_partials_from_the_database_merge_into_the_window(any_engine: Engine, aggregation: str,
+                                                                  rows: list, window: tuple[int, int]) -> None:
+    """Hour (and day) partials computed by SQL merge into exactly what evaluating the window gives,
+    per customer and per group, on SQLite and PostgreSQL."""
+    with any_engine.begin() as conn:
+        conn.execute(text("DELETE FROM events"))
+        conn.execute(text("DELETE FROM customers"))
+    add_customer(any_engine, "c1", "acme")
+    add_customer(any_engine, "c2", "globex")
+    batch = []
+    for i, (second, customer, value, group) in enumerate(rows):
+        props = {"g": group} if value is None else {"g": group, "n": value}
+        at = (DB_START + timedelta(seconds=second)).isoformat().replace("+00:00", "Z")
+        batch.append({"idempotency_key": f"k{i}", "event_name": "call", "external_customer_id": customer,
+                      "timestamp": at, "properties": props})
+    if batch:
+        ingest(any_engine, batch)
+    start, end = (DB_START + timedelta(seconds=s) for s in sorted(window))
+    definition = MetricDefinition("call", aggregation, None if aggregation == "count" else "n")  # type: ignore[arg-type]
+    source = SqlUsageSource(any_engine)
+    direct = source.evaluate(definition, ["c1", "c2"], start, end, ("g",))
+    hours = source.partials(definition, ["c1", "c2"], start, end)
+    grouped = source.partials(definition, ["c1", "c2"], start, end, group_by=("g",))
+    for customer in ("c1", "c2"):
+        merged = Partial.combine(hours.get((customer,), {}).values())
+        usage = direct[customer]
+        assert merged.quantity(aggregation) == usage.quantity
+        assert merged.count == usage.event_count
+        assert (0 if aggregation == "count" else merged.skipped) == usage.skipped
+        groups = {key[1:]: Partial.combine(parts.values()).quantity(aggregation)
+                  for key, parts in grouped.items() if key[0] == customer}
+        assert groups == dict(usage.groups or {})
+        for bucket in hours.get((customer,), {}):
+            assert bucket % HOUR == 0 and to_micros(start) - HOUR < bucket < to_micros(end)
+    aligned_start, aligned_end = DB_START, DB_START + timedelta(days=3)
+    days = source.partials(definition, ["c1"], aligned_start, aligned_end, bucket=DAY).get(("c1",), {})
+    by_hour = source.partials(definition, ["c1"], aligned_start, aligned_end).get(("c1",), {})
+    for day, part in days.items():
+        assert part == Partial.combine(p for t, p in by_hour.items() if day <= t < day + DAY), from_micros(day)
+    assert set(days) == {t - t % DAY for t in by_hour}
