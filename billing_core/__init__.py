@@ -48,6 +48,7 @@ from billing_core.pricing import (
     TieredConfig, TieredPackageConfig, TieredPackageTier, UnitConfig, config_to_dict, parse_config,
 )
 from billing_core.sql_usage import SqlUsageSource
+from billing_core.sql_fragments import FragmentUsageSource, use_fragments, usage_source
 from billing_core.sql_usage_batch import BatchSqlUsageSource
 from billing_core.subscriptions import (
     AddAdjustment, AddPrice, AdjustmentInterval, IntervalEdit, PriceInterval, ReplacePrice, Subscription,
@@ -80,7 +81,8 @@ __all__ = [
     "round_money", "divide_to_integral",
     # adapters: repositories on the caller's session, usage sources, writers
     "SqlCustomerRepository", "SqlEventStore", "SqlMetricRepository", "SqlBackfillStore", "SqlCatalog",
-    "SqlSubscriptions", "SqlUsageSource", "BatchSqlUsageSource", "GroupCommitWriter", "GroupCommit",
+    "SqlSubscriptions", "SqlUsageSource", "BatchSqlUsageSource", "FragmentUsageSource", "use_fragments",
+    "usage_source", "GroupCommitWriter", "GroupCommit",
     "write_lock", "get_for_update", "process_local",
     # the Alembic revisions of billing_core's tables
     "MIGRATIONS_DIR",

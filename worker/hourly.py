@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 from sqlalchemy import Engine, select
 from sqlmodel import Session
 
-from billing_core import OutOfRange, SqlSubscriptions, SqlUsageSource, Subscription, billing_period, costs, costs_each
+from billing_core import OutOfRange, SqlSubscriptions, Subscription, billing_period, costs, costs_each, usage_source
 from marketplaces import rules
 from marketplaces.base import Marketplace, PermanentMarketplaceError, TransientMarketplaceError, UsageRecord
 from worker import ledger
@@ -98,7 +98,7 @@ def contract_cost(engine: Engine, sub: Subscription, contract: ContractRow, list
     start, end, period_start = cost_window(sub, contract, listing, stamp=stamp, now=now)
     if end <= start:
         return Decimal(0), period_start
-    return _reported_total(costs(sub, start, end, SqlUsageSource(engine)), listing), period_start
+    return _reported_total(costs(sub, start, end, usage_source(engine)), listing), period_start
 
 
 def _load(engine: Engine, contract_id: str) -> _Loaded:
@@ -202,7 +202,7 @@ def prepare_many(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *
             continue
         todo.append((contract, listing, sub, *cost_window(sub, contract, listing, stamp=stamp, now=now)))
     priced = [t for t in todo if t[4] > t[3]]
-    results = costs_each([(sub, start, end) for _, _, sub, start, end, _ in priced], SqlUsageSource(engine))
+    results = costs_each([(sub, start, end) for _, _, sub, start, end, _ in priced], usage_source(engine))
     failed = {t[0].id: result for t, result in zip(priced, results) if isinstance(result, OutOfRange)}
     totals = {t[0].id: _reported_total(result, t[1]) for t, result in zip(priced, results)
               if not isinstance(result, OutOfRange)}

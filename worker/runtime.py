@@ -10,6 +10,7 @@ import redis
 from rq import Queue
 from sqlalchemy import Engine
 
+from billing_core import use_fragments
 from config import Settings
 from worker import db
 
@@ -29,7 +30,9 @@ class Runtime:
     def engine(self) -> Engine:
         if self.settings.is_sqlite:
             self.settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
-        return db.build_engine(self.settings.database_url)
+        engine = db.build_engine(self.settings.database_url)
+        use_fragments(engine, self.settings.USAGE_FRAGMENTS)
+        return engine
 
     @cached_property
     def redis(self) -> redis.Redis:

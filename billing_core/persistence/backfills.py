@@ -17,6 +17,7 @@ from sqlmodel import Field, SQLModel
 from billing_core.backfills import Backfill, BackfillNotFound
 from billing_core.events import from_micros, to_micros
 from billing_core.persistence.customers import customers_table
+from billing_core.persistence.fragments import log_changes
 from billing_core.persistence.events import (
     STATE_BACKFILL_PENDING, STATE_LIVE, STATE_REPLACED, STATE_REVERTED, events_table,
 )
@@ -129,9 +130,14 @@ class SqlBackfillStore:
             where.append(owner)
         return where
 
+    def _log(self, backfill: Backfill) -> None:
+        log_changes(self.session, [(backfill.customer_id, None, None, to_micros(backfill.timeframe_start),
+                                    to_micros(backfill.timeframe_end))])
+
     def reflect(self, backfill: Backfill) -> None:
         """Make the backfill's events live; retire the window's live events when it replaces them."""
         e = events_table
+        self._log(backfill)
         if backfill.replace_existing_events:
             replaced = sa.select(sa.literal(backfill.id), e.c.seq).where(
                 *self._window(backfill), e.c.state == STATE_LIVE
@@ -152,6 +158,7 @@ class SqlBackfillStore:
     def unreflect(self, backfill: Backfill) -> None:
         """Retire the backfill's events and restore the events it replaced."""
         e = events_table
+        self._log(backfill)
         r = BackfillReplacementRow.__table__  # type: ignore[attr-defined]
         self.session.execute(
             sa.update(e)

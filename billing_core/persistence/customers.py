@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
 from billing_core.customers import Customer, CustomerNotFound, DuplicateCustomer
+from billing_core.persistence.fragments import log_changes
 from billing_core.persistence.rows import page, utc
 from billing_core.persistence.writes import begin_write
 
@@ -84,6 +85,8 @@ class SqlCustomerRepository:
                 )
         self.session.add(CustomerRow.from_domain(customer))
         self.session.flush()
+        if customer.external_customer_id is not None:  # events sent before it existed now count
+            log_changes(self.session, [(customer.id, None, None, None, None)])
         return customer
 
     def get(self, customer_id: str, *, for_update: bool = False) -> Customer:
@@ -122,6 +125,8 @@ class SqlCustomerRepository:
                     f"external_customer_id {customer.external_customer_id!r} is already used by customer {other[0]}",
                     field="external_customer_id",
                 )
+        if customer.external_customer_id != row.external_customer_id:
+            log_changes(self.session, [(customer.id, None, None, None, None)])
         fresh = CustomerRow.from_domain(customer)
         for name in ("external_customer_id", "name", "email", "currency", "metadata_json"):
             setattr(row, name, getattr(fresh, name))

@@ -40,7 +40,9 @@ from billing_core.events import (
     store_records,
     to_micros,
 )
+from billing_core.fragments import HOUR
 from billing_core.persistence.customers import customers_table
+from billing_core.persistence.fragments import Change, log_changes
 from billing_core.persistence.writes import GroupCommit, write_lock
 
 __all__ = [
@@ -100,6 +102,12 @@ _INSERT_COLUMNS = "idempotency_key, event_name, customer_id, external_customer_i
 
 
 _INSERT_COLUMNS = "idempotency_key, event_name, customer_id, external_customer_id, ts, properties"
+
+
+def _change(customer_id: str | None, external_customer_id: str | None, event_name: str, ts: int) -> Change:
+    """The change log entry of one event's hour (by customer id, else by its external id)."""
+    hour = ts - ts % HOUR
+    return (customer_id, None if customer_id else external_customer_id, event_name, hour, hour + HOUR)
 
 
 class SqlEventStore:
@@ -181,6 +189,8 @@ class SqlEventStore:
             inserted = cursor.rowcount
         finally:
             cursor.close()
+        if backfill_id is None:  # a pending backfill's events count when it is closed
+            log_changes(self.session, (_change(r[2], r[3], r[1], r[4]) for r in resolved))
         if inserted < len(resolved):
             self._verify(records)
         return inserted
@@ -257,6 +267,8 @@ class SqlEventStore:
         t = events_table
         self.session.execute(sa.update(t).where(t.c.seq == row.seq).values(state=STATE_SUPERSEDED))
         (resolved,) = self._resolve([record])
+        log_changes(self.session, [_change(row.customer_id, row.external_customer_id, row.event_name, row.ts),
+                                   _change(resolved[2], resolved[3], resolved[1], resolved[4])])
         properties: Any = resolved[5]
         if self.dialect == "postgresql":
             properties = sa.cast(sa.literal(resolved[5], sa.Text), JSONB)
@@ -275,6 +287,7 @@ class SqlEventStore:
         if row.state != STATE_DEPRECATED:
             t = events_table
             self.session.execute(sa.update(t).where(t.c.seq == row.seq).values(state=STATE_DEPRECATED))
+            log_changes(self.session, [_change(row.customer_id, row.external_customer_id, row.event_name, row.ts)])
         return self.current(idempotency_key)
 
     def search(

@@ -16,17 +16,18 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
-from billing_core import SqlCustomerRepository, SqlEventStore, create_customer, ingest_events
+from billing_core import SqlCustomerRepository, SqlEventStore
 from worker import db
 
 ROOT = Path(__file__).resolve().parents[2]
 # The last commit whose migrations all lived in worker/migrations/versions.
 PREVIOUS_LAYOUT = "a67da12"
-HEADS = {"billing_events_0002", "billing_plans_0001", "sync_0003"}
+HEADS = {"billing_events_0003", "billing_plans_0001", "sync_0003"}
+PREVIOUS_HEADS = {"billing_events_0002", "billing_plans_0001", "sync_0003"}  # the layout of git a67da12
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
 
 
@@ -91,6 +92,7 @@ def test_revision_ids_and_branches_are_kept() -> None:
     assert set(script.get_heads()) == HEADS
     assert revisions["billing_events_0001"] == (None, ("billing_events",))
     assert revisions["billing_events_0002"] == ("billing_events_0001", ("billing_events",))
+    assert revisions["billing_events_0003"] == ("billing_events_0002", ("billing_events",))
     assert revisions["billing_plans_0001"] == (None, ("billing_plans",))
     assert Path(script.get_revision("billing_events_0001").path).parent == db.BILLING_MIGRATIONS_DIR
 
@@ -98,13 +100,13 @@ def test_revision_ids_and_branches_are_kept() -> None:
 def test_database_from_the_previous_layout_upgrades_with_its_data(previous_layout: Path, empty_engine: Engine) -> None:
     """A database migrated by worker/migrations alone is at the new heads already, and keeps its rows."""
     _upgrade_with(previous_layout, empty_engine)
-    assert db.current_revisions(empty_engine) == HEADS
-    with db.session_scope(empty_engine) as session:
-        create_customer(SqlCustomerRepository(session), customer_id="c1", name="Ada", email="ada@example.com", now=NOW)
-        ingest_events(SqlEventStore(session), [{
-            "idempotency_key": "e1", "event_name": "api_call", "customer_id": "c1",
-            "timestamp": "2026-11-30T12:00:00Z", "properties": {"tokens": Decimal("1.5"), "model": "m1"},
-        }], now=NOW)
+    assert db.current_revisions(empty_engine) == PREVIOUS_HEADS
+    with empty_engine.begin() as conn:  # rows as that layout wrote them (its tables only)
+        conn.execute(text("INSERT INTO customers (id, name, email, timezone, metadata, created_at) "
+                          "VALUES ('c1', 'Ada', 'ada@example.com', 'UTC', '{}', :now)"), {"now": NOW})
+        conn.execute(text("INSERT INTO events (idempotency_key, version, event_name, customer_id, ts, properties, state) "
+                          "VALUES ('e1', 0, 'api_call', 'c1', :ts, :p, 0)"),
+                     {"ts": 1796040000000000, "p": '{"tokens": 1.5, "model": "m1"}'})
 
     db.upgrade(empty_engine)
 

@@ -13,6 +13,7 @@ import subprocess
 from typing import Any, Iterator
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.conftest import TEST_API_KEY, run_jobs
 from tests.dashboard.conftest import ARTIFACTS, Seeded
@@ -97,10 +98,11 @@ def test_did_acmes_usage_reach_aws_in_two_steps(page: Any, seeded: Seeded) -> No
     page.get_by_label("Find a contract").fill("Acme")
     page.get_by_role("button", name="Search").click()
     page.wait_for_url(re.compile(rf".*/ops/contracts/{seeded.acme}$"))
+    page.wait_for_load_state()
     ledger = page.locator("#ledger table")
-    assert ledger.locator("text=accepted").count() == 2
-    assert ledger.locator("text=failed").count() == 1
-    assert page.locator("figure.chart svg rect.bar").count() == 3
+    expect(ledger.locator("text=accepted")).to_have_count(2)
+    expect(ledger.locator("text=failed")).to_have_count(1)
+    expect(page.locator("figure.chart svg rect.bar")).to_have_count(3)
     shot(page, "contract")
 
 
@@ -109,15 +111,19 @@ def test_filter_and_search_contracts(page: Any, seeded: Seeded) -> None:
     login(page, "/ops/contracts")
     page.get_by_label("Status").select_option("canceled")
     page.get_by_role("button", name="Apply").click()
-    assert "status=canceled" in page.url
+    page.wait_for_url(re.compile(r".*status=canceled.*"))
+    page.wait_for_load_state()
     rows = page.locator("table.contracts tbody tr")
-    assert rows.count() == 1 and "Globex Ltd" in rows.first.inner_text()
+    expect(rows).to_have_count(1)  # waits for the filtered page (a loaded machine is slow to render it)
+    assert "Globex Ltd" in rows.first.inner_text()
     page.get_by_role("link", name="Clear").click()
     page.wait_for_url(re.compile(r".*/ops/contracts$"))
     page.get_by_label("Search").fill("210987654321")
     page.get_by_label("Search").press("Enter")
     page.wait_for_url(re.compile(r".*q=210987654321.*"))
-    assert rows.count() == 1 and "Initech" in rows.first.inner_text()
+    page.wait_for_load_state()
+    expect(rows).to_have_count(1)
+    assert "Initech" in rows.first.inner_text()
     page.goto("/ops/contracts")
     page.get_by_role("link", name="Buyer").click()
     assert "sort=buyer" in page.url
