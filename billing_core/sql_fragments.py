@@ -43,8 +43,8 @@ def use_fragments(engine: sa.Engine, enabled: bool) -> None:
 
 
 def usage_source(engine: sa.Engine) -> "FragmentUsageSource | SqlUsageSource":
-    """Return the usage source of ``engine``'s database: fragments unless turned off (``use_fragments``)."""
-    return FragmentUsageSource(engine) if _choices.get(engine, True) else SqlUsageSource(engine)
+    """Return the usage source of ``engine``'s database: fragments when turned on (``use_fragments``), else raw."""
+    return FragmentUsageSource(engine) if _choices.get(engine, False) else SqlUsageSource(engine)
 
 
 @dataclass
@@ -154,6 +154,9 @@ class FragmentUsageSource:
             with conn.begin():
                 position = newest_change(conn)
             positions, stored = load_fragments(conn, metric_id, signature, ids, size, first, last)
+            wanted = set(buckets)  # the range holds buckets other pieces cover (days between two hour runs)
+            positions = {key: seen for key, seen in positions.items() if key[1] in wanted}
+            stored = {key: parts for key, parts in stored.items() if key[1] in wanted}
             stale: set[tuple[str, int]] = set()
             if positions:
                 aliases = self.raw._aliases(conn, ids)  # external id -> customer id
@@ -188,7 +191,7 @@ class FragmentUsageSource:
                 for bucket, part in per_bucket.items():
                     if (key[0], bucket) in computed:
                         computed[(key[0], bucket)][_group_key(tuple(key[1:]))] = part
-            save_fragments(self.engine, metric_id, signature, size, position, computed)
+            save_fragments(self.engine, metric_id, signature, size, position, computed, replaced=stale)
             out.update(computed)
         return out
 

@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
@@ -162,8 +163,8 @@ def load_fragments(conn: Any, metric_id: str, group_by: str, customer_ids: Seque
 
 
 def save_fragments(engine: sa.Engine, metric_id: str, group_by: str, size: int, position: int,
-                   computed: dict[tuple[str, int], dict[str, Partial]]) -> None:
-    """Replace the given buckets' fragments with ``computed`` (current as of ``position``), atomically."""
+                   computed: dict[tuple[str, int], dict[str, Partial]], replaced: Iterable[tuple[str, int]] = ()) -> None:
+    """Store ``computed`` buckets (current as of ``position``) atomically; ``replaced`` ones had rows before."""
     if not computed:
         return
     b, f = buckets_table, fragments_table
@@ -171,12 +172,16 @@ def save_fragments(engine: sa.Engine, metric_id: str, group_by: str, size: int, 
     with write_lock(engine), engine.begin() as conn:
         if _is_postgres(conn):
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SAVE_LOCK_KEY})
-        for customer_id, bucket in keys:
-            for table in (b, f):
-                conn.execute(sa.delete(table).where(
-                    table.c.metric_id == metric_id, table.c.group_by == group_by, table.c.size == size,
-                    table.c.customer_id == customer_id, table.c.bucket == bucket))
-        conn.execute(sa.insert(b), [
+        by_customer: dict[str, list[int]] = {}
+        for customer_id, bucket in sorted(replaced):
+            by_customer.setdefault(customer_id, []).append(bucket)
+        for customer_id, buckets in by_customer.items():  # a recomputed bucket may have lost groups
+            conn.execute(sa.delete(f).where(
+                f.c.metric_id == metric_id, f.c.group_by == group_by, f.c.size == size,
+                f.c.customer_id == customer_id, f.c.bucket.in_(buckets)))
+        # Upserts: another reader may have stored a missing bucket meanwhile. Whichever position wins,
+        # a group row the other left behind came from a change after it, so the bucket reads as stale.
+        _upsert(conn, b, [
             {"metric_id": metric_id, "group_by": group_by, "customer_id": c, "size": size, "bucket": t,
              "computed_change": position} for c, t in keys])
         rows = [
@@ -189,4 +194,12 @@ def save_fragments(engine: sa.Engine, metric_id: str, group_by: str, size: int, 
             for c, t in keys for g, p in computed[(c, t)].items()
         ]
         if rows:
-            conn.execute(sa.insert(f), rows)
+            _upsert(conn, f, rows)
+
+
+def _upsert(conn: Any, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows``, or update the row with the same primary key."""
+    insert = (postgresql.insert if _is_postgres(conn) else sqlite.insert)(table)
+    keys = [c.name for c in table.primary_key.columns]
+    conn.execute(insert.on_conflict_do_update(
+        index_elements=keys, set_={c.name: insert.excluded[c.name] for c in table.columns if c.name not in keys}), rows)

@@ -13,11 +13,12 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlmodel import Session
 
+from billing_core import use_fragments
+from marketplaces.base import TransientMarketplaceError
+from marketplaces.emulators.server import EmulatorServer
 from tests.worker.sync_support import (
     SyncEnv, build_env, ingest, map_contract, setup_billing, start_of_test_window,
 )
-from marketplaces.base import TransientMarketplaceError
-from marketplaces.emulators.server import EmulatorServer
 from worker import cancellation, hourly, ledger
 from worker.metering import hour_floor
 from worker.persistence.contracts import ContractRow
@@ -29,6 +30,7 @@ MARKETPLACES = ["aws", "azure", "gcp"]
 @pytest.fixture(params=MARKETPLACES)
 def env(request: pytest.FixtureRequest, engine: Engine, emulator_servers: dict[str, EmulatorServer]) -> SyncEnv:
     """Return a fresh emulator state, its adapter, and a billing core with one plan."""
+    use_fragments(engine, True)  # the sync reads usage fragments here (the fault suite reads raw events)
     environment = build_env(request.param, engine, emulator_servers[request.param])
     environment.control("POST", "reset")
     setup_billing(engine)
