@@ -64,19 +64,20 @@ def _reset(engine: Engine) -> None:
                         external_customer_id="acme", now=NOW)
 
 
-def _compare(engine: Engine, fragments: FragmentUsageSource, window: tuple[int, int]) -> None:
+def _compare(engine: Engine, fragments: FragmentUsageSource, window: tuple[int, int],
+             groupings: tuple[tuple[str, ...], ...] = ((), ("g",))) -> None:
     lo, hi = sorted(window)
     start, end = DAY0 + timedelta(seconds=lo), DAY0 + timedelta(seconds=hi)
     raw = SqlUsageSource(engine, METRICS)
     for metric_id, definition in METRICS.items():
-        for group_by in ((), ("g",)):
+        for group_by in groupings:
             ids = ["c1", "c2"]
             want = raw.evaluate(definition, ids, start, end, group_by, metric_id=metric_id)
             got = fragments.evaluate(definition, ids, start, end, group_by, metric_id=metric_id)
             assert got == want, (metric_id, group_by, start, end)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(operations=st.lists(operation, min_size=2, max_size=12), data=st.data())
 def test_fragments_answer_exactly_what_raw_events_answer(any_engine: Engine, operations: list,
                                                          data: st.DataObject) -> None:
@@ -149,7 +150,8 @@ def test_fragments_answer_exactly_what_raw_events_answer(any_engine: Engine, ope
             _compare(any_engine, fragments, op[1])
         # A read after every step, over a window whose edges fall on hours, days or anywhere.
         edge = st.one_of(st.integers(0, SPAN), st.integers(0, SPAN // 3600).map(lambda h: h * 3600))
-        _compare(any_engine, fragments, (data.draw(edge), data.draw(edge)))
+        grouping = data.draw(st.sampled_from([(), ("g",)]))
+        _compare(any_engine, fragments, (data.draw(edge), data.draw(edge)), (grouping,))
     _compare(any_engine, fragments, (0, SPAN))
     before = fragments.stats.recomputed
     _compare(any_engine, fragments, (0, SPAN))
