@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -27,11 +28,16 @@ from billing_core.errors import UsageOutOfRange
 from billing_core.events import from_micros, to_micros
 from billing_core.fragments import DAY, HOUR, MERGEABLE, Partial, cover
 from billing_core.metric_definition import MetricDefinition
-from billing_core.persistence.fragments import changes_since, load_fragments, newest_change, save_fragments
+from billing_core.metrics import MetricNotFound
+from billing_core.persistence.fragments import (
+    buckets_table, changes_since, load_fragments, newest_change, save_fragments,
+)
 from billing_core.sql_usage import SqlUsageSource, _checked
 from billing_core.usage import MetricUsage, UsageRequest, UsageResult
 
-__all__ = ["FragmentStats", "FragmentUsageSource", "use_fragments", "usage_source"]
+__all__ = [
+    "FragmentStats", "FragmentUsageSource", "stale_buckets", "use_fragments", "usage_source", "verify_fragments",
+]
 
 
 _choices: "weakref.WeakKeyDictionary[sa.Engine, bool]" = weakref.WeakKeyDictionary()
@@ -157,26 +163,7 @@ class FragmentUsageSource:
             wanted = set(buckets)  # the range holds buckets other pieces cover (days between two hour runs)
             positions = {key: seen for key, seen in positions.items() if key[1] in wanted}
             stored = {key: parts for key, parts in stored.items() if key[1] in wanted}
-            stale: set[tuple[str, int]] = set()
-            if positions:
-                aliases = self.raw._aliases(conn, ids)  # external id -> customer id
-                for change in changes_since(conn, min(positions.values()), ids, sorted(aliases),
-                                            definition.event_name):
-                    if change.customer_id is not None:
-                        owners = [change.customer_id]
-                    elif change.external_customer_id is not None:
-                        owners = [aliases[change.external_customer_id]] if change.external_customer_id in aliases else []
-                    else:
-                        owners = ids
-                    for customer in owners:
-                        for bucket in buckets:
-                            seen = positions.get((customer, bucket))
-                            if seen is None or change.id <= seen:
-                                continue
-                            lo = change.ts_start if change.ts_start is not None else bucket
-                            hi = change.ts_end if change.ts_end is not None else bucket + size
-                            if lo < bucket + size and bucket < hi:
-                                stale.add((customer, bucket))
+            stale = stale_buckets(conn, self.raw, definition.event_name, positions, size)
         needed = {(c, b) for c in ids for b in buckets if (c, b) not in positions} | stale
         self.stats.reused += len(buckets) * len(ids) - len(needed)
         self.stats.recomputed += len(needed)
@@ -194,6 +181,85 @@ class FragmentUsageSource:
             save_fragments(self.engine, metric_id, signature, size, position, computed, replaced=stale)
             out.update(computed)
         return out
+
+
+def stale_buckets(conn: Any, raw: SqlUsageSource, event_name: str, positions: Mapping[tuple[str, int], int],
+                  size: int) -> set[tuple[str, int]]:
+    """Return the (customer, bucket) of ``positions`` that a later change touches."""
+    stale: set[tuple[str, int]] = set()
+    if not positions:
+        return stale
+    ids = sorted({customer for customer, _ in positions})
+    by_customer: dict[str, list[int]] = {}
+    for customer, bucket in positions:
+        by_customer.setdefault(customer, []).append(bucket)
+    aliases = raw._aliases(conn, ids)  # external id -> customer id
+    for change in changes_since(conn, min(positions.values()), ids, sorted(aliases), event_name):
+        if change.customer_id is not None:
+            owners = [change.customer_id]
+        elif change.external_customer_id is not None:
+            owners = [aliases[change.external_customer_id]] if change.external_customer_id in aliases else []
+        else:
+            owners = ids
+        for customer in owners:
+            for bucket in by_customer.get(customer, ()):
+                if change.id <= positions[(customer, bucket)]:
+                    continue
+                lo = change.ts_start if change.ts_start is not None else bucket
+                hi = change.ts_end if change.ts_end is not None else bucket + size
+                if lo < bucket + size and bucket < hi:
+                    stale.add((customer, bucket))
+    return stale
+
+
+def verify_fragments(engine: sa.Engine, *, customer_id: str | None = None, since: datetime | None = None
+                     ) -> tuple[int, int, list[str]]:
+    """Recompute every current fragment from the events; return (checked, stale, differences).
+
+    A stale bucket is not a difference (the next read recomputes it); a current bucket whose stored
+    partials differ from a computation from scratch is one, named by metric, customer and bucket.
+    """
+    raw = SqlUsageSource(engine)
+    b = buckets_table
+    query = sa.select(b.c.metric_id, b.c.group_by, b.c.size, b.c.customer_id, b.c.bucket)
+    if customer_id is not None:
+        query = query.where(b.c.customer_id == customer_id)
+    if since is not None:
+        query = query.where(b.c.bucket + b.c.size > to_micros(since))
+    checked, stale_count, differences = 0, 0, []
+    with engine.connect() as conn:
+        groups: dict[tuple[str, str, int], set[tuple[str, int]]] = {}
+        for row in conn.execute(query):
+            groups.setdefault((row.metric_id, row.group_by, int(row.size)), set()).add((row.customer_id, int(row.bucket)))
+        for (metric_id, signature, size), keys in sorted(groups.items()):
+            try:
+                definition = raw.definition(metric_id)
+            except MetricNotFound:
+                differences.append(f"metric {metric_id}: fragments of a metric that does not exist")
+                continue
+            ids = sorted({c for c, _ in keys})
+            positions, stored = load_fragments(conn, metric_id, signature, ids, size, min(t for _, t in keys),
+                                               max(t for _, t in keys))
+            stale = stale_buckets(conn, raw, definition.event_name, positions, size)
+            stale_count += len(stale & keys)
+            current = sorted(keys - stale)
+            if not current:
+                continue
+            groups_by = tuple(json.loads(signature)) if signature else ()
+            fresh = raw.partials(definition, sorted({c for c, _ in current}), from_micros(current[0][1]),
+                                 from_micros(max(t for _, t in current) + size), bucket=size, group_by=groups_by)
+            computed: dict[tuple[str, int], dict[str, Partial]] = {}
+            for key, per_bucket in fresh.items():
+                for bucket, part in per_bucket.items():
+                    computed.setdefault((key[0], bucket), {})[_group_key(tuple(key[1:]))] = part
+            for customer, bucket in current:
+                checked += 1
+                if stored.get((customer, bucket), {}) != computed.get((customer, bucket), {}):
+                    differences.append(f"metric {metric_id} {signature or '(no grouping)'}, customer {customer}, "
+                                       f"{'hour' if size == HOUR else 'day'} {from_micros(bucket).isoformat()}: "
+                                       f"stored {stored.get((customer, bucket), {})} != from events "
+                                       f"{computed.get((customer, bucket), {})}")
+    return checked, stale_count, differences
 
 
 def _instant(micros: int) -> datetime:

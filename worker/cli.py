@@ -206,6 +206,31 @@ def contracts(status: str | None) -> None:
 
 
 @main.command()
+@click.option("--customer", "customer_id", default=None, help="Only this customer's fragments.")
+@click.option("--since", default=None, help="Only buckets ending after this ISO-8601 instant.")
+def verify(customer_id: str | None, since: str | None) -> None:
+    """Recompute usage fragments from the events and list every difference (exit 1 if any)."""
+    from billing_core import wire
+    from billing_core.sql_fragments import verify_fragments
+
+    try:
+        start = wire.parse_instant(since, "--since") if since else None
+    except Exception as exc:  # noqa: BLE001 - a bad option is a usage error
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    runtime = _runtime()
+    try:
+        checked, stale, differences = verify_fragments(runtime.engine, customer_id=customer_id, since=start)
+    finally:
+        runtime.close()
+    for line in differences:
+        click.echo(line)
+    click.echo(f"{checked} current fragment bucket(s) recomputed from events, {stale} stale (recomputed at their "
+               f"next read), {len(differences)} difference(s)")
+    if differences:
+        sys.exit(1)
+
+
+@main.command()
 @click.argument("contract_id")
 def ledger(contract_id: str) -> None:
     """Print a contract's usage ledger hour by hour, with each marketplace answer."""

@@ -10,15 +10,19 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import Engine, text
 
-from billing_core import SqlBackfillStore, SqlCustomerRepository, SqlEventStore, create_customer
+from billing_core import SqlBackfillStore, SqlCustomerRepository, SqlEventStore, SqlMetricRepository, create_customer
 from billing_core.backfills import close_backfill, create_backfill, ingest_into_backfill, revert_backfill
-from billing_core.events import amend_event, deprecate_event, ingest_events, validate_batch
+from billing_core.events import amend_event, deprecate_event, ingest_events, to_micros, validate_batch
+from billing_core.fragments import DAY
 from billing_core.metric_definition import MetricDefinition
-from billing_core.sql_fragments import FragmentUsageSource
+from billing_core.metrics import create_metric
+from billing_core.sql_fragments import FragmentUsageSource, verify_fragments
 from billing_core.sql_usage import SqlUsageSource
+from worker.cli import main
 from worker.db import session_scope
 
 NOW = datetime(2026, 12, 15, tzinfo=timezone.utc)
@@ -176,3 +180,32 @@ def test_unique_count_reads_raw(engine: Engine, aggregation: str) -> None:
     source = FragmentUsageSource(engine, {"m": definition})
     source.evaluate(definition, ["c1"], DAY0, DAY0 + timedelta(days=2), metric_id="m")
     assert source.stats.recomputed == 0 and source.stats.reused == 0
+
+
+def test_verify_finds_no_difference_then_the_one_made_by_hand(engine: Engine, tmp_path: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`marketsync verify` recomputes current fragments from events; a changed row is named, exit 1."""
+    _reset(engine)
+    with session_scope(engine) as session:
+        create_metric(SqlMetricRepository(session), metric_id="m_calls", name="calls", now=NOW,
+                      definition=MetricDefinition("call", "sum", "n"))
+        ingest_events(SqlEventStore(session), [_body(f"k{h}", (h * 3600 + 60, "acme", Decimal(h), "x"))
+                                               for h in range(60)], now=NOW)
+    source = FragmentUsageSource(engine)
+    source.usage("m_calls", "c1", DAY0, DAY0 + timedelta(days=3))
+    with session_scope(engine) as session:  # a late event: its day is stale, not a difference
+        ingest_events(SqlEventStore(session), [_body("late", (3600 + 5, "acme", Decimal(7), "x"))], now=NOW)
+    checked, stale, differences = verify_fragments(engine)
+    assert (checked, stale, differences) == (2, 1, [])
+
+    monkeypatch.setenv("DATABASE_URL", str(engine.url.render_as_string(hide_password=False)))
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    clean = CliRunner().invoke(main, ["verify", "--customer", "c1"])
+    assert clean.exit_code == 0 and "0 difference(s)" in clean.output, clean.output
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE usage_fragments SET total = '1' WHERE size = :day AND bucket = :b"),
+                     {"day": DAY, "b": to_micros(DAY0 + timedelta(days=2))})
+    broken = CliRunner().invoke(main, ["verify"])
+    assert broken.exit_code == 1 and "customer c1, day 2026-11-11" in broken.output, broken.output
+    bad = CliRunner().invoke(main, ["verify", "--since", "yesterday"])
+    assert bad.exit_code == 2 and "--since" in bad.output
