@@ -33,7 +33,7 @@ from billing_core.persistence.fragments import (
     buckets_table, changes_since, load_fragments, newest_change, save_fragments,
 )
 from billing_core.sql_usage import SqlUsageSource, _checked
-from billing_core.usage import MetricUsage, UsageRequest, UsageResult
+from billing_core.usage import MetricsByDefinition, MetricUsage, UsageRequest, UsageResult
 
 __all__ = [
     "FragmentStats", "FragmentUsageSource", "stale_buckets", "use_fragments", "usage_source", "verify_fragments",
@@ -66,7 +66,7 @@ def _group_key(values: tuple[str, ...]) -> str:
     return json.dumps(list(values)) if values else ""
 
 
-class FragmentUsageSource:
+class FragmentUsageSource(MetricsByDefinition):
     """``UsageSource`` (and ``BatchUsageSource``) over fragments of the database behind ``engine``."""
 
     def __init__(self, engine: sa.Engine, definitions: Mapping[str, MetricDefinition] | None = None):
@@ -77,18 +77,7 @@ class FragmentUsageSource:
     def definition(self, metric_id: str) -> MetricDefinition:
         return self.raw.definition(metric_id)
 
-    # UsageSource -------------------------------------------------------------------------------
-
-    def usage(self, metric_id: str, customer_id: str, start: datetime, end: datetime,
-              group_by: tuple[str, ...] = ()) -> MetricUsage:
-        found = self.usage_bulk(metric_id, [customer_id], start, end, group_by)[customer_id]
-        if isinstance(found, UsageOutOfRange):
-            raise found
-        return found
-
-    def usage_bulk(self, metric_id: str, customer_ids: Sequence[str], start: datetime, end: datetime,
-                   group_by: tuple[str, ...] = ()) -> Mapping[str, UsageResult]:
-        return self.evaluate(self.definition(metric_id), customer_ids, start, end, group_by, metric_id=metric_id)
+    # UsageSource (usage, usage_bulk: MetricsByDefinition) -------------------------------------
 
     def usage_bulk_many(self, requests: Sequence[UsageRequest], customer_ids: Sequence[str], start: datetime,
                         end: datetime) -> Mapping[UsageRequest, Mapping[str, UsageResult]]:

@@ -62,7 +62,7 @@ from billing_core.persistence.customers import customers_table
 from billing_core.persistence.events import STATE_LIVE, events_table
 from billing_core.persistence.metrics import MetricRow
 from billing_core.usage import (
-    VALUE_DIGITS, VALUE_LIMIT, MetricUsage, UsageResult, checked_total, checked_value,
+    VALUE_DIGITS, VALUE_LIMIT, MetricsByDefinition, MetricUsage, UsageResult, checked_total, checked_value,
 )
 
 __all__ = ["SqlUsageSource"]
@@ -277,7 +277,7 @@ def _checked(aggregation: str, quantity: Decimal | None, metric_id: str, custome
     return quantity
 
 
-class SqlUsageSource:
+class SqlUsageSource(MetricsByDefinition):
     """``UsageSource`` over the events table of the database behind ``bind``.
 
     ``bind`` is an Engine (a connection per call), a Connection or a Session (the caller's
@@ -317,20 +317,7 @@ class SqlUsageSource:
             self._definitions[metric_id] = found
         return found
 
-    # UsageSource -------------------------------------------------------------------------------
-
-    def usage(self, metric_id: str, customer_id: str, start: datetime, end: datetime,
-              group_by: tuple[str, ...] = ()) -> MetricUsage:
-        """Aggregate one metric for one customer over ``[start, end)`` (``UsageOutOfRange`` beyond the range)."""
-        found = self.usage_bulk(metric_id, [customer_id], start, end, group_by)[customer_id]
-        if isinstance(found, UsageOutOfRange):
-            raise found
-        return found
-
-    def usage_bulk(self, metric_id: str, customer_ids: Sequence[str], start: datetime, end: datetime,
-                   group_by: tuple[str, ...] = ()) -> Mapping[str, UsageResult]:
-        """Aggregate one metric for many customers over ``[start, end)`` in one grouped query."""
-        return self.evaluate(self.definition(metric_id), customer_ids, start, end, group_by, metric_id=metric_id)
+    # UsageSource (usage, usage_bulk: MetricsByDefinition) -------------------------------------
 
     def evaluate(self, definition: MetricDefinition, customer_ids: Sequence[str], start: datetime,
                  end: datetime, group_by: tuple[str, ...] = (), *, metric_id: str | None = None

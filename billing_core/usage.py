@@ -40,6 +40,7 @@ __all__ = [
     "MetricUsage",
     "UsageSource",
     "UsageRequest",
+    "MetricsByDefinition",
     "BatchUsageSource",
     "InMemoryMetric",
     "InMemoryUsageSource",
@@ -115,6 +116,30 @@ class UsageSource(Protocol):
 
     def usage_bulk(self, metric_id: str, customer_ids: Sequence[str], start: datetime, end: datetime,
                    group_by: tuple[str, ...] = ()) -> Mapping[str, MetricUsage]: ...
+
+
+class MetricsByDefinition:
+    """``usage`` and ``usage_bulk`` for a source that has ``definition(metric_id)`` and ``evaluate``."""
+
+    def definition(self, metric_id: str) -> Any:
+        raise NotImplementedError
+
+    def evaluate(self, definition: Any, customer_ids: Sequence[str], start: datetime, end: datetime,
+                 group_by: tuple[str, ...] = (), *, metric_id: str | None = None) -> Mapping[str, UsageResult]:
+        raise NotImplementedError
+
+    def usage(self, metric_id: str, customer_id: str, start: datetime, end: datetime,
+              group_by: tuple[str, ...] = ()) -> MetricUsage:
+        """Aggregate one metric for one customer over ``[start, end)`` (``UsageOutOfRange`` beyond the range)."""
+        found = self.usage_bulk(metric_id, [customer_id], start, end, group_by)[customer_id]
+        if isinstance(found, UsageOutOfRange):
+            raise found
+        return found
+
+    def usage_bulk(self, metric_id: str, customer_ids: Sequence[str], start: datetime, end: datetime,
+                   group_by: tuple[str, ...] = ()) -> Mapping[str, UsageResult]:
+        """Aggregate one metric for many customers over ``[start, end)``."""
+        return self.evaluate(self.definition(metric_id), customer_ids, start, end, group_by, metric_id=metric_id)
 
 
 @dataclass(frozen=True, order=True)
