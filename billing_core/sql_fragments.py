@@ -128,7 +128,7 @@ class FragmentUsageSource(MetricsByDefinition):
             if piece.kind == "raw":
                 self.stats.raw_reads += 1
                 for key, buckets in self.raw.partials(
-                        definition, ids, _instant(piece.start), _instant(piece.end), bucket=HOUR,
+                        definition, ids, from_micros(piece.start), from_micros(piece.end), bucket=HOUR,
                         group_by=groups).items():
                     for part in buckets.values():
                         add(key[0], _group_key(tuple(key[1:])), part)
@@ -144,14 +144,11 @@ class FragmentUsageSource(MetricsByDefinition):
                  size: int, buckets: list[int]) -> dict[tuple[str, int], dict[str, Partial]]:
         """Return the current partials of ``buckets`` for every customer, recomputing what is stale."""
         signature = json.dumps(list(groups)) if groups else ""
-        first, last = min(buckets), max(buckets)
         with self.engine.connect() as conn:
             with conn.begin():
                 position = newest_change(conn)
-            positions, stored = load_fragments(conn, metric_id, signature, ids, size, first, last)
-            wanted = set(buckets)  # the range holds buckets other pieces cover (days between two hour runs)
-            positions = {key: seen for key, seen in positions.items() if key[1] in wanted}
-            stored = {key: parts for key, parts in stored.items() if key[1] in wanted}
+            # Only these buckets: hours of the same range may be stored, inside days read as days.
+            positions, stored = load_fragments(conn, metric_id, signature, ids, size, buckets)
             stale = stale_buckets(conn, self.raw, definition.event_name, positions, size)
         needed = {(c, b) for c in ids for b in buckets if (c, b) not in positions} | stale
         self.stats.reused += len(buckets) * len(ids) - len(needed)
@@ -160,7 +157,7 @@ class FragmentUsageSource(MetricsByDefinition):
         if needed:
             customers = sorted({c for c, _ in needed})
             lo, hi = min(b for _, b in needed), max(b for _, b in needed) + size
-            fresh = self.raw.partials(definition, customers, _instant(lo), _instant(hi), bucket=size,
+            fresh = self.raw.partials(definition, customers, from_micros(lo), from_micros(hi), bucket=size,
                                       group_by=groups)
             computed: dict[tuple[str, int], dict[str, Partial]] = {key: {} for key in needed}
             for key, per_bucket in fresh.items():
@@ -227,8 +224,7 @@ def verify_fragments(engine: sa.Engine, *, customer_id: str | None = None, since
                 differences.append(f"metric {metric_id}: fragments of a metric that does not exist")
                 continue
             ids = sorted({c for c, _ in keys})
-            positions, stored = load_fragments(conn, metric_id, signature, ids, size, min(t for _, t in keys),
-                                               max(t for _, t in keys))
+            positions, stored = load_fragments(conn, metric_id, signature, ids, size, {t for _, t in keys})
             stale = stale_buckets(conn, raw, definition.event_name, positions, size)
             stale_count += len(stale & keys)
             current = sorted(keys - stale)
@@ -249,7 +245,3 @@ def verify_fragments(engine: sa.Engine, *, customer_id: str | None = None, since
                                        f"stored {stored.get((customer, bucket), {})} != from events "
                                        f"{computed.get((customer, bucket), {})}")
     return checked, stale_count, differences
-
-
-def _instant(micros: int) -> datetime:
-    return from_micros(micros)

@@ -215,7 +215,7 @@ def verify(customer_id: str | None, since: str | None) -> None:
 
     try:
         start = wire.parse_instant(since, "--since") if since else None
-    except Exception as exc:  # noqa: BLE001 - a bad option is a usage error
+    except ValueError as exc:  # wire.InvalidInstant
         raise click.BadParameter(str(exc), param_hint="--since") from None
     runtime = _runtime()
     try:

@@ -23,12 +23,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
-from billing_core.fragments import HOUR, Partial
+from billing_core.fragments import Partial
 from billing_core.persistence.writes import write_lock
 
 __all__ = [
-    "Change", "FragmentBucketRow", "FragmentRow", "UsageChangeRow", "changes_since", "hour_ranges",
-    "load_fragments", "log_changes", "newest_change", "save_fragments",
+    "Change", "FragmentBucketRow", "FragmentRow", "UsageChangeRow", "changes_since", "load_fragments",
+    "log_changes", "newest_change", "save_fragments",
 ]
 
 _BIGINT_PK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -94,11 +94,6 @@ buckets_table: sa.Table = FragmentBucketRow.__table__  # type: ignore[attr-defin
 fragments_table: sa.Table = FragmentRow.__table__  # type: ignore[attr-defined]
 
 
-def hour_ranges(instants: Iterable[int]) -> list[tuple[int, int]]:
-    """Return the distinct whole hours holding ``instants`` (microseconds), as ``[start, end)``."""
-    return [(h, h + HOUR) for h in sorted({t - t % HOUR for t in instants})]
-
-
 def _is_postgres(bind: Any) -> bool:
     return bind.dialect.name == "postgresql"
 
@@ -139,21 +134,21 @@ def changes_since(conn: Any, position: int, customer_ids: Sequence[str], aliases
 
 
 def load_fragments(conn: Any, metric_id: str, group_by: str, customer_ids: Sequence[str], size: int,
-                   first: int, last: int) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], dict[str, Partial]]]:
-    """Return the computed buckets in ``[first, last]`` ({(customer, bucket): position}) and their partials."""
+                   buckets: Iterable[int]) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], dict[str, Partial]]]:
+    """Return which of ``buckets`` are computed ({(customer, bucket): position}) and their partials."""
     b, f = buckets_table, fragments_table
     positions: dict[tuple[str, int], int] = {}
     partials: dict[tuple[str, int], dict[str, Partial]] = {}
-    ids = list(customer_ids)
+    ids, wanted = list(customer_ids), sorted(set(buckets))
     for chunk in range(0, len(ids), 500):
         part = ids[chunk:chunk + 500]
         for row in conn.execute(sa.select(b.c.customer_id, b.c.bucket, b.c.computed_change).where(
                 b.c.metric_id == metric_id, b.c.group_by == group_by, b.c.size == size,
-                b.c.customer_id.in_(part), b.c.bucket >= first, b.c.bucket <= last)).all():
+                b.c.customer_id.in_(part), b.c.bucket.in_(wanted))).all():
             positions[(row.customer_id, int(row.bucket))] = int(row.computed_change)
         for row in conn.execute(sa.select(f).where(
                 f.c.metric_id == metric_id, f.c.group_by == group_by, f.c.size == size,
-                f.c.customer_id.in_(part), f.c.bucket >= first, f.c.bucket <= last)).mappings():
+                f.c.customer_id.in_(part), f.c.bucket.in_(wanted))).mappings():
             latest = None if row["latest_ts"] is None else (
                 int(row["latest_ts"]), int(row["latest_seq"]), Decimal(row["latest_value"]))
             partials.setdefault((row["customer_id"], int(row["bucket"])), {})[row["group_key"]] = Partial(
