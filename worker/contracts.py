@@ -281,6 +281,7 @@ _HANDLERS = {
 
 def contract_as_dict(row: ContractRow) -> dict[str, Any]:
     """Return the API view of a contract."""
+    association = {"mapped_object": {"id": row.subscription_id} if row.subscription_id else None}
     return {
         "id": row.id, "source": row.source, "external_id": row.external_id,
         "marketplace": row.marketplace, "status": row.status, "listing_id": row.listing_id,
@@ -290,7 +291,8 @@ def contract_as_dict(row: ContractRow) -> dict[str, Any]:
         "custom_properties": dict(row.custom_properties or {}),
         "mapping": {"status": row.mapping_status, "reason": row.mapping_reason or None,
                     "customer_id": row.customer_id, "subscription_id": row.subscription_id},
-        "external_associations": {"billing": {"mapped_object": {"id": row.subscription_id} if row.subscription_id else None}},
+        # ``orb`` as Clazar's Orb integration reads it; ``billing`` is the older alias, kept for existing clients.
+        "external_associations": {"orb": association, "billing": dict(association)},
         "started_at": _iso(row.started_at), "canceled_at": _iso(row.canceled_at),
         "cancel_effective_at": _iso(row.cancel_effective_at), "closed_at": _iso(row.closed_at),
         "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at),
@@ -396,18 +398,30 @@ def get_contract(engine: Engine, contract_id: str) -> dict[str, Any]:
 
 
 def patch_contract(engine: Engine, contract_id: str, billing: BillingGateway, *, subscription_id: str | None,
-                   custom_properties: Mapping[str, Any] | None, now: datetime) -> dict[str, Any]:
+                   custom_properties: Mapping[str, Any] | None, now: datetime, unmap: bool = False) -> dict[str, Any]:
     """Attach a subscription and/or merge custom properties (a None value removes the key).
+
+    ``unmap`` detaches the contract from its subscription (nothing to do when it has none): the
+    contract becomes unmapped and stops reporting; the subscription itself is left as it is, and
+    the contract keeps its customer, so it can only be mapped again to that customer's subscriptions.
 
     Atomic: the row is read under the write lock (``get_for_update``), so concurrent patches
     of different keys all survive.
     """
+    if unmap and subscription_id is not None:
+        raise ValueError("give subscription_id or unmap, not both")
     if custom_properties is not None:
         check_properties(custom_properties)
     with Session(engine, expire_on_commit=False) as session:
         row = get_for_update(session, ContractRow, contract_id)
         if row is None:
             raise ContractNotFound(f"no contract {contract_id!r}")
+        if unmap and row.subscription_id:
+            previous = row.subscription_id
+            row.subscription_id = None
+            row.mapping_status = MappingStatus.UNMAPPED
+            row.mapping_reason = (f"unmapped from subscription {previous!r} by an operator: "
+                                  "map it to a subscription (PATCH /v1/contracts/{id})")
         if subscription_id is not None and subscription_id != row.subscription_id:
             owner = billing.subscription_customer(subscription_id)
             if owner is None:

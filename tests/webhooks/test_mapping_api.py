@@ -104,6 +104,87 @@ def test_patch_maps_unmapped_contract(app, client, auth_headers, billing) -> Non
         assert s.get(ContractRow, other["id"]).subscription_id is None
 
 
+def _unmapped_contract(app, client, auth_headers, billing, key: str):  # type: ignore[no-untyped-def]
+    """Return the URL of a fresh unmapped contract and a subscription of another customer it may take."""
+    _post(client, _event(contract_id=f"ctr_{key}"), delivery_id=key)
+    _run_queue(app)
+    contract = [c for c in client.get("/v1/contracts", headers=auth_headers).json["results"]
+                if c["external_id"] == f"ctr_{key}"][0]
+    assert contract["mapping"]["status"] == "unmapped"
+    sub = billing.create_subscription(idempotency_key=key, customer_id="cus_9", plan_id="p", start=None,  # type: ignore[arg-type]
+                                      external_marketplace="aws", reporting_id=key)
+    return f"/v1/contracts/{contract['id']}", sub
+
+
+def _associations(**keys):  # type: ignore[no-untyped-def]
+    """``{"external_associations": {key: {"mapped_object": {"id": value} or None}}}``."""
+    return {"external_associations": {key: {"mapped_object": {"id": value} if value else None}
+                                      for key, value in keys.items()}}
+
+
+@pytest.mark.parametrize("key", ["orb", "billing"])
+def test_patch_maps_with_orb_or_its_billing_alias(app, client, auth_headers, billing, key) -> None:  # type: ignore[no-untyped-def]
+    """Clazar's body (external_associations.orb) maps a contract; the older billing key still does."""
+    url, sub = _unmapped_contract(app, client, auth_headers, billing, key)
+    mapped = client.patch(url, json=_associations(**{key: sub}), headers=auth_headers)
+    assert mapped.status_code == 200, mapped.json
+    assert mapped.json["mapping"]["status"] == "mapped" and mapped.json["mapping"]["subscription_id"] == sub
+    assert mapped.json["external_associations"] == {"orb": {"mapped_object": {"id": sub}},
+                                                    "billing": {"mapped_object": {"id": sub}}}
+    assert client.get(url, headers=auth_headers).json["external_associations"]["orb"]["mapped_object"] == {"id": sub}
+
+
+def test_patch_orb_and_billing_together(app, client, auth_headers, billing) -> None:  # type: ignore[no-untyped-def]
+    """orb and billing with the same id map; different ids (or one of them null) are a 400 naming billing."""
+    url, sub = _unmapped_contract(app, client, auth_headers, billing, "both")
+    for body in (_associations(orb=sub, billing="sub_other"), _associations(orb=sub, billing=None)):
+        refused = client.patch(url, json=body, headers=auth_headers)
+        assert refused.status_code == 400, refused.json
+        assert refused.json["detail"].startswith("external_associations.billing: ")
+        assert refused.json["validation_errors"][0]["field"] == "external_associations.billing"
+    assert client.get(url, headers=auth_headers).json["mapping"]["status"] == "unmapped"
+    mapped = client.patch(url, json=_associations(orb=sub, billing=sub), headers=auth_headers)
+    assert mapped.status_code == 200, mapped.json
+    assert mapped.json["mapping"]["subscription_id"] == sub
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"external_associations": {}}, "external_associations.orb"),
+     ({"external_associations": {"orb": {}}}, "external_associations.orb.mapped_object"),
+     ({"external_associations": {"orb": {"mapped_object": {"id": ""}}}}, "external_associations.orb.mapped_object.id"),
+     ({"external_associations": {"stripe": {"mapped_object": {"id": "sub_1"}}}}, "external_associations.stripe")],
+    ids=["empty", "no-mapped-object", "empty-id", "unknown-key"],
+)
+def test_patch_associations_validation(app, client, auth_headers, billing, body, field) -> None:  # type: ignore[no-untyped-def]
+    """A malformed external_associations is a 400 naming the field."""
+    url, _ = _unmapped_contract(app, client, auth_headers, billing, "val")
+    refused = client.patch(url, json=body, headers=auth_headers)
+    assert refused.status_code == 400, refused.json
+    assert refused.json["detail"].startswith(f"{field}: "), refused.json
+
+
+@pytest.mark.parametrize("key", ["orb", "billing"])
+def test_patch_null_mapped_object_unmaps(app, client, auth_headers, billing, key) -> None:  # type: ignore[no-untyped-def]
+    """mapped_object null detaches the subscription (under orb or billing); the contract can be mapped again."""
+    engine = app.extensions["marketsync"].engine
+    url, sub = _unmapped_contract(app, client, auth_headers, billing, f"null_{key}")
+    assert client.patch(url, json=_associations(orb=sub), headers=auth_headers).status_code == 200
+    unmapped = client.patch(url, json=_associations(**{key: None}), headers=auth_headers)
+    assert unmapped.status_code == 200, unmapped.json
+    assert unmapped.json["mapping"]["status"] == "unmapped" and unmapped.json["mapping"]["subscription_id"] is None
+    assert sub in unmapped.json["mapping"]["reason"]
+    assert unmapped.json["external_associations"] == {"orb": {"mapped_object": None}, "billing": {"mapped_object": None}}
+    with Session(engine) as s:
+        row = s.get(ContractRow, url.rsplit("/", 1)[1])
+        assert row.subscription_id is None and row.mapping_status == "unmapped" and row.customer_id == "cus_9"
+    again = client.patch(url, json=_associations(**{key: None}), headers=auth_headers)
+    assert again.status_code == 200 and again.json["mapping"]["status"] == "unmapped"
+    # Unmapped, the subscription is free again: this contract (or another) may take it.
+    remapped = client.patch(url, json=_associations(orb=sub), headers=auth_headers)
+    assert remapped.status_code == 200 and remapped.json["mapping"]["subscription_id"] == sub
+
+
 def test_patch_custom_properties_merge(app, client, auth_headers, billing) -> None:  # type: ignore[no-untyped-def]
     """custom_properties are merged and a null value removes the key."""
     _post(client, _event(contract_id="ctr_p"), delivery_id="p")

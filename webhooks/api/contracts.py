@@ -25,12 +25,28 @@ class _MappedObject(BaseModel):
 
 class _Association(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    mapped_object: _MappedObject
+    mapped_object: Optional[_MappedObject] = Field(
+        description="the subscription to attach, or null to detach the contract from its subscription")
 
 
 class _Associations(BaseModel):
+    """``orb`` as Clazar's Orb integration guide writes it; ``billing`` is the older alias of the same thing."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
-    billing: _Association
+    orb: Optional[_Association] = None
+    billing: Optional[_Association] = Field(default=None, description="alias of orb (kept for existing clients)")
+
+
+def _mapping(associations: _Associations) -> _Association:
+    """Return the one association the body gives (``orb``, or its alias ``billing``); 400 when they disagree."""
+    orb, alias = associations.orb, associations.billing
+    if orb is None and alias is None:
+        raise bad("external_associations.orb",
+                  'required: {"orb": {"mapped_object": {"id": "<subscription id>"}}} (or null to unmap)')
+    if orb is not None and alias is not None and orb != alias:
+        raise bad("external_associations.billing",
+                  "differs from external_associations.orb (billing is an alias of orb: give one, or the same value)")
+    return orb if orb is not None else alias  # type: ignore[return-value]
 
 
 class ContractPatch(Body):
@@ -79,12 +95,15 @@ def fetch(contract_id: str) -> ResponseReturnValue:
 @bp.patch("/contracts/<contract_id>")
 @documented(body=ContractPatch, response=Contract)
 def patch(contract_id: str) -> ResponseReturnValue:
-    """Attach an existing subscription and/or merge custom properties."""
+    """Attach an existing subscription (or detach it with ``mapped_object: null``) and/or merge custom properties."""
     body = parse_body(ContractPatch)
     if body.external_associations is None and body.custom_properties is None:
         raise bad("body", "give external_associations and/or custom_properties")
     runtime = _runtime()
-    subscription_id = body.external_associations.billing.mapped_object.id if body.external_associations else None
+    subscription_id, unmap = None, False
+    if body.external_associations is not None:
+        mapped = _mapping(body.external_associations).mapped_object
+        subscription_id, unmap = (mapped.id, False) if mapped is not None else (None, True)
     return contracts.patch_contract(runtime.engine, contract_id, runtime.billing_gateway(),
-                                    subscription_id=subscription_id, custom_properties=body.custom_properties,
-                                    now=datetime.now(timezone.utc))
+                                    subscription_id=subscription_id, unmap=unmap,
+                                    custom_properties=body.custom_properties, now=datetime.now(timezone.utc))

@@ -41,7 +41,7 @@ from webhooks.api.schemas.events import (
     EventAmend, Amended, Deprecated, BackfillCreate, Backfill,
 )
 from webhooks.api.schemas.mapping import (
-    Listing, ListingQuery, Buyer, ContractMapping, MappedObject, BillingAssociation, Contract,
+    Listing, ListingQuery, Buyer, ContractMapping, MappedObject, ExternalAssociations, Contract,
     ContractQuery, SyncQueued, ReportRow, MeteringReport, ReportQuery, ContractWebhook,
     MarketplaceNotification, DeliveryAccepted,
 )
@@ -64,7 +64,7 @@ __all__ = [
     "AutoCollection", "Invoice", "UpcomingInvoiceQuery", "InvoiceQuery", "NewEvent", "IngestBody",
     "IngestQuery", "IngestDebug", "IngestResult", "EventSearch", "EventView", "EventList", "EventAmend",
     "Amended", "Deprecated", "BackfillCreate", "Backfill", "Listing", "ListingQuery", "Buyer",
-    "ContractMapping", "MappedObject", "BillingAssociation", "Contract", "ContractQuery", "SyncQueued",
+    "ContractMapping", "MappedObject", "ExternalAssociations", "Contract", "ContractQuery", "SyncQueued",
     "ReportRow", "MeteringReport", "ReportQuery", "ContractWebhook", "MarketplaceNotification",
     "DeliveryAccepted",
 ]

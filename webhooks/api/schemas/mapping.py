@@ -52,8 +52,9 @@ class MappedObject(Shape):
     mapped_object: Optional[IdRef]
 
 
-class BillingAssociation(Shape):
-    billing: MappedObject
+class ExternalAssociations(Shape):
+    orb: MappedObject = Field(description="the billing subscription this contract reports (null when unmapped)")
+    billing: MappedObject = Field(description="alias of orb, same value (kept for existing clients)")
 
 
 class Contract(Shape):
@@ -69,7 +70,7 @@ class Contract(Shape):
     previous_pricing: Optional[dict[str, Any]]
     custom_properties: dict[str, Any]
     mapping: ContractMapping
-    external_associations: BillingAssociation
+    external_associations: ExternalAssociations
     started_at: Optional[datetime]
     canceled_at: Optional[datetime]
     cancel_effective_at: Optional[datetime]
