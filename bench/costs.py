@@ -1,23 +1,22 @@
-"""Costs to date for every subscription, against one raw GROUP BY over the same events.
+"""Costs to date for every subscription: fragments off, cold and warm, at two sizes in one run.
 
-    python -m bench.costs [--subscriptions 10000] [--events 1000000]
+    python -m bench.costs [--subscriptions 10000] [--events 1000000 4000000]
 
-Builds a fresh, migrated SQLite file (WAL) with ``--subscriptions`` customers, each subscribed
-to one of three plans mixing every price model (unit, tiered, bulk, package, tiered_package,
-matrix on ``region``, fixed fees in advance and in arrears), and ``--events`` events spread over
-the current billing period. Then, in the same run:
+For each size, builds a fresh, migrated SQLite file (WAL) with ``--subscriptions`` customers,
+each subscribed to one of three plans mixing every price model (unit, tiered, bulk, package,
+tiered_package, matrix on ``region``, fixed fees in advance and in arrears), and that many
+events spread over the current billing period. Then, on the same file:
 
-1. **raw**: one ``SELECT customer_id, COUNT(*), SUM(tokens) ... GROUP BY customer_id`` over the
-   period, as SQLite plans it (through the ``(customer_id, event_name, ts)`` index) — the floor;
-2. **costs**: what ``service_plans.all_costs`` does — load every active subscription's timeline,
-   read usage in bulk (``BatchSqlUsageSource``: metrics over the same events share ONE grouped
-   scan for all customers; with the window holding most of the table, that scan reads the table
-   in storage order rather than through the index) and rate every price of every subscription,
-   unrounded and rounded.
+1. **floor**: one raw ``SELECT customer_id, COUNT(*), SUM(tokens) ... GROUP BY customer_id``;
+2. **fragments off**: what ``service_plans.all_costs`` does — load every subscription's timeline,
+   read usage in bulk (``BatchSqlUsageSource``: metrics over the same events share one grouped
+   scan) and rate every price of every subscription;
+3. **cold**: the same through ``FragmentUsageSource`` with no fragment stored: the answer comes
+   from the raw path (most of the window is missing), then the fragments are built, timed apart;
+4. **warm**: the same again, twice, with every fragment current.
 
-Prints seconds for each and the ratio. Targets on a 2-core machine: costs <= 10 s and <= 3 x raw.
-For reference it also prints the raw aggregation forced into storage order (``NOT INDEXED``),
-the plan the costs' scan uses; the ratio and its target are against the plain query.
+Prints each time and its "read usage" phase, the bytes of fragments per event, and the ratios
+between the sizes. Targets: warm reading usage <= 1 s at 10 M events; cold no slower than off.
 """
 
 from __future__ import annotations
@@ -158,14 +157,18 @@ def raw_group_by(path: Path, storage_order: bool = False) -> tuple[float, int]:
     return elapsed, len(rows)
 
 
-def all_costs(path: Path) -> tuple[float, int, Decimal, dict[str, float]]:
+def all_costs(path: Path, source: str = "raw") -> tuple[float, int, Decimal, dict[str, float]]:
     """Time every subscription's costs to date; return (seconds, count, sum of totals, phases).
 
-    The phases are what ``service_plans.all_costs`` does in one call, timed step by step.
+    The phases are what ``service_plans.all_costs`` does in one call, timed step by step. Usage is
+    read by ``BatchSqlUsageSource`` (``raw``: every event of the period), or by
+    ``FragmentUsageSource`` (``fragments``). With fragments, a "build" phase follows the answer
+    when the read was cold: it stores what the next read reuses (``build_pending``).
     """
     from billing_core.costs import _aggregate_costs
     from billing_core.lines import charges_for_timeframe, fetch_usage, rate_all, usage_key
     from billing_core.persistence.subscriptions import SqlSubscriptions
+    from billing_core.sql_fragments import FragmentUsageSource
     from billing_core.sql_usage_batch import BatchSqlUsageSource
     from billing_core.subscriptions import billing_period
     from worker import db
@@ -182,6 +185,7 @@ def all_costs(path: Path) -> tuple[float, int, Decimal, dict[str, float]]:
         phases[name] = now - mark
         mark = now
 
+    fragments = FragmentUsageSource(engine) if source == "fragments" else None
     with db.session_scope(engine) as session:
         subs = SqlSubscriptions(session).all_active(NOW)
         phase("load timelines")
@@ -189,38 +193,73 @@ def all_costs(path: Path) -> tuple[float, int, Decimal, dict[str, float]]:
                    for s in subs]
         phase("plan charges")
         keys = [k for s, _, charges in planned for k in (usage_key(s, c) for c in charges) if k is not None]
-        usage = fetch_usage(keys, BatchSqlUsageSource(session))
-        phase("read usage (SQL, batched)")
+        usage = fetch_usage(keys, fragments or BatchSqlUsageSource(session))
+        phase("read usage")
         results = [_aggregate_costs(s, start, NOW, rate_all(s, charges, usage)) for s, start, charges in planned]
         phase("rate and add up")
     elapsed = time.perf_counter() - started
+    if fragments is not None and fragments.pending:
+        fragments.build_pending()
+        phase("build fragments (after the answer)")
     engine.dispose()
     return elapsed, len(results), sum((c.total for c in results), Decimal(0)), phases
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Build the data set, then time the raw aggregation and the costs in the same run."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subscriptions", type=int, default=10_000)
-    parser.add_argument("--events", type=int, default=1_000_000)
-    args = parser.parse_args(argv)
-    print(f"machine: {machine()}")
+def fragment_bytes(path: Path) -> int:
+    """Bytes the fragment tables take in the SQLite file (dbstat), or 0 where dbstat is missing."""
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute(
+            "SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name IN ('usage_fragments', "
+            "'usage_fragment_coverage') OR name LIKE 'sqlite_autoindex_usage_fragment%'").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
+
+
+def measure(subscriptions: int, events: int) -> dict[str, float]:
+    """Build one data set; time raw, cold and warm costs on it; print them; return the figures."""
     with tempfile.TemporaryDirectory(prefix="bench-costs-") as tmp:
         path = Path(tmp) / "marketsync.db"
         started = time.perf_counter()
-        build(path, args.subscriptions, args.events)
-        print(f"setup: {args.subscriptions:,} subscriptions, {args.events:,} events in the current period "
-              f"({time.perf_counter() - started:.1f} s, not timed)")
-        raw_group_by(path)  # warm the page cache for both contenders alike
+        build(path, subscriptions, events)
+        print(f"\n{subscriptions:,} subscriptions, {events:,} events in the current period "
+              f"(setup {time.perf_counter() - started:.1f} s, not timed)")
+        raw_group_by(path)  # warm the page cache for every contender alike
         raw_s, groups = raw_group_by(path)
-        costs_s, count, total, phases = all_costs(path)
-        scan_s, _ = raw_group_by(path, storage_order=True)
-        print(f"raw GROUP BY customer: {raw_s:.2f} s ({groups:,} groups)")
-        print(f"  (for reference, the same forced into storage order: {scan_s:.2f} s)")
-        print(f"costs to date:         {costs_s:.2f} s ({count:,} subscriptions, total {total} USD)")
-        for name, seconds in phases.items():
-            print(f"  {name}: {seconds:.2f} s")
-        print(f"ratio costs / raw:     {costs_s / raw_s:.2f} x  (targets: <= 10 s and <= 3 x)")
+        print(f"  raw GROUP BY customer (the floor): {raw_s:.2f} s ({groups:,} groups)")
+        figures: dict[str, float] = {"floor": raw_s}
+        totals = set()
+        for label, source in (("fragments off", "raw"), ("cold (no fragment)", "fragments"),
+                              ("warm (fragments current)", "fragments"), ("warm, again", "fragments")):
+            seconds, count, total, phases = all_costs(path, source)
+            totals.add(total)
+            figures[label] = seconds
+            figures[label + ": usage"] = phases["read usage"]
+            detail = ", ".join(f"{name} {value:.2f} s" for name, value in phases.items())
+            print(f"  costs to date, {label}: {seconds:.2f} s ({count:,} subscriptions; {detail})")
+        assert len(totals) == 1, f"the costs differ between the sources: {totals}"
+        stored = fragment_bytes(path)
+        print(f"  same total every time: {totals.pop()} USD; fragments stored: {stored / 1e6:.1f} MB "
+              f"({stored / events:.0f} bytes per event)")
+        return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Time raw, cold and warm costs at two sizes in one run; print both and their ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscriptions", type=int, default=10_000)
+    parser.add_argument("--events", type=int, nargs=2, default=[1_000_000, 4_000_000], metavar=("SMALL", "LARGE"))
+    args = parser.parse_args(argv)
+    print(f"machine: {machine()}")
+    small, large = (measure(args.subscriptions, n) for n in args.events)
+    ratio = args.events[1] / args.events[0]
+    print(f"\n{ratio:g}x the events:")
+    for label in ("fragments off", "cold (no fragment)", "warm (fragments current)"):
+        print(f"  {label}: {small[label]:.2f} s -> {large[label]:.2f} s ({large[label] / small[label]:.2f} x); "
+              f"reading usage {small[label + ': usage']:.2f} s -> {large[label + ': usage']:.2f} s")
+    print("targets: warm reading usage <= 1 s at 10 M events; cold no slower than fragments off")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from decimal import Decimal
 from typing import Literal
 
 __all__ = [
-    "DAY", "EMPTY", "HOUR", "MERGEABLE", "Partial", "Piece", "bucket_start", "cover", "merge_groups",
+    "DAY", "EMPTY", "HOUR", "MERGEABLE", "Partial", "Piece", "Span", "bucket_start", "cover", "merge_groups",
+    "effective", "overlap", "subtract", "union",
 ]
 
 HOUR = 3_600_000_000  # microseconds, like events.ts
@@ -81,6 +82,63 @@ def cover(start: int, end: int) -> list[Piece]:
     if last_hour < end:
         pieces.append(Piece("raw", last_hour, end))
     return pieces
+
+
+Span = tuple[int, int]  # [lo, hi) in microseconds
+
+
+def union(spans: Iterable[Span]) -> list[Span]:
+    """Return ``spans`` sorted and merged where they overlap or touch."""
+    out: list[Span] = []
+    for lo, hi in sorted(spans):
+        if hi <= lo:
+            continue
+        if out and lo <= out[-1][1]:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def subtract(spans: Iterable[Span], minus: Iterable[Span]) -> list[Span]:
+    """Return the parts of ``spans`` that no span of ``minus`` holds (sorted, merged)."""
+    cuts = union(minus)
+    out: list[Span] = []
+    for lo, hi in union(spans):
+        for cut_lo, cut_hi in cuts:
+            if cut_hi <= lo or hi <= cut_lo:
+                continue
+            if cut_lo > lo:
+                out.append((lo, cut_lo))
+            lo = max(lo, cut_hi)
+            if lo >= hi:
+                break
+        if lo < hi:
+            out.append((lo, hi))
+    return out
+
+
+def overlap(spans: Iterable[Span], other: Iterable[Span]) -> list[Span]:
+    """Return the parts of ``spans`` that ``other`` also holds."""
+    mine = union(spans)
+    return subtract(mine, subtract(mine, other))
+
+
+def effective(*layers: Iterable[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Merge layers of ``(lo, hi, position)`` segments: where several hold an instant, the highest position wins."""
+    listed = [list(layer) for layer in layers]
+    points = sorted({p for layer in listed for lo, hi, _ in layer for p in (lo, hi)})
+    out: list[tuple[int, int, int]] = []
+    for a, b in zip(points, points[1:]):
+        best = max((pos for layer in listed for lo, hi, pos in layer if lo <= a and b <= hi), default=None)
+        if best is None:
+            continue
+        if out and out[-1][1] == a and out[-1][2] == best:
+            out[-1] = (out[-1][0], b, best)
+        else:
+            out.append((a, b, best))
+    return out
 
 
 @dataclass(frozen=True)

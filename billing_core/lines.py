@@ -150,6 +150,8 @@ class LineTrace:
     timeframe_end: datetime
     event_count: int
     skipped: int
+    fragments: int = 0          # stored usage fragments added up for this line
+    raw_events: int = 0         # events read one by one (window edges, or every event without fragments)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the trace as JSON-ready data."""
@@ -159,6 +161,7 @@ class LineTrace:
             "plan_version": self.plan_version, "metric_id": self.metric_id,
             "timeframe_start": iso(self.timeframe_start), "timeframe_end": iso(self.timeframe_end),
             "event_count": self.event_count, "skipped": self.skipped,
+            "answered_by": {"fragments": self.fragments, "raw_events": self.raw_events},
         }
 
 
@@ -253,7 +256,7 @@ def _rate_line(sub: Subscription, charge: Charge, usage: MetricUsage | UsageOutO
         subtotal = rating.amount
         if charge.prorate and charge.service != charge.full:
             subtotal, fraction = _prorated(subtotal, charge.service, charge.full)
-        event_count = skipped = 0
+        event_count = skipped = fragments = raw_events = 0
     else:
         usage = usage or EMPTY_USAGE
         quantity = usage.quantity
@@ -273,6 +276,8 @@ def _rate_line(sub: Subscription, charge: Charge, usage: MetricUsage | UsageOutO
             applied.insert(0, AppliedAdjustment(usage_discounts[0].id, AdjustmentType.USAGE_DISCOUNT,
                                                 subtotal - before))
         event_count, skipped = usage.event_count, usage.skipped
+        fragments = usage.fragments or 0
+        raw_events = event_count if usage.raw_events is None else usage.raw_events
     adjusted = adjust_amount(subtotal, [a for a in adjustments if a.adjustment_type != AdjustmentType.USAGE_DISCOUNT],
                              minimum_amount=price.minimum_amount, maximum_amount=price.maximum_amount)
     applied.extend(adjusted.applied)
@@ -286,7 +291,7 @@ def _rate_line(sub: Subscription, charge: Charge, usage: MetricUsage | UsageOutO
             price_id=price.id, price_key=price.key, price_interval_id=interval.id,
             plan_id=interval.plan_id, plan_version=interval.plan_version, metric_id=price.metric_id,
             timeframe_start=charge.usage_window.start, timeframe_end=charge.usage_window.end,
-            event_count=event_count, skipped=skipped,
+            event_count=event_count, skipped=skipped, fragments=fragments, raw_events=raw_events,
         ),
         sub_lines=rating.sub_lines, adjustments=tuple(applied), proration=fraction,
     )

@@ -2,23 +2,34 @@
 
 ``FragmentUsageSource`` answers like ``SqlUsageSource`` — the same quantities, counts, skipped
 events, groups and out-of-range errors — and reads raw events only where it must: the partial
-hours at a window's edges, and the buckets that are missing or stale. A bucket is stale when the
-usage change log (``billing_core.persistence.fragments``) holds a change after the position the
-bucket was computed at that names its customer (or the customer's external id, or anyone) and
-event name (or any) and overlaps its instants. Stale and missing buckets are recomputed in one
-grouped query per level and stored, just in time, for the next read.
+hours at a window's edges, and the buckets that are missing or stale.
 
-``unique_count`` metrics, definitions asked without a metric id, and a window with a sum the
-database can give only as a float are answered by ``SqlUsageSource`` directly. Fragments are a
-cache: dropping the three tables loses nothing.
+A read of one metric over a window, at each level (hours, days):
+
+1. takes the newest change-log position ``Q`` and loads the asked customers' stored spans
+   (``usage_fragment_coverage``) that overlap the window;
+2. finds what is stale: a change after a span's position, naming the customer (or its external
+   id, or anyone) and the metric's event name (or any), makes the buckets it overlaps stale;
+3. recomputes stale and missing buckets from the events, one grouped query per distinct span
+   (the hour that just ended is one query for every customer), and stores them with every span
+   it checked, now current as of ``Q`` (compare-and-set per customer: a customer whose spans
+   another reader changed meanwhile is left alone and answered from raw events);
+4. adds the window's fragments up inside the database (``count`` and ``sum``: two integer
+   ``SUM``s per group; ``max`` and ``latest`` merge in Python).
+
+A steady hourly run therefore reads the hour that just ended and the buckets changes touched,
+never the rest of the period. ``unique_count`` metrics, definitions asked without a metric id,
+and a window whose sum the database can give only as a float are answered by the raw source.
+Fragments are a cache: ``delete_fragments`` (or dropping the tables) loses nothing.
 """
 
 from __future__ import annotations
 
 import json
 import weakref
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -26,18 +37,25 @@ import sqlalchemy as sa
 
 from billing_core.errors import UsageOutOfRange
 from billing_core.events import from_micros, to_micros
-from billing_core.fragments import DAY, HOUR, MERGEABLE, Partial, cover
+from billing_core.fragments import (
+    DAY, HOUR, MERGEABLE, Partial, Span, cover, effective, overlap, subtract, union,
+)
 from billing_core.metric_definition import MetricDefinition
 from billing_core.metrics import MetricNotFound
+from billing_core.persistence.customers import customers_table
 from billing_core.persistence.fragments import (
-    buckets_table, changes_since, load_fragments, newest_change, save_fragments,
+    EVERY, Segment, changes_since, coverage_table, load_coverage, load_fragments, newest_change, save_fragments,
+    sum_fragments,
 )
-from billing_core.sql_usage import SqlUsageSource, _checked
+from billing_core.sql_usage import _BULK_FILTER_LIMIT, _checked, is_overflow, sum_of
+from billing_core.sql_usage_batch import BatchSqlUsageSource
 from billing_core.usage import MetricsByDefinition, MetricUsage, UsageRequest, UsageResult
 
 __all__ = [
-    "FragmentStats", "FragmentUsageSource", "stale_buckets", "use_fragments", "usage_source", "verify_fragments",
+    "FragmentStats", "FragmentUsageSource", "use_fragments", "usage_source", "verify_fragments",
 ]
+
+_MANY_SPANS = 16  # beyond this many distinct spans to recompute at one level, read their envelope once
 
 
 _choices: "weakref.WeakKeyDictionary[sa.Engine, bool]" = weakref.WeakKeyDictionary()
@@ -48,31 +66,56 @@ def use_fragments(engine: sa.Engine, enabled: bool) -> None:
     _choices[engine] = enabled
 
 
-def usage_source(engine: sa.Engine) -> "FragmentUsageSource | SqlUsageSource":
+def usage_source(engine: sa.Engine) -> "FragmentUsageSource | BatchSqlUsageSource":
     """Return the usage source of ``engine``'s database: fragments when turned on (``use_fragments``), else raw."""
-    return FragmentUsageSource(engine) if _choices.get(engine, False) else SqlUsageSource(engine)
+    return FragmentUsageSource(engine) if _choices.get(engine, True) else BatchSqlUsageSource(engine)
 
 
 @dataclass
 class FragmentStats:
-    """What answered the reads of one source: fragments reused, buckets recomputed, raw edge reads."""
+    """What answered the reads of one source.
 
-    reused: int = 0
+    ``fragments``: stored fragments added up; ``recomputed``: buckets computed from events (stale
+    or missing); ``raw_events``: events read at the windows' edges; ``lines``: per (metric id,
+    customer), (fragments, raw events) of the last read — what the invoice trace shows.
+    """
+
+    fragments: int = 0
     recomputed: int = 0
-    raw_reads: int = 0
+    raw_events: int = 0
+    lines: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
 
 def _group_key(values: tuple[str, ...]) -> str:
     return json.dumps(list(values)) if values else ""
 
 
+def _ceil(ts: int, size: int) -> int:
+    return -(-ts // size) * size
+
+
 class FragmentUsageSource(MetricsByDefinition):
     """``UsageSource`` (and ``BatchUsageSource``) over fragments of the database behind ``engine``."""
 
-    def __init__(self, engine: sa.Engine, definitions: Mapping[str, MetricDefinition] | None = None):
+    def __init__(self, engine: sa.Engine, definitions: Mapping[str, MetricDefinition] | None = None, *,
+                 build_cold: bool = False):
         self.engine = engine
-        self.raw = SqlUsageSource(engine, definitions)
+        self.raw = BatchSqlUsageSource(engine, definitions)
         self.stats = FragmentStats()
+        self.build_cold = build_cold
+        self.pending: list[tuple[MetricDefinition, str, list[str], datetime, datetime, tuple[str, ...]]] = []
+
+    def build_pending(self) -> int:
+        """Build the fragments that cold reads answered from raw events instead (see ``_Cold``); return how many reads."""
+        done = 0
+        while self.pending:
+            definition, metric_id, ids, start, end, groups = self.pending.pop(0)
+            try:
+                self._merged(definition, metric_id, ids, to_micros(start), to_micros(end), groups, build=True)
+            except UsageOutOfRange:
+                continue
+            done += 1
+        return done
 
     def definition(self, metric_id: str) -> MetricDefinition:
         return self.raw.definition(metric_id)
@@ -81,167 +124,353 @@ class FragmentUsageSource(MetricsByDefinition):
 
     def usage_bulk_many(self, requests: Sequence[UsageRequest], customer_ids: Sequence[str], start: datetime,
                         end: datetime) -> Mapping[UsageRequest, Mapping[str, UsageResult]]:
-        return {r: self.usage_bulk(r.metric_id, customer_ids, start, end, r.group_by) for r in requests}
+        out: dict[UsageRequest, Mapping[str, UsageResult]] = {}
+        raw = []
+        for request in dict.fromkeys(requests):
+            definition = self.definition(request.metric_id)
+            if definition.aggregation not in MERGEABLE:
+                raw.append(request)
+                continue
+            try:
+                out[request] = self.evaluate(definition, customer_ids, start, end, request.group_by,
+                                             metric_id=request.metric_id, cold_raw=False)
+            except _Cold:  # answered below with the others, in shared scans
+                groups = tuple(request.group_by) or definition.group_by
+                self.pending.append((definition, request.metric_id, list(dict.fromkeys(customer_ids)), start, end,
+                                     groups))
+                raw.append(request)
+        if raw:
+            out.update(self.raw.usage_bulk_many(raw, customer_ids, start, end))
+        return out
 
     def evaluate(self, definition: MetricDefinition, customer_ids: Sequence[str], start: datetime,
-                 end: datetime, group_by: tuple[str, ...] = (), *, metric_id: str | None = None
-                 ) -> dict[str, UsageResult]:
-        """Aggregate a definition for each customer, like ``SqlUsageSource.evaluate``."""
+                 end: datetime, group_by: tuple[str, ...] = (), *, metric_id: str | None = None,
+                 cold_raw: bool = True) -> dict[str, UsageResult]:
+        """Aggregate a definition for each customer, like ``SqlUsageSource.evaluate``.
+
+        A cold many-customer window is answered from raw events (``cold_raw``) or raises ``_Cold``.
+        """
         ids = list(dict.fromkeys(customer_ids))
         if metric_id is None or definition.aggregation not in MERGEABLE or not ids:
             return self.raw.evaluate(definition, ids, start, end, group_by, metric_id=metric_id)
         groups = tuple(group_by) or definition.group_by
         try:
-            merged = self._merged(definition, metric_id, ids, to_micros(start), to_micros(end), groups)
+            merged, used = self._merged(definition, metric_id, ids, to_micros(start), to_micros(end), groups,
+                                        build=self.build_cold)
         except UsageOutOfRange:  # a float sum: the raw path names the customers it concerns
+            return self.raw.evaluate(definition, ids, start, end, group_by, metric_id=metric_id)
+        except _Cold:
+            if not cold_raw:
+                raise
+            self.pending.append((definition, metric_id, ids, start, end, groups))
             return self.raw.evaluate(definition, ids, start, end, group_by, metric_id=metric_id)
         out: dict[str, UsageResult] = {}
         aggregation = definition.aggregation
         for cid in ids:
             parts = merged.get(cid, {})
+            self.stats.lines[(metric_id, cid)] = used.get(cid, (0, 0))
             total = Partial.combine(parts.values())
             try:
-                quantity = _checked(aggregation, total.quantity(aggregation), metric_id, cid)
-                grouped = ({tuple(json.loads(g)): _checked(aggregation, p.quantity(aggregation), metric_id, cid,
+                quantity = _checked(aggregation, _exact(aggregation, total), metric_id, cid)
+                grouped = ({tuple(json.loads(g)): _checked(aggregation, _exact(aggregation, p), metric_id, cid,
                                                            tuple(json.loads(g)))
                             for g, p in sorted(parts.items())} if groups else None)
             except UsageOutOfRange as exc:
                 out[cid] = exc
                 continue
+            fragments, raw_events = used.get(cid, (0, 0))
             out[cid] = MetricUsage(quantity=quantity, event_count=total.count,
-                                   skipped=0 if aggregation == "count" else total.skipped, groups=grouped)
+                                   skipped=0 if aggregation == "count" else total.skipped, groups=grouped,
+                                   fragments=fragments, raw_events=raw_events)
         return out
 
     # Fragments ---------------------------------------------------------------------------------
 
     def _merged(self, definition: MetricDefinition, metric_id: str, ids: list[str], start: int, end: int,
-                groups: tuple[str, ...]) -> dict[str, dict[str, Partial]]:
-        """Return {customer: {group key: partial}} over ``[start, end)``."""
+                groups: tuple[str, ...], build: bool = True) -> tuple[dict[str, dict[str, Partial]], dict[str, tuple[int, int]]]:
+        """Return ({customer: {group key: partial}} over ``[start, end)``, {customer: (fragments, raw events)})."""
         pieces = cover(start, end)
         merged: dict[str, dict[str, Partial]] = {}
+        used: dict[str, list[int]] = defaultdict(lambda: [0, 0])
 
         def add(customer: str, group: str, part: Partial) -> None:
             slot = merged.setdefault(customer, {})
             slot[group] = slot[group].merge(part) if group in slot else part
 
+        def add_raw(found: Mapping[tuple[str, ...], Mapping[int, Partial]]) -> None:
+            for key, buckets in found.items():
+                for part in buckets.values():
+                    add(key[0], _group_key(tuple(key[1:])), part)
+                    used[key[0]][1] += part.count
+                    self.stats.raw_events += part.count
+
         for piece in pieces:
             if piece.kind == "raw":
-                self.stats.raw_reads += 1
-                for key, buckets in self.raw.partials(
-                        definition, ids, from_micros(piece.start), from_micros(piece.end), bucket=HOUR,
-                        group_by=groups).items():
-                    for part in buckets.values():
-                        add(key[0], _group_key(tuple(key[1:])), part)
-        for size, kind in ((HOUR, "hour"), (DAY, "day")):
-            wanted = [p.start for p in pieces if p.kind == kind]
-            if wanted:
-                for (customer, _), parts in self._current(definition, metric_id, ids, groups, size, wanted).items():
-                    for group, part in parts.items():
-                        add(customer, group, part)
-        return merged
-
-    def _current(self, definition: MetricDefinition, metric_id: str, ids: list[str], groups: tuple[str, ...],
-                 size: int, buckets: list[int]) -> dict[tuple[str, int], dict[str, Partial]]:
-        """Return the current partials of ``buckets`` for every customer, recomputing what is stale."""
+                add_raw(self.raw.partials(definition, ids, from_micros(piece.start), from_micros(piece.end),
+                                          bucket=DAY, group_by=groups))
+        spans = {size: union((p.start, p.end) for p in pieces if p.kind == kind)
+                 for size, kind in ((HOUR, "hour"), (DAY, "day"))}
+        spans = {size: listed for size, listed in spans.items() if listed}
+        if not spans:
+            return merged, {c: (u[0], u[1]) for c, u in used.items()}
         signature = json.dumps(list(groups)) if groups else ""
+        left: set[str] = set()
+        for size, listed in sorted(spans.items(), reverse=True):  # days first: the cold check sees most
+            left |= self._refresh(definition, metric_id, ids, groups, signature, size, listed, build)
+        wanted = set(ids) - left
+        asked = None if len(ids) > _BULK_FILTER_LIMIT else sorted(wanted)
+        with self.engine.connect() as conn:
+            if definition.aggregation in ("count", "sum"):
+                try:
+                    rows = sum_fragments(conn, metric_id, signature, asked, spans)
+                except sa.exc.OperationalError as exc:
+                    if not is_overflow(exc):
+                        raise
+                    raise UsageOutOfRange(f"metric {metric_id!r}: a sum overflows 64 bits") from None
+                for customer, key, count, with_value, units, nanos, fragments in rows:
+                    if customer in wanted:
+                        total = sum_of(units, nanos)
+                        assert total is not None
+                        add(customer, key, Partial(count, with_value, total))
+                        used[customer][0] += fragments
+                        self.stats.fragments += fragments
+            else:
+                for (customer, _, _), parts in load_fragments(conn, metric_id, signature, asked, spans).items():
+                    if customer in wanted:
+                        for key, part in parts.items():
+                            add(customer, key, part)
+                        used[customer][0] += 1
+                        self.stats.fragments += 1
+        if left:  # another reader changed their spans meanwhile: whole buckets from raw events
+            lo, hi = min(s[0][0] for s in spans.values()), max(s[-1][1] for s in spans.values())
+            add_raw(self.raw.partials(definition, sorted(left), from_micros(lo), from_micros(hi), bucket=DAY,
+                                      group_by=groups))
+        return merged, {c: (u[0], u[1]) for c, u in used.items()}
+
+    def _refresh(self, definition: MetricDefinition, metric_id: str, ids: list[str], groups: tuple[str, ...],
+                 signature: str, size: int, spans: list[Span], build: bool = True) -> set[str]:
+        """Make ``spans`` of ``size`` buckets current for every customer; return the customers left alone.
+
+        More than ``_BULK_FILTER_LIMIT`` customers: missing buckets are computed for every customer
+        at once and held by one ``EVERY`` span (the next hour is one span row, not one per customer).
+        If most of the window is missing then and not ``build``, raise ``_Cold``.
+        """
+        window = (spans[0][0], spans[-1][1])
+        every = len(ids) > _BULK_FILTER_LIMIT
         with self.engine.connect() as conn:
             with conn.begin():
                 position = newest_change(conn)
-            # Only these buckets: hours of the same range may be stored, inside days read as days.
-            positions, stored = load_fragments(conn, metric_id, signature, ids, size, buckets)
-            stale = stale_buckets(conn, self.raw, definition.event_name, positions, size)
-        needed = {(c, b) for c in ids for b in buckets if (c, b) not in positions} | stale
-        self.stats.reused += len(buckets) * len(ids) - len(needed)
-        self.stats.recomputed += len(needed)
-        out = {key: parts for key, parts in stored.items() if key not in needed}
-        if needed:
-            customers = sorted({c for c, _ in needed})
-            lo, hi = min(b for _, b in needed), max(b for _, b in needed) + size
-            fresh = self.raw.partials(definition, customers, from_micros(lo), from_micros(hi), bucket=size,
-                                      group_by=groups)
-            computed: dict[tuple[str, int], dict[str, Partial]] = {key: {} for key in needed}
-            for key, per_bucket in fresh.items():
-                for bucket, part in per_bucket.items():
-                    if (key[0], bucket) in computed:
-                        computed[(key[0], bucket)][_group_key(tuple(key[1:]))] = part
-            save_fragments(self.engine, metric_id, signature, size, position, computed, replaced=stale)
-            out.update(computed)
-        return out
-
-
-def stale_buckets(conn: Any, raw: SqlUsageSource, event_name: str, positions: Mapping[tuple[str, int], int],
-                  size: int) -> set[tuple[str, int]]:
-    """Return the (customer, bucket) of ``positions`` that a later change touches."""
-    stale: set[tuple[str, int]] = set()
-    if not positions:
-        return stale
-    ids = sorted({customer for customer, _ in positions})
-    by_customer: dict[str, list[int]] = {}
-    for customer, bucket in positions:
-        by_customer.setdefault(customer, []).append(bucket)
-    aliases = raw._aliases(conn, ids)  # external id -> customer id
-    for change in changes_since(conn, min(positions.values()), ids, sorted(aliases), event_name):
-        if change.customer_id is not None:
-            owners = [change.customer_id]
-        elif change.external_customer_id is not None:
-            owners = [aliases[change.external_customer_id]] if change.external_customer_id in aliases else []
+            loaded = load_coverage(conn, metric_id, signature, size, None if every else ids, *window)
+            star = loaded.get(EVERY, [])
+            own = {c: segs for c, segs in loaded.items() if c != EVERY}
+            stale, anyone = _stale(conn, definition.event_name, star, own, ids, size, position)
+        todo: dict[str, list[Span]] = {}
+        if every:
+            everyone = union(subtract(spans, [(lo, hi) for lo, hi, _ in star]) + anyone)
+            if not build and 2 * sum(hi - lo for lo, hi in everyone) > sum(hi - lo for lo, hi in spans):
+                raise _Cold()
+            if everyone:
+                todo[EVERY] = everyone
+            for cid, listed in stale.items():
+                need = subtract(listed, everyone)
+                if need:
+                    todo[cid] = need
         else:
-            owners = ids
-        for customer in owners:
-            for bucket in by_customer.get(customer, ()):
-                if change.id <= positions[(customer, bucket)]:
-                    continue
-                lo = change.ts_start if change.ts_start is not None else bucket
-                hi = change.ts_end if change.ts_end is not None else bucket + size
-                if lo < bucket + size and bucket < hi:
-                    stale.add((customer, bucket))
-    return stale
+            for cid in ids:
+                held = effective(star, own.get(cid, []))
+                need = subtract(spans, [(lo, hi) for lo, hi, _ in held])
+                need = union(need + stale.get(cid, []) + overlap(anyone, [(lo, hi) for lo, hi, _ in held]))
+                if need:
+                    todo[cid] = need
+        computed = self._compute(definition, todo, size, groups)
+        self.stats.recomputed += sum((hi - lo) // size for need in todo.values() for lo, hi in need)
+        covered: dict[str, list[Span]] = {}
+        if every:
+            if todo or any(pos < position for _, _, pos in star):
+                covered[EVERY] = [(lo, hi) for lo, hi, _ in star] + todo.get(EVERY, [])
+                for cid, segs in own.items():
+                    covered[cid] = [(lo, hi) for lo, hi, _ in segs] + todo.get(cid, [])
+        else:
+            for cid in ids:
+                held = effective(star, own.get(cid, []))
+                if cid in todo or any(pos < position for _, _, pos in held):
+                    covered[cid] = [(lo, hi) for lo, hi, _ in held] + todo.get(cid, [])
+        left = save_fragments(self.engine, metric_id, signature, size, position, window=window, expected=loaded,
+                              compared=None if every else ids, covered=covered, recomputed=todo, computed=computed)
+        return set(ids) if EVERY in left else left
+
+    def _compute(self, definition: MetricDefinition, todo: Mapping[str, list[Span]], size: int,
+                 groups: tuple[str, ...]) -> dict[tuple[str, int], dict[str, Partial]]:
+        """Compute the ``todo`` buckets from the events: one grouped query per distinct span."""
+        computed: dict[tuple[str, int], dict[str, Partial]] = {(c, b): {} for c, need in todo.items() if c != EVERY
+                                                                 for lo, hi in need for b in range(lo, hi, size)}
+        for lo, hi in todo.get(EVERY, []):
+            found = self.raw.partials(definition, [], from_micros(lo), from_micros(hi), bucket=size, group_by=groups,
+                                      every_customer=True)
+            for key, per_bucket in found.items():
+                for bucket, part in per_bucket.items():
+                    computed.setdefault((key[0], bucket), {})[_group_key(tuple(key[1:]))] = part
+        by_span: dict[Span, list[str]] = defaultdict(list)
+        for cid, need in todo.items():
+            if cid != EVERY:
+                for span in need:
+                    by_span[span].append(cid)
+        if len(by_span) > _MANY_SPANS:
+            lo, hi = min(s[0] for s in by_span), max(s[1] for s in by_span)
+            by_span = {(lo, hi): sorted(c for c in todo if c != EVERY)}
+        for (lo, hi), customers in sorted(by_span.items()):
+            found = self.raw.partials(definition, customers, from_micros(lo), from_micros(hi), bucket=size,
+                                      group_by=groups)
+            for key, per_bucket in found.items():
+                for bucket, part in per_bucket.items():
+                    slot = computed.get((key[0], bucket))
+                    if slot is not None:
+                        slot[_group_key(tuple(key[1:]))] = part
+        return computed
+
+
+class _Cold(Exception):
+    """Most of a many-customer window has no fragments yet: answer from raw events now (as fast as the
+    raw path), and build them when the caller chooses (``build_pending``), never on the read's clock."""
+
+
+def _exact(aggregation: str, part: Partial) -> Any:
+    """The quantity of a merged partial, as the raw source gives it (sums without trailing zeros)."""
+    if aggregation == "sum":
+        units = int(part.total)
+        return sum_of(units, int((part.total - units).scaleb(9)))
+    return part.quantity(aggregation)
+
+
+def _stale(conn: Any, event_name: str, star: list[Segment], own: Mapping[str, list[Segment]],
+           ids: Sequence[str] | None, size: int, position: int) -> tuple[dict[str, list[Span]], list[Span]]:
+    """Return the bucket spans that changes after their position touch: (per customer, for anyone).
+
+    A customer's buckets are held by its own spans and ``EVERY``'s, the highest position winning.
+    A change that names no customer makes what it overlaps stale for anyone (second result).
+    """
+    behind = [pos for _, _, pos in star if pos < position] + [
+        pos for segs in own.values() for _, _, pos in segs if pos < position]
+    if not behind:
+        return {}, []
+    if star or ids is None or len(ids) > _BULK_FILTER_LIMIT:
+        changes = changes_since(conn, min(behind), None, None, event_name)
+    else:
+        changes = changes_since(conn, min(behind), list(ids), sorted(_owners(conn, list(ids), by_id=True)), event_name)
+    externals = sorted({ch.external_customer_id for ch in changes
+                        if ch.customer_id is None and ch.external_customer_id is not None})
+    owners_of = _owners(conn, externals)
+    held: dict[str, list[Segment]] = {}
+    out: dict[str, list[Span]] = defaultdict(list)
+    anyone: list[Span] = []
+
+    def touched(segments: Sequence[Segment], change: Any) -> list[Span]:
+        found = []
+        for lo, hi, pos in segments:
+            if change.id <= pos:
+                continue
+            a = lo if change.ts_start is None else max(lo, change.ts_start - change.ts_start % size)
+            b = hi if change.ts_end is None else min(hi, _ceil(change.ts_end, size))
+            if a < b:
+                found.append((a, b))
+        return found
+
+    for change in changes:
+        if change.id > position:
+            continue  # committed after this read's position: the next read sees it
+        if change.customer_id is None and change.external_customer_id is None:
+            anyone += touched(star, change)
+            for segs in own.values():
+                anyone += touched(segs, change)
+            continue
+        cid = change.customer_id if change.customer_id is not None else owners_of.get(change.external_customer_id)
+        if cid is None:
+            continue
+        if cid not in held:
+            held[cid] = effective(star, own.get(cid, []))
+        out[cid] += touched(held[cid], change)
+    return {cid: union(listed) for cid, listed in out.items() if listed}, union(anyone)
+
+
+def _owners(conn: Any, keys: Sequence[str], by_id: bool = False) -> dict[str, str]:
+    """Map external customer ids to customer ids, for these external ids (or these customer ids: ``by_id``)."""
+    c = customers_table
+    column = c.c.id if by_id else c.c.external_customer_id
+    found: dict[str, str] = {}
+    for chunk in range(0, len(keys), 500):
+        found.update({ext: cid for ext, cid in conn.execute(sa.select(c.c.external_customer_id, c.c.id).where(
+            column.in_(list(keys[chunk:chunk + 500])), c.c.external_customer_id.is_not(None))).all()})
+    return found
 
 
 def verify_fragments(engine: sa.Engine, *, customer_id: str | None = None, since: datetime | None = None
                      ) -> tuple[int, int, list[str]]:
-    """Recompute every current fragment from the events; return (checked, stale, differences).
+    """Recompute every current stored bucket from the events; return (checked, stale, differences).
 
-    A stale bucket is not a difference (the next read recomputes it); a current bucket whose stored
-    partials differ from a computation from scratch is one, named by metric, customer and bucket.
+    ``checked`` counts the (customer, bucket) pairs compared that hold events; a stale bucket is
+    not a difference (the next read recomputes it); a current bucket whose stored partials differ
+    from a computation from scratch is one, named by metric, customer and bucket.
     """
-    raw = SqlUsageSource(engine)
-    b = buckets_table
-    query = sa.select(b.c.metric_id, b.c.group_by, b.c.size, b.c.customer_id, b.c.bucket)
-    if customer_id is not None:
-        query = query.where(b.c.customer_id == customer_id)
-    if since is not None:
-        query = query.where(b.c.bucket + b.c.size > to_micros(since))
+    raw = BatchSqlUsageSource(engine)
+    c = coverage_table
+    floor = to_micros(since) if since is not None else -(2**62)
+    asked = None if customer_id is None else [customer_id]
     checked, stale_count, differences = 0, 0, []
     with engine.connect() as conn:
-        groups: dict[tuple[str, str, int], set[tuple[str, int]]] = {}
-        for row in conn.execute(query):
-            groups.setdefault((row.metric_id, row.group_by, int(row.size)), set()).add((row.customer_id, int(row.bucket)))
-        for (metric_id, signature, size), keys in sorted(groups.items()):
+        with conn.begin():
+            position = newest_change(conn)
+        query = sa.select(c.c.metric_id, c.c.group_by, c.c.size).distinct()
+        if customer_id is not None:
+            query = query.where(c.c.customer_id.in_([customer_id, EVERY]))
+        for metric_id, signature, size in sorted(conn.execute(query).all()):
+            size = int(size)
             try:
                 definition = raw.definition(metric_id)
             except MetricNotFound:
                 differences.append(f"metric {metric_id}: fragments of a metric that does not exist")
                 continue
-            ids = sorted({c for c, _ in keys})
-            positions, stored = load_fragments(conn, metric_id, signature, ids, size, {t for _, t in keys})
-            stale = stale_buckets(conn, raw, definition.event_name, positions, size)
-            stale_count += len(stale & keys)
-            current = sorted(keys - stale)
-            if not current:
+            lo_limit = floor - floor % size
+            loaded = load_coverage(conn, metric_id, signature, size, asked, lo_limit, 2**62)
+            star = loaded.pop(EVERY, [])
+            stale, anyone = _stale(conn, definition.event_name, star, loaded, asked, size, position)
+            star_spans = overlap([(lo, hi) for lo, hi, _ in star], [(lo_limit, 2**62)])
+            held = {cid: overlap([(lo, hi) for lo, hi, _ in segs], [(lo_limit, 2**62)]) for cid, segs in loaded.items()}
+            stale_count += sum((hi - lo) // size for spans in stale.values() for lo, hi in spans)
+            stale_count += sum((hi - lo) // size for lo, hi in anyone)
+            everything = union(star_spans + [span for spans in held.values() for span in spans])
+            if not everything:
                 continue
-            groups_by = tuple(json.loads(signature)) if signature else ()
-            fresh = raw.partials(definition, sorted({c for c, _ in current}), from_micros(current[0][1]),
-                                 from_micros(max(t for _, t in current) + size), bucket=size, group_by=groups_by)
-            computed: dict[tuple[str, int], dict[str, Partial]] = {}
-            for key, per_bucket in fresh.items():
-                for bucket, part in per_bucket.items():
-                    computed.setdefault((key[0], bucket), {})[_group_key(tuple(key[1:]))] = part
-            for customer, bucket in current:
+            groups = tuple(json.loads(signature)) if signature else ()
+            stored: dict[tuple[str, int], dict[str, Partial]] = {}
+            fresh: dict[tuple[str, int], dict[str, Partial]] = {}
+            for lo, hi in everything:
+                for (cid, _, bucket), parts in load_fragments(conn, metric_id, signature, asked,
+                                                              {size: [(lo, hi)]}).items():
+                    stored[(cid, bucket)] = _decoded(parts)
+                found = raw.partials(definition, asked or [], from_micros(lo), from_micros(hi), bucket=size,
+                                     group_by=groups, every_customer=asked is None)
+                for key, per_bucket in found.items():
+                    for bucket, part in per_bucket.items():
+                        fresh.setdefault((key[0], bucket), {})[tuple(key[1:])] = part
+
+            def current(cid: str, bucket: int) -> bool:
+                spans = union(star_spans + held.get(cid, []))
+                inside = any(lo <= bucket < hi for lo, hi in spans)
+                gone = any(lo <= bucket < hi for lo, hi in stale.get(cid, []) + anyone)
+                return inside and not gone
+
+            for cid, bucket in sorted(set(stored) | set(fresh)):
+                if not current(cid, bucket):
+                    continue
                 checked += 1
-                if stored.get((customer, bucket), {}) != computed.get((customer, bucket), {}):
-                    differences.append(f"metric {metric_id} {signature or '(no grouping)'}, customer {customer}, "
-                                       f"{'hour' if size == HOUR else 'day'} {from_micros(bucket).isoformat()}: "
-                                       f"stored {stored.get((customer, bucket), {})} != from events "
-                                       f"{computed.get((customer, bucket), {})}")
+                have, want = stored.get((cid, bucket), {}), fresh.get((cid, bucket), {})
+                if have != want:
+                    differences.append(
+                        f"metric {metric_id} {signature or '(no grouping)'}, customer {cid}, "
+                        f"{'hour' if size == HOUR else 'day'} {from_micros(bucket).isoformat()}: "
+                        f"stored {have} != from events {want}")
     return checked, stale_count, differences
+
+
+def _decoded(parts: Mapping[str, Partial]) -> dict[tuple[str, ...], Partial]:
+    return {tuple(json.loads(key)) if key else (): part for key, part in parts.items()}

@@ -358,7 +358,7 @@ class SqlUsageSource(MetricsByDefinition):
         return result
 
     def partials(self, definition: MetricDefinition, customer_ids: Sequence[str], start: datetime, end: datetime,
-                 *, bucket: int = HOUR, group_by: tuple[str, ...] = ()
+                 *, bucket: int = HOUR, group_by: tuple[str, ...] = (), every_customer: bool = False
                  ) -> dict[tuple[str, ...], dict[int, Partial]]:
         """Return, per (customer id, *group values), the ``Partial`` of each aligned bucket of ``[start, end)``.
 
@@ -370,14 +370,18 @@ class SqlUsageSource(MetricsByDefinition):
         if definition.aggregation not in MERGEABLE:
             raise ValueError(f"{definition.aggregation!r} does not merge from fragments (read it raw)")
         ids = list(dict.fromkeys(customer_ids))
-        if not ids:
+        if not ids and not every_customer:
             return {}
         groups = tuple(group_by)
         e = events_table
         with self._connection() as conn:
             json_ = _Json(self._dialect(conn))
-            aliases = self._aliases(conn, ids)
-            where = self._where(json_, definition, ids, aliases, to_micros(start), to_micros(end))
+            if every_customer:  # no customer filter; events sent by external id are matched by a join
+                aliases, where = {"": ""}, self._where(json_, definition, [], {}, to_micros(start), to_micros(end),
+                                                       every_customer=True)
+            else:
+                aliases = self._aliases(conn, ids)
+                where = self._where(json_, definition, ids, aliases, to_micros(start), to_micros(end))
             key, source = self._customer_key(aliases)
             keys = ([key.label("cust")] + [json_.group_key(g).label(f"g{i}") for i, g in enumerate(groups)]
                     + [(e.c.ts - e.c.ts % bucket).label("b")])
@@ -436,7 +440,7 @@ class SqlUsageSource(MetricsByDefinition):
         return found
 
     def _where(self, json_: _Json, definition: MetricDefinition, ids: list[str], aliases: dict[str, str],
-               start_us: int, end_us: int) -> list[Any]:
+               start_us: int, end_us: int, every_customer: bool = False) -> list[Any]:
         e = events_table
         where = [
             e.c.event_name == sa.literal(definition.event_name, sa.Text),
@@ -444,7 +448,7 @@ class SqlUsageSource(MetricsByDefinition):
             e.c.ts < end_us,
             e.c.state == STATE_LIVE,
         ]
-        if len(ids) <= _BULK_FILTER_LIMIT:
+        if len(ids) <= _BULK_FILTER_LIMIT and not every_customer:
             by_id = e.c.customer_id.in_(ids) if len(ids) > 1 else e.c.customer_id == ids[0]
             if aliases:
                 exts = sorted(aliases)

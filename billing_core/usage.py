@@ -19,7 +19,7 @@ instead of a number (never a clamped or float value), and every other customer i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol, Union, runtime_checkable
@@ -54,6 +54,10 @@ class MetricUsage:
     event_count: int = 0                   # events that matched the metric's event name and filters
     skipped: int = 0                       # matching events missing the aggregated property
     groups: Mapping[tuple[str, ...], Decimal] | None = None   # per group-by values, when grouped (matrix)
+    # What answered it (audit only, not part of the value): stored fragments added up (None: the
+    # source reads events only) and events read raw (None: all of event_count).
+    fragments: int | None = field(default=None, compare=False)
+    raw_events: int | None = field(default=None, compare=False)
 
 
 EMPTY_USAGE = MetricUsage(quantity=Decimal(0))

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     GCP_EMULATOR_PORT: int = Field(default=8103, ge=1, le=65535)
     AWS_REGION: str = "us-east-1"
     AWS_METERING_RPS: float = Field(default=10.0, ge=0)  # BatchMeterUsage calls/s across all workers; 0 = unpaced
-    USAGE_FRAGMENTS: bool = False  # the hourly sync reads usage fragments (off until their cold path is fast)
+    USAGE_FRAGMENTS: bool = True  # the hourly sync reads usage fragments; false reads every event (escape hatch)
     AWS_SNS_TOPIC_ARNS: Annotated[tuple[str, ...], NoDecode] = ()  # empty = any topic
     AZURE_TENANT_ID: str = ""
     AZURE_CLIENT_ID: str = ""

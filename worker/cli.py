@@ -231,6 +231,30 @@ def verify(customer_id: str | None, since: str | None) -> None:
 
 
 @main.command()
+@click.option("--before", required=True, help="ISO-8601 instant: drop hour fragments that end before it.")
+@click.option("--all", "everything", is_flag=True, help="Drop day fragments too (every level).")
+def compact(before: str, everything: bool) -> None:
+    """Drop usage fragments of closed periods (a cache: the next read that needs one rebuilds it)."""
+    from billing_core import wire
+    from billing_core.fragments import DAY, HOUR
+    from billing_core.persistence.fragments import delete_fragments
+
+    try:
+        instant = wire.parse_instant(before, "--before")
+    except ValueError as exc:  # wire.InvalidInstant
+        raise click.BadParameter(str(exc), param_hint="--before") from None
+    micros = int(instant.timestamp()) * 1_000_000
+    runtime = _runtime()
+    try:
+        # Day-aligned, so a span straddling the cut stays whole buckets at both levels.
+        spans, rows = delete_fragments(runtime.engine, before=micros - micros % DAY,
+                                       size=None if everything else HOUR)
+    finally:
+        runtime.close()
+    click.echo(f"dropped {rows} fragment row(s) and {spans} span(s) before {before}")
+
+
+@main.command()
 @click.argument("contract_id")
 def ledger(contract_id: str) -> None:
     """Print a contract's usage ledger hour by hour, with each marketplace answer."""

@@ -271,7 +271,7 @@ def public_error(text: str | None, limit: int = 300) -> str:
 
 def contract_detail(engine: Engine, contract_id: str, *, now: datetime) -> dict[str, Any]:
     """Return everything the contract page shows (ContractNotFound when there is no such contract)."""
-    from billing_core import NotFound, SqlSubscriptions, SqlUsageSource
+    from billing_core import NotFound, SqlSubscriptions, usage_source
     from billing_core.service_plans import upcoming
     from worker import contracts
 
@@ -288,7 +288,7 @@ def contract_detail(engine: Engine, contract_id: str, *, now: datetime) -> dict[
         with Session(engine) as session:
             try:
                 subscription = SqlSubscriptions(session).get(row.subscription_id)
-                invoice = upcoming(session, subscription, SqlUsageSource(session), now=now)
+                invoice = upcoming(session, subscription, usage_source(engine), now=now)
             except NotFound:
                 billing_error = f"the billing core has no subscription {row.subscription_id}"
             except Exception as exc:  # noqa: BLE001 - the page still shows the rest, and says why

@@ -60,7 +60,7 @@ def _body(key: str, item: tuple[int, str, Decimal | None, str]) -> dict[str, Any
 
 def _reset(engine: Engine) -> None:
     with engine.begin() as conn:
-        for table in ("usage_fragments", "usage_fragment_buckets", "usage_changes", "backfill_replacements",
+        for table in ("usage_fragments", "usage_fragment_coverage", "usage_changes", "backfill_replacements",
                       "backfills", "events", "metrics", "customers"):
             conn.execute(text(f"DELETE FROM {table}"))
     with session_scope(engine) as session:
@@ -179,7 +179,7 @@ def test_unique_count_reads_raw(engine: Engine, aggregation: str) -> None:
     definition = MetricDefinition("call", aggregation, "n")  # type: ignore[arg-type]
     source = FragmentUsageSource(engine, {"m": definition})
     source.evaluate(definition, ["c1"], DAY0, DAY0 + timedelta(days=2), metric_id="m")
-    assert source.stats.recomputed == 0 and source.stats.reused == 0
+    assert source.stats.recomputed == 0 and source.stats.fragments == 0
 
 
 def test_verify_finds_no_difference_then_the_one_made_by_hand(engine: Engine, tmp_path: Any,
@@ -203,7 +203,7 @@ def test_verify_finds_no_difference_then_the_one_made_by_hand(engine: Engine, tm
     clean = CliRunner().invoke(main, ["verify", "--customer", "c1"])
     assert clean.exit_code == 0 and "0 difference(s)" in clean.output, clean.output
     with engine.begin() as conn:
-        conn.execute(text("UPDATE usage_fragments SET total = '1' WHERE size = :day AND bucket = :b"),
+        conn.execute(text("UPDATE usage_fragments SET total_units = 1 WHERE size = :day AND bucket = :b"),
                      {"day": DAY, "b": to_micros(DAY0 + timedelta(days=2))})
     broken = CliRunner().invoke(main, ["verify"])
     assert broken.exit_code == 1 and "customer c1, day 2026-11-11" in broken.output, broken.output

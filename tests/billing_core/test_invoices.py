@@ -170,7 +170,8 @@ def test_tier_sub_lines_and_trace():
     trace = line.trace.to_dict()
     assert trace == {"price_id": "p1", "price_key": "p1", "price_interval_id": "s1_pi1", "plan_id": "plan1",
                      "plan_version": 1, "metric_id": "m1", "timeframe_start": "2025-01-01T00:00:00Z",
-                     "timeframe_end": "2025-02-01T00:00:00Z", "event_count": 15, "skipped": 0}
+                     "timeframe_end": "2025-02-01T00:00:00Z", "event_count": 15, "skipped": 0,
+                     "answered_by": {"fragments": 0, "raw_events": 15}}
 
 
 def test_upcoming_and_serialization_are_stable():

@@ -26,7 +26,7 @@ from worker import db
 ROOT = Path(__file__).resolve().parents[2]
 # The last commit whose migrations all lived in worker/migrations/versions.
 PREVIOUS_LAYOUT = "a67da12"
-HEADS = {"billing_events_0003", "billing_plans_0001", "sync_0003"}
+HEADS = {"billing_events_0004", "billing_plans_0001", "sync_0003"}
 PREVIOUS_HEADS = {"billing_events_0002", "billing_plans_0001", "sync_0003"}  # the layout of git a67da12
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
 
@@ -93,6 +93,7 @@ def test_revision_ids_and_branches_are_kept() -> None:
     assert revisions["billing_events_0001"] == (None, ("billing_events",))
     assert revisions["billing_events_0002"] == ("billing_events_0001", ("billing_events",))
     assert revisions["billing_events_0003"] == ("billing_events_0002", ("billing_events",))
+    assert revisions["billing_events_0004"] == ("billing_events_0003", ("billing_events",))
     assert revisions["billing_plans_0001"] == (None, ("billing_plans",))
     assert Path(script.get_revision("billing_events_0001").path).parent == db.BILLING_MIGRATIONS_DIR
 

@@ -30,9 +30,10 @@ def test_calls_from_several_pacers_are_spaced_by_the_interval(redis_conn) -> Non
     for t in threads:
         t.join()
     stamps.sort()
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
     assert len(stamps) == 8
-    assert min(gaps) > 0.08, gaps  # never two calls inside one interval (a little scheduling slack)
+    # The k-th call never runs before its slot, k intervals after the start (a thread delayed by
+    # the scheduler only runs later, so a loaded machine cannot make this fail).
+    assert all(stamp - started >= k * 0.1 - 0.01 for k, stamp in enumerate(stamps)), [s - started for s in stamps]
     assert stamps[-1] - started >= 0.65  # 8 calls at 10/s take at least 0.7 s
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from flask import request
 
 from billing_core import (
-    BatchSqlUsageSource, Invoice, OutOfRange, SqlCustomerRepository, SqlSubscriptions, service_plans,
+    BatchSqlUsageSource, Invoice, OutOfRange, SqlCustomerRepository, SqlSubscriptions, service_plans, usage_source,
 )
 from webhooks.api.common import (
     api_blueprint, bad, decode_cursor, encode_cursor, engine, now, page_limit, paginated,
@@ -44,7 +44,7 @@ def upcoming():
     at = now()
     with session_scope(engine()) as session:
         sub = SqlSubscriptions(session).get(subscription_id)
-        invoice = service_plans.upcoming(session, sub, BatchSqlUsageSource(session), now=at)
+        invoice = service_plans.upcoming(session, sub, usage_source(engine()), now=at)
         return _json(session, invoice, at, upcoming=True)
 
 
@@ -54,7 +54,7 @@ def fetch(invoice_id: str):
     """Return an issued snapshot, or the recomputed draft the id names."""
     at = now()
     with session_scope(engine()) as session:
-        invoice = service_plans.draft_or_issued_invoice(session, invoice_id, BatchSqlUsageSource(session), now=at)
+        invoice = service_plans.draft_or_issued_invoice(session, invoice_id, usage_source(engine()), now=at)
         return _json(session, invoice, at)
 
 
@@ -88,7 +88,7 @@ def list_invoices():
             subs = subs_repo.for_customer(customer_id)
         else:
             subs, _ = subs_repo.list(limit=1000)
-        usage = BatchSqlUsageSource(session)
+        usage = usage_source(engine())
         invoices, unavailable = [], []
         for sub in subs:
             try:

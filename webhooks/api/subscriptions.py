@@ -11,9 +11,9 @@ from flask import request
 from sqlalchemy.orm import Session
 
 from billing_core import (
-    AddAdjustment, AddPrice, BatchSqlUsageSource, Customer, IntervalEdit, NotFound, Plan, Price, ReplacePrice,
+    AddAdjustment, AddPrice, Customer, IntervalEdit, NotFound, Plan, Price, ReplacePrice,
     SqlCatalog, SqlCustomerRepository, SqlMetricRepository, SqlSubscriptions, Subscription, billing_period,
-    exact_number, parse_optional_decimal, service_plans,
+    exact_number, parse_optional_decimal, service_plans, usage_source,
 )
 from webhooks.api.bodies import (
     check_fields, optional_instant, parse_adjustment, parse_anchor, parse_instant, parse_metadata, parse_price,
@@ -335,14 +335,14 @@ def subscription_costs(subscription_id: str):
     at = now()
     with session_scope(engine()) as session:
         sub = SqlSubscriptions(session).get(subscription_id)
-        result = service_plans.subscription_costs(sub, BatchSqlUsageSource(session), timeframe_start=start,
+        result = service_plans.subscription_costs(sub, usage_source(engine()), timeframe_start=start,
                                                   timeframe_end=end, now=at)
         return costs_json([result], _item_names(session))
 
 
 def _customer_costs(session: Session, customer: Customer) -> dict[str, Any]:
     start, end = _timeframe()
-    result = service_plans.customer_costs(session, customer.id, BatchSqlUsageSource(session), timeframe_start=start,
+    result = service_plans.customer_costs(session, customer.id, usage_source(engine()), timeframe_start=start,
                                           timeframe_end=end, now=now())
     return costs_json(result, _item_names(session))
 
@@ -376,7 +376,7 @@ def subscription_usage(subscription_id: str):
     with session_scope(engine()) as session:
         sub = SqlSubscriptions(session).get(subscription_id)
         metrics = SqlMetricRepository(session)
-        usage = service_plans.subscription_usage(sub, BatchSqlUsageSource(session), timeframe_start=start,
+        usage = service_plans.subscription_usage(sub, usage_source(engine()), timeframe_start=start,
                                                  timeframe_end=end, now=at,
                                                  metric_id=request.args.get("billable_metric_id"))
         data = []
