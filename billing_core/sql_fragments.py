@@ -98,8 +98,9 @@ class FragmentUsageSource(MetricsByDefinition):
     """``UsageSource`` (and ``BatchUsageSource``) over fragments of the database behind ``engine``."""
 
     def __init__(self, engine: sa.Engine, definitions: Mapping[str, MetricDefinition] | None = None, *,
-                 build_cold: bool = False):
+                 build_cold: bool = False, every_above: int = _BULK_FILTER_LIMIT):
         self.engine = engine
+        self.every_above = every_above  # more customers than this: computed for everyone (EVERY spans)
         self.raw = BatchSqlUsageSource(engine, definitions)
         self.stats = FragmentStats()
         self.build_cold = build_cold
@@ -218,7 +219,7 @@ class FragmentUsageSource(MetricsByDefinition):
         for size, listed in sorted(spans.items(), reverse=True):  # days first: the cold check sees most
             left |= self._refresh(definition, metric_id, ids, groups, signature, size, listed, build)
         wanted = set(ids) - left
-        asked = None if len(ids) > _BULK_FILTER_LIMIT else sorted(wanted)
+        asked = None if len(ids) > self.every_above else sorted(wanted)
         with self.engine.connect() as conn:
             if definition.aggregation in ("count", "sum"):
                 try:
@@ -251,12 +252,12 @@ class FragmentUsageSource(MetricsByDefinition):
                  signature: str, size: int, spans: list[Span], build: bool = True) -> set[str]:
         """Make ``spans`` of ``size`` buckets current for every customer; return the customers left alone.
 
-        More than ``_BULK_FILTER_LIMIT`` customers: missing buckets are computed for every customer
+        More than ``every_above`` customers: missing buckets are computed for every customer
         at once and held by one ``EVERY`` span (the next hour is one span row, not one per customer).
         If most of the window is missing then and not ``build``, raise ``_Cold``.
         """
         window = (spans[0][0], spans[-1][1])
-        every = len(ids) > _BULK_FILTER_LIMIT
+        every = len(ids) > self.every_above
         with self.engine.connect() as conn:
             with conn.begin():
                 position = newest_change(conn)
@@ -264,37 +265,42 @@ class FragmentUsageSource(MetricsByDefinition):
             star = loaded.get(EVERY, [])
             own = {c: segs for c, segs in loaded.items() if c != EVERY}
             stale, anyone = _stale(conn, definition.event_name, star, own, ids, size, position)
+        # Everything written stays inside the window or the spans just loaded: a span that was
+        # not loaded (it does not overlap the window) is never overwritten or overlapped.
         todo: dict[str, list[Span]] = {}
+        covered: dict[str, list[Span]] = {}
+        star_spans = [(lo, hi) for lo, hi, _ in star]
         if every:
-            everyone = union(subtract(spans, [(lo, hi) for lo, hi, _ in star]) + anyone)
+            inside = union(star_spans + [window])
+            everyone = union(subtract(spans, star_spans) + overlap(anyone, inside))
             if not build and 2 * sum(hi - lo for lo, hi in everyone) > sum(hi - lo for lo, hi in spans):
                 raise _Cold()
             if everyone:
                 todo[EVERY] = everyone
-            for cid, listed in stale.items():
-                need = subtract(listed, everyone)
+            for cid in set(stale) | set(own):
+                mine = [(lo, hi) for lo, hi, _ in own.get(cid, [])]
+                need = subtract(overlap(stale.get(cid, []) + overlap(anyone, mine), union(inside + mine)), everyone)
                 if need:
                     todo[cid] = need
+            if todo or any(pos < position for _, _, pos in star):
+                covered[EVERY] = star_spans + everyone  # what a customer's own spans do not hold, it does
+                for cid in (set(own) | set(todo)) - {EVERY}:
+                    mine = [(lo, hi) for lo, hi, _ in own.get(cid, [])]
+                    covered[cid] = mine + overlap(todo.get(cid, []), union(mine + [window]))
         else:
             for cid in ids:
+                mine = [(lo, hi) for lo, hi, _ in own.get(cid, [])]
+                allowed = union(mine + [window])
                 held = effective(star, own.get(cid, []))
-                need = subtract(spans, [(lo, hi) for lo, hi, _ in held])
-                need = union(need + stale.get(cid, []) + overlap(anyone, [(lo, hi) for lo, hi, _ in held]))
+                held_spans = [(lo, hi) for lo, hi, _ in held]
+                need = subtract(spans, held_spans)
+                need = union(need + overlap(stale.get(cid, []) + anyone, allowed))
                 if need:
                     todo[cid] = need
+                if need or any(pos < position for _, _, pos in held):
+                    covered[cid] = mine + overlap(held_spans, allowed) + need
         computed = self._compute(definition, todo, size, groups)
         self.stats.recomputed += sum((hi - lo) // size for need in todo.values() for lo, hi in need)
-        covered: dict[str, list[Span]] = {}
-        if every:
-            if todo or any(pos < position for _, _, pos in star):
-                covered[EVERY] = [(lo, hi) for lo, hi, _ in star] + todo.get(EVERY, [])
-                for cid, segs in own.items():
-                    covered[cid] = [(lo, hi) for lo, hi, _ in segs] + todo.get(cid, [])
-        else:
-            for cid in ids:
-                held = effective(star, own.get(cid, []))
-                if cid in todo or any(pos < position for _, _, pos in held):
-                    covered[cid] = [(lo, hi) for lo, hi, _ in held] + todo.get(cid, [])
         left = save_fragments(self.engine, metric_id, signature, size, position, window=window, expected=loaded,
                               compared=None if every else ids, covered=covered, recomputed=todo, computed=computed)
         return set(ids) if EVERY in left else left
