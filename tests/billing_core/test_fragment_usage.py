@@ -216,3 +216,26 @@ def test_verify_finds_no_difference_then_the_one_made_by_hand(engine: Engine, tm
     assert broken.exit_code == 1 and "customer c1, day 2026-11-11" in broken.output, broken.output
     bad = CliRunner().invoke(main, ["verify", "--since", "yesterday"])
     assert bad.exit_code == 2 and "--since" in bad.output
+
+
+def test_usage_says_what_answered_it_and_compact_drops_only_a_cache(engine: Engine, tmp_path: Any,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read reports the fragments and raw events behind it; `marketsync compact` drops fragments, not answers."""
+    _reset(engine)
+    with session_scope(engine) as session:
+        ingest_events(SqlEventStore(session), [_body(f"k{h}", (h * 3600 + 60, "acme", Decimal(h), "x"))
+                                               for h in range(60)], now=NOW)
+    window = (DAY0 + timedelta(minutes=30), DAY0 + timedelta(days=2, hours=5, minutes=10))
+    first = FragmentUsageSource(engine, METRICS).usage("m_sum", "c1", *window)
+    assert first.fragments and first.raw_events is not None and first.raw_events < first.event_count
+    again = FragmentUsageSource(engine, METRICS).usage("m_sum", "c1", *window)
+    assert again == first and again.fragments == first.fragments  # reused, not recomputed
+    monkeypatch.setenv("DATABASE_URL", str(engine.url.render_as_string(hide_password=False)))
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    dropped = CliRunner().invoke(main, ["compact", "--before", "2026-11-12T00:00:00Z", "--all"])
+    assert dropped.exit_code == 0 and "dropped" in dropped.output, dropped.output
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM usage_fragments")).scalar() == 0
+    assert FragmentUsageSource(engine, METRICS).usage("m_sum", "c1", *window) == first
+    refused = CliRunner().invoke(main, ["compact", "--before", "soon"])
+    assert refused.exit_code == 2 and "--before" in refused.output
