@@ -72,7 +72,8 @@ class UsageRecord:
     ``identifiers`` carries the marketplace-specific cloud identifiers:
 
     - aws:   ``product_code``, and either ``customer_aws_account_id`` + ``license_arn``
-             or the legacy ``customer_identifier``
+             or the legacy ``customer_identifier`` (never both kinds on the wire);
+             ``concurrent_agreements`` = ``"true"``: the request carries no ``ProductCode``
     - azure: ``resource_id`` (SaaS subscription id), ``plan_id``
     - gcp:   ``service_name``, ``consumer_id`` (the entitlement's usageReportingId, verbatim),
              ``entitlement_id``

@@ -42,6 +42,8 @@ log = get_logger("marketsync.sync")
 # The contract columns a marketplace's record identifiers are read from.
 _COLUMN_IDENTIFIERS = ("product_code", "license_arn", "customer_aws_account_id", "customer_identifier",
                        "azure_subscription_id", "plan_id", "gcp_entitlement_id")
+# The listing's flags a marketplace's record identifiers depend on (its rules decide what they mean).
+_LISTING_FLAGS = ("aws_legacy_identifiers", "aws_concurrent_agreements")
 _Loaded = tuple[ContractRow, ListingRow, Subscription]
 
 
@@ -233,9 +235,12 @@ def preview(engine: Engine, contract_id: str, stamp: datetime, *, now: datetime,
 
 # --- sending ---------------------------------------------------------------------------------------
 
-def usage_record(row: LedgerRow, contract: ContractRow) -> UsageRecord:
-    """Build the adapter's record for a ledger row from the contract's cloud identifiers."""
-    columns = {name: getattr(contract, name) for name in _COLUMN_IDENTIFIERS}
+def usage_record(row: LedgerRow, contract: ContractRow, listing: ListingRow | None = None) -> UsageRecord:
+    """Build the adapter's record for a ledger row from the contract's cloud identifiers and its
+    listing's flags (without a listing, the flags' defaults)."""
+    columns: dict[str, Any] = {name: getattr(contract, name) for name in _COLUMN_IDENTIFIERS}
+    if listing is not None:
+        columns.update({name: getattr(listing, name) for name in _LISTING_FLAGS})
     identifiers = rules(contract.marketplace).record_identifiers(columns, dict(contract.cloud_identifiers or {}))
     return UsageRecord(key=row.key, marketplace=Marketplace(contract.marketplace), identifiers=identifiers,
                        dimension=row.dimension, hour=utc(row.hour),  # type: ignore[arg-type]
@@ -257,8 +262,11 @@ def send_pending(engine: Engine, adapter: Any, marketplace: str, *, now: datetim
         with Session(engine) as session:
             contracts = {c.id: c for c in session.execute(
                 select(ContractRow).where(ContractRow.id.in_({r.contract_id for r in rows}))).scalars()}
+            listings = {row.id: row for row in session.execute(select(ListingRow).where(
+                ListingRow.id.in_({c.listing_id for c in contracts.values() if c.listing_id}))).scalars()}
             session.expunge_all()
-        records = [usage_record(r, contracts[r.contract_id]) for r in rows]
+        records = [usage_record(r, contracts[r.contract_id], listings.get(contracts[r.contract_id].listing_id or ""))
+                   for r in rows]
         try:
             outcomes = adapter.report(records)
         except TransientMarketplaceError as exc:

@@ -13,7 +13,7 @@ from sqlmodel import Session
 from billing_core import get_for_update
 from marketplaces.base import Marketplace
 from worker.contracts import new_id
-from worker.errors import Conflict, NotFound
+from worker.errors import Conflict, Invalid, NotFound
 from worker.persistence.contracts import ListingRow
 
 CLOSE_ROUNDING = ("floor", "half_up", "ceil")
@@ -28,6 +28,21 @@ class ListingConflict(Conflict):
     """Another listing already maps this marketplace product and plan."""
 
 
+class ListingInvalid(Invalid):
+    """The listing's fields contradict each other."""
+
+
+def _check_flags(row: ListingRow) -> None:
+    # docs/marketplaces.md §2.1: legacy listings meter by CustomerIdentifier, which needs the
+    # request's ProductCode; Concurrent Agreements listings send none. The two exclude each other.
+    for name in ("aws_legacy_identifiers", "aws_concurrent_agreements"):
+        if getattr(row, name) and row.marketplace != Marketplace.AWS.value:
+            raise ListingInvalid(f"{name} applies to aws listings only", field=name)
+    if row.aws_legacy_identifiers and row.aws_concurrent_agreements:
+        raise ListingInvalid("a legacy (CustomerIdentifier) listing cannot use Concurrent Agreements",
+                             field="aws_concurrent_agreements")
+
+
 def listing_as_dict(row: ListingRow) -> dict[str, Any]:
     """Return the API view of a listing."""
     return {
@@ -37,6 +52,8 @@ def listing_as_dict(row: ListingRow) -> dict[str, Any]:
         "close_rounding": row.close_rounding, "include_fixed_fees": row.include_fixed_fees,
         "metering_start_date": row.metering_start_date.isoformat() if row.metering_start_date else None,
         "approve_entitlements": row.approve_entitlements,
+        "aws_legacy_identifiers": row.aws_legacy_identifiers,
+        "aws_concurrent_agreements": row.aws_concurrent_agreements,
         "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at),
     }
 
@@ -50,6 +67,7 @@ def _iso(value: datetime) -> str:
 def create_listing(engine: Engine, values: Mapping[str, Any], *, now: datetime) -> dict[str, Any]:
     """Create a listing; raise ``ListingConflict`` if its product and plan are mapped already."""
     row = ListingRow(id=new_id("lst"), created_at=now, updated_at=now, **_row_values(values))
+    _check_flags(row)
     with Session(engine, expire_on_commit=False) as session:
         session.add(row)
         try:
@@ -70,6 +88,7 @@ def update_listing(engine: Engine, listing_id: str, values: Mapping[str, Any], *
             raise ListingNotFound(f"no listing {listing_id!r}")
         for name, value in _row_values(values).items():
             setattr(row, name, value)
+        _check_flags(row)
         row.updated_at = now
         session.add(row)
         try:

@@ -143,14 +143,26 @@ __all__ = [
 
 
 def _aws_record_identifiers(columns: Mapping[str, Any], ids: Mapping[str, str]) -> dict[str, str]:
-    # Current listings meter by account + license; legacy ones by the customer identifier.
-    identifiers = {"product_code": columns.get("product_code") or ids.get("product_code", "")}
-    if columns.get("license_arn") and columns.get("customer_aws_account_id"):
-        identifiers.update(customer_aws_account_id=columns["customer_aws_account_id"],
-                           license_arn=columns["license_arn"])
+    """The identifiers of a usage record (docs/marketplaces.md §2.1): exactly one kind, never both.
+
+    ``columns`` are the contract's columns plus its listing's flags (``aws_legacy_identifiers``,
+    ``aws_concurrent_agreements``). A legacy listing meters by ``CustomerIdentifier`` when the
+    contract has one (else by account + license, the only handle it has); every other listing by
+    ``CustomerAWSAccountId`` + ``LicenseArn`` only. A record missing its kind's identifiers is
+    rejected by the adapter before sending. ``concurrent_agreements`` ("true") tells the adapter to
+    send no request-level ``ProductCode``; ``product_code`` stays, to group records per product.
+    """
+    def value(name: str) -> str:
+        return str(columns.get(name) or ids.get(name) or "")
+
+    if columns.get("aws_legacy_identifiers") and value("customer_identifier"):
+        identifiers = {"product_code": value("product_code"), "customer_identifier": value("customer_identifier")}
     else:
-        identifiers["customer_identifier"] = columns.get("customer_identifier") or ids.get("customer_identifier", "")
-    return identifiers
+        identifiers = {"product_code": value("product_code"), "customer_aws_account_id": value("customer_aws_account_id"),
+                       "license_arn": value("license_arn")}
+        if columns.get("aws_concurrent_agreements") and not columns.get("aws_legacy_identifiers"):
+            identifiers["concurrent_agreements"] = "true"
+    return {name: text for name, text in identifiers.items() if text}
 
 
 RULES = MarketplaceRules(

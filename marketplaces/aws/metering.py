@@ -1,6 +1,12 @@
 """BatchMeterUsage (docs/marketplaces.md §2.2-§2.5): chunks of at most 25 per product code, per-record ``Outcome``
 values, ``UnprocessedRecords`` resent a few times, a call refused for one record split in halves
-until the bad record is isolated."""
+until the bad record is isolated.
+
+Every call is for one product (AWS fails a whole call that mixes products), and a record carries
+one kind of customer identifier: ``CustomerIdentifier`` (legacy listings, with the request's
+``ProductCode``) or ``CustomerAWSAccountId`` + ``LicenseArn``. Records marked
+``concurrent_agreements`` go out without ``ProductCode`` (the license names the product), in
+calls of their own (docs/marketplaces.md §2.1)."""
 
 from __future__ import annotations
 
@@ -23,18 +29,19 @@ class Metering:
     def report(self, records: Sequence[UsageRecord]) -> list[Outcome]:
         """Send ``records`` with BatchMeterUsage; return one ``Outcome`` per record, in order."""
         outcomes: dict[str, Outcome] = {}
-        groups: dict[str, list[tuple[UsageRecord, dict[str, Any]]]] = {}
+        # One product per call; requests with and without ProductCode are never mixed either.
+        groups: dict[tuple[str, bool], list[tuple[UsageRecord, dict[str, Any]]]] = {}
         for record in records:
             problem = self._local_problem(record)
             if problem:
                 outcomes[record.key] = Outcome(record.key, OutcomeStatus.REJECTED, problem)
                 continue
-            product = record.identifiers.get("product_code") or self.product_code
-            groups.setdefault(str(product), []).append((record, _wire_record(record)))
+            product = str(record.identifiers.get("product_code") or self.product_code)
+            groups.setdefault((product, _concurrent(record)), []).append((record, _wire_record(record)))
         try:
-            for product, items in groups.items():
+            for (product, concurrent), items in groups.items():
                 for chunk in _chunks(items, self.max_batch):
-                    self._meter(product, chunk, outcomes, attempt=0)
+                    self._meter(None if concurrent else product, chunk, outcomes, attempt=0)
         except TransientMarketplaceError as err:
             sent = [r for r in records if r.key in outcomes]
             if not sent:
@@ -55,15 +62,20 @@ class Metering:
             return f"not an AWS record ({record.marketplace.value})"
         if not (ids.get("product_code") or self.product_code):
             return "missing product_code"
-        if not (ids.get("customer_aws_account_id") or ids.get("customer_identifier")):
-            return "missing customer_aws_account_id/license_arn or customer_identifier"
+        current = bool(ids.get("customer_aws_account_id") or ids.get("license_arn"))
+        if current and not (ids.get("customer_aws_account_id") and ids.get("license_arn")):
+            return "customer_aws_account_id and license_arn go together: one of them is missing"
+        if not current and not ids.get("customer_identifier"):
+            return "missing customer_aws_account_id + license_arn (or a legacy listing's customer_identifier)"
+        if _concurrent(record) and not current:
+            return "a Concurrent Agreements record needs customer_aws_account_id + license_arn"
         if record.quantity > MAX_QUANTITY:
             return f"quantity {record.quantity} exceeds {MAX_QUANTITY}"
         return ""
 
     def _meter(
         self,
-        product: str,
+        product: str | None,
         items: list[tuple[UsageRecord, dict[str, Any]]],
         outcomes: dict[str, Outcome],
         attempt: int,
@@ -76,11 +88,10 @@ class Metering:
         if self._pace is not None:
             self._pace()
         try:
-            response = self._call(
-                self.client.batch_meter_usage,
-                ProductCode=product,
-                UsageRecords=[wire for _, wire in items],
-            )
+            params: dict[str, Any] = {"UsageRecords": [wire for _, wire in items]}
+            if product is not None:  # None: Concurrent Agreements, the licenses name the product
+                params["ProductCode"] = product
+            response = self._call(self.client.batch_meter_usage, **params)
         except RecordLevelError as err:
             if len(items) == 1:
                 record = items[0][0]
@@ -130,17 +141,21 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def _concurrent(record: UsageRecord) -> bool:
+    return record.identifiers.get("concurrent_agreements") == "true"
+
+
 def _wire_record(record: UsageRecord) -> dict[str, Any]:
+    """The record as BatchMeterUsage takes it: one kind of customer identifier, never both."""
     ids = record.identifiers
     wire: dict[str, Any] = {
         "Timestamp": record.hour,
         "Dimension": record.dimension,
         "Quantity": record.quantity,
     }
-    if ids.get("customer_aws_account_id"):
+    if ids.get("customer_aws_account_id") and ids.get("license_arn"):
         wire["CustomerAWSAccountId"] = ids["customer_aws_account_id"]
-        if ids.get("license_arn"):
-            wire["LicenseArn"] = ids["license_arn"]
+        wire["LicenseArn"] = ids["license_arn"]
     else:
         wire["CustomerIdentifier"] = ids["customer_identifier"]
     return wire

@@ -288,3 +288,122 @@ def test_builder_accepts_injected_parts(settings: Settings) -> None:
     assert (adapter.client, adapter.entitlement_client, adapter.sns_verifier, adapter.product_code) == (
         "metering", "entitlement", verifier, "p",
     )
+
+
+# --- 2026 rules: identifiers, one product per call, no ProductCode under Concurrent Agreements ----
+
+
+def _calls(adapter: AwsMarketplace) -> list[dict[str, Any]]:
+    """Record the parameters of every BatchMeterUsage call the real boto3 client makes."""
+    calls: list[dict[str, Any]] = []
+    adapter.client.meta.events.register(
+        "provide-client-params.marketplace-metering.BatchMeterUsage",
+        lambda params, **_: calls.append(dict(params)),
+    )
+    return calls
+
+
+def _kinds(request: dict[str, Any]) -> set[str]:
+    return {k for k in ("CustomerIdentifier", "CustomerAWSAccountId", "LicenseArn") if k in request}
+
+
+def test_a_batch_of_two_products_is_sent_as_two_calls(emu: AwsEmulatorClient, adapter: AwsMarketplace) -> None:
+    """Records of two products in one report go out in two BatchMeterUsage calls, one product each."""
+    one = emu.create_customer(product_code="prod-one", dimensions=["a"])["identifiers"]
+    two = emu.create_customer(product_code="prod-two", dimensions=["a"])["identifiers"]
+    calls = _calls(adapter)
+
+    outcomes = adapter.report([_record("1", one), _record("2", two), _record("3", one, hour=HOUR - timedelta(hours=1))])
+
+    assert {o.status for o in outcomes} == {OutcomeStatus.ACCEPTED}
+    assert sorted((c["ProductCode"], len(c["UsageRecords"])) for c in calls) == [("prod-one", 2), ("prod-two", 1)]
+
+
+def test_concurrent_agreements_send_no_product_code_and_split_per_product(
+    emu: AwsEmulatorClient, adapter: AwsMarketplace
+) -> None:
+    """Concurrent Agreements records carry account + license, no request ProductCode, one product per call."""
+    one = emu.create_customer(product_code="prod-one", dimensions=["a"])["identifiers"]
+    two = emu.create_customer(product_code="prod-two", dimensions=["a"])["identifiers"]
+    flag = {"concurrent_agreements": "true"}
+    calls = _calls(adapter)
+
+    outcomes = adapter.report([_record("1", {**one, **flag}), _record("2", {**two, **flag})])
+
+    assert {o.status for o in outcomes} == {OutcomeStatus.ACCEPTED}
+    assert len(calls) == 2 and all("ProductCode" not in c for c in calls)
+    assert [_kinds(r) for c in calls for r in c["UsageRecords"]] == [{"CustomerAWSAccountId", "LicenseArn"}] * 2
+    assert sorted(r["product_code"] for r in emu.usage()["records"]) == ["prod-one", "prod-two"]
+
+
+def test_records_never_carry_both_identifier_kinds(emu: AwsEmulatorClient, adapter: AwsMarketplace) -> None:
+    """Identifiers of both kinds on a record: only account + license go on the wire; legacy only alone."""
+    sub = emu.create_customer(product_code=PRODUCT, dimensions=["a", "b"])["identifiers"]
+    legacy = {"product_code": PRODUCT, "customer_identifier": sub["customer_identifier"]}
+    calls = _calls(adapter)
+
+    outcomes = adapter.report([_record("both", sub, "a"), _record("legacy", legacy, "b")])
+
+    assert {o.status for o in outcomes} == {OutcomeStatus.ACCEPTED}
+    kinds = [_kinds(r) for c in calls for r in c["UsageRecords"]]
+    assert sorted(map(sorted, kinds)) == [["CustomerAWSAccountId", "LicenseArn"], ["CustomerIdentifier"]]
+    assert all(c["ProductCode"] == PRODUCT for c in calls)
+
+
+@pytest.mark.parametrize(
+    ("ids", "detail"),
+    [
+        pytest.param({"product_code": PRODUCT, "customer_aws_account_id": "123456789012"}, "go together", id="account-alone"),
+        pytest.param({"product_code": PRODUCT, "license_arn": "arn:aws:license-manager::1:license:l-0a"}, "go together", id="license-alone"),
+        pytest.param({"product_code": PRODUCT, "customer_identifier": "x", "concurrent_agreements": "true"},
+                     "Concurrent Agreements", id="concurrent-legacy"),
+    ],
+)
+def test_incomplete_current_identifiers_are_rejected_locally(
+    emu: AwsEmulatorClient, adapter: AwsMarketplace, ids: dict[str, str], detail: str
+) -> None:
+    """Account without license (or the reverse), or a legacy identifier under Concurrent Agreements: never sent."""
+    calls = _calls(adapter)
+
+    [outcome] = adapter.report([_record("k", ids)])
+
+    assert outcome.status == OutcomeStatus.REJECTED and detail in outcome.detail and calls == []
+
+
+_CONTRACT = {"product_code": PRODUCT, "customer_identifier": "cust-1", "customer_aws_account_id": "123456789012",
+             "license_arn": "arn:aws:license-manager::294406891311:license:l-0123abcd"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        pytest.param({}, {"product_code": PRODUCT, "customer_aws_account_id": "123456789012",
+                          "license_arn": _CONTRACT["license_arn"]}, id="current"),
+        pytest.param({"aws_legacy_identifiers": True}, {"product_code": PRODUCT, "customer_identifier": "cust-1"}, id="legacy"),
+        pytest.param({"aws_concurrent_agreements": True}, {"product_code": PRODUCT, "customer_aws_account_id": "123456789012",
+                                                           "license_arn": _CONTRACT["license_arn"],
+                                                           "concurrent_agreements": "true"}, id="concurrent"),
+    ],
+)
+def test_record_identifiers_follow_the_listing(flags: dict[str, bool], expected: dict[str, str]) -> None:
+    """CustomerIdentifier only for legacy listings; otherwise account + license (never both kinds)."""
+    from marketplaces.aws import RULES
+
+    assert RULES.record_identifiers({**_CONTRACT, **flags}, {}) == expected
+
+
+def test_legacy_listing_without_a_customer_identifier_meters_by_license() -> None:
+    """A legacy listing's contract known only by its license (EventBridge) is metered by account + license."""
+    from marketplaces.aws import RULES
+
+    columns = {**_CONTRACT, "customer_identifier": None, "aws_legacy_identifiers": True}
+    assert RULES.record_identifiers(columns, {}) == {"product_code": PRODUCT, "customer_aws_account_id": "123456789012",
+                                                     "license_arn": _CONTRACT["license_arn"]}
+
+
+def test_current_listing_never_falls_back_to_the_customer_identifier() -> None:
+    """A non-legacy listing's contract without a license yields no customer identifier: the adapter rejects it."""
+    from marketplaces.aws import RULES
+
+    columns = {"product_code": PRODUCT, "customer_identifier": "cust-1"}
+    assert RULES.record_identifiers(columns, {}) == {"product_code": PRODUCT}

@@ -344,3 +344,67 @@ def test_reset_forgets_everything(emu: AwsEmulatorClient, metering: Any, sub: di
 
     assert emu.usage() == {"totals": [], "records": []}
     assert emu._call("GET", "/_emulator/customers") == []
+
+
+# --- one product per call, and requests without ProductCode (Concurrent Agreements) --------------------
+
+
+def test_a_batch_mixing_two_products_fails_as_a_whole(emu: AwsEmulatorClient, metering: Any) -> None:
+    """Without ProductCode each license names its product; two products in one call refuse every record."""
+    one = emu.create_customer(product_code="prod-one", dimensions=["a"])
+    two = emu.create_customer(product_code="prod-two", dimensions=["a"])
+
+    with pytest.raises(ClientError) as info:
+        metering.batch_meter_usage(UsageRecords=[_rec(one), _rec(two)])
+
+    assert info.value.response["Error"]["Code"] == "ValidationException"
+    assert "one product" in info.value.response["Error"]["Message"]
+    assert emu.usage()["records"] == []
+
+
+def test_a_license_of_another_product_fails_the_call(emu: AwsEmulatorClient, metering: Any) -> None:
+    """With ProductCode, a record whose license is for another product refuses the whole call."""
+    one = emu.create_customer(product_code="prod-one", dimensions=["a"])
+    two = emu.create_customer(product_code="prod-two", dimensions=["a"])
+
+    assert _error(metering, [_rec(one), _rec(two)], product="prod-one") == "InvalidLicenseException"
+    assert emu.usage()["records"] == []
+
+
+def test_records_of_one_product_without_product_code_are_accepted(emu: AwsEmulatorClient, metering: Any) -> None:
+    """Concurrent Agreements: two licenses of one account and product, no ProductCode, both accepted."""
+    first = emu.create_customer(product_code=PRODUCT, dimensions=["a"])
+    second = emu.create_customer(product_code=PRODUCT, dimensions=["a"],
+                                 customer_aws_account_id=first["identifiers"]["customer_aws_account_id"])
+
+    response = metering.batch_meter_usage(UsageRecords=[_rec(first, quantity=2), _rec(second, quantity=3)])
+
+    assert _statuses(response) == ["Success", "Success"]
+    assert sorted(r["quantity"] for r in emu.usage()["records"]) == [2, 3]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        pytest.param(lambda sub: {"Timestamp": HOUR, "CustomerIdentifier": sub["identifiers"]["customer_identifier"],
+                                  "Dimension": "a", "Quantity": 1}, id="customer-identifier"),
+        pytest.param(lambda sub: {"Timestamp": HOUR, "CustomerAWSAccountId": sub["identifiers"]["customer_aws_account_id"],
+                                  "Dimension": "a", "Quantity": 1}, id="account-without-license"),
+    ],
+)
+def test_without_product_code_every_record_needs_a_license(emu: AwsEmulatorClient, metering: Any, sub: dict[str, Any], record: Any) -> None:
+    """The legacy identifier needs the request's ProductCode; without it every record names its license."""
+    with pytest.raises(ClientError) as info:
+        metering.batch_meter_usage(UsageRecords=[_rec(sub), record(sub)])
+
+    assert info.value.response["Error"]["Code"] == "ValidationException"
+    assert emu.usage()["records"] == []
+
+
+def test_mixed_products_check_is_an_option(emu: AwsEmulatorClient, metering: Any) -> None:
+    """one_product_per_call=false lets a mixed call through (to test a sender's own splitting)."""
+    emu.set_options(one_product_per_call=False)
+    one = emu.create_customer(product_code="prod-one", dimensions=["a"])
+    two = emu.create_customer(product_code="prod-two", dimensions=["a"])
+
+    assert _statuses(metering.batch_meter_usage(UsageRecords=[_rec(one), _rec(two)])) == ["Success", "Success"]

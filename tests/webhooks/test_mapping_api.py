@@ -49,6 +49,22 @@ def test_listing_validation(client, auth_headers, body, field) -> None:  # type:
     assert field in response.json["detail"]
 
 
+def test_listing_aws_identifier_flags(client, auth_headers) -> None:  # type: ignore[no-untyped-def]
+    """New listings are neither legacy nor Concurrent Agreements; the flags are set, shown and exclusive."""
+    created = client.post("/v1/listings", json=LISTING, headers=auth_headers).json
+    assert (created["aws_legacy_identifiers"], created["aws_concurrent_agreements"]) == (False, False)
+    patched = client.patch(f"/v1/listings/{created['id']}", json={"aws_concurrent_agreements": True}, headers=auth_headers)
+    assert patched.status_code == 200 and patched.json["aws_concurrent_agreements"] is True
+    both = client.patch(f"/v1/listings/{created['id']}", json={"aws_legacy_identifiers": True}, headers=auth_headers)
+    assert both.status_code == 400
+    assert [e["field"] for e in both.json["validation_errors"]] == ["aws_concurrent_agreements"]
+    assert client.get(f"/v1/listings/{created['id']}", headers=auth_headers).json["aws_legacy_identifiers"] is False
+    azure = client.post("/v1/listings", json={**LISTING, "marketplace": "azure", "aws_legacy_identifiers": True},
+                        headers=auth_headers)
+    assert azure.status_code == 400
+    assert [e["field"] for e in azure.json["validation_errors"]] == ["aws_legacy_identifiers"]
+
+
 def test_listing_conflict_and_not_found(client, auth_headers) -> None:  # type: ignore[no-untyped-def]
     """A second listing for the same product and plan is 409; an unknown id is 404."""
     assert client.post("/v1/listings", json=LISTING, headers=auth_headers).status_code == 201

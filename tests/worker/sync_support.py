@@ -43,11 +43,11 @@ class SyncEnv:
         response.raise_for_status()
         return response.json() if response.content else None
 
-    def new_identifiers(self) -> dict[str, str]:
+    def new_identifiers(self, product_code: str = "prod-sync") -> dict[str, str]:
         """Create a marketplace customer able to receive usage; return its identifiers."""
         if self.marketplace == "aws":
-            created = self.control("POST", "customers", {"product_code": "prod-sync", "dimensions": [DIMENSION]})
-            return {"product_code": "prod-sync", **created["identifiers"]}
+            created = self.control("POST", "customers", {"product_code": product_code, "dimensions": [DIMENSION]})
+            return {"product_code": product_code, **created["identifiers"]}
         if self.marketplace == "azure":
             sub = self.control("POST", "subscriptions", {"plan_id": "payg", "dimensions": [DIMENSION]})
             return {"azure_subscription_id": sub["subscription"]["id"], "plan_id": "payg", "offer_id": "offer-sync"}
@@ -80,10 +80,12 @@ def setup_billing(engine: Engine, *, unit_amount: str = "0.001", plan_id: str = 
 
 
 def map_contract(env: SyncEnv, *, start: datetime, unit_price: str = "0.01", close_rounding: str = "floor",
-                 metering_start: datetime | None = None) -> tuple[str, str]:
-    """Create a listing, a billing subscription and a mapped contract; return (contract, customer)."""
+                 metering_start: datetime | None = None, aws_product_code: str = "prod-sync",
+                 **listing_flags: bool) -> tuple[str, str]:
+    """Create a listing (with ``listing_flags``, e.g. ``aws_legacy_identifiers``), a billing
+    subscription and a mapped contract; return (contract, customer)."""
     n = next(_seq)
-    identifiers = env.new_identifiers()
+    identifiers = env.new_identifiers(aws_product_code) if env.marketplace == "aws" else env.new_identifiers()
     gateway = CoreBillingGateway(env.engine)
     customer = gateway.ensure_customer(external_customer_id=f"{env.marketplace}:c{n}", name=f"C{n}",
                                        email=f"c{n}@example.test", currency="USD")
@@ -97,7 +99,7 @@ def map_contract(env: SyncEnv, *, start: datetime, unit_price: str = "0.01", clo
                                billing_plan_id="plan_sync", dimension=DIMENSION, unit_price=unit_price,
                                close_rounding=close_rounding,
                                metering_start_date=metering_start.date() if metering_start else None,
-                               created_at=now, updated_at=now))
+                               created_at=now, updated_at=now, **listing_flags))
         columns = {k: v for k, v in identifiers.items()
                    if k in ("product_code", "customer_aws_account_id", "license_arn", "customer_identifier",
                             "azure_subscription_id", "gcp_entitlement_id", "offer_id", "plan_id")}

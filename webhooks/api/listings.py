@@ -50,6 +50,11 @@ class _Fields(Body):
     include_fixed_fees: Optional[bool] = None
     metering_start_date: Optional[date] = None
     approve_entitlements: Optional[bool] = None
+    aws_legacy_identifiers: Optional[bool] = Field(default=None, description=(
+        "AWS: meter with the legacy CustomerIdentifier (and ProductCode) when a contract has one"))
+    aws_concurrent_agreements: Optional[bool] = Field(default=None, description=(
+        "AWS: the product uses Concurrent Agreements; records carry CustomerAWSAccountId + LicenseArn "
+        "and the request no ProductCode"))
 
     @field_validator("unit_price", mode="before")
     @classmethod
@@ -83,6 +88,8 @@ class ListingCreate(_Fields):
     close_rounding: Literal["floor", "half_up", "ceil"] = "floor"
     include_fixed_fees: bool = False
     approve_entitlements: bool = True
+    aws_legacy_identifiers: bool = False
+    aws_concurrent_agreements: bool = False
 
 
 class ListingUpdate(_Fields):

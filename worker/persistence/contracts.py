@@ -33,6 +33,11 @@ class ListingRow(SQLModel, table=True):
     include_fixed_fees: bool = Field(default=False)
     metering_start_date: Optional[date] = Field(default=None)
     approve_entitlements: bool = Field(default=True)
+    # AWS only (docs/marketplaces.md §2.1): meter with the legacy CustomerIdentifier (listings that
+    # existed before these flags: the migration sets it on them); send no ProductCode (Concurrent
+    # Agreements). New listings default to neither.
+    aws_legacy_identifiers: bool = Field(default=False)
+    aws_concurrent_agreements: bool = Field(default=False)
     created_at: datetime
     updated_at: datetime
 

@@ -57,10 +57,23 @@ def _batch_meter_usage(state: AwsEmulatorState, params: Mapping[str, Any]) -> di
             f"Member must have length less than or equal to {state.options['max_records']}",
         )
     product_code = params.get("ProductCode")
+    if not product_code:
+        # Without ProductCode (Concurrent Agreements) each record's license names its product;
+        # the legacy CustomerIdentifier needs the request's ProductCode.
+        for rec in records:
+            if isinstance(rec, Mapping) and rec.get("CustomerIdentifier"):
+                raise AwsError("ValidationException", "ProductCode is required for records with CustomerIdentifier")
+            if isinstance(rec, Mapping) and not rec.get("LicenseArn"):
+                raise AwsError("ValidationException", "LicenseArn is required in every record when ProductCode is omitted")
     with state.lock:
         now = state.now()
         # Validate the whole batch first: any request-level problem rejects every record.
         resolved = [_resolve_record(state, product_code, rec, now) for rec in records]
+        products = sorted({product for _, product, _ in resolved})
+        if len(products) > 1 and state.options["one_product_per_call"]:
+            # Each BatchMeterUsage call is for one product: a mixed call fails as a whole.
+            raise AwsError("ValidationException",
+                           f"a BatchMeterUsage call is for one product; this one mixes {', '.join(products)}")
         results: list[dict[str, Any]] = []
         unprocessed: list[dict[str, Any]] = []
         for rec, (sub, product, timestamp) in zip(records, resolved):

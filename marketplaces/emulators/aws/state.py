@@ -23,6 +23,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "deprovision_window_seconds": 3600,  # about one hour of final metering after cancel
     "identical_resend_status": "Success",  # or "DuplicateRecord"; AWS sources disagree
     "max_records": 25,
+    "one_product_per_call": True,  # records of two products in one call fail the whole call
     "max_body_bytes": 1024 * 1024,
     "rate_limit_rps": 10.0,  # BatchMeterUsage quota per account and region; 0 disables
     "rate_limit_burst": None,  # bucket size (default: one second's worth of requests)

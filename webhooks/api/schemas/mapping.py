@@ -28,6 +28,8 @@ class Listing(Shape):
     include_fixed_fees: bool
     metering_start_date: Optional[date]
     approve_entitlements: bool
+    aws_legacy_identifiers: bool
+    aws_concurrent_agreements: bool
     created_at: datetime
     updated_at: datetime
 
