@@ -29,7 +29,7 @@ import json
 import weakref
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -76,14 +76,13 @@ class FragmentStats:
     """What answered the reads of one source.
 
     ``fragments``: stored fragments added up; ``recomputed``: buckets computed from events (stale
-    or missing); ``raw_events``: events read at the windows' edges; ``lines``: per (metric id,
-    customer), (fragments, raw events) of the last read — what the invoice trace shows.
+    or missing); ``raw_events``: events read at the windows' edges. Per customer and metric, the
+    same two counts travel with each ``MetricUsage`` (the invoice trace shows them).
     """
 
     fragments: int = 0
     recomputed: int = 0
     raw_events: int = 0
-    lines: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
 
 def _group_key(values: tuple[str, ...]) -> str:
@@ -169,7 +168,6 @@ class FragmentUsageSource(MetricsByDefinition):
         aggregation = definition.aggregation
         for cid in ids:
             parts = merged.get(cid, {})
-            self.stats.lines[(metric_id, cid)] = used.get(cid, (0, 0))
             total = Partial.combine(parts.values())
             try:
                 quantity = _checked(aggregation, _exact(aggregation, total), metric_id, cid)
@@ -264,7 +262,7 @@ class FragmentUsageSource(MetricsByDefinition):
             loaded = load_coverage(conn, metric_id, signature, size, None if every else ids, *window)
             star = loaded.get(EVERY, [])
             own = {c: segs for c, segs in loaded.items() if c != EVERY}
-            stale, anyone = _stale(conn, definition.event_name, star, own, ids, size, position)
+            stale, anyone = _stale(conn, self.raw, definition.event_name, star, own, ids, size, position)
         # Everything written stays inside the window or the spans just loaded: a span that was
         # not loaded (it does not overlap the window) is never overwritten or overlapped.
         todo: dict[str, list[Span]] = {}
@@ -348,8 +346,8 @@ def _exact(aggregation: str, part: Partial) -> Any:
     return part.quantity(aggregation)
 
 
-def _stale(conn: Any, event_name: str, star: list[Segment], own: Mapping[str, list[Segment]],
-           ids: Sequence[str] | None, size: int, position: int) -> tuple[dict[str, list[Span]], list[Span]]:
+def _stale(conn: Any, raw: BatchSqlUsageSource, event_name: str, star: list[Segment],
+           own: Mapping[str, list[Segment]], ids: Sequence[str] | None, size: int, position: int) -> tuple[dict[str, list[Span]], list[Span]]:
     """Return the bucket spans that changes after their position touch: (per customer, for anyone).
 
     A customer's buckets are held by its own spans and ``EVERY``'s, the highest position winning.
@@ -362,7 +360,7 @@ def _stale(conn: Any, event_name: str, star: list[Segment], own: Mapping[str, li
     if star or ids is None or len(ids) > _BULK_FILTER_LIMIT:
         changes = changes_since(conn, min(behind), None, None, event_name)
     else:
-        changes = changes_since(conn, min(behind), list(ids), sorted(_owners(conn, list(ids), by_id=True)), event_name)
+        changes = changes_since(conn, min(behind), list(ids), sorted(raw._aliases(conn, list(ids))), event_name)
     externals = sorted({ch.external_customer_id for ch in changes
                         if ch.customer_id is None and ch.external_customer_id is not None})
     owners_of = _owners(conn, externals)
@@ -398,14 +396,13 @@ def _stale(conn: Any, event_name: str, star: list[Segment], own: Mapping[str, li
     return {cid: union(listed) for cid, listed in out.items() if listed}, union(anyone)
 
 
-def _owners(conn: Any, keys: Sequence[str], by_id: bool = False) -> dict[str, str]:
-    """Map external customer ids to customer ids, for these external ids (or these customer ids: ``by_id``)."""
+def _owners(conn: Any, externals: Sequence[str]) -> dict[str, str]:
+    """Map these external customer ids to the ids of the customers that have them."""
     c = customers_table
-    column = c.c.id if by_id else c.c.external_customer_id
     found: dict[str, str] = {}
-    for chunk in range(0, len(keys), 500):
+    for chunk in range(0, len(externals), 500):
         found.update({ext: cid for ext, cid in conn.execute(sa.select(c.c.external_customer_id, c.c.id).where(
-            column.in_(list(keys[chunk:chunk + 500])), c.c.external_customer_id.is_not(None))).all()})
+            c.c.external_customer_id.in_(list(externals[chunk:chunk + 500])))).all()})
     return found
 
 
@@ -438,7 +435,7 @@ def verify_fragments(engine: sa.Engine, *, customer_id: str | None = None, since
             lo_limit = floor - floor % size
             loaded = load_coverage(conn, metric_id, signature, size, asked, lo_limit, 2**62)
             star = loaded.pop(EVERY, [])
-            stale, anyone = _stale(conn, definition.event_name, star, loaded, asked, size, position)
+            stale, anyone = _stale(conn, raw, definition.event_name, star, loaded, asked, size, position)
             star_spans = overlap([(lo, hi) for lo, hi, _ in star], [(lo_limit, 2**62)])
             held = {cid: overlap([(lo, hi) for lo, hi, _ in segs], [(lo_limit, 2**62)]) for cid, segs in loaded.items()}
             stale_count += sum((hi - lo) // size for spans in stale.values() for lo, hi in spans)
@@ -459,11 +456,12 @@ def verify_fragments(engine: sa.Engine, *, customer_id: str | None = None, since
                     for bucket, part in per_bucket.items():
                         fresh.setdefault((key[0], bucket), {})[tuple(key[1:])] = part
 
+            currents: dict[str, list[Span]] = {}
+
             def current(cid: str, bucket: int) -> bool:
-                spans = union(star_spans + held.get(cid, []))
-                inside = any(lo <= bucket < hi for lo, hi in spans)
-                gone = any(lo <= bucket < hi for lo, hi in stale.get(cid, []) + anyone)
-                return inside and not gone
+                if cid not in currents:
+                    currents[cid] = subtract(star_spans + held.get(cid, []), stale.get(cid, []) + anyone)
+                return any(lo <= bucket < hi for lo, hi in currents[cid])
 
             for cid, bucket in sorted(set(stored) | set(fresh)):
                 if not current(cid, bucket):
