@@ -2,17 +2,18 @@
 
 Two steps, each safe to repeat and to run in several processes at once:
 
-1. ``prepare``: compute the contract's unrounded cost to date for its billing period, convert
-   it to whole units, and write the difference to the usage ledger as a ``pending`` row keyed
-   (contract, dimension, hour stamp) — ``ledger.record``, a compare-and-swap on the contract's
+1. ``prepare``: compute the contract's unrounded cost to date for its billing period, split
+   it over the listing's dimensions, convert each to whole units, and write each difference to
+   the usage ledger as a ``pending`` row keyed (contract, dimension, hour stamp) — ``ledger.record``, a compare-and-swap on the contract's
    sync state in the same transaction, so no two runs ever count the same units.
 2. ``send_pending``: claim up to a batch of pending rows of one marketplace (across contracts),
    send them through the adapter, and record each answer. A crash before the answer is recorded
    leaves the row pending; it is sent again, identical, and the marketplace's dedupe answers.
 
 A contract whose costs cannot be computed (``OutOfRange``: its usage is beyond the supported
-range) reports nothing and is put in the ``cost_error`` state — ``last_outcome`` of its sync
-state, with the reason in ``last_error`` — shown on the dashboard and counted in ``/metrics``.
+range; ``UnmappedPrice``: a price of its subscription maps to no dimension of its listing)
+reports nothing and is put in the ``cost_error`` state — ``last_outcome`` of its sync state,
+with the reason in ``last_error`` — shown on the dashboard and counted in ``/metrics``.
 It is not retried (the same data gives the same answer); the other contracts of its chunk are
 reported as usual, and the next run that can compute its costs clears the state.
 """
@@ -27,15 +28,16 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session
 
 from billing_core import OutOfRange, SqlSubscriptions, Subscription, billing_period, costs, costs_each, usage_source
+from billing_core.money import exact
 from marketplaces import rules
 from marketplaces.base import Marketplace, PermanentMarketplaceError, TransientMarketplaceError, UsageRecord
 from worker import ledger
 from worker.errors import Permanent, Transient
-from worker.ledger import COST_ERROR, Due, Prepared, utc
+from worker.ledger import COST_ERROR, Due, Part, Prepared, utc
 from worker.logs import get_logger
-from worker.metering import hour_floor, plan_report
+from worker.metering import Dimension, UnmappedPrice, cost_by_dimension, dimensions_of, hour_floor, plan_report
 from worker.persistence.contracts import ContractRow, ListingRow
-from worker.persistence.ledger import ContractSyncRow, LedgerRow
+from worker.persistence.ledger import LedgerRow
 from worker.statuses import SYNCABLE, MappingStatus
 
 log = get_logger("marketsync.sync")
@@ -56,12 +58,18 @@ def batch_size(marketplace: str) -> int:
     return rules(marketplace).batch_size
 
 
-def unit_price(contract: ContractRow, listing: ListingRow) -> Decimal:
-    """Return the unit price of the listing's dimension (a contract's own pricing wins)."""
-    for dimension in (contract.pricing or {}).get("dimensions", []) or []:
-        if dimension.get("name") == listing.dimension and dimension.get("unit_price"):
-            return Decimal(str(dimension["unit_price"]))
-    return Decimal(listing.unit_price)
+def dimensions(contract: ContractRow, listing: ListingRow) -> tuple[Dimension, ...]:
+    """Return the listing's dimensions with their unit prices (a contract's own pricing wins, by name)."""
+    overrides = {str(d["name"]): Decimal(str(d["unit_price"]))
+                 for d in (contract.pricing or {}).get("dimensions", []) or []
+                 if d.get("name") and d.get("unit_price")}
+    return dimensions_of(listing.dimension, listing.unit_price, listing.dimensions, overrides)
+
+
+def unit_price(contract: ContractRow, listing: ListingRow) -> Decimal | None:
+    """Return the unit price of a single-dimension listing (None when it meters several)."""
+    found = dimensions(contract, listing)
+    return found[0].unit_price if len(found) == 1 else None
 
 
 def _metering_start(listing: ListingRow) -> datetime | None:
@@ -88,19 +96,21 @@ def cost_window(sub: Subscription, contract: ContractRow, listing: ListingRow, *
     return start, min(end, period.end), period.start
 
 
-def _reported_total(result: Any, listing: ListingRow) -> Decimal:
-    """Return the unrounded total of the prices the listing reports (usage, and fixed fees if included)."""
-    return sum((p.total_unrounded for p in result.per_price_costs
-                if listing.include_fixed_fees or p.price.metric_id is not None), Decimal(0))
+def _costs(result: Any, contract: ContractRow, listing: ListingRow) -> dict[str, Decimal]:
+    """Return the unrounded cost of each dimension from the prices' costs (``metering.cost_by_dimension``)."""
+    if result is None:
+        return {d.name: Decimal(0) for d in dimensions(contract, listing)}
+    return cost_by_dimension(result.per_price_costs, dimensions(contract, listing),
+                             include_fixed_fees=listing.include_fixed_fees)
 
 
 def contract_cost(engine: Engine, sub: Subscription, contract: ContractRow, listing: ListingRow, *,
-                  stamp: datetime, now: datetime) -> tuple[Decimal, datetime]:
-    """Return the unrounded cost to date of the billing period the stamp falls in, and its start."""
+                  stamp: datetime, now: datetime) -> tuple[dict[str, Decimal], datetime]:
+    """Return the unrounded cost to date per dimension of the billing period the stamp falls in, and its start."""
     start, end, period_start = cost_window(sub, contract, listing, stamp=stamp, now=now)
     if end <= start:
-        return Decimal(0), period_start
-    return _reported_total(costs(sub, start, end, usage_source(engine)), listing), period_start
+        return _costs(None, contract, listing), period_start
+    return _costs(costs(sub, start, end, usage_source(engine)), contract, listing), period_start
 
 
 def _load(engine: Engine, contract_id: str) -> _Loaded:
@@ -155,10 +165,10 @@ def _product(contract: ContractRow) -> str:
     return contract.product_code or contract.offer_id or str((contract.cloud_identifiers or {}).get("product_id", ""))
 
 
-def _due(contract: ContractRow, listing: ListingRow, cost: Decimal, period_start: datetime) -> Due:
-    return Due(contract_id=contract.id, marketplace=contract.marketplace, product=_product(contract),
-               dimension=listing.dimension, unit_price=unit_price(contract, listing),
-               close_rounding=listing.close_rounding, cost=cost, period_start=period_start,
+def _due(contract: ContractRow, listing: ListingRow, cost: dict[str, Decimal], period_start: datetime) -> Due:
+    parts = tuple(Part(d.name, d.unit_price, cost.get(d.name, Decimal(0))) for d in dimensions(contract, listing))
+    return Due(contract_id=contract.id, marketplace=contract.marketplace, product=_product(contract), parts=parts,
+               close_rounding=listing.close_rounding, period_start=period_start,
                zero_record=rules(contract.marketplace).hourly_zero_record)
 
 
@@ -172,7 +182,7 @@ def prepare(engine: Engine, contract_id: str, stamp: datetime, *, now: datetime,
         return skipped
     try:
         cost, period_start = contract_cost(engine, sub, contract, listing, stamp=stamp, now=now)
-    except OutOfRange as exc:
+    except (OutOfRange, UnmappedPrice) as exc:
         ledger.mark_cost_errors(engine, {contract_id: exc}, now=now)
         return Prepared(COST_ERROR, ledger.cost_error_text(exc))
     result = ledger.record(engine, [_due(contract, listing, cost, period_start)], stamp, now=now, kind=kind,
@@ -205,32 +215,46 @@ def prepare_many(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *
         todo.append((contract, listing, sub, *cost_window(sub, contract, listing, stamp=stamp, now=now)))
     priced = [t for t in todo if t[4] > t[3]]
     results = costs_each([(sub, start, end) for _, _, sub, start, end, _ in priced], usage_source(engine))
-    failed = {t[0].id: result for t, result in zip(priced, results) if isinstance(result, OutOfRange)}
-    totals = {t[0].id: _reported_total(result, t[1]) for t, result in zip(priced, results)
-              if not isinstance(result, OutOfRange)}
+    failed: dict[str, OutOfRange | UnmappedPrice] = {
+        t[0].id: result for t, result in zip(priced, results) if isinstance(result, OutOfRange)}
+    totals: dict[str, dict[str, Decimal]] = {}
+    for (contract, listing, *_rest), result in zip(priced, results):
+        if not isinstance(result, OutOfRange):
+            try:
+                totals[contract.id] = _costs(result, contract, listing)
+            except UnmappedPrice as exc:
+                failed[contract.id] = exc
     ledger.mark_cost_errors(engine, failed, now=now)
     out.update({contract_id: Prepared(COST_ERROR, ledger.cost_error_text(exc)) for contract_id, exc in failed.items()})
-    dues = [_due(contract, listing, totals.get(contract.id, Decimal(0)), period_start)
+    dues = [_due(contract, listing, totals.get(contract.id) or _costs(None, contract, listing), period_start)
             for contract, listing, _sub, _start, _end, period_start in todo if contract.id not in failed]
     out.update(ledger.record(engine, dues, stamp, now=now, kind=kind))
     return out
 
 
 def preview(engine: Engine, contract_id: str, stamp: datetime, *, now: datetime, final: bool = False) -> dict[str, Any]:
-    """Return what ``prepare`` would write for the contract, without writing anything."""
+    """Return what ``prepare`` would write for the contract, per dimension and in all, without writing anything."""
     stamp = hour_floor(stamp)
     contract, listing, sub = _load(engine, contract_id)
     cost, period_start = contract_cost(engine, sub, contract, listing, stamp=stamp, now=now)
-    price = unit_price(contract, listing)
-    with Session(engine) as session:
-        state = session.get(ContractSyncRow, contract_id)
+    counts = {c["dimension"]: c for c in ledger.dimension_counts(engine, contract_id)}
     taken = ledger.stamp_taken(engine, contract_id, stamp)
-    reported = state.units_reported if state and utc(state.period_start) == period_start else 0
-    plan = plan_report(cost, price, reported, final=final, close_policy=listing.close_rounding)
+    lines = []
+    for part in _due(contract, listing, cost, period_start).parts:
+        count = counts.get(part.dimension)
+        reported = count["units_reported"] if count and count["period_start"] == period_start else 0
+        plan = plan_report(part.cost, part.unit_price, reported, final=final, close_policy=listing.close_rounding)
+        lines.append({"dimension": part.dimension, "cost": str(part.cost), "unit_price": str(part.unit_price),
+                      "units_total": plan.units_total, "units_reported": reported,
+                      "would_send": 0 if taken else plan.delta, "over_reported": plan.over_reported})
+    with exact():
+        total_cost = sum((Decimal(line["cost"]) for line in lines), Decimal(0))
+    single = lines[0]["unit_price"] if len(lines) == 1 else None
     return {"contract_id": contract_id, "marketplace": contract.marketplace, "hour": stamp.isoformat(),
-            "period_start": period_start.isoformat(), "cost": str(cost), "unit_price": str(price),
-            "units_total": plan.units_total, "units_reported": reported, "would_send": 0 if taken else plan.delta,
-            "over_reported": plan.over_reported, "stamp_used": taken, "status": contract.status}
+            "period_start": period_start.isoformat(), "cost": str(total_cost), "unit_price": single,
+            **{name: sum(line[name] for line in lines)
+               for name in ("units_total", "units_reported", "would_send", "over_reported")},
+            "stamp_used": taken, "status": contract.status, "dimensions": lines}
 
 
 # --- sending ---------------------------------------------------------------------------------------
@@ -303,7 +327,8 @@ def report_contract(engine: Engine, adapter: Any, contract_id: str, stamp: datet
     marketplace = marketplace_of(engine, contract_id)
     sent = send_pending(engine, adapter, marketplace, now=now, first=contract_id)
     return {"contract_id": contract_id, "hour": stamp.isoformat(), "outcome": prepared.outcome,
-            "detail": prepared.detail, "quantity": prepared.quantity, "cost": str(prepared.cost), "sent": sent}
+            "detail": prepared.detail, "quantity": prepared.quantity, "cost": str(prepared.cost),
+            "dimensions": dict(prepared.dimensions), "sent": sent}
 
 
 def report_many(engine: Engine, adapter_for: Callable[[str], Any], contract_ids: Sequence[str], stamp: datetime, *,

@@ -14,18 +14,19 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from sqlalchemy import Engine, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from billing_core.errors import OutOfRange
+from billing_core.money import exact
 from marketplaces.base import OutcomeStatus
 from worker.errors import Contention
 from worker.logs import get_logger
-from worker.metering import ledger_key, plan_report
-from worker.persistence.ledger import ContractSyncRow, LedgerRow
+from worker.metering import UnmappedPrice, ledger_key, plan_report
+from worker.persistence.ledger import ContractSyncRow, DimensionSyncRow, LedgerRow
 from worker.statuses import LedgerStatus
 
 log = get_logger("marketsync.ledger")
@@ -43,30 +44,44 @@ def utc(value: datetime | None) -> datetime | None:
 
 
 @dataclass(frozen=True)
+class Part:
+    """One dimension's share of a contract's cost to date, and its unit price."""
+
+    dimension: str
+    unit_price: Decimal
+    cost: Decimal
+
+
+@dataclass(frozen=True)
 class Due:
-    """One contract's cost to date for a period, to be written as a report under an hour stamp."""
+    """One contract's cost to date for a period, per dimension, to be written under an hour stamp."""
 
     contract_id: str
     marketplace: str
     product: str
-    dimension: str
-    unit_price: Decimal
+    parts: tuple[Part, ...]
     close_rounding: str
-    cost: Decimal
     period_start: datetime
     zero_record: bool = False  # write a zero-quantity row when nothing is due (AWS's hourly heartbeat)
+
+    @property
+    def cost(self) -> Decimal:
+        """Return the contract's whole cost to date (all dimensions)."""
+        with exact():
+            return sum((part.cost for part in self.parts), Decimal(0))
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """What preparing one contract's report under one hour stamp did."""
+    """What preparing one contract's report under one hour stamp did (all its dimensions)."""
 
     outcome: str  # queued, zero, nothing, stamp_used, skipped, cost_error
     detail: str = ""
-    ledger_id: int | None = None
+    ledger_id: int | None = None  # the first row written
     cost: Decimal = Decimal(0)
     units_total: int = 0
     quantity: int = 0
+    dimensions: tuple[tuple[str, int], ...] = ()  # (dimension, units written) for each dimension written
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -99,14 +114,27 @@ def record(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetim
     return out
 
 
+@dataclass
+class _Planned:
+    """One contract's plans per dimension under the stamp, as ``_swap`` works them out."""
+
+    due: Due
+    plans: dict[str, Any]  # dimension -> ReportPlan, for the dimensions whose stamp is free
+    taken: list[Any]  # ledger rows already using the stamp
+    reported: dict[str, int]  # dimension -> units counted after this write
+
+
 def _swap(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetime, kind: str,
           final: bool) -> dict[str, Prepared] | None:
-    """One compare-and-swap transaction for ``dues``; None, having written nothing, when a state moved."""
+    """One compare-and-swap transaction for ``dues``; None, having written nothing, when a state moved.
+
+    Each (contract, dimension) gets its own plan from its own count: a sub-unit remainder of
+    one dimension never lends to another (docs/billing-rules.md §12).
+    """
     if not dues:
         return {}
-    sync_t, ledger_t = ContractSyncRow.__table__, LedgerRow.__table__
+    sync_t, dim_t, ledger_t = ContractSyncRow.__table__, DimensionSyncRow.__table__, LedgerRow.__table__
     ids = [due.contract_id for due in dues]
-    by_id = {due.contract_id: due for due in dues}
     try:
         with Session(engine) as session:
             known = set(session.execute(select(sync_t.c.contract_id).where(sync_t.c.contract_id.in_(ids))).scalars())
@@ -114,47 +142,72 @@ def _swap(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetime
                 session.add_all([ContractSyncRow(contract_id=i) for i in ids if i not in known])
                 session.flush()
             states = {r.contract_id: r for r in session.execute(select(
-                sync_t.c.contract_id, sync_t.c.version, sync_t.c.period_start, sync_t.c.units_reported,
+                sync_t.c.contract_id, sync_t.c.version,
             ).where(sync_t.c.contract_id.in_(ids)))}
+            counts = {(r.contract_id, r.dimension): r for r in session.execute(select(
+                dim_t.c.contract_id, dim_t.c.dimension, dim_t.c.period_start, dim_t.c.units_reported,
+            ).where(dim_t.c.contract_id.in_(ids)))}
             used = {(r.contract_id, r.dimension): r for r in session.execute(select(
                 ledger_t.c.contract_id, ledger_t.c.dimension, ledger_t.c.id, ledger_t.c.status,
             ).where(ledger_t.c.contract_id.in_(ids), ledger_t.c.hour == stamp))}
             out: dict[str, Prepared] = {}
+            planned: dict[str, _Planned] = {}
             swaps: list[dict[str, Any]] = []
+            dim_updates: list[dict[str, Any]] = []
+            dim_inserts: list[dict[str, Any]] = []
             rows: list[dict[str, Any]] = []
-            plans: dict[str, Any] = {}
             for due in dues:
-                taken = used.get((due.contract_id, due.dimension))
-                if taken is not None:
-                    out[due.contract_id] = Prepared(
-                        "stamp_used", f"hour {stamp.isoformat()} already has a {taken.status} report",
-                        ledger_id=taken.id, cost=due.cost)
+                one = planned[due.contract_id] = _Planned(due, {}, [], {})
+                for part in due.parts:
+                    count = counts.get((due.contract_id, part.dimension))
+                    reported = (count.units_reported if count is not None
+                                and utc(count.period_start) == due.period_start else 0)
+                    taken = used.get((due.contract_id, part.dimension))
+                    if taken is not None:
+                        one.taken.append(taken)
+                        one.reported[part.dimension] = reported
+                        continue
+                    plan = plan_report(part.cost, part.unit_price, reported, final=final,
+                                       close_policy=due.close_rounding)
+                    one.plans[part.dimension] = plan
+                    one.reported[part.dimension] = reported + plan.delta
+                    values = {"period_start": due.period_start, "units_reported": reported + plan.delta,
+                              "over_reported": plan.over_reported, "last_cost": str(part.cost),
+                              "last_units_total": plan.units_total}
+                    if count is None:
+                        dim_inserts.append({"contract_id": due.contract_id, "dimension": part.dimension, **values})
+                    else:
+                        dim_updates.append({"b_id": due.contract_id, "b_dimension": part.dimension,
+                                            **{f"b_{k}": v for k, v in values.items()}})
+                if not one.plans:
+                    detail = "; ".join(f"hour {stamp.isoformat()} already has a {t.status} report" for t in one.taken)
+                    out[due.contract_id] = Prepared("stamp_used", detail, ledger_id=one.taken[0].id, cost=due.cost)
                     continue
+                delta = sum(plan.delta for plan in one.plans.values())
                 state = states[due.contract_id]
-                reported = state.units_reported if utc(state.period_start) == due.period_start else 0
-                plan = plan_report(due.cost, due.unit_price, reported, final=final, close_policy=due.close_rounding)
-                plans[due.contract_id] = plan
-                send_zero = plan.delta == 0 and due.zero_record and kind == "hourly"
                 swaps.append({
                     "b_id": due.contract_id, "b_version": state.version, "b_new_version": state.version + 1,
-                    "b_period_start": due.period_start, "b_units_reported": reported + plan.delta,
-                    "b_over_reported": plan.over_reported, "b_last_cost": str(due.cost),
-                    "b_last_units_total": plan.units_total, "b_last_run_at": now,
-                    "b_last_outcome": "queued" if plan.delta else "nothing to report",
+                    "b_period_start": due.period_start, "b_units_reported": sum(one.reported.values()),
+                    "b_over_reported": sum(plan.over_reported for plan in one.plans.values()),
+                    "b_last_cost": str(due.cost),
+                    "b_last_units_total": sum(plan.units_total for plan in one.plans.values()),
+                    "b_last_run_at": now, "b_last_outcome": "queued" if delta else "nothing to report",
                 })
-                if plan.delta > 0 or send_zero:
-                    rows.append({
-                        "key": ledger_key(due.contract_id, due.dimension, stamp), "contract_id": due.contract_id,
-                        "marketplace": due.marketplace, "product": due.product, "dimension": due.dimension,
-                        "hour": stamp, "period_start": due.period_start, "quantity": plan.delta,
-                        "kind": "zero" if plan.delta == 0 else kind, "cost_to_date": str(due.cost),
-                        "units_total": plan.units_total, "status": LedgerStatus.PENDING.value, "detail": "",
-                        "attempts": 0, "created_at": now,
-                    })
-                else:
-                    out[due.contract_id] = Prepared("nothing", "no whole unit to report", cost=due.cost,
-                                                    units_total=plan.units_total)
+                # AWS's hourly heartbeat: one zero record for the contract (its first free dimension).
+                send_zero = delta == 0 and not one.taken and due.zero_record and kind == "hourly"
+                for n, (dimension, plan) in enumerate(one.plans.items()):
+                    if plan.delta > 0 or (send_zero and n == 0):
+                        rows.append({
+                            "key": ledger_key(due.contract_id, dimension, stamp), "contract_id": due.contract_id,
+                            "marketplace": due.marketplace, "product": due.product, "dimension": dimension,
+                            "hour": stamp, "period_start": due.period_start, "quantity": plan.delta,
+                            "kind": "zero" if plan.delta == 0 else kind,
+                            "cost_to_date": str(next(p.cost for p in due.parts if p.dimension == dimension)),
+                            "units_total": plan.units_total, "status": LedgerStatus.PENDING.value, "detail": "",
+                            "attempts": 0, "created_at": now,
+                        })
             if swaps:
+                # The contract's version first: every writer of a count locks it before the count.
                 swapped = session.execute(update(sync_t).where(
                     sync_t.c.contract_id == bindparam("b_id"), sync_t.c.version == bindparam("b_version"),
                 ).values(
@@ -165,29 +218,54 @@ def _swap(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetime
                 ).execution_options(synchronize_session=False), swaps).rowcount
                 if swapped != len(swaps):
                     raise _Moved
+            if dim_updates:
+                session.execute(update(dim_t).where(
+                    dim_t.c.contract_id == bindparam("b_id"), dim_t.c.dimension == bindparam("b_dimension"),
+                ).values(
+                    period_start=bindparam("b_period_start"), units_reported=bindparam("b_units_reported"),
+                    over_reported=bindparam("b_over_reported"), last_cost=bindparam("b_last_cost"),
+                    last_units_total=bindparam("b_last_units_total"),
+                ).execution_options(synchronize_session=False), dim_updates)
+            if dim_inserts:
+                session.execute(insert(dim_t), dim_inserts)
+            written: dict[str, list[tuple[int, str, int]]] = {}
             if rows:
-                inserted = session.execute(insert(ledger_t).returning(ledger_t.c.id, ledger_t.c.contract_id), rows)
-                for row_id, contract_id in inserted:
-                    plan = plans[contract_id]
-                    out[contract_id] = Prepared("zero" if plan.delta == 0 else "queued", ledger_id=row_id,
-                                                cost=by_id[contract_id].cost, units_total=plan.units_total,
-                                                quantity=plan.delta)
+                inserted = session.execute(insert(ledger_t).returning(
+                    ledger_t.c.id, ledger_t.c.contract_id, ledger_t.c.dimension, ledger_t.c.quantity), rows)
+                for row_id, contract_id, dimension, quantity in inserted:
+                    written.setdefault(contract_id, []).append((row_id, dimension, quantity))
             session.commit()
     except (_Moved, IntegrityError):
         return None  # another run moved a state or took a stamp: the next pass reads the new one
-    for contract_id, plan in plans.items():
-        if plan.over_reported:
-            log.warning("over_reported", contract=contract_id, units=plan.over_reported,
-                        cost=str(by_id[contract_id].cost))
+    for contract_id, one in planned.items():
+        if contract_id in out:
+            continue
+        total = sum(plan.units_total for plan in one.plans.values())
+        mine = sorted(written.get(contract_id, []))
+        if mine:
+            quantity = sum(q for _, _, q in mine)
+            out[contract_id] = Prepared("queued" if quantity else "zero", ledger_id=mine[0][0], cost=one.due.cost,
+                                        units_total=total, quantity=quantity,
+                                        dimensions=tuple((d, q) for _, d, q in mine))
+        elif one.taken:
+            out[contract_id] = Prepared("stamp_used", f"hour {stamp.isoformat()} already has a "
+                                        f"{one.taken[0].status} report", ledger_id=one.taken[0].id,
+                                        cost=one.due.cost, units_total=total)
+        else:
+            out[contract_id] = Prepared("nothing", "no whole unit to report", cost=one.due.cost, units_total=total)
+        for dimension, plan in one.plans.items():
+            if plan.over_reported:
+                log.warning("over_reported", contract=contract_id, dimension=dimension, units=plan.over_reported,
+                            cost=str(next(p.cost for p in one.due.parts if p.dimension == dimension)))
     return out
 
 
-def cost_error_text(exc: OutOfRange) -> str:
+def cost_error_text(exc: OutOfRange | UnmappedPrice) -> str:
     """Return the stored ``last_error`` of a cost error: ``<reason>: <message>``."""
     return f"{exc.reason}: {exc}"[:2000]
 
 
-def mark_cost_errors(engine: Engine, errors: dict[str, OutOfRange], *, now: datetime) -> None:
+def mark_cost_errors(engine: Engine, errors: Mapping[str, OutOfRange | UnmappedPrice], *, now: datetime) -> None:
     """Put contracts in the ``cost_error`` state, with the reason (one transaction)."""
     if not errors:
         return
@@ -239,10 +317,15 @@ def release(engine: Engine, token: str, detail: str) -> None:
 
 
 def _uncount(conn: Any, row: LedgerRow) -> None:
-    """Take a row's units out of the reported count (they did not reach the marketplace)."""
+    """Take a row's units out of the reported counts (they did not reach the marketplace)."""
+    # The contract's version first, then its dimension's count: the order _swap locks them in.
     conn.execute(update(ContractSyncRow).where(
         ContractSyncRow.contract_id == row.contract_id, ContractSyncRow.period_start == row.period_start,
     ).values(units_reported=ContractSyncRow.units_reported - row.quantity, version=ContractSyncRow.version + 1))
+    conn.execute(update(DimensionSyncRow).where(
+        DimensionSyncRow.contract_id == row.contract_id, DimensionSyncRow.dimension == row.dimension,
+        DimensionSyncRow.period_start == row.period_start,
+    ).values(units_reported=DimensionSyncRow.units_reported - row.quantity))
 
 
 def fail(engine: Engine, rows: Sequence[LedgerRow], detail: str, *, now: datetime) -> None:
@@ -352,10 +435,20 @@ def ledger_rows(engine: Engine, contract_id: str) -> list[dict[str, Any]]:
         rows = session.execute(select(LedgerRow).where(LedgerRow.contract_id == contract_id)
                                .order_by(LedgerRow.hour, LedgerRow.id)).scalars().all()
         return [{"id": r.id, "key": r.key, "hour": utc(r.hour).isoformat(),  # type: ignore[union-attr]
-                 "kind": r.kind, "quantity": r.quantity, "units_total": r.units_total,
+                 "dimension": r.dimension, "kind": r.kind, "quantity": r.quantity, "units_total": r.units_total,
                  "cost_to_date": r.cost_to_date, "status": r.status, "detail": r.detail,
                  "marketplace_record_id": r.marketplace_record_id, "attempts": r.attempts,
                  "sent_at": utc(r.sent_at)} for r in rows]
+
+
+def dimension_counts(engine: Engine, contract_id: str) -> list[dict[str, Any]]:
+    """Return the contract's units reported per dimension in the period each was last counted in."""
+    with Session(engine) as session:
+        rows = session.execute(select(DimensionSyncRow).where(DimensionSyncRow.contract_id == contract_id)
+                               .order_by(DimensionSyncRow.dimension)).scalars().all()
+        return [{"dimension": r.dimension, "period_start": utc(r.period_start), "units_reported": r.units_reported,
+                 "over_reported": r.over_reported, "last_cost": r.last_cost, "last_units_total": r.last_units_total}
+                for r in rows]
 
 
 def ledger_entry(engine: Engine, contract_id: str, ledger_id: int) -> LedgerRow | None:

@@ -1,4 +1,4 @@
-"""The seller's reconciliation report: per contract and day, what was reported and how it went."""
+"""The seller's reconciliation report: per contract, dimension and day, what was reported and how it went."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
+from billing_core.money import exact
+from worker import hourly
 from worker.persistence.contracts import ContractRow, InboxRow, ListingRow
 from worker.persistence.ledger import LedgerRow
 
@@ -32,7 +34,7 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
 
 
 def metering_report(engine: Engine, month: str) -> list[dict[str, Any]]:
-    """Return one row per contract and day of ``month`` with units, amount and outcomes."""
+    """Return one row per contract, dimension and day of ``month`` with units, amount and outcomes."""
     start, end = month_bounds(month)
     with Session(engine) as session:
         rows = session.execute(select(LedgerRow).where(LedgerRow.hour >= start, LedgerRow.hour < end)
@@ -42,17 +44,20 @@ def metering_report(engine: Engine, month: str) -> list[dict[str, Any]]:
         listings = {l.id: l for l in session.execute(
             select(ListingRow).where(ListingRow.id.in_({c.listing_id for c in contracts.values() if c.listing_id}))
         ).scalars()}
-    grouped: dict[tuple[str, str], dict[str, Any]] = {}
+    grouped: dict[tuple[str, str, str], dict[str, Any]] = {}
     for row in rows:
         hour = row.hour if row.hour.tzinfo else row.hour.replace(tzinfo=timezone.utc)
         day = hour.date().isoformat()
         contract = contracts.get(row.contract_id)
         listing = listings.get(contract.listing_id) if contract and contract.listing_id else None
-        item = grouped.setdefault((day, row.contract_id), {
+        # Each dimension is priced at its own unit price (a contract's own pricing wins, as in the sync).
+        price = (next((d.unit_price for d in hourly.dimensions(contract, listing) if d.name == row.dimension), None)
+                 if contract is not None and listing is not None else None)
+        item = grouped.setdefault((day, row.contract_id, row.dimension), {
             "date": day, "contract_id": row.contract_id,
             "marketplace": contract.marketplace if contract else row.marketplace,
             "status": contract.status if contract else "", "listing_id": contract.listing_id if contract else None,
-            "dimension": row.dimension, "unit_price": listing.unit_price if listing else None,
+            "dimension": row.dimension, "unit_price": str(price) if price is not None else None,
             "units_reported": 0, "amount": Decimal(0),
             "outcomes": defaultdict(int),
             "identifiers": dict(contract.cloud_identifiers or {}) if contract else {},
@@ -61,14 +66,15 @@ def metering_report(engine: Engine, month: str) -> list[dict[str, Any]]:
         item["outcomes"][row.status] += 1
         if row.status in ("accepted", "duplicate"):
             item["units_reported"] += row.quantity
-            if listing is not None:
-                item["amount"] += Decimal(listing.unit_price) * row.quantity
+            if price is not None:
+                with exact():
+                    item["amount"] += price * row.quantity
     out = []
     for item in grouped.values():
         item["amount"] = str(item["amount"])
         item["outcomes"] = dict(item["outcomes"])
         out.append(item)
-    return sorted(out, key=lambda i: (i["date"], i["contract_id"]))
+    return sorted(out, key=lambda i: (i["date"], i["contract_id"], i["dimension"]))
 
 
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").

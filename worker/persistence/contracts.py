@@ -28,6 +28,9 @@ class ListingRow(SQLModel, table=True):
     billing_plan_id: str = Field(max_length=64)
     dimension: str = Field(max_length=255)
     unit_price: str = Field(sa_column=Column(Text, nullable=False))
+    # Several dimensions (docs/marketplaces.md §1.9): [{"name", "unit_price", "prices": [keys] |
+    # "remaining"}]; null = the single ``dimension`` at ``unit_price`` (which then hold the first's).
+    dimensions: Optional[list[dict[str, Any]]] = Field(default=None, sa_column=Column(JSON))
     currency: str = Field(default="USD", max_length=8)
     close_rounding: str = Field(default="floor", max_length=16)
     include_fixed_fees: bool = Field(default=False)

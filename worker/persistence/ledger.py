@@ -2,8 +2,10 @@
 
 Every outbound report is a ledger row, unique on (contract, dimension, hour stamp), written as
 ``pending`` before it is sent and never changed in quantity afterwards, so a resend is always
-identical. ``ContractSyncRow`` holds the units counted as reported in the current period and
-a version for compare-and-swap updates: two processes can never both report the same units.
+identical. ``DimensionSyncRow`` holds the units counted as reported in the current period per
+contract and dimension; ``ContractSyncRow`` their sum over the listing's dimensions, and the
+version every change of either bumps (compare-and-swap): two processes can never both report
+the same units.
 """
 
 from __future__ import annotations
@@ -46,12 +48,25 @@ class LedgerRow(SQLModel, table=True):
     settled_at: Optional[datetime] = Field(default=None)
 
 
+class DimensionSyncRow(SQLModel, table=True):
+    __tablename__ = "contract_dimension_sync"
+
+    contract_id: str = Field(primary_key=True, max_length=40)
+    dimension: str = Field(primary_key=True, max_length=255)
+    period_start: Optional[datetime] = Field(default=None)
+    units_reported: int = Field(default=0)  # pending + accepted + duplicate units of the period
+    over_reported: int = Field(default=0)
+    last_cost: str = Field(default="0", sa_column=Column(Text, nullable=False, default="0"))
+    last_units_total: int = Field(default=0)
+
+
 class ContractSyncRow(SQLModel, table=True):
     __tablename__ = "contract_sync"
 
     contract_id: str = Field(primary_key=True, max_length=40)
     version: int = Field(default=0)
     period_start: Optional[datetime] = Field(default=None)
+    # Sums over the listing's dimensions (each dimension's own are DimensionSyncRow).
     units_reported: int = Field(default=0)  # pending + accepted + duplicate units of the period
     over_reported: int = Field(default=0)  # units reported beyond what the cost now gives
     last_cost: str = Field(default="0", sa_column=Column(Text, nullable=False, default="0"))
