@@ -1,9 +1,9 @@
-"""``/v1/listings``: which billing plan, dimension and unit price each marketplace product maps to."""
+"""``/v1/listings``: which billing plan, dimensions and unit prices each marketplace product maps to."""
 
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from flask import current_app, request
 from flask.typing import ResponseReturnValue
@@ -40,11 +40,38 @@ def _midnight(value: object) -> object:
     return value
 
 
+class ListingDimension(Body):
+    name: str = Field(min_length=1, max_length=255, description="the marketplace dimension (AWS Dimension, "
+                      "Azure dimension, Google metric name after the service)")
+    unit_price: str = Field(description="the price of one unit of this dimension, a decimal string above 0")
+    prices: Union[Literal["remaining"], list[str]] = Field(description=(
+        'the price keys or item ids of the billing plan this dimension reports, or "remaining": every price '
+        "no other dimension names"))
+
+    @field_validator("unit_price", mode="before")
+    @classmethod
+    def _price(cls, value: object) -> object:
+        return _decimal(value)
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _prices(cls, value: object) -> object:
+        if value == "remaining":
+            return value
+        if (not isinstance(value, list) or not value or len(value) > 1000
+                or not all(isinstance(v, str) and 0 < len(v) <= 255 for v in value)):
+            raise ValueError('must be "remaining" or a list of 1 to 1000 price keys or item ids')
+        return value
+
+
 class _Fields(Body):
     name: Optional[str] = Field(default=None, max_length=255)
     billing_plan_id: Optional[str] = Field(default=None, min_length=1, max_length=64)
     dimension: Optional[str] = Field(default=None, min_length=1, max_length=255)
     unit_price: Optional[str] = None
+    dimensions: Optional[list[ListingDimension]] = Field(default=None, min_length=1, max_length=100, description=(
+        "several dimensions, each with its own unit price and prices (instead of dimension and unit_price); "
+        "null on update: one dimension again"))
     currency: Optional[str] = Field(default=None, min_length=3, max_length=3)
     close_rounding: Optional[Literal["floor", "half_up", "ceil"]] = None
     include_fixed_fees: Optional[bool] = None
@@ -82,8 +109,6 @@ class ListingCreate(_Fields):
     product_id: str = Field(min_length=1, max_length=255)
     plan_id: Optional[str] = Field(default=None, max_length=255)
     billing_plan_id: str = Field(min_length=1, max_length=64)
-    dimension: str = Field(min_length=1, max_length=255)
-    unit_price: str
     currency: str = Field(default="USD", min_length=3, max_length=3)
     close_rounding: Literal["floor", "half_up", "ceil"] = "floor"
     include_fixed_fees: bool = False
@@ -133,12 +158,12 @@ def fetch(listing_id: str) -> ResponseReturnValue:
 @bp.patch("/listings/<listing_id>")
 @documented(body=ListingUpdate, response=Listing)
 def update(listing_id: str) -> ResponseReturnValue:
-    """Change a listing's plan, dimension, unit price, rounding, fees or start date."""
+    """Change a listing's plan, dimension(s), unit price(s), rounding, fees or start date."""
     body = parse_body(ListingUpdate)
     values = {k: v for k, v in body.model_dump(exclude_unset=True).items()}
     if "currency" in values and values["currency"]:
         values["currency"] = values["currency"].upper()
-    nulls = [k for k, v in values.items() if v is None and k not in ("metering_start_date", "name")]
+    nulls = [k for k, v in values.items() if v is None and k not in ("metering_start_date", "name", "dimensions")]
     if nulls:
         raise bad(nulls[0], "may not be null")
     return listings.update_listing(_engine(), listing_id, values, now=datetime.now(timezone.utc))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -14,6 +14,12 @@ from worker.contracts import FILTERS as CONTRACT_FILTERS
 
 # --- the mapping API ------------------------------------------------------------------------------
 
+class ListingDimensionShape(Shape):
+    name: str
+    unit_price: Money
+    prices: Union[Literal["remaining"], list[str]]
+
+
 class Listing(Shape):
     id: str
     marketplace: Literal["aws", "azure", "gcp"]
@@ -21,8 +27,9 @@ class Listing(Shape):
     plan_id: Optional[str]
     name: Optional[str]
     billing_plan_id: str
-    dimension: str
-    unit_price: Money
+    dimension: Optional[str] = Field(description="the one dimension (null when the listing meters several)")
+    unit_price: Optional[Money] = Field(description="its unit price (null when the listing meters several)")
+    dimensions: list[ListingDimensionShape] = Field(description="every dimension with its unit price and prices")
     currency: str
     close_rounding: Literal["floor", "half_up", "ceil"]
     include_fixed_fees: bool
