@@ -6,7 +6,7 @@ import itertools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Sequence
 
 import requests
 from sqlalchemy import Engine
@@ -43,15 +43,16 @@ class SyncEnv:
         response.raise_for_status()
         return response.json() if response.content else None
 
-    def new_identifiers(self, product_code: str = "prod-sync") -> dict[str, str]:
-        """Create a marketplace customer able to receive usage; return its identifiers."""
+    def new_identifiers(self, product_code: str = "prod-sync",
+                        dimensions: Sequence[str] = (DIMENSION,)) -> dict[str, str]:
+        """Create a marketplace customer able to receive usage of ``dimensions``; return its identifiers."""
         if self.marketplace == "aws":
-            created = self.control("POST", "customers", {"product_code": product_code, "dimensions": [DIMENSION]})
+            created = self.control("POST", "customers", {"product_code": product_code, "dimensions": list(dimensions)})
             return {"product_code": product_code, **created["identifiers"]}
         if self.marketplace == "azure":
-            sub = self.control("POST", "subscriptions", {"plan_id": "payg", "dimensions": [DIMENSION]})
+            sub = self.control("POST", "subscriptions", {"plan_id": "payg", "dimensions": list(dimensions)})
             return {"azure_subscription_id": sub["subscription"]["id"], "plan_id": "payg", "offer_id": "offer-sync"}
-        self.control("POST", "metrics", {"metrics": [DIMENSION]})
+        self.control("POST", "metrics", {"metrics": list(dimensions)})
         ids = self.control("POST", "entitlements", {"approve": True})["identifiers"]
         return {"gcp_entitlement_id": ids["entitlement_id"], "usage_reporting_id": ids["consumer_id"],
                 "entitlement_id": ids["entitlement_id"], "product_id": "prod-sync"}
@@ -60,6 +61,13 @@ class SyncEnv:
         """Return every unit the emulator accepted, all customers and hours together."""
         rows = self.control("GET", "usage")["totals"]
         return int(sum(Decimal(str(r["quantity"])) for r in rows))
+
+    def totals_by_dimension(self) -> dict[str, int]:
+        """Return the units the emulator accepted per dimension, all customers and hours together."""
+        out: dict[str, int] = {}
+        for r in self.control("GET", "usage")["totals"]:
+            out[r["dimension"]] = out.get(r["dimension"], 0) + int(Decimal(str(r["quantity"])))
+        return out
 
     def totals_by_hour(self) -> dict[str, int]:
         rows = self.control("GET", "usage")["totals"]
@@ -79,24 +87,47 @@ def setup_billing(engine: Engine, *, unit_amount: str = "0.001", plan_id: str = 
         session.commit()
 
 
+# Two dimensions over a plan of two usage prices (setup_two_dimension_billing): calls at 0.0007
+# each to api_calls (units of 0.001), tokens at 0.001 each to usage_fee (units of 0.01).
+TWO_DIMENSIONS = [{"name": "api_calls", "unit_price": "0.001", "prices": ["calls"]},
+                  {"name": "usage_fee", "unit_price": "0.01", "prices": "remaining"}]
+
+
+def setup_two_dimension_billing(engine: Engine, *, plan_id: str = "plan_dims") -> None:
+    """Create a count-of-calls metric and a plan pricing calls (key ``calls``) and tokens (key ``tokens``)."""
+    now = datetime.now(UTC)
+    with Session(engine) as session:
+        create_metric(SqlMetricRepository(session), metric_id="m_calls", name="calls", now=now,
+                      definition=MetricDefinition(event_name="api_call", aggregation="count"))
+        SqlCatalog(session).save_plan(plan_of(
+            unit("0.0007", id=f"{plan_id}_calls", key="calls", item_id="item_calls", metric="m_calls"),
+            unit("0.001", id=f"{plan_id}_tokens", key="tokens", item_id="item_tokens", metric="m_tokens"),
+            id=plan_id))
+        session.commit()
+
+
 def map_contract(env: SyncEnv, *, start: datetime, unit_price: str = "0.01", close_rounding: str = "floor",
                  metering_start: datetime | None = None, aws_product_code: str = "prod-sync",
+                 plan_id: str = "plan_sync", dimensions: list[dict[str, Any]] | None = None,
                  **listing_flags: bool) -> tuple[str, str]:
-    """Create a listing (with ``listing_flags``, e.g. ``aws_legacy_identifiers``), a billing
-    subscription and a mapped contract; return (contract, customer)."""
+    """Create a listing (with ``listing_flags``, e.g. ``aws_legacy_identifiers``; ``dimensions``:
+    several), a billing subscription and a mapped contract; return (contract, customer)."""
     n = next(_seq)
-    identifiers = env.new_identifiers(aws_product_code) if env.marketplace == "aws" else env.new_identifiers()
+    names = [d["name"] for d in dimensions] if dimensions else [DIMENSION]
+    identifiers = env.new_identifiers(aws_product_code, names)
     gateway = CoreBillingGateway(env.engine)
     customer = gateway.ensure_customer(external_customer_id=f"{env.marketplace}:c{n}", name=f"C{n}",
                                        email=f"c{n}@example.test", currency="USD")
     contract_id = f"ctr_sync{n}"
-    sub_id = gateway.create_subscription(idempotency_key=contract_id, customer_id=customer, plan_id="plan_sync",
+    sub_id = gateway.create_subscription(idempotency_key=contract_id, customer_id=customer, plan_id=plan_id,
                                          start=start, external_marketplace=env.marketplace, reporting_id=contract_id)
     now = datetime.now(UTC)
     with Session(env.engine) as session:
         listing_id = f"lst_sync{n}"
         session.add(ListingRow(id=listing_id, marketplace=env.marketplace, product_id=f"prod-sync-{n}",
-                               billing_plan_id="plan_sync", dimension=DIMENSION, unit_price=unit_price,
+                               billing_plan_id=plan_id, dimension=names[0],
+                               unit_price=dimensions[0]["unit_price"] if dimensions else unit_price,
+                               dimensions=dimensions,
                                close_rounding=close_rounding,
                                metering_start_date=metering_start.date() if metering_start else None,
                                created_at=now, updated_at=now, **listing_flags))

@@ -1,0 +1,117 @@
+"""A two-dimension listing end to end: each marketplace's real SDK client against its emulator.
+
+The plan prices calls (0.0007 each, key ``calls``) and tokens (0.001 each); the listing reports
+calls as ``api_calls`` in units of 0.001 and the rest as ``usage_fee`` in units of 0.01. Each
+dimension keeps its own sub-unit remainder, is reported at most once per hour, and is rounded
+per the close policy at the final flush: the emulator's totals are exact per dimension.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import Engine, select
+from sqlmodel import Session
+
+from marketplaces.emulators.server import EmulatorServer
+from tests.worker.sync_support import (
+    TWO_DIMENSIONS, SyncEnv, build_env, ingest, map_contract, setup_billing, setup_two_dimension_billing,
+    start_of_test_window,
+)
+from worker import cancellation, hourly, ledger
+from worker.persistence.contracts import ContractRow, ListingRow
+from worker.persistence.ledger import ContractSyncRow, LedgerRow
+
+MARKETPLACES = ["aws", "azure", "gcp"]
+
+
+@pytest.fixture(params=MARKETPLACES)
+def env(request: pytest.FixtureRequest, engine: Engine, emulator_servers: dict[str, EmulatorServer]) -> SyncEnv:
+    """Return a fresh emulator, its adapter, and a billing core with a two-price plan."""
+    environment = build_env(request.param, engine, emulator_servers[request.param])
+    environment.control("POST", "reset")
+    setup_billing(engine)
+    setup_two_dimension_billing(engine)
+    return environment
+
+
+def _calls(env: SyncEnv, customer: str, at: datetime, *tokens: int) -> None:
+    for n, amount in enumerate(tokens):
+        ingest(env.engine, customer, amount, at + timedelta(seconds=n))
+
+
+def _rows(engine: Engine, contract_id: str) -> list[tuple[str, str, int]]:
+    with Session(engine) as session:
+        return [(r.hour.strftime("%H"), r.dimension, r.quantity) for r in session.execute(
+            select(LedgerRow).where(LedgerRow.contract_id == contract_id).order_by(LedgerRow.hour, LedgerRow.dimension)
+        ).scalars()]
+
+
+def test_two_dimensions_hourly_then_final_flush_exact_per_dimension(env: SyncEnv) -> None:
+    """Hourly reports and the final flush give each dimension exactly its own units at the emulator."""
+    start = start_of_test_window()
+    contract, customer = map_contract(env, start=start, plan_id="plan_dims", dimensions=TWO_DIMENSIONS,
+                                      close_rounding="ceil")
+    now = datetime.now(UTC)
+    # Hour 0: 3 calls (0.0021 -> 2 api_calls), 1245 tokens (1.245 -> 124 usage_fee).
+    _calls(env, customer, start + timedelta(minutes=5), 1234, 1, 10)
+    first = hourly.report_contract(env.engine, env.adapter, contract, start, now=now)
+    assert first["dimensions"] == {"api_calls": 2, "usage_fee": 124}, first
+    # Hour 1: 5 calls (0.0035 -> 3), 1250 tokens (1.250 -> 125): one more unit of each.
+    _calls(env, customer, start + timedelta(minutes=65), 4, 1)
+    second = hourly.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=1), now=now)
+    assert second["dimensions"] == {"api_calls": 1, "usage_fee": 1}, second
+    # Hour 2: 14 calls (0.0098 -> 9), no new tokens: api_calls only.
+    _calls(env, customer, start + timedelta(minutes=125), *[0] * 9)
+    third = hourly.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=2), now=now)
+    assert third["dimensions"] == {"api_calls": 6}, third
+    # The same hour again reports nothing in either dimension.
+    again = hourly.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=2), now=now)
+    assert again["outcome"] == "stamp_used" and again["dimensions"] == {}
+    assert env.totals_by_dimension() == {"api_calls": 9, "usage_fee": 125}
+
+    # One more call of 1 token, then the cancellation: ceil per dimension, each from its own remainder:
+    # 15 calls = 0.0105 -> 11 api_calls (2 more); 1251 tokens = 1.251 -> 126 usage_fee (1 more).
+    _calls(env, customer, start + timedelta(minutes=150), 1)
+    canceled_at = now - timedelta(minutes=1)
+    with Session(env.engine) as session:
+        row = session.get(ContractRow, contract)
+        row.status, row.canceled_at, row.cancel_effective_at = "canceled", canceled_at, canceled_at
+        session.add(row)
+        session.commit()
+    final = cancellation.flush(env.engine, env.adapter, contract, now=now, final=True)
+    assert final["dimensions"] == {"api_calls": 2, "usage_fee": 1} and final["closed"] is True, final
+    assert env.totals_by_dimension() == {"api_calls": 11, "usage_fee": 126}
+
+    counts = {c["dimension"]: c["units_reported"] for c in ledger.dimension_counts(env.engine, contract)}
+    assert counts == {"api_calls": 11, "usage_fee": 126}
+    with Session(env.engine) as session:
+        state = session.get(ContractSyncRow, contract)
+        assert state is not None and state.units_reported == 137 and Decimal(state.last_cost) == Decimal("1.2615")
+    hours = [h for h, _d, _q in _rows(env.engine, contract)]
+    assert [(d, q) for _h, d, q in _rows(env.engine, contract)] == [
+        ("api_calls", 2), ("usage_fee", 124), ("api_calls", 1), ("usage_fee", 1), ("api_calls", 6),
+        ("api_calls", 2), ("usage_fee", 1)]
+    assert len(set(hours)) == 4  # three hourly stamps and the flush's, each dimension at most once per stamp
+
+
+def test_listing_dimension_switch_keeps_counts_per_dimension(env: SyncEnv) -> None:
+    """A single-dimension contract moved to two dimensions reports the new dimension's units from zero, once."""
+    start = start_of_test_window()
+    contract, customer = map_contract(env, start=start, plan_id="plan_dims",
+                                      dimensions=[{"name": "usage_fee", "unit_price": "0.01", "prices": "remaining"}])
+    now = datetime.now(UTC)
+    _calls(env, customer, start + timedelta(minutes=5), 1000, 1000)  # 2 calls (0.0014) + 2000 tokens = 2.0014
+    first = hourly.report_contract(env.engine, env.adapter, contract, start, now=now)
+    assert first["dimensions"] == {"usage_fee": 200}
+    with Session(env.engine) as session:
+        listing = session.get(ListingRow, session.get(ContractRow, contract).listing_id)
+        listing.dimensions = TWO_DIMENSIONS
+        session.add(listing)
+        session.commit()
+    _calls(env, customer, start + timedelta(minutes=65), 0, 0)  # 4 calls (0.0028 -> 2); tokens still 2.000
+    second = hourly.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=1), now=now)
+    # usage_fee lost the calls' 0.0014 to api_calls: its total is now 200 (nothing new, nothing over).
+    assert second["dimensions"] == {"api_calls": 2}, second
