@@ -115,3 +115,16 @@ def test_listing_dimension_switch_keeps_counts_per_dimension(env: SyncEnv) -> No
     second = hourly.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=1), now=now)
     # usage_fee lost the calls' 0.0014 to api_calls: its total is now 200 (nothing new, nothing over).
     assert second["dimensions"] == {"api_calls": 2}, second
+
+
+def test_price_mapped_to_no_dimension_is_a_cost_error(env: SyncEnv) -> None:
+    """A price no dimension takes (a plan version added it later) puts the contract in cost_error, sending nothing."""
+    start = start_of_test_window()
+    contract, customer = map_contract(env, start=start, plan_id="plan_dims", dimensions=TWO_DIMENSIONS[:1])
+    _calls(env, customer, start + timedelta(minutes=5), 1000)
+    result = hourly.report_contract(env.engine, env.adapter, contract, start, now=datetime.now(UTC))
+    assert result["outcome"] == ledger.COST_ERROR and "'tokens'" in result["detail"], result
+    with Session(env.engine) as session:
+        state = session.get(ContractSyncRow, contract)
+        assert state is not None and state.last_error.startswith("unmapped_price: ")
+    assert _rows(env.engine, contract) == [] and env.totals_by_dimension() == {}

@@ -7,7 +7,10 @@ from decimal import Decimal as D
 
 import pytest
 
-from worker.metering import ledger_key, plan_report, previous_hour, units_for
+from billing_core import PriceCost
+from worker.metering import (
+    Dimension, UnmappedPrice, cost_by_dimension, dimensions_of, ledger_key, plan_report, previous_hour, units_for,
+)
 
 
 @pytest.mark.parametrize(
@@ -65,3 +68,64 @@ def test_hour_stamps_and_keys() -> None:
     now = datetime(2026, 11, 21, 10, 5, 30, tzinfo=UTC)
     assert previous_hour(now) == datetime(2026, 11, 21, 9, tzinfo=UTC)
     assert ledger_key("ctr_1", "usage_cost", now) == "ctr_1:usage_cost:2026-11-21T10"
+
+
+# --- several dimensions ----------------------------------------------------------------------------
+
+def _cost(key: str, item: str, total: str, *, fixed: bool = False) -> PriceCost:
+    from tests.billing_core.helpers import unit
+
+    price = unit("1", id=key, key=key, item_id=item, metric=None if fixed else "m1",
+                 **({"fixed_price_quantity": D(1)} if fixed else {}))
+    return PriceCost(price=price, quantity=D(1), subtotal_unrounded=D(total), total_unrounded=D(total),
+                     subtotal=D(total), total=D(total), price_interval_ids=(), plan_version=1)
+
+
+COSTS = (_cost("calls", "item_calls", "0.0021"), _cost("tokens", "item_tokens", "1.245"),
+         _cost("storage", "item_storage", "0.3"), _cost("fee", "item_fee", "10", fixed=True))
+CALLS = Dimension("api_calls", D("0.001"), ("calls",))
+REST = Dimension("usage_fee", D("0.01"))
+
+
+@pytest.mark.parametrize(
+    ("dimensions", "fees", "expected"),
+    [
+        ((REST,), False, {"usage_fee": "1.5471"}),
+        ((REST,), True, {"usage_fee": "11.5471"}),
+        ((CALLS, REST), False, {"api_calls": "0.0021", "usage_fee": "1.545"}),
+        ((Dimension("api_calls", D("0.001"), ("item_calls", "storage")), REST), False,
+         {"api_calls": "0.3021", "usage_fee": "1.245"}),
+        ((CALLS, Dimension("fees", D("1"), ("fee",)), REST), False,
+         {"api_calls": "0.0021", "fees": "10", "usage_fee": "1.545"}),
+        ((Dimension("a", D("1"), ("calls", "tokens", "storage")),), False, {"a": "1.5471"}),
+    ],
+    ids=["one-dimension", "one-dimension-with-fees", "key-and-remaining", "by-item-and-key",
+         "named-fixed-fee-counts-without-include", "every-usage-price-named"],
+)
+def test_cost_by_dimension(dimensions: tuple[Dimension, ...], fees: bool, expected: dict[str, str]) -> None:
+    """Each price's cost goes to the dimension naming its key or item, the others to the remaining one."""
+    assert cost_by_dimension(COSTS, dimensions, include_fixed_fees=fees) == {k: D(v) for k, v in expected.items()}
+
+
+def test_cost_of_a_price_no_dimension_takes_is_refused() -> None:
+    """A usage price named by no dimension, with none taking the remaining prices, is UnmappedPrice."""
+    with pytest.raises(UnmappedPrice, match="'tokens'"):
+        cost_by_dimension(COSTS, (CALLS,), include_fixed_fees=False)
+
+
+@pytest.mark.parametrize(
+    ("stored", "overrides", "expected"),
+    [
+        (None, {}, [("usage_cost", "0.01", None)]),
+        (None, {"usage_cost": D("0.02")}, [("usage_cost", "0.02", None)]),
+        ([{"name": "api_calls", "unit_price": "0.001", "prices": ["calls"]},
+          {"name": "usage_fee", "unit_price": "0.01", "prices": "remaining"}], {"usage_fee": D("0.005")},
+         [("api_calls", "0.001", ("calls",)), ("usage_fee", "0.005", None)]),
+    ],
+    ids=["single", "single-contract-price", "two-with-contract-price"],
+)
+def test_dimensions_of(stored: list[dict[str, object]] | None, overrides: dict[str, D],
+                       expected: list[tuple[str, str, tuple[str, ...] | None]]) -> None:
+    """A listing's dimensions: stored ones or the single default; a contract's price wins by name."""
+    found = dimensions_of("usage_cost", "0.01", stored, overrides)
+    assert [(d.name, str(d.unit_price), d.prices) for d in found] == expected
