@@ -299,17 +299,38 @@ def contract_detail(engine: Engine, contract_id: str, *, now: datetime) -> dict[
     price = hourly.unit_price(row, listing) if listing else None
     reports = ledger.ledger_rows(engine, contract_id)
     used = {entry["hour"] for entry in reports}
+    dimensions = dimension_rows(row, listing, state, ledger.dimension_counts(engine, contract_id))
+    # One chart per dimension: units of different unit prices are not added up.
+    charts = [{"dimension": d["name"], "unit_price": d["unit_price"],
+               "chart": chart([e for e in reports if e["dimension"] == d["name"]], d["unit_price"])}
+              for d in dimensions]
     current = hour_floor(now)
     deadline = cancellation.deadline_for(row) if row.status == ContractStatus.CANCELED else None
     return {
         "contract": view, "listing": listing, "state": state, "subscription": subscription,
         "cost_error": cost_error(state),
         "invoice": invoice, "billing_error": billing_error, "unit_price": price,
-        "ledger": reports, "chart": chart(reports, price),
+        "ledger": reports, "chart": charts[0]["chart"] if charts else chart([], None), "charts": charts,
+        "dimensions": dimensions,
         "deadline": deadline, "overdue": bool(deadline and now >= deadline),
         "current_stamp_used": current.isoformat() in used, "current_stamp": current,
         "next_stamp": current + timedelta(hours=1),
     }
+
+
+def dimension_rows(contract: ContractRow, listing: ListingRow | None, state: ContractSyncRow | None,
+                   counts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return each dimension of the contract's listing with its unit price, prices and this period's counts."""
+    if listing is None:
+        return []
+    by_name = {c["dimension"]: c for c in counts
+               if state is not None and c["period_start"] == ledger.utc(state.period_start)}
+    return [{"name": d.name, "unit_price": d.unit_price,
+             "prices": "remaining" if d.prices is None else ", ".join(d.prices),
+             "units_reported": by_name.get(d.name, {}).get("units_reported", 0),
+             "over_reported": by_name.get(d.name, {}).get("over_reported", 0),
+             "cost": by_name.get(d.name, {}).get("last_cost")}
+            for d in hourly.dimensions(contract, listing)]
 
 
 def chart(entries: list[dict[str, Any]], unit_price: Decimal | None, *, width: int = 720,
