@@ -172,9 +172,16 @@ def sync(contract_ids: tuple[str, ...], hour: str | None, dry_run: bool) -> None
             click.echo(f"{row['contract_id']}  {row['marketplace']:5}  cost {row['cost']}  units {row['units_total']}"
                        f"  reported {row['units_reported']}  would send {row['would_send']}"
                        + ("  (hour already reported)" if row["stamp_used"] else ""))
+            if len(row["dimensions"]) > 1:
+                for line in row["dimensions"]:
+                    click.echo(f"  {line['dimension']}  cost {line['cost']}  at {line['unit_price']}"
+                               f"  units {line['units_total']}  reported {line['units_reported']}"
+                               f"  would send {line['would_send']}")
         else:
-            click.echo(f"{row['contract_id']}  {row['outcome']:10}  sent {row['quantity']}  cost {row['cost']}"
-                       f"  {row['sent'] or ''}  {row['detail']}")
+            per = ", ".join(f"{name} {units}" for name, units in row.get("dimensions", {}).items())
+            click.echo(f"{row['contract_id']}  {row['outcome']:10}  sent {row['quantity']}"
+                       + (f" ({per})" if len(row.get("dimensions", {})) > 1 else "")
+                       + f"  cost {row['cost']}  {row['sent'] or ''}  {row['detail']}")
     runtime.close()
 
 
@@ -257,15 +264,17 @@ def compact(before: str, everything: bool) -> None:
 @main.command()
 @click.argument("contract_id")
 def ledger(contract_id: str) -> None:
-    """Print a contract's usage ledger hour by hour, with each marketplace answer."""
+    """Print a contract's usage ledger hour by hour and dimension by dimension, with each marketplace answer."""
     from worker.ledger import ledger_rows
 
     runtime = _runtime()
     rows = ledger_rows(runtime.engine, contract_id)
-    click.echo(f"{'hour (UTC)':20} {'kind':7} {'units':>8} {'total':>8} {'cost to date':>14} {'status':10} detail")
+    width = max([len("dimension"), *(len(row["dimension"]) for row in rows)])
+    click.echo(f"{'hour (UTC)':20} {'dimension':{width}} {'kind':7} {'units':>8} {'total':>8} {'cost to date':>14} "
+               f"{'status':10} detail")
     for row in rows:
-        click.echo(f"{row['hour'][:16]:20} {row['kind']:7} {row['quantity']:>8} {row['units_total']:>8} "
-                   f"{row['cost_to_date']:>14} {row['status']:10} {row['detail']}")
+        click.echo(f"{row['hour'][:16]:20} {row['dimension']:{width}} {row['kind']:7} {row['quantity']:>8} "
+                   f"{row['units_total']:>8} {row['cost_to_date']:>14} {row['status']:10} {row['detail']}")
     click.echo(f"{len(rows)} report(s)")
     runtime.close()
 

@@ -35,3 +35,30 @@ def test_sync_dry_run_then_real(env, monkeypatch: pytest.MonkeyPatch) -> None:  
     assert "432" in ledger.output and "accepted" in ledger.output
     bad = runner.invoke(main, ["sync", "--hour", "yesterday"])
     assert bad.exit_code != 0 and "--hour" in bad.output
+
+
+def test_sync_and_ledger_show_each_dimension(env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A two-dimension contract's dry run, run and ledger print each dimension's units."""
+    from tests.worker.sync_support import TWO_DIMENSIONS, setup_two_dimension_billing
+
+    environment, runtime = env
+    for key, value in {"DATABASE_URL": runtime.settings.database_url, "REDIS_URL": runtime.settings.REDIS_URL,
+                       "AWS_EMULATOR_PORT": str(environment.server.port), "EMULATOR_HOST": "127.0.0.1"}.items():
+        monkeypatch.setenv(key, value)
+    setup_two_dimension_billing(environment.engine)
+    start = start_of_test_window()
+    contract, customer = map_contract(environment, start=start, plan_id="plan_dims", dimensions=TWO_DIMENSIONS)
+    for n in range(3):
+        ingest(environment.engine, customer, 415, start + timedelta(minutes=5 + n))  # 3 calls, 1245 tokens
+    runner = CliRunner()
+    dry = runner.invoke(main, ["sync", "--dry-run", "--contract", contract, "--hour", start.isoformat()])
+    assert dry.exit_code == 0, dry.output
+    assert "would send 126" in dry.output
+    assert "  api_calls  cost 0.0021  at 0.001  units 2  reported 0  would send 2" in dry.output
+    assert "  usage_fee  cost 1.245  at 0.01  units 124  reported 0  would send 124" in dry.output
+    real = runner.invoke(main, ["sync", "--contract", contract, "--hour", start.isoformat()])
+    assert real.exit_code == 0 and "sent 126 (api_calls 2, usage_fee 124)" in real.output, real.output
+    assert environment.totals_by_dimension() == {"api_calls": 2, "usage_fee": 124}
+    lines = runner.invoke(main, ["ledger", contract]).output.splitlines()
+    assert "dimension" in lines[0]
+    assert [line.split()[1:4] for line in lines[1:3]] == [["api_calls", "hourly", "2"], ["usage_fee", "hourly", "124"]]
