@@ -38,14 +38,14 @@ import sqlalchemy as sa
 from billing_core.errors import UsageOutOfRange
 from billing_core.events import from_micros, to_micros
 from billing_core.fragments import (
-    DAY, HOUR, MERGEABLE, Partial, Span, cover, effective, overlap, subtract, union,
+    DAY, LEVEL_NAMES, LEVELS, MERGEABLE, Partial, Span, cover, effective, overlap, subtract, union,
 )
 from billing_core.metric_definition import MetricDefinition
 from billing_core.metrics import MetricNotFound
 from billing_core.persistence.customers import customers_table
 from billing_core.persistence.fragments import (
-    EVERY, Segment, changes_since, coverage_table, load_coverage, load_fragments, newest_change, save_fragments,
-    sum_fragments,
+    EVERY, Segment, changes_since, coverage_table, load_coverage, load_fragments, load_levels, newest_change,
+    save_fragments, sum_fragments,
 )
 from billing_core.sql_usage import _BULK_FILTER_LIMIT, _checked, is_overflow, sum_of
 from billing_core.sql_usage_batch import BatchSqlUsageSource
@@ -166,13 +166,20 @@ class FragmentUsageSource(MetricsByDefinition):
             return self.raw.evaluate(definition, ids, start, end, group_by, metric_id=metric_id)
         out: dict[str, UsageResult] = {}
         aggregation = definition.aggregation
+        keys: dict[str, tuple[str, ...]] = {}  # group keys repeat across customers: decode each once
+
+        def key_of(g: str) -> tuple[str, ...]:
+            found = keys.get(g)
+            if found is None:
+                found = keys[g] = tuple(json.loads(g))
+            return found
+
         for cid in ids:
             parts = merged.get(cid, {})
             total = Partial.combine(parts.values())
             try:
                 quantity = _checked(aggregation, _exact(aggregation, total), metric_id, cid)
-                grouped = ({tuple(json.loads(g)): _checked(aggregation, _exact(aggregation, p), metric_id, cid,
-                                                           tuple(json.loads(g)))
+                grouped = ({key_of(g): _checked(aggregation, _exact(aggregation, p), metric_id, cid, key_of(g))
                             for g, p in sorted(parts.items())} if groups else None)
             except UsageOutOfRange as exc:
                 out[cid] = exc
@@ -193,8 +200,11 @@ class FragmentUsageSource(MetricsByDefinition):
         used: dict[str, list[int]] = defaultdict(lambda: [0, 0])
 
         def add(customer: str, group: str, part: Partial) -> None:
-            slot = merged.setdefault(customer, {})
-            slot[group] = slot[group].merge(part) if group in slot else part
+            slot = merged.get(customer)
+            if slot is None:
+                merged[customer] = {group: part}
+            else:
+                slot[group] = slot[group].merge(part) if group in slot else part
 
         def add_raw(found: Mapping[tuple[str, ...], Mapping[int, Partial]]) -> None:
             for key, buckets in found.items():
@@ -207,15 +217,27 @@ class FragmentUsageSource(MetricsByDefinition):
             if piece.kind == "raw":
                 add_raw(self.raw.partials(definition, ids, from_micros(piece.start), from_micros(piece.end),
                                           bucket=DAY, group_by=groups))
-        spans = {size: union((p.start, p.end) for p in pieces if p.kind == kind)
-                 for size, kind in ((HOUR, "hour"), (DAY, "day"))}
+        spans = {size: union((p.start, p.end) for p in pieces if p.size == size) for size in LEVELS}
         spans = {size: listed for size, listed in spans.items() if listed}
         if not spans:
             return merged, {c: (u[0], u[1]) for c, u in used.items()}
         signature = json.dumps(list(groups)) if groups else ""
         left: set[str] = set()
-        for size, listed in sorted(spans.items(), reverse=True):  # days first: the cold check sees most
-            left |= self._refresh(definition, metric_id, ids, groups, signature, size, listed, build)
+        whole = sum(hi - lo for listed in spans.values() for lo, hi in listed)
+        every = len(ids) > self.every_above
+        with self.engine.connect() as conn:  # one position, one coverage query, one change query per read
+            with conn.begin():
+                position = newest_change(conn)
+            levels = load_levels(conn, metric_id, signature, None if every else ids,
+                                 {size: (listed[0][0], listed[-1][1]) for size, listed in spans.items()})
+            behind = [pos for loaded in levels.values() for segs in loaded.values() for _, _, pos in segs
+                      if pos < position]
+            # Rewriting an EVERY span concerns every customer's changes; a few customers' spans, theirs.
+            changes = _changes(conn, self.raw, definition.event_name, min(behind), ids, every) if behind else []
+            stale = {size: _stale(conn, levels[size], changes, size, position) for size in spans}
+        for size, listed in sorted(spans.items(), reverse=True):  # largest first: the cold check sees most
+            left |= self._refresh(definition, metric_id, ids, groups, signature, size, listed, build, whole,
+                                  position, levels[size], stale[size])
         wanted = set(ids) - left
         asked = None if len(ids) > self.every_above else sorted(wanted)
         with self.engine.connect() as conn:
@@ -247,22 +269,21 @@ class FragmentUsageSource(MetricsByDefinition):
         return merged, {c: (u[0], u[1]) for c, u in used.items()}
 
     def _refresh(self, definition: MetricDefinition, metric_id: str, ids: list[str], groups: tuple[str, ...],
-                 signature: str, size: int, spans: list[Span], build: bool = True) -> set[str]:
+                 signature: str, size: int, spans: list[Span], build: bool, whole: int, position: int,
+                 loaded: dict[str, list[Segment]], stale_of: tuple[dict[str, list[Span]], list[Span]]) -> set[str]:
         """Make ``spans`` of ``size`` buckets current for every customer; return the customers left alone.
 
-        More than ``every_above`` customers: missing buckets are computed for every customer
-        at once and held by one ``EVERY`` span (the next hour is one span row, not one per customer).
-        If most of the window is missing then and not ``build``, raise ``_Cold``.
+        ``loaded`` holds the spans stored as the read found them at ``position``, and ``stale_of``
+        what later changes touch (``_stale``). More than ``every_above`` customers: missing buckets
+        are computed for every customer at once and held by one ``EVERY`` span (the next hour is one
+        span row, not one per customer). If most of the window (``whole``: the length all levels
+        cover) is missing then and not ``build``, raise ``_Cold``.
         """
         window = (spans[0][0], spans[-1][1])
         every = len(ids) > self.every_above
-        with self.engine.connect() as conn:
-            with conn.begin():
-                position = newest_change(conn)
-            loaded = load_coverage(conn, metric_id, signature, size, None if every else ids, *window)
-            star = loaded.get(EVERY, [])
-            own = {c: segs for c, segs in loaded.items() if c != EVERY}
-            stale, anyone = _stale(conn, self.raw, definition.event_name, star, own, ids, size, position)
+        star = loaded.get(EVERY, [])
+        own = {c: segs for c, segs in loaded.items() if c != EVERY}
+        stale, anyone = stale_of
         # Everything written stays inside the window or the spans just loaded: a span that was
         # not loaded (it does not overlap the window) is never overwritten or overlapped.
         todo: dict[str, list[Span]] = {}
@@ -271,7 +292,7 @@ class FragmentUsageSource(MetricsByDefinition):
         if every:
             inside = union(star_spans + [window])
             everyone = union(subtract(spans, star_spans) + overlap(anyone, inside))
-            if not build and 2 * sum(hi - lo for lo, hi in everyone) > sum(hi - lo for lo, hi in spans):
+            if not build and 2 * sum(hi - lo for lo, hi in everyone) > max(whole, sum(hi - lo for lo, hi in spans)):
                 raise _Cold()
             if everyone:
                 todo[EVERY] = everyone
@@ -286,17 +307,24 @@ class FragmentUsageSource(MetricsByDefinition):
                     mine = [(lo, hi) for lo, hi, _ in own.get(cid, [])]
                     covered[cid] = mine + overlap(todo.get(cid, []), union(mine + [window]))
         else:
+            # Customers stored together have the same spans: work each distinct case out once.
+            cases: dict[tuple[tuple[Segment, ...], tuple[Span, ...]], tuple[list[Span], list[Span] | None]] = {}
             for cid in ids:
-                mine = [(lo, hi) for lo, hi, _ in own.get(cid, [])]
-                allowed = union(mine + [window])
-                held = effective(star, own.get(cid, []))
-                held_spans = [(lo, hi) for lo, hi, _ in held]
-                need = subtract(spans, held_spans)
-                need = union(need + overlap(stale.get(cid, []) + anyone, allowed))
+                case = (tuple(own.get(cid, ())), tuple(stale.get(cid, ())))
+                known = cases.get(case)
+                if known is None:
+                    mine = [(lo, hi) for lo, hi, _ in case[0]]
+                    allowed = union(mine + [window])
+                    held = effective(star, case[0])
+                    held_spans = [(lo, hi) for lo, hi, _ in held]
+                    need = union(subtract(spans, held_spans) + overlap(list(case[1]) + anyone, allowed))
+                    behind = bool(need) or any(pos < position for _, _, pos in held)
+                    known = cases[case] = (need, mine + overlap(held_spans, allowed) + need if behind else None)
+                need, cover_of = known
                 if need:
                     todo[cid] = need
-                if need or any(pos < position for _, _, pos in held):
-                    covered[cid] = mine + overlap(held_spans, allowed) + need
+                if cover_of is not None:
+                    covered[cid] = cover_of
         computed = self._compute(definition, todo, size, groups)
         self.stats.recomputed += sum((hi - lo) // size for need in todo.values() for lo, hi in need)
         left = save_fragments(self.engine, metric_id, signature, size, position, window=window, expected=loaded,
@@ -346,21 +374,28 @@ def _exact(aggregation: str, part: Partial) -> Any:
     return part.quantity(aggregation)
 
 
-def _stale(conn: Any, raw: BatchSqlUsageSource, event_name: str, star: list[Segment],
-           own: Mapping[str, list[Segment]], ids: Sequence[str] | None, size: int, position: int) -> tuple[dict[str, list[Span]], list[Span]]:
-    """Return the bucket spans that changes after their position touch: (per customer, for anyone).
+def _changes(conn: Any, raw: BatchSqlUsageSource, event_name: str, position: int, ids: Sequence[str] | None,
+             everyone: bool) -> list[Any]:
+    """Return the changes after ``position`` that may touch these customers' ``event_name`` usage
+    (anyone's when ``everyone``, e.g. an ``EVERY`` span is involved, or for many customers)."""
+    if everyone or ids is None or len(ids) > _BULK_FILTER_LIMIT:
+        return changes_since(conn, position, None, None, event_name)
+    return changes_since(conn, position, list(ids), sorted(raw._aliases(conn, list(ids))), event_name)
 
-    A customer's buckets are held by its own spans and ``EVERY``'s, the highest position winning.
-    A change that names no customer makes what it overlaps stale for anyone (second result).
+
+def _stale(conn: Any, loaded: Mapping[str, list[Segment]], changes: Sequence[Any], size: int,
+           position: int) -> tuple[dict[str, list[Span]], list[Span]]:
+    """Return the bucket spans that ``changes`` after their position touch: (per customer, for anyone).
+
+    ``loaded`` holds the stored spans of the customers concerned and of ``EVERY``: a customer's
+    buckets are held by its own spans and ``EVERY``'s, the highest position winning. A change
+    that names no customer makes what it overlaps stale for anyone (second result). ``changes``
+    may hold more than concern these spans (each is checked against each span's position).
     """
-    behind = [pos for _, _, pos in star if pos < position] + [
-        pos for segs in own.values() for _, _, pos in segs if pos < position]
-    if not behind:
+    star = loaded.get(EVERY, [])
+    own = {c: segs for c, segs in loaded.items() if c != EVERY}
+    if not any(pos < position for segs in loaded.values() for _, _, pos in segs):
         return {}, []
-    if star or ids is None or len(ids) > _BULK_FILTER_LIMIT:
-        changes = changes_since(conn, min(behind), None, None, event_name)
-    else:
-        changes = changes_since(conn, min(behind), list(ids), sorted(raw._aliases(conn, list(ids))), event_name)
     externals = sorted({ch.external_customer_id for ch in changes
                         if ch.customer_id is None and ch.external_customer_id is not None})
     owners_of = _owners(conn, externals)
@@ -435,7 +470,9 @@ def verify_fragments(engine: sa.Engine, *, customer_id: str | None = None, since
             lo_limit = floor - floor % size
             loaded = load_coverage(conn, metric_id, signature, size, asked, lo_limit, 2**62)
             star = loaded.pop(EVERY, [])
-            stale, anyone = _stale(conn, raw, definition.event_name, star, loaded, asked, size, position)
+            behind = [pos for segs in [star, *loaded.values()] for _, _, pos in segs if pos < position]
+            changes = _changes(conn, raw, definition.event_name, min(behind), asked, asked is None) if behind else []
+            stale, anyone = _stale(conn, {**loaded, EVERY: star}, changes, size, position)
             star_spans = overlap([(lo, hi) for lo, hi, _ in star], [(lo_limit, 2**62)])
             held = {cid: overlap([(lo, hi) for lo, hi, _ in segs], [(lo_limit, 2**62)]) for cid, segs in loaded.items()}
             stale_count += sum((hi - lo) // size for spans in stale.values() for lo, hi in spans)
@@ -471,7 +508,7 @@ def verify_fragments(engine: sa.Engine, *, customer_id: str | None = None, since
                 if have != want:
                     differences.append(
                         f"metric {metric_id} {signature or '(no grouping)'}, customer {cid}, "
-                        f"{'hour' if size == HOUR else 'day'} {from_micros(bucket).isoformat()}: "
+                        f"{LEVEL_NAMES.get(size, size)} {from_micros(bucket).isoformat()}: "
                         f"stored {have} != from events {want}")
     return checked, stale_count, differences
 

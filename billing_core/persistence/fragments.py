@@ -28,7 +28,7 @@ from billing_core.persistence.writes import write_lock
 
 __all__ = [
     "EVERY", "Change", "FragmentCoverageRow", "FragmentRow", "Segment", "UsageChangeRow", "changes_since",
-    "delete_fragments", "load_coverage", "load_fragments", "log_changes", "newest_change", "save_fragments",
+    "delete_fragments", "load_coverage", "load_fragments", "load_levels", "log_changes", "newest_change", "save_fragments",
     "sum_fragments",
 ]
 
@@ -177,6 +177,28 @@ def load_coverage(conn: Any, metric_id: str, group_by: str, size: int, customer_
             query = query.where(t.c.customer_id.in_([*part, EVERY]))
         for row in conn.execute(query.order_by(t.c.customer_id, t.c.lo)).all():
             out.setdefault(row[0], []).append((int(row[1]), int(row[2]), int(row[3])))
+    return out
+
+
+def load_levels(conn: Any, metric_id: str, group_by: str, customer_ids: Sequence[str] | None,
+                windows: Mapping[int, tuple[int, int]]) -> dict[int, dict[str, list[Segment]]]:
+    """Return, per bucket size, what ``load_coverage`` returns for that size's window, in one query per chunk."""
+    t = coverage_table
+    out: dict[int, dict[str, list[Segment]]] = {size: {} for size in windows}
+    if not windows:
+        return out
+    lo = min(w[0] for w in windows.values())
+    hi = max(w[1] for w in windows.values())
+    for part in _chunks(customer_ids):
+        query = sa.select(t.c.size, t.c.customer_id, t.c.lo, t.c.hi, t.c.computed_change).where(
+            t.c.metric_id == metric_id, t.c.group_by == group_by, t.c.size.in_(list(windows)), t.c.lo < hi,
+            t.c.hi > lo)
+        if part is not None:
+            query = query.where(t.c.customer_id.in_([*part, EVERY]))
+        for size, customer, a, b, position in conn.execute(query.order_by(t.c.customer_id, t.c.lo)).all():
+            w_lo, w_hi = windows[int(size)]
+            if int(a) < w_hi and int(b) > w_lo:
+                out[int(size)].setdefault(customer, []).append((int(a), int(b), int(position)))
     return out
 
 
@@ -340,19 +362,25 @@ def delete_fragments(engine: sa.Engine, *, before: int | None = None, size: int 
     """Drop stored fragments (all, or of ``size`` buckets wholly before ``before``); return (spans, rows) dropped.
 
     Safe at any moment: a dropped bucket is missing, and the next read that needs it recomputes it.
-    A span that straddles ``before`` is cut at it (bucket-aligned by the caller).
+    Each level is cut at the start of its own bucket holding ``before``, so a span that straddles
+    the cut stays whole buckets.
     """
     c, f = coverage_table, fragments_table
+    spans = rows = 0
     with write_lock(engine), engine.begin() as conn:
         if _is_postgres(conn):
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SAVE_LOCK_KEY})
-        span_where: list[Any] = [] if size is None else [c.c.size == size]
-        row_where: list[Any] = [] if size is None else [f.c.size == size]
-        if before is not None:
-            row_where.append(f.c.bucket + f.c.size <= before)
-            cut = conn.execute(sa.update(c).where(*span_where, c.c.lo < before, c.c.hi > before).values(lo=before))
-            spans = conn.execute(sa.delete(c).where(*span_where, c.c.hi <= before)).rowcount + cut.rowcount
-        else:
+        if before is None:
+            span_where: list[Any] = [] if size is None else [c.c.size == size]
+            row_where: list[Any] = [] if size is None else [f.c.size == size]
             spans = conn.execute(sa.delete(c).where(*span_where)).rowcount
-        rows = conn.execute(sa.delete(f).where(*row_where)).rowcount
+            rows = conn.execute(sa.delete(f).where(*row_where)).rowcount
+            return spans, rows
+        sizes = [size] if size is not None else [
+            int(s) for s in conn.execute(sa.select(c.c.size).distinct()).scalars()]
+        for level in sizes:
+            cut = before - before % level
+            moved = conn.execute(sa.update(c).where(c.c.size == level, c.c.lo < cut, c.c.hi > cut).values(lo=cut))
+            spans += conn.execute(sa.delete(c).where(c.c.size == level, c.c.hi <= cut)).rowcount + moved.rowcount
+            rows += conn.execute(sa.delete(f).where(f.c.size == level, f.c.bucket + level <= cut)).rowcount
     return spans, rows

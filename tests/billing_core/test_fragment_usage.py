@@ -27,7 +27,7 @@ from worker.db import session_scope
 
 NOW = datetime(2026, 12, 15, tzinfo=timezone.utc)
 DAY0 = datetime(2026, 11, 9, tzinfo=timezone.utc)
-SPAN = 4 * 24 * 3600  # seconds of event time
+SPAN = 20 * 24 * 3600  # seconds of event time: windows reach every level, 8-day blocks included
 METRICS = {f"m_{agg}": MetricDefinition("call", agg, None if agg == "count" else "n")  # type: ignore[arg-type]
            for agg in ("count", "sum", "max", "latest")}
 

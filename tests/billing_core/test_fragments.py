@@ -12,13 +12,15 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import Engine, text
 
 from billing_core.events import from_micros, to_micros
-from billing_core.fragments import DAY, EMPTY, HOUR, MERGEABLE, Partial, cover, merge_groups
+from billing_core.fragments import (
+    DAY, EMPTY, HOUR, LEVEL_NAMES, LEVELS, MERGEABLE, QUARTER, Partial, cover, merge_groups,
+)
 from billing_core.metric_definition import MetricDefinition
 from billing_core.sql_usage import SqlUsageSource
 from tests.billing_core.test_sql_usage import add_customer, ingest
 
 START = 1_795_000_000_000_000 - 1_795_000_000_000_000 % DAY  # a UTC midnight in 2026, in microseconds
-SPAN = 5 * DAY
+SPAN = 30 * DAY  # long enough for 8-day blocks
 
 instants = st.integers(min_value=START, max_value=START + SPAN)
 values = st.one_of(
@@ -56,14 +58,24 @@ def test_cover_cuts_a_window_into_aligned_pieces_without_gap_or_overlap(start: i
         assert before.end == after.start
     for piece in pieces:
         assert piece.start < piece.end
-        if piece.kind == "hour":
-            assert piece.start % HOUR == 0 and piece.end - piece.start == HOUR
-        elif piece.kind == "day":
-            assert piece.start % DAY == 0 and piece.end - piece.start == DAY
-        else:
+        if piece.kind == "raw":
             assert piece.end - piece.start < HOUR or len(pieces) == 1
+        else:
+            assert piece.size in LEVELS and LEVEL_NAMES[piece.size] == piece.kind
+            assert piece.start % piece.size == 0
     raw = [p for p in pieces if p.kind == "raw"]
-    assert len(raw) <= 2 and sum(p.kind == "hour" for p in pieces) <= 46
+    assert len(raw) <= 2
+    # Sizes rise then fall, at most 5 hours, 3 quarters and 7 days on each side of the blocks.
+    sizes = [p.size for p in pieces if p.kind != "raw"]
+    top = sizes.index(max(sizes)) if sizes else 0
+    assert sizes[:top + 1] == sorted(sizes[:top + 1]) and sizes[top:] == sorted(sizes[top:], reverse=True)
+    for level, most in ((HOUR, 10), (QUARTER, 6), (DAY, 14)):
+        assert sizes.count(level) <= most
+    # No run of smaller buckets could have been one larger bucket.
+    for piece in pieces:
+        for bigger in LEVELS:
+            if bigger > piece.size and piece.kind != "raw" and piece.start % bigger == 0:
+                assert piece.start + bigger > end
 
 
 @settings(max_examples=300, deadline=None)
