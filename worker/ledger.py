@@ -81,7 +81,7 @@ class Prepared:
     cost: Decimal = Decimal(0)
     units_total: int = 0
     quantity: int = 0
-    dimensions: tuple[tuple[str, int], ...] = ()  # (dimension, units written) for each dimension written
+    dimensions: tuple[tuple[str, int], ...] = ()  # (dimension, units written) for each dimension with units
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -193,10 +193,11 @@ def _swap(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetime
                     "b_last_units_total": sum(plan.units_total for plan in one.plans.values()),
                     "b_last_run_at": now, "b_last_outcome": "queued" if delta else "nothing to report",
                 })
-                # AWS's hourly heartbeat: one zero record for the contract (its first free dimension).
-                send_zero = delta == 0 and not one.taken and due.zero_record and kind == "hourly"
-                for n, (dimension, plan) in enumerate(one.plans.items()):
-                    if plan.delta > 0 or (send_zero and n == 0):
+                # AWS's hourly heartbeat: a zero record for each dimension with nothing to report
+                # (docs/marketplaces.md §2.4: one record per customer and dimension every hour).
+                send_zero = due.zero_record and kind == "hourly"
+                for dimension, plan in one.plans.items():
+                    if plan.delta > 0 or send_zero:
                         rows.append({
                             "key": ledger_key(due.contract_id, dimension, stamp), "contract_id": due.contract_id,
                             "marketplace": due.marketplace, "product": due.product, "dimension": dimension,
@@ -246,7 +247,7 @@ def _swap(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetime
             quantity = sum(q for _, _, q in mine)
             out[contract_id] = Prepared("queued" if quantity else "zero", ledger_id=mine[0][0], cost=one.due.cost,
                                         units_total=total, quantity=quantity,
-                                        dimensions=tuple((d, q) for _, d, q in mine))
+                                        dimensions=tuple((d, q) for _, d, q in mine if q))
         elif one.taken:
             out[contract_id] = Prepared("stamp_used", f"hour {stamp.isoformat()} already has a "
                                         f"{one.taken[0].status} report", ledger_id=one.taken[0].id,

@@ -5,8 +5,9 @@
   answer leaves (the two instants a worker can die inside a send).
 - ``Fleet``: worker processes started exactly as the Procfile's ``worker`` line, each in its
   own process group (the worker and its scheduler child), SIGKILLed or stopped by group.
-- ``Book``: the events ingested per contract and the units each must end with,
-  ``floor(tokens × token price / unit price)``, computed here, not by the code under test.
+- ``Book``: the events ingested per contract and the units each must end with per dimension,
+  ``floor(tokens × token price / unit price)`` (every third contract's listing has two
+  dimensions: calls and tokens apart), computed here, not by the code under test.
 - ``settle``: what an operator's cron does after a failure, run until nothing is left: wait
   until the live workers are idle, hand abandoned RQ jobs back to their retry policy (RQ's own
   registry cleanup, run now instead of at its next maintenance), let claims of dead workers
@@ -38,13 +39,17 @@ from sqlalchemy import Engine, func, select, update
 from sqlmodel import Session
 
 from marketplaces.emulators.server import EmulatorServer
-from tests.worker.sync_support import SyncEnv, emulator_factory, ingest, map_contract, setup_billing
+from tests.worker.sync_support import (
+    DIMENSION, SyncEnv, emulator_factory, ingest, map_contract, setup_billing, setup_two_dimension_billing,
+)
 from worker import ledger
-from worker.persistence.ledger import ContractSyncRow, LedgerRow
+from worker.persistence.ledger import ContractSyncRow, DimensionSyncRow, LedgerRow
 from worker.runtime import QUEUE_NAMES
 
 MARKETPLACES = ("aws", "azure", "gcp")
 TOKEN_PRICE = Decimal("0.001")  # the plan's unit price per token (setup_billing's unit_amount)
+CALL_PRICE = Decimal("0.0007")  # the two-dimension plan's price per call (setup_two_dimension_billing)
+CALL_UNIT = Decimal("0.001")  # the api_calls dimension's unit price
 UNIT_PRICES = ("0.01", "0.03", "0.07")  # listing unit prices, so units are not a plain tokens / 10
 PORT_SETTINGS = {"aws": "AWS_EMULATOR_PORT", "azure": "AZURE_EMULATOR_PORT", "gcp": "GCP_EMULATOR_PORT"}
 REPO = Path(__file__).resolve().parents[2]
@@ -163,6 +168,13 @@ class Marketplaces:
         rows = self.control(marketplace, "GET", "usage")["totals"]
         return int(sum(Decimal(str(r["quantity"])) for r in rows))
 
+    def total_by_dimension(self, marketplace: str) -> dict[str, int]:
+        """Return the units the emulator accepted per dimension (dimensions with units only)."""
+        out: dict[str, int] = {}
+        for r in self.control(marketplace, "GET", "usage")["totals"]:
+            out[r["dimension"]] = out.get(r["dimension"], 0) + int(Decimal(str(r["quantity"])))
+        return {d: u for d, u in out.items() if u}
+
     def environment(self) -> dict[str, str]:
         """Return the settings that point the sandbox adapters at these emulators."""
         env = {PORT_SETTINGS[name]: str(server.port) for name, server in self.servers.items()}
@@ -178,37 +190,66 @@ class Marketplaces:
 
 @dataclass
 class Book:
-    """Tokens ingested per contract and the units each contract must end with."""
+    """Tokens and calls ingested per contract and the units each must end with, per dimension."""
 
     stamp: datetime
     tokens: dict[str, int] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
     unit_price: dict[str, Decimal] = field(default_factory=dict)
     marketplace: dict[str, str] = field(default_factory=dict)
+    two_dimensions: set[str] = field(default_factory=set)
+
+    def expected_dimensions(self, contract_id: str) -> dict[str, int]:
+        """Return the units the contract must end with in each dimension of its listing."""
+        tokens = _floor(self.tokens[contract_id] * TOKEN_PRICE / self.unit_price[contract_id])
+        if contract_id not in self.two_dimensions:
+            return {DIMENSION: tokens}
+        return {"api_calls": _floor(self.calls[contract_id] * CALL_PRICE / CALL_UNIT), "usage_fee": tokens}
 
     def expected(self, contract_id: str) -> int:
-        cost = self.tokens[contract_id] * TOKEN_PRICE
-        return int((cost / self.unit_price[contract_id]).to_integral_value(rounding=ROUND_FLOOR))
+        return sum(self.expected_dimensions(contract_id).values())
 
     def expected_total(self, marketplace: str) -> int:
         return sum(self.expected(c) for c, m in self.marketplace.items() if m == marketplace)
 
+    def expected_by_dimension(self, marketplace: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for contract, name in self.marketplace.items():
+            if name == marketplace:
+                for dimension, units in self.expected_dimensions(contract).items():
+                    out[dimension] = out.get(dimension, 0) + units
+        return {d: u for d, u in out.items() if u}
+
+
+def _floor(value: Decimal) -> int:
+    return int(value.to_integral_value(rounding=ROUND_FLOOR))
+
 
 def populate(engine: Engine, markets: Marketplaces, *, per_marketplace: int, start: datetime, seed: int) -> Book:
-    """Map ``per_marketplace`` contracts on each emulator and ingest 1-3 events for each."""
+    """Map ``per_marketplace`` contracts on each emulator (every third with two dimensions) and
+    ingest 1-3 events for each."""
     rng = random.Random(seed)
     setup_billing(engine, unit_amount=str(TOKEN_PRICE))
+    setup_two_dimension_billing(engine)
     book = Book(stamp=start)
     for name in MARKETPLACES:
         env = markets.env_for(name, engine)
         for i in range(per_marketplace):
             price = UNIT_PRICES[i % len(UNIT_PRICES)]
-            contract, customer = map_contract(env, start=start, unit_price=price)
+            if i % 3 == 2:
+                dimensions = [{"name": "api_calls", "unit_price": str(CALL_UNIT), "prices": ["calls"]},
+                              {"name": "usage_fee", "unit_price": price, "prices": "remaining"}]
+                contract, customer = map_contract(env, start=start, plan_id="plan_dims", dimensions=dimensions)
+                book.two_dimensions.add(contract)
+            else:
+                contract, customer = map_contract(env, start=start, unit_price=price)
             book.marketplace[contract], book.unit_price[contract] = name, Decimal(price)
-            book.tokens[contract] = 0
+            book.tokens[contract] = book.calls[contract] = 0
             for n in range(rng.randint(1, 3)):
                 tokens = rng.randint(1_000, 40_000)
                 ingest(engine, customer, tokens, start + timedelta(minutes=5 + 10 * n, seconds=rng.randint(0, 59)))
                 book.tokens[contract] += tokens
+                book.calls[contract] += 1
     return book
 
 
@@ -431,9 +472,15 @@ def assert_exact(engine: Engine, markets: Marketplaces, book: Book, *, context: 
     totals = {name: markets.total(name) for name in MARKETPLACES}
     expected = {name: book.expected_total(name) for name in MARKETPLACES}
     assert totals == expected, f"emulator totals {totals} != expected {expected} {context}"
+    by_dimension = {name: markets.total_by_dimension(name) for name in MARKETPLACES}
+    expected_by_dimension = {name: book.expected_by_dimension(name) for name in MARKETPLACES}
+    assert by_dimension == expected_by_dimension, (
+        f"emulator totals per dimension {by_dimension} != expected {expected_by_dimension} {context}")
     with Session(engine) as session:
         rows = list(session.execute(select(LedgerRow)).scalars())
         states = {s.contract_id: s for s in session.execute(select(ContractSyncRow)).scalars()}
+        counts = {(c.contract_id, c.dimension): c.units_reported
+                  for c in session.execute(select(DimensionSyncRow)).scalars()}
     stuck = [(r.contract_id, r.status, r.detail) for r in rows if r.status not in ("accepted", "duplicate")]
     assert not stuck, f"ledger rows not settled: {stuck[:5]} {context}"
     per_contract: dict[str, int] = {}
@@ -444,6 +491,16 @@ def assert_exact(engine: Engine, markets: Marketplaces, book: Book, *, context: 
     assert not wrong, f"contracts whose ledger is off (got, expected): {dict(list(wrong.items())[:5])} {context}"
     counted = {c: s.units_reported for c, s in states.items() if s.units_reported != book.expected(c)}
     assert not counted, f"sync state counts differ from the expected units: {counted} {context}"
+    per_dimension: dict[tuple[str, str], int] = {}
+    for row in rows:
+        per_dimension[(row.contract_id, row.dimension)] = per_dimension.get((row.contract_id, row.dimension), 0) + row.quantity
+    expected_rows = {(c, d): units for c in book.tokens for d, units in book.expected_dimensions(c).items()}
+    off = {k: (per_dimension.get(k, 0), units) for k, units in expected_rows.items() if per_dimension.get(k, 0) != units}
+    off.update({k: (units, 0) for k, units in per_dimension.items() if k not in expected_rows and units})
+    assert not off, f"(contract, dimension) ledgers off (got, expected): {dict(list(off.items())[:5])} {context}"
+    miscounted = {k: (counts.get(k, 0), units) for k, units in expected_rows.items()
+                  if counts.get(k, 0) != units and k[0] in states}
+    assert not miscounted, f"per-dimension counts differ (got, expected): {dict(list(miscounted.items())[:5])} {context}"
     by_status: dict[str, int] = {}
     for row in rows:
         by_status[row.status] = by_status.get(row.status, 0) + 1
