@@ -20,7 +20,7 @@ from tests.worker.sync_support import (
     TWO_DIMENSIONS, SyncEnv, build_env, ingest, map_contract, setup_billing, setup_two_dimension_billing,
     start_of_test_window,
 )
-from worker import cancellation, hourly, ledger
+from worker import cancellation, hourly, ledger, reports
 from worker.persistence.contracts import ContractRow, ListingRow
 from worker.persistence.ledger import ContractSyncRow, LedgerRow
 
@@ -28,12 +28,12 @@ MARKETPLACES = ["aws", "azure", "gcp"]
 
 
 @pytest.fixture(params=MARKETPLACES)
-def env(request: pytest.FixtureRequest, engine: Engine, emulator_servers: dict[str, EmulatorServer]) -> SyncEnv:
-    """Return a fresh emulator, its adapter, and a billing core with a two-price plan."""
-    environment = build_env(request.param, engine, emulator_servers[request.param])
+def env(request: pytest.FixtureRequest, any_engine: Engine, emulator_servers: dict[str, EmulatorServer]) -> SyncEnv:
+    """Return a fresh emulator, its adapter, and a billing core with a two-price plan (SQLite, then PostgreSQL)."""
+    environment = build_env(request.param, any_engine, emulator_servers[request.param])
     environment.control("POST", "reset")
-    setup_billing(engine)
-    setup_two_dimension_billing(engine)
+    setup_billing(any_engine)
+    setup_two_dimension_billing(any_engine)
     return environment
 
 
@@ -99,6 +99,16 @@ def test_two_dimensions_hourly_then_final_flush_exact_per_dimension(env: SyncEnv
     assert len({h for h, _d, _q in rows}) == 4  # three hourly stamps and the flush's
     assert len({(h, d) for h, d, _q in rows}) == len(rows)  # each dimension at most once per stamp
 
+    # The metering report prices each dimension at its own unit price.
+    months = {start.strftime("%Y-%m"), now.strftime("%Y-%m")}
+    report = [r for month in sorted(months) for r in reports.metering_report(env.engine, month)
+              if r["contract_id"] == contract]
+    amounts: dict[str, tuple[int, Decimal, str]] = {}
+    for r in report:
+        units, amount, _price = amounts.get(r["dimension"], (0, Decimal(0), ""))
+        amounts[r["dimension"]] = (units + r["units_reported"], amount + Decimal(r["amount"]), r["unit_price"])
+    assert amounts == {"api_calls": (11, Decimal("0.011"), "0.001"), "usage_fee": (126, Decimal("1.26"), "0.01")}
+
 
 def test_listing_dimension_switch_keeps_counts_per_dimension(env: SyncEnv) -> None:
     """A single-dimension contract moved to two dimensions reports the new dimension's units from zero, once."""
@@ -131,3 +141,28 @@ def test_price_mapped_to_no_dimension_is_a_cost_error(env: SyncEnv) -> None:
         state = session.get(ContractSyncRow, contract)
         assert state is not None and state.last_error.startswith("unmapped_price: ")
     assert _rows(env.engine, contract) == [] and env.totals_by_dimension() == {}
+
+
+@pytest.mark.parametrize("env", ["aws"], indirect=True)
+def test_rejected_dimension_is_reported_again_alone(env: SyncEnv) -> None:
+    """A record AWS rejects (dimension not on the product) leaves that dimension's count only; it is reported later."""
+    start = start_of_test_window()
+    contract, customer = map_contract(env, start=start, plan_id="plan_dims", dimensions=TWO_DIMENSIONS)
+    env.control("POST", "reset")  # the product knows usage_fee only
+    identifiers = env.new_identifiers("prod-sync", ["usage_fee"])
+    with Session(env.engine) as session:
+        row = session.get(ContractRow, contract)
+        row.cloud_identifiers = identifiers
+        row.license_arn, row.customer_aws_account_id = identifiers["license_arn"], identifiers["customer_aws_account_id"]
+        session.add(row)
+        session.commit()
+    now = datetime.now(UTC)
+    _calls(env, customer, start + timedelta(minutes=5), 1234, 1, 10)  # 2 api_calls, 124 usage_fee
+    first = hourly.report_contract(env.engine, env.adapter, contract, start, now=now)
+    assert first["sent"] == {"accepted": 1, "rejected": 1}, first
+    counts = {c["dimension"]: c["units_reported"] for c in ledger.dimension_counts(env.engine, contract)}
+    assert counts == {"api_calls": 0, "usage_fee": 124}
+    env.control("POST", "customers", {"product_code": "prod-sync", "dimensions": ["api_calls"]})
+    second = hourly.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=1), now=now)
+    assert second["dimensions"] == {"api_calls": 2}, second
+    assert env.totals_by_dimension() == {"api_calls": 2, "usage_fee": 124}
