@@ -31,6 +31,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -124,6 +125,11 @@ class FragmentUsageSource(MetricsByDefinition):
 
     def usage_bulk_many(self, requests: Sequence[UsageRequest], customer_ids: Sequence[str], start: datetime,
                         end: datetime) -> Mapping[UsageRequest, Mapping[str, UsageResult]]:
+        with self.raw.one_read():
+            return self._usage_bulk_many(requests, customer_ids, start, end)
+
+    def _usage_bulk_many(self, requests: Sequence[UsageRequest], customer_ids: Sequence[str], start: datetime,
+                         end: datetime) -> Mapping[UsageRequest, Mapping[str, UsageResult]]:
         out: dict[UsageRequest, Mapping[str, UsageResult]] = {}
         raw = []
         for request in dict.fromkeys(requests):
@@ -174,17 +180,27 @@ class FragmentUsageSource(MetricsByDefinition):
                 found = keys[g] = tuple(json.loads(g))
             return found
 
+        summed = aggregation in ("count", "sum")
+
+        def stored(p: Partial) -> Any:  # sums straight from the database are already exact and plain
+            return p.total if aggregation == "sum" else Decimal(p.count)
+
+        def merged_in(p: Partial) -> Any:
+            return _exact(aggregation, p)
+
         for cid in ids:
             parts = merged.get(cid, {})
+            fragments, raw_events = used.get(cid, (0, 0))
+            exact = stored if summed and not raw_events else merged_in
             total = Partial.combine(parts.values())
             try:
-                quantity = _checked(aggregation, _exact(aggregation, total), metric_id, cid)
-                grouped = ({key_of(g): _checked(aggregation, _exact(aggregation, p), metric_id, cid, key_of(g))
+                quantity = _checked(aggregation, exact(total) if len(parts) <= 1 else _exact(aggregation, total),
+                                    metric_id, cid)
+                grouped = ({key_of(g): _checked(aggregation, exact(p), metric_id, cid, key_of(g))
                             for g, p in sorted(parts.items())} if groups else None)
             except UsageOutOfRange as exc:
                 out[cid] = exc
                 continue
-            fragments, raw_events = used.get(cid, (0, 0))
             out[cid] = MetricUsage(quantity=quantity, event_count=total.count,
                                    skipped=0 if aggregation == "count" else total.skipped, groups=grouped,
                                    fragments=fragments, raw_events=raw_events)
@@ -197,7 +213,8 @@ class FragmentUsageSource(MetricsByDefinition):
         """Return ({customer: {group key: partial}} over ``[start, end)``, {customer: (fragments, raw events)})."""
         pieces = cover(start, end)
         merged: dict[str, dict[str, Partial]] = {}
-        used: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        from_fragments: dict[str, int] = {}
+        from_raw: dict[str, int] = {}
 
         def add(customer: str, group: str, part: Partial) -> None:
             slot = merged.get(customer)
@@ -210,7 +227,7 @@ class FragmentUsageSource(MetricsByDefinition):
             for key, buckets in found.items():
                 for part in buckets.values():
                     add(key[0], _group_key(tuple(key[1:])), part)
-                    used[key[0]][1] += part.count
+                    from_raw[key[0]] = from_raw.get(key[0], 0) + part.count
                     self.stats.raw_events += part.count
 
         for piece in pieces:
@@ -220,7 +237,7 @@ class FragmentUsageSource(MetricsByDefinition):
         spans = {size: union((p.start, p.end) for p in pieces if p.size == size) for size in LEVELS}
         spans = {size: listed for size, listed in spans.items() if listed}
         if not spans:
-            return merged, {c: (u[0], u[1]) for c, u in used.items()}
+            return merged, {c: (0, n) for c, n in from_raw.items()}
         signature = json.dumps(list(groups)) if groups else ""
         left: set[str] = set()
         whole = sum(hi - lo for listed in spans.values() for lo, hi in listed)
@@ -253,20 +270,20 @@ class FragmentUsageSource(MetricsByDefinition):
                         total = sum_of(units, nanos)
                         assert total is not None
                         add(customer, key, Partial(count, with_value, total))
-                        used[customer][0] += fragments
+                        from_fragments[customer] = from_fragments.get(customer, 0) + fragments
                         self.stats.fragments += fragments
             else:
                 for (customer, _, _), parts in load_fragments(conn, metric_id, signature, asked, spans).items():
                     if customer in wanted:
                         for key, part in parts.items():
                             add(customer, key, part)
-                        used[customer][0] += 1
+                        from_fragments[customer] = from_fragments.get(customer, 0) + 1
                         self.stats.fragments += 1
         if left:  # another reader changed their spans meanwhile: whole buckets from raw events
             lo, hi = min(s[0][0] for s in spans.values()), max(s[-1][1] for s in spans.values())
             add_raw(self.raw.partials(definition, sorted(left), from_micros(lo), from_micros(hi), bucket=DAY,
                                       group_by=groups))
-        return merged, {c: (u[0], u[1]) for c, u in used.items()}
+        return merged, {c: (from_fragments.get(c, 0), from_raw.get(c, 0)) for c in {*from_fragments, *from_raw}}
 
     def _refresh(self, definition: MetricDefinition, metric_id: str, ids: list[str], groups: tuple[str, ...],
                  signature: str, size: int, spans: list[Span], build: bool, whole: int, position: int,
@@ -318,8 +335,9 @@ class FragmentUsageSource(MetricsByDefinition):
                     held = effective(star, case[0])
                     held_spans = [(lo, hi) for lo, hi, _ in held]
                     need = union(subtract(spans, held_spans) + overlap(list(case[1]) + anyone, allowed))
-                    behind = bool(need) or any(pos < position for _, _, pos in held)
-                    known = cases[case] = (need, mine + overlap(held_spans, allowed) + need if behind else None)
+                    # Spans no change touched stay as they are (still current as of their position):
+                    # a read of customers with no news writes nothing.
+                    known = cases[case] = (need, mine + overlap(held_spans, allowed) + need if need else None)
                 need, cover_of = known
                 if need:
                     todo[cid] = need

@@ -288,6 +288,7 @@ class SqlUsageSource(MetricsByDefinition):
     def __init__(self, bind: Bind, definitions: Mapping[str, MetricDefinition] | None = None):
         self.bind = bind
         self._definitions: dict[str, MetricDefinition] = dict(definitions or {})
+        self._external_of: dict[str, str | None] | None = None  # inside ``one_read``: customer -> external id
 
     # Plumbing ----------------------------------------------------------------------------------
 
@@ -426,18 +427,31 @@ class SqlUsageSource(MetricsByDefinition):
 
     # Query building ----------------------------------------------------------------------------
 
+    @contextmanager
+    def one_read(self) -> Iterator[None]:
+        """Within this block, look each customer's external id up once (the block is one read:
+        a customer created or renamed meanwhile is seen by the next read, not this one)."""
+        if self._external_of is not None:
+            yield
+            return
+        self._external_of = {}
+        try:
+            yield
+        finally:
+            self._external_of = None
+
     def _aliases(self, conn: Any, ids: list[str]) -> dict[str, str]:
-        """Map external ids to customer ids for the asked customers that have one."""
-        found: dict[str, str] = {}
+        """Map external ids to customer ids for the asked customers that have one (see ``one_read``)."""
+        known = self._external_of if self._external_of is not None else {}
+        unknown = [cid for cid in dict.fromkeys(ids) if cid not in known]
         c = customers_table
-        for chunk in range(0, len(ids), 500):
-            rows = conn.execute(
+        for chunk in range(0, len(unknown), 500):
+            part = unknown[chunk:chunk + 500]
+            known.update(dict.fromkeys(part))
+            known.update({cid: ext for ext, cid in conn.execute(
                 sa.select(c.c.external_customer_id, c.c.id).where(
-                    c.c.id.in_(ids[chunk:chunk + 500]), c.c.external_customer_id.is_not(None)
-                )
-            ).all()
-            found.update({ext: cid for ext, cid in rows})
-        return found
+                    c.c.id.in_(part), c.c.external_customer_id.is_not(None))).all()})
+        return {ext: cid for cid in ids if (ext := known.get(cid)) is not None}
 
     def _where(self, json_: _Json, definition: MetricDefinition, ids: list[str], aliases: dict[str, str],
                start_us: int, end_us: int, every_customer: bool = False) -> list[Any]:
