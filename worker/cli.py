@@ -238,12 +238,13 @@ def verify(customer_id: str | None, since: str | None) -> None:
 
 
 @main.command()
-@click.option("--before", required=True, help="ISO-8601 instant: drop hour fragments that end before it.")
-@click.option("--all", "everything", is_flag=True, help="Drop day fragments too (every level).")
+@click.option("--before", required=True,
+              help="ISO-8601 instant: drop hour and quarter-day fragments that end before it.")
+@click.option("--all", "everything", is_flag=True, help="Drop day and 8-day fragments too (every level).")
 def compact(before: str, everything: bool) -> None:
     """Drop usage fragments of closed periods (a cache: the next read that needs one rebuilds it)."""
     from billing_core import wire
-    from billing_core.fragments import DAY, HOUR
+    from billing_core.fragments import HOUR, QUARTER
     from billing_core.persistence.fragments import delete_fragments
 
     try:
@@ -252,10 +253,12 @@ def compact(before: str, everything: bool) -> None:
         raise click.BadParameter(str(exc), param_hint="--before") from None
     micros = int(instant.timestamp()) * 1_000_000
     runtime = _runtime()
+    spans = rows = 0
     try:
-        # Day-aligned, so a span straddling the cut stays whole buckets at both levels.
-        spans, rows = delete_fragments(runtime.engine, before=micros - micros % DAY,
-                                       size=None if everything else HOUR)
+        # Each level is cut at its own bucket holding the instant (whole buckets stay whole).
+        for size in [None] if everything else [HOUR, QUARTER]:
+            dropped = delete_fragments(runtime.engine, before=micros, size=size)
+            spans, rows = spans + dropped[0], rows + dropped[1]
     finally:
         runtime.close()
     click.echo(f"dropped {rows} fragment row(s) and {spans} span(s) before {before}")

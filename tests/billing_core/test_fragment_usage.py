@@ -232,6 +232,14 @@ def test_usage_says_what_answered_it_and_compact_drops_only_a_cache(engine: Engi
     assert again == first and again.fragments == first.fragments  # reused, not recomputed
     monkeypatch.setenv("DATABASE_URL", str(engine.url.render_as_string(hide_password=False)))
     monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    fine = CliRunner().invoke(main, ["compact", "--before", "2026-11-10T09:00:00Z"])  # hours and quarters only
+    assert fine.exit_code == 0 and "dropped" in fine.output, fine.output
+    with engine.connect() as conn:
+        sizes = {int(s) for s in conn.execute(text("SELECT DISTINCT size FROM usage_fragments")).scalars()}
+        assert not conn.execute(text("SELECT COUNT(*) FROM usage_fragments WHERE size < :day AND bucket < :cut"),
+                                {"day": 24 * 3600 * 10**6, "cut": to_micros(DAY0) + 24 * 3600 * 10**6}).scalar()
+    assert 24 * 3600 * 10**6 in sizes  # days stay
+    assert FragmentUsageSource(engine, METRICS).usage("m_sum", "c1", *window) == first
     dropped = CliRunner().invoke(main, ["compact", "--before", "2026-11-12T00:00:00Z", "--all"])
     assert dropped.exit_code == 0 and "dropped" in dropped.output, dropped.output
     with engine.connect() as conn:
