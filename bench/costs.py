@@ -1,6 +1,6 @@
 """Costs to date for every subscription: fragments off, cold and warm, at two sizes in one run.
 
-    python -m bench.costs [--subscriptions 10000] [--events 1000000 4000000]
+    python -m bench.costs [--subscriptions 10000] [--events 1000000 4000000 10000000]
 
 For each size, builds a fresh, migrated SQLite file (WAL) with ``--subscriptions`` customers,
 each subscribed to one of three plans mixing every price model (unit, tiered, bulk, package,
@@ -247,18 +247,22 @@ def measure(subscriptions: int, events: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Time raw, cold and warm costs at two sizes in one run; print both and their ratios."""
+    """Time raw, cold and warm costs at two sizes (or more) in one run; print each and the ratios to the first."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscriptions", type=int, default=10_000)
-    parser.add_argument("--events", type=int, nargs=2, default=[1_000_000, 4_000_000], metavar=("SMALL", "LARGE"))
+    parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 4_000_000, 10_000_000],
+                        metavar="EVENTS", help="sizes to measure, smallest first (at least two)")
     args = parser.parse_args(argv)
+    if len(args.events) < 2:
+        parser.error("--events: give at least two sizes")
     print(f"machine: {machine()}")
-    small, large = (measure(args.subscriptions, n) for n in args.events)
-    ratio = args.events[1] / args.events[0]
-    print(f"\n{ratio:g}x the events:")
-    for label in ("fragments off", "cold (no fragment)", "warm (fragments current)"):
-        print(f"  {label}: {small[label]:.2f} s -> {large[label]:.2f} s ({large[label] / small[label]:.2f} x); "
-              f"reading usage {small[label + ': usage']:.2f} s -> {large[label + ': usage']:.2f} s")
+    figures = [measure(args.subscriptions, n) for n in args.events]
+    small = figures[0]
+    for events, large in zip(args.events[1:], figures[1:]):
+        print(f"\n{events / args.events[0]:g}x the events ({args.events[0]:,} -> {events:,}):")
+        for label in ("fragments off", "cold (no fragment)", "warm (fragments current)", "warm, again"):
+            print(f"  {label}: {small[label]:.2f} s -> {large[label]:.2f} s ({large[label] / small[label]:.2f} x); "
+                  f"reading usage {small[label + ': usage']:.2f} s -> {large[label + ': usage']:.2f} s")
     print("targets: warm reading usage <= 1 s at 10 M events; cold no slower than fragments off")
 
 

@@ -1,7 +1,7 @@
 """Usage fragments: exact partial aggregates of a metric over a time bucket, and how they merge.
 
 A fragment is what one metric's events of one customer (and group value) add up to over one
-aligned bucket of a level: an hour, a quarter-day (6 hours), a day or an 8-day block. Any
+aligned bucket of a level: 1, 3, 6 or 12 hours, or 1, 2, 4 or 8 days. Any
 window — a billing period, a price interval starting at 10:17, a costs timeframe — is answered
 by ``cover``: the largest whole buckets that fit, and the partial edges (at most an hour on
 each side) from raw events.
@@ -40,12 +40,14 @@ HOUR = 3_600_000_000  # microseconds, like events.ts
 QUARTER = 6 * HOUR
 DAY = 24 * HOUR
 BLOCK = 8 * DAY
-# Bucket sizes, finest first; each divides the next, all aligned on the UTC epoch.
-LEVELS = (HOUR, QUARTER, DAY, BLOCK)
-LEVEL_NAMES = {HOUR: "hour", QUARTER: "quarter", DAY: "day", BLOCK: "block"}
+# Bucket sizes, finest first; each divides the next (1, 3, 6, 12 hours; 1, 2, 4, 8 days), all aligned
+# on the UTC epoch, so any window is a few buckets of each size at most (see ``cover``).
+LEVELS = (HOUR, 3 * HOUR, QUARTER, 12 * HOUR, DAY, 2 * DAY, 4 * DAY, BLOCK)
+LEVEL_NAMES = {HOUR: "1h", 3 * HOUR: "3h", QUARTER: "6h", 12 * HOUR: "12h", DAY: "1d", 2 * DAY: "2d", 4 * DAY: "4d",
+               BLOCK: "8d"}
 MERGEABLE = frozenset({"count", "sum", "max", "latest"})
 
-PieceKind = Literal["raw", "hour", "quarter", "day", "block"]
+PieceKind = Literal["raw", "1h", "3h", "6h", "12h", "1d", "2d", "4d", "8d"]
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,10 @@ def bucket_start(ts: int, size: int = HOUR) -> int:
 def cover(start: int, end: int) -> list[Piece]:
     """Cut ``[start, end)`` into raw edges and whole aligned buckets, in order, with no gap or overlap.
 
-    From the left, each step takes the largest bucket that starts there and fits: hours up to a
-    quarter-day, quarters up to a day, days up to an 8-day block, blocks, then down again. At
-    most one raw piece on each side (each shorter than an hour) and at most 5 hours, 3 quarters
-    and 7 days on each side of the blocks: a month costs about 17 fragments, not 720 hours.
+    From the left, each step takes the largest bucket that starts there and fits, so sizes rise
+    then fall: at most one raw piece on each side (each shorter than an hour), and on each side of
+    the 8-day blocks at most two 1-hour buckets and one of each other size (a month costs about
+    10 fragments, not 720 hours).
     """
     if end <= start:
         return []

@@ -86,6 +86,9 @@ class FragmentStats:
     raw_events: int = 0
 
 
+_ZERO = Decimal(0)
+
+
 def _group_key(values: tuple[str, ...]) -> str:
     return json.dumps(list(values)) if values else ""
 
@@ -188,11 +191,18 @@ class FragmentUsageSource(MetricsByDefinition):
         def merged_in(p: Partial) -> Any:
             return _exact(aggregation, p)
 
+        counting = aggregation == "count"
         for cid in ids:
             parts = merged.get(cid, {})
             fragments, raw_events = used.get(cid, (0, 0))
+            if counting and not raw_events:  # the common case, without the general path's steps
+                count = sum(p.count for p in parts.values())
+                grouped = {key_of(g): Decimal(p.count) for g, p in sorted(parts.items())} if groups else None
+                out[cid] = MetricUsage(quantity=Decimal(count), event_count=count, skipped=0, groups=grouped,
+                                       fragments=fragments, raw_events=0)
+                continue
             exact = stored if summed and not raw_events else merged_in
-            total = Partial.combine(parts.values())
+            total = next(iter(parts.values())) if len(parts) == 1 else Partial.combine(parts.values())
             try:
                 quantity = _checked(aggregation, exact(total) if len(parts) <= 1 else _exact(aggregation, total),
                                     metric_id, cid)
@@ -265,13 +275,23 @@ class FragmentUsageSource(MetricsByDefinition):
                     if not is_overflow(exc):
                         raise
                     raise UsageOutOfRange(f"metric {metric_id!r}: a sum overflows 64 bits") from None
+                counting = definition.aggregation == "count"  # a count's sum is never looked at
+                direct = not merged  # no raw edge: each (customer, group) comes once, straight in
+                added = 0
                 for customer, key, count, with_value, units, nanos, fragments in rows:
-                    if customer in wanted:
-                        total = sum_of(units, nanos)
-                        assert total is not None
-                        add(customer, key, Partial(count, with_value, total))
-                        from_fragments[customer] = from_fragments.get(customer, 0) + fragments
-                        self.stats.fragments += fragments
+                    if customer not in wanted:
+                        continue
+                    part = Partial(count, with_value, _ZERO if counting else sum_of(units, nanos))  # type: ignore[arg-type]
+                    slot = merged.get(customer) if direct else None
+                    if slot is None and direct:
+                        merged[customer] = {key: part}
+                    elif direct:
+                        slot[key] = part  # type: ignore[index]
+                    else:
+                        add(customer, key, part)
+                    from_fragments[customer] = from_fragments.get(customer, 0) + fragments
+                    added += fragments
+                self.stats.fragments += added
             else:
                 for (customer, _, _), parts in load_fragments(conn, metric_id, signature, asked, spans).items():
                     if customer in wanted:

@@ -239,12 +239,12 @@ def verify(customer_id: str | None, since: str | None) -> None:
 
 @main.command()
 @click.option("--before", required=True,
-              help="ISO-8601 instant: drop hour and quarter-day fragments that end before it.")
-@click.option("--all", "everything", is_flag=True, help="Drop day and 8-day fragments too (every level).")
+              help="ISO-8601 instant: drop fragments of 1 to 12 hours that end before it.")
+@click.option("--all", "everything", is_flag=True, help="Drop those of 1 to 8 days too (every level).")
 def compact(before: str, everything: bool) -> None:
     """Drop usage fragments of closed periods (a cache: the next read that needs one rebuilds it)."""
     from billing_core import wire
-    from billing_core.fragments import HOUR, QUARTER
+    from billing_core.fragments import DAY, LEVELS
     from billing_core.persistence.fragments import delete_fragments
 
     try:
@@ -256,7 +256,7 @@ def compact(before: str, everything: bool) -> None:
     spans = rows = 0
     try:
         # Each level is cut at its own bucket holding the instant (whole buckets stay whole).
-        for size in [None] if everything else [HOUR, QUARTER]:
+        for size in [None] if everything else [s for s in LEVELS if s < DAY]:
             dropped = delete_fragments(runtime.engine, before=micros, size=size)
             spans, rows = spans + dropped[0], rows + dropped[1]
     finally:
@@ -267,19 +267,36 @@ def compact(before: str, everything: bool) -> None:
 @main.command()
 @click.argument("contract_id")
 def ledger(contract_id: str) -> None:
-    """Print a contract's usage ledger hour by hour and dimension by dimension, with each marketplace answer."""
-    from worker.ledger import ledger_rows
+    """Print a contract's usage ledger hour by hour and dimension by dimension, with each marketplace answer.
+
+    An expired report (too late for its marketplace, never sent) shows the amount lost (units x
+    unit price); a held one (subscription not active) when it is tried again. The last lines sum
+    the revenue lost per dimension.
+    """
+    from worker.ledger import expired_totals, ledger_rows
 
     runtime = _runtime()
-    rows = ledger_rows(runtime.engine, contract_id)
+    try:
+        rows = ledger_rows(runtime.engine, contract_id)
+        lost = expired_totals(runtime.engine, contract_id=contract_id, by="dimension")
+    finally:
+        runtime.close()
     width = max([len("dimension"), *(len(row["dimension"]) for row in rows)])
     click.echo(f"{'hour (UTC)':20} {'dimension':{width}} {'kind':7} {'units':>8} {'total':>8} {'cost to date':>14} "
                f"{'status':10} detail")
     for row in rows:
+        detail = row["detail"]
+        if row["status"] == "expired":
+            detail = f"lost {row['quantity']} x {row['unit_price'] or '?'} = {row['amount'] or '?'}; {detail}"
+        elif row["status"] == "pending" and row["held_until"] is not None:
+            detail = f"held until {row['held_until'].isoformat()[:16]}; {detail}"
         click.echo(f"{row['hour'][:16]:20} {row['dimension']:{width}} {row['kind']:7} {row['quantity']:>8} "
-                   f"{row['units_total']:>8} {row['cost_to_date']:>14} {row['status']:10} {row['detail']}")
+                   f"{row['units_total']:>8} {row['cost_to_date']:>14} {row['status']:10} {detail}")
     click.echo(f"{len(rows)} report(s)")
-    runtime.close()
+    for dimension, item in sorted(lost.items()):
+        unpriced = f" (+ {item['unpriced']} not priced yet)" if item["unpriced"] else ""
+        click.echo(f"revenue lost on {dimension}: {item['reports']} expired report(s), {item['units']} units, "
+                   f"amount {item['amount']}{unpriced}")
 
 
 # --- run -----------------------------------------------------------------------------------------

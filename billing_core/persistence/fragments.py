@@ -242,8 +242,10 @@ def sum_fragments(conn: Any, metric_id: str, group_by: str, customer_ids: Sequen
             rows.c.customer_id, rows.c.group_key, sa.func.sum(rows.c["count"]), sa.func.sum(rows.c.with_value),
             sa.func.sum(rows.c.total_units), sa.func.sum(rows.c.total_nanos), sa.func.count(),
         ).group_by(rows.c.customer_id, rows.c.group_key)
-        for row in conn.execute(query).all():
-            out.append((row[0], row[1], int(row[2]), int(row[3]), int(row[4]), int(row[5]), int(row[6])))
+        if _is_postgres(conn):  # SUM of bigints is numeric there
+            out += [(c, k, int(a), int(b), int(u), int(n), int(m)) for c, k, a, b, u, n, m in conn.execute(query)]
+        else:
+            out += [tuple(row) for row in conn.execute(query)]
     return out
 
 

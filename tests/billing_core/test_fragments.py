@@ -13,7 +13,7 @@ from sqlalchemy import Engine, text
 
 from billing_core.events import from_micros, to_micros
 from billing_core.fragments import (
-    DAY, EMPTY, HOUR, LEVEL_NAMES, LEVELS, MERGEABLE, QUARTER, Partial, cover, merge_groups,
+    DAY, EMPTY, HOUR, LEVEL_NAMES, LEVELS, MERGEABLE, Partial, cover, merge_groups,
 )
 from billing_core.metric_definition import MetricDefinition
 from billing_core.sql_usage import SqlUsageSource
@@ -65,12 +65,12 @@ def test_cover_cuts_a_window_into_aligned_pieces_without_gap_or_overlap(start: i
             assert piece.start % piece.size == 0
     raw = [p for p in pieces if p.kind == "raw"]
     assert len(raw) <= 2
-    # Sizes rise then fall, at most 5 hours, 3 quarters and 7 days on each side of the blocks.
+    # Sizes rise then fall; on each side of the largest, at most two hours and one of each other size.
     sizes = [p.size for p in pieces if p.kind != "raw"]
     top = sizes.index(max(sizes)) if sizes else 0
     assert sizes[:top + 1] == sorted(sizes[:top + 1]) and sizes[top:] == sorted(sizes[top:], reverse=True)
-    for level, most in ((HOUR, 10), (QUARTER, 6), (DAY, 14)):
-        assert sizes.count(level) <= most
+    for level in LEVELS[:-1]:
+        assert sizes.count(level) <= (4 if level == HOUR else 2) + (level == max(sizes, default=0))
     # No run of smaller buckets could have been one larger bucket.
     for piece in pieces:
         for bigger in LEVELS:
