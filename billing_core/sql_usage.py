@@ -61,6 +61,7 @@ from billing_core.metrics import MetricNotFound
 from billing_core.persistence.customers import customers_table
 from billing_core.persistence.events import STATE_LIVE, events_table
 from billing_core.persistence.metrics import MetricRow
+from billing_core.persistence.rows import one_of
 from billing_core.usage import (
     VALUE_DIGITS, VALUE_LIMIT, MetricsByDefinition, MetricUsage, UsageResult, checked_total, checked_value,
 )
@@ -450,7 +451,7 @@ class SqlUsageSource(MetricsByDefinition):
             known.update(dict.fromkeys(part))
             known.update({cid: ext for ext, cid in conn.execute(
                 sa.select(c.c.external_customer_id, c.c.id).where(
-                    c.c.id.in_(part), c.c.external_customer_id.is_not(None))).all()})
+                    one_of(c.c.id, part), c.c.external_customer_id.is_not(None))).all()})
         return {ext: cid for cid in ids if (ext := known.get(cid)) is not None}
 
     def _where(self, json_: _Json, definition: MetricDefinition, ids: list[str], aliases: dict[str, str],
@@ -463,12 +464,12 @@ class SqlUsageSource(MetricsByDefinition):
             e.c.state == STATE_LIVE,
         ]
         if len(ids) <= _BULK_FILTER_LIMIT and not every_customer:
-            by_id = e.c.customer_id.in_(ids) if len(ids) > 1 else e.c.customer_id == ids[0]
+            by_id = one_of(e.c.customer_id, ids) if len(ids) > 1 else e.c.customer_id == ids[0]
             if aliases:
                 exts = sorted(aliases)
                 by_alias = sa.and_(
                     e.c.customer_id.is_(None),
-                    e.c.external_customer_id.in_(exts) if len(exts) > 1 else e.c.external_customer_id == exts[0],
+                    one_of(e.c.external_customer_id, exts) if len(exts) > 1 else e.c.external_customer_id == exts[0],
                 )
                 where.append(sa.or_(by_id, by_alias))
             else:

@@ -34,6 +34,7 @@ from billing_core.events import to_micros
 from billing_core.metric_definition import MetricDefinition
 from billing_core.persistence.customers import customers_table
 from billing_core.persistence.events import STATE_LIVE, events_table
+from billing_core.persistence.rows import one_of
 from billing_core.sql_usage import (
     _BULK_FILTER_LIMIT, SqlUsageSource, _checked, _Json, is_overflow, number_of, sum_of, sum_parts,
 )
@@ -187,14 +188,14 @@ class BatchSqlUsageSource(SqlUsageSource):
                     *(self._filter(json_, item) for item in definition.filters)]
 
         column = _unindexed if scan else _as_is
-        by_id = [e.c.customer_id.in_(ids) if len(ids) > 1 else e.c.customer_id == ids[0]] if small else \
+        by_id = [one_of(e.c.customer_id, ids) if len(ids) > 1 else e.c.customer_id == ids[0]] if small else \
             [column(e.c.customer_id).is_not(None)]
         branches = [(e.c.customer_id, e, matching(column) + by_id)]
         if aliases:
             joined = e.join(c, c.c.external_customer_id == e.c.external_customer_id)
             by_alias = [e.c.customer_id.is_(None)]
             if small:
-                by_alias.append(e.c.external_customer_id.in_(sorted(aliases)))
+                by_alias.append(one_of(e.c.external_customer_id, sorted(aliases)))
             branches.append((c.c.id, joined, matching(_as_is) + by_alias))
         return branches
 

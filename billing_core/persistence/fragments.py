@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
 from billing_core.fragments import Partial, overlap, union
+from billing_core.persistence.rows import one_of
 from billing_core.persistence.writes import write_lock
 
 __all__ = [
@@ -138,11 +139,11 @@ def changes_since(conn: Any, position: int, customer_ids: Sequence[str] | None, 
     out: list[Any] = []
     ids = list(customer_ids)
     for chunk in range(0, max(len(ids), 1), 500):
-        owners = [c.c.customer_id.in_(ids[chunk:chunk + 500])]
+        owners = [one_of(c.c.customer_id, ids[chunk:chunk + 500])]
         if chunk == 0:
             owners.append(sa.and_(c.c.customer_id.is_(None), c.c.external_customer_id.is_(None)))
             if aliases:
-                owners.append(c.c.external_customer_id.in_(list(aliases)))
+                owners.append(one_of(c.c.external_customer_id, list(aliases)))
         out += conn.execute(query.where(sa.or_(*owners))).all()
     return sorted(set(out), key=lambda row: row.id)
 
@@ -174,7 +175,7 @@ def load_coverage(conn: Any, metric_id: str, group_by: str, size: int, customer_
         query = sa.select(t.c.customer_id, t.c.lo, t.c.hi, t.c.computed_change).where(
             t.c.metric_id == metric_id, t.c.group_by == group_by, t.c.size == size, t.c.lo < hi, t.c.hi > lo)
         if part is not None:
-            query = query.where(t.c.customer_id.in_([*part, EVERY]))
+            query = query.where(one_of(t.c.customer_id, [*part, EVERY]))
         for row in conn.execute(query.order_by(t.c.customer_id, t.c.lo)).all():
             out.setdefault(row[0], []).append((int(row[1]), int(row[2]), int(row[3])))
     return out
@@ -191,10 +192,10 @@ def load_levels(conn: Any, metric_id: str, group_by: str, customer_ids: Sequence
     hi = max(w[1] for w in windows.values())
     for part in _chunks(customer_ids):
         query = sa.select(t.c.size, t.c.customer_id, t.c.lo, t.c.hi, t.c.computed_change).where(
-            t.c.metric_id == metric_id, t.c.group_by == group_by, t.c.size.in_(list(windows)), t.c.lo < hi,
+            t.c.metric_id == metric_id, t.c.group_by == group_by, one_of(t.c.size, list(windows)), t.c.lo < hi,
             t.c.hi > lo)
         if part is not None:
-            query = query.where(t.c.customer_id.in_([*part, EVERY]))
+            query = query.where(one_of(t.c.customer_id, [*part, EVERY]))
         for size, customer, a, b, position in conn.execute(query.order_by(t.c.customer_id, t.c.lo)).all():
             w_lo, w_hi = windows[int(size)]
             if int(a) < w_hi and int(b) > w_lo:
@@ -218,8 +219,8 @@ def _rows_of(f: sa.Table, metric_id: str, group_by: str, spans: Spans, customers
         if customers is None:
             where.append(sa.or_(*(sa.and_(f.c.bucket >= lo, f.c.bucket < hi) for lo, hi in listed)))
         else:
-            where += [f.c.bucket.in_([b for lo, hi in listed for b in range(lo, hi, size)]),
-                      f.c.customer_id.in_(customers)]
+            where += [one_of(f.c.bucket, [b for lo, hi in listed for b in range(lo, hi, size)]),
+                      one_of(f.c.customer_id, customers)]
         branches.append(sa.select(*columns).where(*where))
     return branches[0] if len(branches) == 1 else sa.union_all(*branches)
 

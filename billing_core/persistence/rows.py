@@ -1,4 +1,4 @@
-"""Helpers shared by the row modules: UTC instants read back, and newest-first pages."""
+"""Helpers shared by the row modules: UTC instants read back, newest-first pages, and ``IN`` lists."""
 
 from __future__ import annotations
 
@@ -11,6 +11,15 @@ from sqlalchemy.orm import Session
 from billing_core.errors import InvalidInput
 
 __all__ = ["page", "utc"]
+
+
+def one_of(column: Any, values: Sequence[Any]) -> Any:
+    """``column IN (values)`` with the list bound as one expanding parameter.
+
+    Same SQL as ``column.in_(values)``, without building one bound element per value: a read
+    naming hundreds of customers or buckets compiles once (statement cache) and binds a list.
+    """
+    return column.in_(sa.bindparam(None, list(values), expanding=True, type_=column.type))
 
 
 def utc(value: datetime) -> datetime:

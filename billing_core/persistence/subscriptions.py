@@ -20,6 +20,7 @@ from billing_core.codec import invoice_from_dict, invoice_to_dict, subscription_
 from billing_core.errors import Conflict
 from billing_core.invoices import Invoice, InvoiceNotFound
 from billing_core.persistence.catalog import page_rows
+from billing_core.persistence.rows import one_of
 from billing_core.persistence.writes import begin_write
 from billing_core.subscriptions import Subscription, SubscriptionNotFound
 
@@ -162,7 +163,7 @@ class SqlSubscriptions:
     def get_many(self, subscription_ids: Collection[str]) -> dict[str, Subscription]:
         """Return the named subscriptions that exist, by id, in one query."""
         rows = self.session.execute(sa.select(SubscriptionRow).where(
-            SubscriptionRow.id.in_(sorted(set(subscription_ids))))).scalars()
+            one_of(SubscriptionRow.id, sorted(set(subscription_ids))))).scalars()
         cache: dict = {}
         return {row.id: row.to_domain(cache) for row in rows}
 
