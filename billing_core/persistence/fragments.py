@@ -196,10 +196,15 @@ def load_levels(conn: Any, metric_id: str, group_by: str, customer_ids: Sequence
             t.c.hi > lo)
         if part is not None:
             query = query.where(one_of(t.c.customer_id, [*part, EVERY]))
-        for size, customer, a, b, position in conn.execute(query.order_by(t.c.customer_id, t.c.lo)).all():
-            w_lo, w_hi = windows[int(size)]
-            if int(a) < w_hi and int(b) > w_lo:
-                out[int(size)].setdefault(customer, []).append((int(a), int(b), int(position)))
+        for size, customer, a, b, position in conn.execute(query.order_by(t.c.customer_id, t.c.lo)).tuples():
+            w_lo, w_hi = windows[size]
+            if a < w_hi and b > w_lo:  # integers on both databases (BIGINT columns)
+                by_customer = out[size]
+                segments = by_customer.get(customer)
+                if segments is None:
+                    by_customer[customer] = [(a, b, position)]
+                else:
+                    segments.append((a, b, position))
     return out
 
 
