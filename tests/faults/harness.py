@@ -38,6 +38,7 @@ from rq.registry import StartedJobRegistry
 from sqlalchemy import Engine, func, select, update
 from sqlmodel import Session
 
+from billing_core.sql_fragments import verify_fragments
 from marketplaces.emulators.server import EmulatorServer
 from tests.worker.sync_support import (
     DIMENSION, SyncEnv, emulator_factory, ingest, map_contract, setup_billing, setup_two_dimension_billing,
@@ -501,6 +502,9 @@ def assert_exact(engine: Engine, markets: Marketplaces, book: Book, *, context: 
     miscounted = {k: (counts.get(k, 0), units) for k, units in expected_rows.items()
                   if counts.get(k, 0) != units and k[0] in states}
     assert not miscounted, f"per-dimension counts differ (got, expected): {dict(list(miscounted.items())[:5])} {context}"
+    # The usage fragments the workers' reads stored equal a computation from the events (docs/architecture.md §6).
+    checked, _, differences = verify_fragments(engine)
+    assert not differences, f"usage fragments differ from the events ({checked} checked): {differences[:3]} {context}"
     by_status: dict[str, int] = {}
     for row in rows:
         by_status[row.status] = by_status.get(row.status, 0) + 1
