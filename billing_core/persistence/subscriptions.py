@@ -54,7 +54,25 @@ class SubscriptionRow(SQLModel, table=True):
     created_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False, index=True))
 
     def to_domain(self, price_cache: dict | None = None) -> Subscription:
-        return subscription_from_dict(json.loads(self.timeline), price_cache)
+        return from_snapshot(self.timeline, price_cache)
+
+
+_SNAPSHOTS: dict[str, Subscription] = {}  # timeline snapshot text -> its (immutable) subscription
+_SNAPSHOTS_KEPT = 20_000
+
+
+def from_snapshot(timeline: str, price_cache: dict | None = None) -> Subscription:
+    """Return the subscription a stored timeline snapshot describes, parsing each distinct text once.
+
+    Keyed by the exact text, so a changed timeline is never answered from an older one; the
+    hourly run reads the same unchanged timelines every hour (domain objects are frozen).
+    """
+    found = _SNAPSHOTS.get(timeline)
+    if found is None:
+        if len(_SNAPSHOTS) >= _SNAPSHOTS_KEPT:
+            _SNAPSHOTS.clear()
+        found = _SNAPSHOTS[timeline] = subscription_from_dict(json.loads(timeline), price_cache)
+    return found
 
 
 class SubscriptionEditRow(SQLModel, table=True):
@@ -181,7 +199,7 @@ class SqlSubscriptions:
             t.c.start_date <= at, sa.or_(t.c.end_date.is_(None), t.c.end_date > at),
         ).order_by(t.c.id)).scalars()
         cache: dict = {}
-        return [subscription_from_dict(json.loads(timeline), cache) for timeline in timelines]
+        return [from_snapshot(timeline, cache) for timeline in timelines]
 
     # invoices
     def add_invoice(self, invoice: Invoice) -> Invoice:
