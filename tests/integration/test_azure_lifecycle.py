@@ -130,7 +130,7 @@ def _at(sandbox: AzureSandbox, moment: datetime) -> None:
 
 def _delivered(answer: dict[str, Any]) -> dict[str, Any]:
     webhook = answer["webhook"]
-    assert webhook.get("status_code") == 202, webhook
+    assert webhook.get("status_code") == 200, webhook
     return webhook
 
 
@@ -247,7 +247,7 @@ def test_pending_subscription_is_activated_once_mapped(app, client, auth_headers
                "planId": "payg", "quantity": 3, "timeStamp": "2026-11-21T11:30:00.0000000Z",
                "action": "Subscribe", "status": "Succeeded", "operationRequestSource": "Azure",
                "subscription": payload}
-    assert _post_signed(sandbox, receiver, webhook).status_code == 202
+    assert _post_signed(sandbox, receiver, webhook).status_code == 200
     run_jobs(app)
     contract = _contract(client, auth_headers, sub_id)
     assert contract["mapping"]["status"] == "mapped"
@@ -260,7 +260,7 @@ def test_pending_subscription_without_listing_stays_pending(app, client, auth_he
     sub_id = created["subscription"]["id"]
     webhook = {"id": "6e2f1d7b-9b0c-4d4e-8f3a-2b1c0d9e8f7a", "subscriptionId": sub_id, "offerId": OFFER,
                "planId": "payg", "timeStamp": "2026-11-21T11:30:00Z", "action": "Subscribe", "status": "Succeeded"}
-    assert _post_signed(sandbox, receiver, webhook).status_code == 202
+    assert _post_signed(sandbox, receiver, webhook).status_code == 200
     run_jobs(app)
     contract = _contract(client, auth_headers, sub_id)
     assert contract["mapping"]["status"] == "unmapped"
@@ -277,7 +277,7 @@ def test_redelivered_webhook_is_stored_once(app, client, auth_headers, sandbox, 
     created = _subscribe(sandbox, plan_id="payg")
     for _ in range(3):
         again = sandbox.control("POST", f"webhooks/{created['operation_id']}/redeliver")
-        assert again["status_code"] == 202
+        assert again["status_code"] == 200
     run_jobs(app)
     rows = _inbox(app)
     assert len(rows) == 1 and rows[0].status == "done"
@@ -295,10 +295,10 @@ def test_unsubscribe_before_subscribe_converges(app, client, auth_headers, sandb
     canceled = sandbox.control("POST", f"subscriptions/{sub_id}/unsubscribe")
     sandbox.control("POST", "receiver", {"url": f"{live_server.url}/webhooks/azure"})
 
-    assert sandbox.control("POST", f"webhooks/{canceled['operation_id']}/redeliver")["status_code"] == 202
+    assert sandbox.control("POST", f"webhooks/{canceled['operation_id']}/redeliver")["status_code"] == 200
     run_jobs(app)
     assert [row.status for row in _inbox(app)] == ["deferred"]
-    assert sandbox.control("POST", f"webhooks/{created['operation_id']}/redeliver")["status_code"] == 202
+    assert sandbox.control("POST", f"webhooks/{created['operation_id']}/redeliver")["status_code"] == 200
     run_jobs(app)
 
     assert [row.status for row in _inbox(app)] == ["done", "done"]
@@ -371,7 +371,7 @@ def test_permanent_api_failure_is_recorded_not_retried(app, sandbox, receiver, b
     unknown = "5d7b8f1e-0000-4000-8000-000000000404"
     payload = {**created["webhook"]["payload"], "id": "2b9c7d4e-1f0a-4b3c-8d2e-6f5a4b3c2d1e",
                "subscriptionId": unknown, "subscription": {**created["webhook"]["payload"]["subscription"], "id": unknown}}
-    assert _post_signed(sandbox, receiver, payload).status_code == 202
+    assert _post_signed(sandbox, receiver, payload).status_code == 200
     [row] = [r for r in _inbox(app) if r.delivery_id == payload["id"]]
 
     outcome = delivery.process(app.extensions["marketsync"], row.id, now=datetime.now(timezone.utc))
