@@ -62,6 +62,12 @@ class OutcomeStatus(str, enum.Enum):
     REJECTED = "rejected"  # invalid record (bad dimension, timestamp out of window, bad license, ...)
     CUSTOMER_NOT_SUBSCRIBED = "customer_not_subscribed"
     FAILED = "failed"  # not processed (e.g. still unprocessed after retries); safe to resend
+    # Past the marketplace's late window (AWS TimestampOutOfBounds, Azure Expired): it can never be
+    # accepted, so it is never sent again; its units are revenue lost.
+    EXPIRED = "expired"
+    # The subscription exists but takes no usage now (Azure ResourceNotActive: suspended): hold the
+    # record and send it, identical, once the subscription is active again inside the window.
+    NOT_ACTIVE = "not_active"
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,9 @@ class UsageRecord:
     dimension: str
     hour: datetime
     quantity: int
+    # The wire id the marketplace dedupes on, when the sender chooses it (Google's operationId) and
+    # pinned it on the ledger row before the first send: every resend carries this one.
+    record_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.hour.tzinfo is None or self.hour.utcoffset() != timezone.utc.utcoffset(None):
@@ -187,7 +196,15 @@ class MarketplaceRules:
     - ``event_identifiers(identifiers)``: the identifiers a contract event of a notification
       carries (e.g. Azure's subscription id under the column name ``azure_subscription_id``);
     - ``event_kind(notification, contract_key)``: the kind of that contract event (e.g. Google's
-      ``ENTITLEMENT_DELETED`` ends the contract).
+      ``ENTITLEMENT_DELETED`` ends the contract);
+    - ``report_window``: how long after its hour stamp a report is still accepted (None: the
+      marketplace documents no limit); a report still unsent past it is ``expired``, never sent;
+    - ``hold_while_suspended``: a suspended subscription takes no usage, so the reports of a
+      suspended contract are held (kept pending, not sent) until it is reinstated;
+    - ``pinned_record_id(record)``: the wire id the marketplace dedupes on when the sender
+      chooses it (Google's operationId), stored on the ledger row before the first send so a
+      resend carries the same one whatever changed meanwhile (None: the marketplace dedupes on
+      the record's own fields).
     """
 
     marketplace: Marketplace
@@ -201,6 +218,13 @@ class MarketplaceRules:
     customer_identity: Callable[[Mapping[str, str]], str | None]
     event_identifiers: Callable[[Mapping[str, str]], dict[str, str]] = dict
     event_kind: Callable[[ContractNotification, str], str] = lambda note, key: note.kind.value
+    report_window: timedelta | None = None
+    hold_while_suspended: bool = False
+    pinned_record_id: Callable[[UsageRecord], str] | None = None
+
+    def expires_at(self, hour: datetime) -> datetime | None:
+        """Return when a report stamped ``hour`` can no longer be accepted (None: never, as far as documented)."""
+        return None if self.report_window is None else hour + self.report_window
 
     def contract_key(self, identifiers: Mapping[str, str]) -> str:
         """Return the contract key among ``identifiers`` (the first of ``contract_key_fields`` present)."""

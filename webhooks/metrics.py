@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from sqlalchemy import select
 from sqlmodel import Session
 
+from marketplaces import NAMES
 from worker import ledger, reports, telemetry
 from worker.persistence.ledger import ContractSyncRow
 from worker.runtime import QUEUE_NAMES, Runtime
@@ -77,6 +78,7 @@ class ServiceStateCollector:
         for reason, count in sorted(_cost_errors(self.runtime.engine).items()):
             cost_errors.add_metric((reason,), count)
         yield cost_errors
+        yield from _expired(self.runtime.engine)
         yield _flush_latency(snapshot["flush_latencies"])
 
     def _redis(self) -> Iterator[Metric]:
@@ -92,6 +94,30 @@ class ServiceStateCollector:
         yield depth
         yield from counters
         yield GaugeMetricFamily("marketsync_redis_up", "Whether Redis answered this scrape.", value=1)
+
+
+def _expired(engine: Any) -> Iterator[Metric]:
+    """Yield the revenue lost to expired reports per marketplace: units, and amount (units x unit price).
+
+    Both only grow (an expired report never changes), so they are counters; every marketplace is
+    shown, at 0 when nothing expired. The ledger keeps the amount exact; the exposition format
+    carries it as a float.
+    """
+    totals = ledger.expired_totals(engine)
+    units = CounterMetricFamily("marketsync_expired_units", "Units of reports expired unsent (revenue lost), "
+                                "by marketplace.", labels=("marketplace",))
+    amount = CounterMetricFamily("marketsync_expired_amount", "Amount of reports expired unsent (units x the "
+                                 "dimension's unit price), by marketplace.", labels=("marketplace",))
+    unpriced = GaugeMetricFamily("marketsync_expired_unpriced_reports", "Expired reports whose unit price is not "
+                                 "known yet (not in marketsync_expired_amount), by marketplace.", labels=("marketplace",))
+    for marketplace in (*NAMES, *sorted(set(totals) - set(NAMES))):
+        found = totals.get(marketplace, {"units": 0, "amount": 0, "unpriced": 0})
+        units.add_metric((marketplace,), found["units"])
+        amount.add_metric((marketplace,), found["amount"])
+        unpriced.add_metric((marketplace,), found["unpriced"])
+    yield units
+    yield amount
+    yield unpriced
 
 
 def _flush_latency(latencies: list[float]) -> Metric:

@@ -18,6 +18,7 @@ from sqlmodel import Session
 
 from billing_core import SubscriptionNotFound, get_for_update
 from marketplaces import rules
+from worker import ledger
 from worker.contract_events import ContractEvent
 from worker.errors import Conflict, Invalid, NotFound
 from worker.persistence.contracts import ContractRow, ListingRow
@@ -270,7 +271,10 @@ def _reinstated(session: Session, row: ContractRow, event: ContractEvent, billin
                 now: datetime) -> str:
     if row.status == ContractStatus.SUSPENDED:
         row.status = ContractStatus.ACTIVE
-    return "reinstated"
+    # Reports held while the subscription took no usage go out at the next send, in this transaction
+    # with the status: what is still inside the marketplace's window is reported, the rest expires.
+    released = ledger.release_holds(session, row.id)
+    return f"reinstated; {released} held report(s) released" if released else "reinstated"
 
 
 _HANDLERS = {

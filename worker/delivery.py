@@ -132,6 +132,9 @@ def process(runtime: Runtime, inbox_id: int, *, now: datetime, statuses: tuple[s
     if applied.outcome == InboxStatus.DONE and event.kind == "canceled" and applied.contract_id:
         # Final usage must reach the marketplace inside its window: flush at once and after the grace.
         queueing.schedule_flushes(runtime, applied.contract_id, grace_seconds=runtime.settings.CANCEL_USAGE_GRACE)
+    if applied.outcome == InboxStatus.DONE and event.kind == "reinstated" and applied.contract_id:
+        # Reports held while the subscription was suspended go out now, inside the marketplace's window.
+        queueing.enqueue_drain(runtime, event.marketplace)
     if applied.outcome == InboxStatus.DONE and event.kind == "created":
         # Events that arrived before the contract existed are applied now, in arrival order.
         for waiting in inbox.deferred_for(runtime.engine, event.contract_key):

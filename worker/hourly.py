@@ -6,9 +6,12 @@ Two steps, each safe to repeat and to run in several processes at once:
    it over the listing's dimensions, convert each to whole units, and write each difference to
    the usage ledger as a ``pending`` row keyed (contract, dimension, hour stamp) — ``ledger.record``, a compare-and-swap on the contract's
    sync state in the same transaction, so no two runs ever count the same units.
-2. ``send_pending``: claim up to a batch of pending rows of one marketplace (across contracts),
-   send them through the adapter, and record each answer. A crash before the answer is recorded
-   leaves the row pending; it is sent again, identical, and the marketplace's dedupe answers.
+2. ``send_pending``: expire the pending rows past the marketplace's window (never sent, their
+   units revenue lost), claim up to a batch of pending rows of one marketplace (across
+   contracts; held ones wait: a suspended contract, a "not active" answer), send them through the
+   adapter, and record each answer. A crash before the answer is recorded leaves the row
+   pending; it is sent again, identical (a wire id the marketplace dedupes on is pinned on the
+   row before the first send), and the marketplace's dedupe answers.
 
 A contract whose costs cannot be computed (``OutOfRange``: its usage is beyond the supported
 range; ``UnmappedPrice``: a price of its subscription maps to no dimension of its listing)
@@ -20,6 +23,7 @@ reported as usual, and the next run that can compute its costs clears the state.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Callable, Sequence
@@ -261,26 +265,74 @@ def preview(engine: Engine, contract_id: str, stamp: datetime, *, now: datetime,
 
 def usage_record(row: LedgerRow, contract: ContractRow, listing: ListingRow | None = None) -> UsageRecord:
     """Build the adapter's record for a ledger row from the contract's cloud identifiers and its
-    listing's flags (without a listing, the flags' defaults)."""
+    listing's flags (without a listing, the flags' defaults); a wire id pinned on the row goes with it."""
     columns: dict[str, Any] = {name: getattr(contract, name) for name in _COLUMN_IDENTIFIERS}
     if listing is not None:
         columns.update({name: getattr(listing, name) for name in _LISTING_FLAGS})
     identifiers = rules(contract.marketplace).record_identifiers(columns, dict(contract.cloud_identifiers or {}))
     return UsageRecord(key=row.key, marketplace=Marketplace(contract.marketplace), identifiers=identifiers,
                        dimension=row.dimension, hour=utc(row.hour),  # type: ignore[arg-type]
-                       quantity=row.quantity)
+                       quantity=row.quantity,
+                       record_id=row.marketplace_record_id if rules(contract.marketplace).pinned_record_id else None)
+
+
+def expire_overdue(engine: Engine, marketplace: str, *, now: datetime) -> int:
+    """Mark the pending reports past ``marketplace``'s window ``expired`` (never sent); return how many.
+
+    Every expired report gets its unit price (rows written before it was recorded take their
+    dimension's current one), so its amount (units x unit price) can be shown as revenue lost.
+    """
+    window = rules(marketplace).report_window
+    expired = ledger.expire(engine, marketplace, now=now, window=window) if window is not None else []
+    price_expired(engine)
+    return len(expired)
+
+
+def price_expired(engine: Engine) -> None:
+    """Give expired rows without a unit price the current unit price of their contract's dimension."""
+    missing = ledger.unpriced_expired(engine)
+    if not missing:
+        return
+    loaded = _load_listings(engine, {contract_id for _, contract_id, _ in missing})
+    prices: dict[int, Decimal] = {}
+    for row_id, contract_id, dimension in missing:
+        found = loaded.get(contract_id)
+        if found is None:
+            continue
+        price = next((d.unit_price for d in dimensions(*found) if d.name == dimension), None)
+        if price is not None:
+            prices[row_id] = price
+    ledger.set_unit_prices(engine, prices)
+
+
+def _load_listings(engine: Engine, contract_ids: set[str]) -> dict[str, tuple[ContractRow, ListingRow]]:
+    with Session(engine) as session:
+        contracts = {c.id: c for c in session.execute(
+            select(ContractRow).where(ContractRow.id.in_(contract_ids))).scalars()}
+        listings = {row.id: row for row in session.execute(select(ListingRow).where(
+            ListingRow.id.in_({c.listing_id for c in contracts.values() if c.listing_id}))).scalars()}
+        session.expunge_all()
+    return {c.id: (c, listings[c.listing_id]) for c in contracts.values() if c.listing_id in listings}
 
 
 def send_pending(engine: Engine, adapter: Any, marketplace: str, *, now: datetime, first: str | None = None,
                  max_batches: int = 4) -> dict[str, int]:
     """Send pending ledger rows of ``marketplace`` in batches (``batch_size``); return counts by outcome.
 
-    ``first`` puts one contract's rows at the head of the first batch. Transient failures
-    release the claim and propagate (the job retries); permanent ones mark the rows failed.
+    First the rows past the marketplace's window become ``expired`` (never sent). ``first`` puts
+    one contract's rows at the head of the first batch. Held rows (a suspended contract, a "not
+    active" answer) wait. Transient failures release the claim and propagate (the job retries);
+    permanent ones mark the rows failed.
     """
     totals: dict[str, int] = {}
+    marketplace_rules = rules(marketplace)
+    expired = expire_overdue(engine, marketplace, now=now)
+    if expired:
+        totals["expired"] = expired
     for _ in range(max_batches):
-        token, rows = ledger.claim(engine, marketplace, now=now, first=first, limit=batch_size(marketplace))
+        token, rows = ledger.claim(engine, marketplace, now=now, first=first, limit=batch_size(marketplace),
+                                   window=marketplace_rules.report_window,
+                                   hold_suspended=marketplace_rules.hold_while_suspended)
         if not rows:
             break
         with Session(engine) as session:
@@ -291,6 +343,11 @@ def send_pending(engine: Engine, adapter: Any, marketplace: str, *, now: datetim
             session.expunge_all()
         records = [usage_record(r, contracts[r.contract_id], listings.get(contracts[r.contract_id].listing_id or ""))
                    for r in rows]
+        if marketplace_rules.pinned_record_id is not None:
+            # The wire id is stored before the first send: a resend carries the same one (§4.3).
+            pinned = ledger.pin_record_ids(engine, rows, {row.id: marketplace_rules.pinned_record_id(record)
+                                                          for row, record in zip(rows, records)})
+            records = [replace(record, record_id=pinned.get(row.id)) for row, record in zip(rows, records)]
         try:
             outcomes = adapter.report(records)
         except TransientMarketplaceError as exc:
@@ -305,6 +362,8 @@ def send_pending(engine: Engine, adapter: Any, marketplace: str, *, now: datetim
         for status, n in counts.items():
             totals[status] = totals.get(status, 0) + n
         log.info("reported", marketplace=marketplace, records=len(rows), **counts)
+        if counts.get("expired"):
+            price_expired(engine)
         if counts.get("pending"):
             break  # the marketplace left some unprocessed: leave them for the retry
     return totals

@@ -26,12 +26,15 @@ from marketplaces.base import OutcomeStatus
 from worker.errors import Contention
 from worker.logs import get_logger
 from worker.metering import UnmappedPrice, ledger_key, plan_report
+from worker.persistence.contracts import ContractRow
 from worker.persistence.ledger import ContractSyncRow, DimensionSyncRow, LedgerRow
-from worker.statuses import LedgerStatus
+from worker.statuses import ContractStatus, LedgerStatus
 
 log = get_logger("marketsync.ledger")
 CLAIM_TIMEOUT = timedelta(minutes=2)  # a claim older than this belongs to a dead worker
-COUNTED = (LedgerStatus.PENDING, LedgerStatus.ACCEPTED, LedgerStatus.DUPLICATE)  # units count as reported
+# Units that count as reported: sent or to be sent, and expired ones (no later hour carries them).
+COUNTED = (LedgerStatus.PENDING, LedgerStatus.ACCEPTED, LedgerStatus.DUPLICATE, LedgerStatus.EXPIRED)
+HOLD_RETRY = timedelta(minutes=30)  # a report answered "not active" is tried again after this, if nothing released it
 COST_ERROR = "cost_error"  # last_outcome of a contract whose costs cannot be computed
 RECORD_ATTEMPTS = 10  # compare-and-swap passes per contract before giving up (Contention)
 
@@ -205,6 +208,7 @@ def _swap(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetime
                             "kind": "zero" if plan.delta == 0 else kind,
                             "cost_to_date": str(next(p.cost for p in due.parts if p.dimension == dimension)),
                             "units_total": plan.units_total, "status": LedgerStatus.PENDING.value, "detail": "",
+                            "unit_price": str(next(p.unit_price for p in due.parts if p.dimension == dimension)),
                             "attempts": 0, "created_at": now,
                         })
             if swaps:
@@ -287,12 +291,27 @@ def mark_cost_errors(engine: Engine, errors: Mapping[str, OutOfRange | UnmappedP
 
 # --- sending: claim, then settle, fail or release ---------------------------------------------------
 
-def claim(engine: Engine, marketplace: str, *, now: datetime, first: str | None, limit: int) -> tuple[str, list[LedgerRow]]:
-    """Take up to ``limit`` pending rows of ``marketplace`` for sending (``first``'s rows ahead)."""
+def claim(engine: Engine, marketplace: str, *, now: datetime, first: str | None, limit: int,
+          window: timedelta | None = None, hold_suspended: bool = False) -> tuple[str, list[LedgerRow]]:
+    """Take up to ``limit`` pending rows of ``marketplace`` for sending (``first``'s rows ahead).
+
+    Rows held after a "not active" answer wait until their ``held_until``; with
+    ``hold_suspended`` the rows of a suspended contract wait for its reinstatement; rows whose
+    hour is ``window`` or more in the past are left to ``expire`` (never sent).
+    """
     token = secrets.token_hex(8)
     table = LedgerRow.__table__
-    claimable = and_(table.c.status == LedgerStatus.PENDING, table.c.marketplace == marketplace,
-                     or_(table.c.claim_token.is_(None), table.c.claimed_at < now - CLAIM_TIMEOUT))
+    conditions = [table.c.status == LedgerStatus.PENDING, table.c.marketplace == marketplace,
+                  or_(table.c.claim_token.is_(None), table.c.claimed_at < now - CLAIM_TIMEOUT),
+                  or_(table.c.held_until.is_(None), table.c.held_until <= now)]
+    if window is not None:
+        conditions.append(table.c.hour > now - window)
+    if hold_suspended:
+        # A suspended subscription takes no usage (docs/marketplaces.md §3.2): hold, do not send.
+        contracts = ContractRow.__table__
+        conditions.append(table.c.contract_id.not_in(select(contracts.c.id).where(
+            contracts.c.status == ContractStatus.SUSPENDED, contracts.c.marketplace == marketplace)))
+    claimable = and_(*conditions)
     # Usage before zero-quantity heartbeats (AWS's are paced at 10 calls/s and may trail the run).
     order = [case((table.c.quantity > 0, 0), else_=1), table.c.id]
     if first:
@@ -308,6 +327,88 @@ def claim(engine: Engine, marketplace: str, *, now: datetime, first: str | None,
         rows = list(session.execute(select(LedgerRow).where(LedgerRow.claim_token == token)
                                     .order_by(LedgerRow.id)).scalars())
     return token, rows
+
+
+def expire(engine: Engine, marketplace: str, *, now: datetime, window: timedelta) -> list[int]:
+    """Mark the pending rows of ``marketplace`` whose hour is ``window`` or more in the past ``expired``.
+
+    The marketplace can no longer accept them, so they are never sent; their units stay counted
+    (no later hour carries them) and are shown as revenue lost. A row claimed by a live sender is
+    left to that sender's answer. Returns the ids it expired.
+    """
+    table = LedgerRow.__table__
+    cutoff = now - window
+    overdue = and_(table.c.status == LedgerStatus.PENDING, table.c.marketplace == marketplace,
+                   table.c.hour <= cutoff,
+                   or_(table.c.claim_token.is_(None), table.c.claimed_at < now - CLAIM_TIMEOUT))
+    hours = window.total_seconds() / 3600
+    detail = (f"expired: not accepted in time; {marketplace} takes a report up to "
+              f"{hours:g} h after its hour, so it is never sent")
+    with engine.begin() as conn:
+        ids = list(conn.execute(select(table.c.id).where(overdue)).scalars())
+        if not ids:
+            return []
+        # The condition is repeated: a row a sender claimed (or another process expired) meanwhile is not ours.
+        done = conn.execute(update(table).where(table.c.id.in_(ids), overdue).values(
+            status=LedgerStatus.EXPIRED, settled_at=now, claim_token=None,
+            detail=case((table.c.held_until.is_not(None), detail + " (it was held: the subscription was not active)"),
+                        else_=detail),
+        ).returning(table.c.id, table.c.contract_id, table.c.quantity)).all()
+        contracts = sorted({r.contract_id for r in done})
+        if contracts:
+            conn.execute(update(ContractSyncRow.__table__).where(
+                ContractSyncRow.__table__.c.contract_id.in_(contracts)).values(
+                last_outcome=LedgerStatus.EXPIRED.value, last_error=detail))
+    for row in done:
+        log.warning("report_expired", contract=row.contract_id, ledger_id=row.id, units=row.quantity,
+                    marketplace=marketplace)
+    return [r.id for r in done]
+
+
+def unpriced_expired(engine: Engine) -> list[tuple[int, str, str]]:
+    """Return (id, contract, dimension) of expired rows without a unit price (written before sync_0006)."""
+    with Session(engine) as session:
+        return [tuple(r) for r in session.execute(select(LedgerRow.id, LedgerRow.contract_id, LedgerRow.dimension)
+                                                  .where(LedgerRow.status == LedgerStatus.EXPIRED,
+                                                         LedgerRow.unit_price.is_(None)))]  # type: ignore[misc]
+
+
+def set_unit_prices(engine: Engine, prices: Mapping[int, Decimal]) -> None:
+    """Record the unit price of rows that lack one (never changes a price already recorded)."""
+    if not prices:
+        return
+    table = LedgerRow.__table__
+    with engine.begin() as conn:
+        conn.execute(update(table).where(table.c.id == bindparam("b_id"), table.c.unit_price.is_(None))
+                     .values(unit_price=bindparam("b_price")).execution_options(synchronize_session=False),
+                     [{"b_id": i, "b_price": str(p)} for i, p in prices.items()])
+
+
+def pin_record_ids(engine: Engine, rows: Sequence[LedgerRow], ids: Mapping[int, str]) -> dict[int, str]:
+    """Store each row's wire id unless it has one (compare-and-set); return the id every row carries.
+
+    A resend of a row then carries the id of its first send, whatever changed since in the
+    contract's identifiers (Google dedupes on the operationId, docs/marketplaces.md §4.3).
+    """
+    table = LedgerRow.__table__
+    fresh = [{"b_id": row.id, "b_record": ids[row.id]} for row in rows
+             if not row.marketplace_record_id and row.id in ids]
+    with engine.begin() as conn:
+        if fresh:
+            conn.execute(update(table).where(table.c.id == bindparam("b_id"), table.c.marketplace_record_id.is_(None))
+                         .values(marketplace_record_id=bindparam("b_record"))
+                         .execution_options(synchronize_session=False), fresh)
+        stored = dict(conn.execute(select(table.c.id, table.c.marketplace_record_id).where(
+            table.c.id.in_([row.id for row in rows]))).all())
+    return {row_id: record for row_id, record in stored.items() if record}
+
+
+def release_holds(session: Any, contract_id: str) -> int:
+    """Let the contract's held reports go out at the next send (it was reinstated); return how many."""
+    table = LedgerRow.__table__
+    return session.execute(update(table).where(
+        table.c.contract_id == contract_id, table.c.status == LedgerStatus.PENDING,
+        table.c.held_until.is_not(None)).values(held_until=None)).rowcount or 0
 
 
 def release(engine: Engine, token: str, detail: str) -> None:
@@ -349,10 +450,22 @@ def settle(engine: Engine, rows: Sequence[LedgerRow], outcomes: dict[str, Any], 
     settled: list[dict[str, Any]] = []
     last: dict[str, dict[str, Any]] = {}  # contract -> its sync state's last outcome (the batch's last row wins)
     rejected: list[LedgerRow] = []
+    held: list[dict[str, Any]] = []
     for row in rows:
         outcome = outcomes.get(row.key)
+        if outcome is not None and outcome.status == OutcomeStatus.NOT_ACTIVE:
+            # Not failed, not rejected: the units stay counted and the row is sent again, identical,
+            # once the subscription is active (reinstated) or after HOLD_RETRY, until its window ends.
+            detail = f"held: {outcome.detail}".strip(": ")
+            held.append({"b_id": row.id, "b_detail": detail[:2000], "b_until": now + HOLD_RETRY})
+            last[row.contract_id] = {"b_contract": row.contract_id, "b_outcome": "held", "b_error": detail[:2000]}
+            counts["held"] = counts.get("held", 0) + 1
+            continue
         if outcome is None or outcome.status == OutcomeStatus.FAILED:
             status, detail = LedgerStatus.PENDING, (outcome.detail if outcome else "no answer for this record")
+        elif outcome.status == OutcomeStatus.EXPIRED:
+            # Too old for the marketplace: never sent again; the units are revenue lost.
+            status, detail = LedgerStatus.EXPIRED, f"expired: {outcome.detail}".strip(": ")
         elif outcome.status == OutcomeStatus.ACCEPTED:
             status, detail = LedgerStatus.ACCEPTED, outcome.detail
         elif outcome.status == OutcomeStatus.DUPLICATE:
@@ -368,7 +481,8 @@ def settle(engine: Engine, rows: Sequence[LedgerRow], outcomes: dict[str, Any], 
             settled.append({"b_id": row.id, "b_status": status.value, "b_detail": detail[:2000],
                             "b_record_id": getattr(outcome, "marketplace_record_id", None)})
             last[row.contract_id] = {"b_contract": row.contract_id, "b_outcome": status.value,
-                                     "b_error": detail[:2000] if status == LedgerStatus.REJECTED else ""}
+                                     "b_error": detail[:2000] if status in (LedgerStatus.REJECTED,
+                                                                            LedgerStatus.EXPIRED) else ""}
             if status == LedgerStatus.REJECTED:
                 rejected.append(row)
         counts[status.value] = counts.get(status.value, 0) + 1
@@ -376,6 +490,9 @@ def settle(engine: Engine, rows: Sequence[LedgerRow], outcomes: dict[str, Any], 
         if unanswered:
             conn.execute(update(ledger_t).where(ledger_t.c.id == bindparam("b_id")).values(
                 detail=bindparam("b_detail"), sent_at=now, claim_token=None), unanswered)
+        if held:
+            conn.execute(update(ledger_t).where(ledger_t.c.id == bindparam("b_id")).values(
+                detail=bindparam("b_detail"), sent_at=now, claim_token=None, held_until=bindparam("b_until")), held)
         if settled:
             conn.execute(update(ledger_t).where(ledger_t.c.id == bindparam("b_id")).values(
                 status=bindparam("b_status"), detail=bindparam("b_detail"), sent_at=now, settled_at=now,
@@ -439,7 +556,42 @@ def ledger_rows(engine: Engine, contract_id: str) -> list[dict[str, Any]]:
                  "dimension": r.dimension, "kind": r.kind, "quantity": r.quantity, "units_total": r.units_total,
                  "cost_to_date": r.cost_to_date, "status": r.status, "detail": r.detail,
                  "marketplace_record_id": r.marketplace_record_id, "attempts": r.attempts,
-                 "sent_at": utc(r.sent_at)} for r in rows]
+                 "sent_at": utc(r.sent_at), "unit_price": r.unit_price,
+                 "amount": amount_of(r.quantity, r.unit_price), "held_until": utc(r.held_until)} for r in rows]
+
+
+def amount_of(quantity: int, unit_price: str | None) -> str | None:
+    """Return quantity x unit price, exactly, as text (None when the unit price is unknown)."""
+    if unit_price is None:
+        return None
+    with exact():
+        return str(Decimal(unit_price) * quantity)
+
+
+def expired_totals(engine: Engine, *, contract_id: str | None = None,
+                   by: str = "marketplace") -> dict[str, dict[str, Any]]:
+    """Return expired reports (revenue lost) grouped ``by`` marketplace or dimension: reports, units, amount.
+
+    ``amount`` is the exact sum of quantity x unit price; ``unpriced`` counts rows whose unit
+    price is not known yet (written before sync_0006, until the sender fills it).
+    """
+    column = LedgerRow.marketplace if by == "marketplace" else LedgerRow.dimension
+    query = select(column, LedgerRow.quantity, LedgerRow.unit_price).where(LedgerRow.status == LedgerStatus.EXPIRED)
+    if contract_id is not None:
+        query = query.where(LedgerRow.contract_id == contract_id)
+    out: dict[str, dict[str, Any]] = {}
+    with Session(engine) as session:
+        rows = session.execute(query).all()
+    with exact():
+        for group, quantity, unit_price in rows:
+            item = out.setdefault(str(group), {"reports": 0, "units": 0, "amount": Decimal(0), "unpriced": 0})
+            item["reports"] += 1
+            item["units"] += quantity
+            if unit_price is None:
+                item["unpriced"] += 1
+            else:
+                item["amount"] += Decimal(unit_price) * quantity
+    return out
 
 
 def dimension_counts(engine: Engine, contract_id: str) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from sqlalchemy import Engine, String, and_, cast, func, or_, select
 from sqlmodel import Session
 
+from billing_core.money import exact
 from marketplaces.base import Marketplace
 from worker import cancellation, hourly, ledger
 from worker.ledger import utc
@@ -31,7 +32,7 @@ MARKETPLACES = tuple(m.value for m in Marketplace)
 STATUSES = tuple(ContractStatus)
 MAPPING_STATUSES = tuple(MappingStatus)
 LEDGER_STATUSES = (LedgerStatus.ACCEPTED, LedgerStatus.DUPLICATE, LedgerStatus.PENDING, LedgerStatus.REJECTED,
-                   LedgerStatus.FAILED)
+                   LedgerStatus.FAILED, LedgerStatus.EXPIRED)
 ATTENTION = (LedgerStatus.FAILED, LedgerStatus.REJECTED)
 FAILED_JOB_LIMIT = 200
 # Sort keys of the contracts table -> column (a leading "-" sorts descending).
@@ -194,7 +195,19 @@ def overview(engine: Engine, *, now: datetime) -> dict[str, Any]:
         "reports": {status: {"count": n, "units": int(units)} for status, n, units in reports},
         "attention": attention(engine),
         "deadlines": deadlines,
+        "expired": revenue_lost(engine),
     }
+
+
+def revenue_lost(engine: Engine, *, contract_id: str | None = None, by: str = "marketplace") -> dict[str, Any]:
+    """Return expired reports (too late for their marketplace, never sent) grouped ``by`` marketplace or
+    dimension, and in all: reports, units, amount (units x unit price, exact) and rows not yet priced."""
+    groups = ledger.expired_totals(engine, contract_id=contract_id, by=by)
+    with exact():
+        amount = sum((g["amount"] for g in groups.values()), Decimal(0))
+    total = {"reports": sum(g["reports"] for g in groups.values()), "units": sum(g["units"] for g in groups.values()),
+             "amount": amount, "unpriced": sum(g["unpriced"] for g in groups.values())}
+    return {"groups": dict(sorted(groups.items())), "total": total}
 
 
 def attention(engine: Engine, *, limit: int = 50) -> list[dict[str, Any]]:
@@ -312,6 +325,8 @@ def contract_detail(engine: Engine, contract_id: str, *, now: datetime) -> dict[
         "invoice": invoice, "billing_error": billing_error, "unit_price": price,
         "ledger": reports, "chart": charts[0]["chart"] if charts else chart([], None), "charts": charts,
         "dimensions": dimensions,
+        "expired": revenue_lost(engine, contract_id=contract_id, by="dimension"),
+        "held": sum(1 for e in reports if e["status"] == LedgerStatus.PENDING and e["held_until"] is not None),
         "deadline": deadline, "overdue": bool(deadline and now >= deadline),
         "current_stamp_used": current.isoformat() in used, "current_stamp": current,
         "next_stamp": current + timedelta(hours=1),

@@ -81,6 +81,17 @@ def enqueue_hourly(runtime: Any, contract_ids: Sequence[str], stamp: datetime, *
     return {"enqueued": len(fresh), "skipped": len(contract_ids) - len(fresh)}
 
 
+def enqueue_drain(runtime: Any, marketplace: str) -> bool:
+    """Enqueue a send of ``marketplace``'s pending reports on ``urgent`` (held ones released); False when Redis is down."""
+    try:
+        runtime.queue("urgent").enqueue(_JOBS + "drain_pending", marketplace, retry=REPORT_RETRY,
+                                        job_id=f"drain-{marketplace}-{uuid.uuid4().hex}")
+        return True
+    except Exception as exc:  # noqa: BLE001 - the ledger sweeper sends them within minutes anyway
+        log.warning("enqueue_failed", marketplace=marketplace, error=type(exc).__name__)
+        return False
+
+
 def sync_queue_empty(runtime: Any) -> bool:
     """Tell whether no job waits on the ``sync`` queue (the fan-out's drains already ran)."""
     return not runtime.queue("sync").count

@@ -19,7 +19,7 @@ from worker.persistence.ledger import LedgerRow
 
 CSV_COLUMNS = ("date", "contract_id", "marketplace", "status", "listing_id", "dimension", "unit_price",
                "units_reported", "amount", "accepted", "duplicate", "rejected", "failed", "pending",
-               "identifiers", "custom_properties")
+               "identifiers", "custom_properties", "expired")
 
 
 def month_bounds(month: str) -> tuple[datetime, datetime]:
@@ -105,6 +105,7 @@ def as_csv(rows: list[dict[str, Any]]) -> str:
             *(r["outcomes"].get(s, 0) for s in ("accepted", "duplicate", "rejected", "failed", "pending")),
             safe_cell(";".join(f"{k}={v}" for k, v in sorted(r["identifiers"].items()))),
             safe_cell(";".join(f"{k}={v}" for k, v in sorted(r["custom_properties"].items()))),
+            r["outcomes"].get("expired", 0),  # too late for the marketplace, never sent (revenue lost)
         ])
     return buffer.getvalue()
 

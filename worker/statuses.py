@@ -17,6 +17,9 @@ class LedgerStatus(StrEnum):
     DUPLICATE = "duplicate"  # the marketplace already had this hour
     REJECTED = "rejected"  # refused: its units are not counted as reported
     FAILED = "failed"  # a permanent error: its units are not counted as reported
+    # Past the marketplace's late window, unsent or refused as too old: never sent again. Its units
+    # stay counted (no later hour carries them): they are revenue lost, shown with their amount.
+    EXPIRED = "expired"
 
 
 class InboxStatus(StrEnum):

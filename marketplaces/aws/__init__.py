@@ -176,4 +176,6 @@ RULES = MarketplaceRules(
     product_fields=("product_code", "product_id"),
     record_identifiers=_aws_record_identifiers,
     customer_identity=lambda ids: ids.get("customer_aws_account_id") or ids.get("customer_identifier"),
+    # BatchMeterUsage takes no record 6 hours or more after its hour (current API reference).
+    report_window=timedelta(hours=6),
 )

@@ -21,6 +21,7 @@ from marketplaces.aws.wire import RecordLevelError, license_id
 MAX_BATCH = 25
 MAX_QUANTITY = 2_147_483_647
 MAX_REQUEST_BYTES = 1024 * 1024
+TIMESTAMP_OUT_OF_BOUNDS = "TimestampOutOfBoundsException"
 
 
 class Metering:
@@ -95,9 +96,10 @@ class Metering:
         except RecordLevelError as err:
             if len(items) == 1:
                 record = items[0][0]
-                outcomes[record.key] = Outcome(
-                    record.key, OutcomeStatus.REJECTED, f"{err.code}: {err.message}"
-                )
+                # A timestamp out of range alone is too old for AWS (the sender never stamps a
+                # future hour): it can never be accepted, so it expires instead of being resent.
+                status = OutcomeStatus.EXPIRED if err.code == TIMESTAMP_OUT_OF_BOUNDS else OutcomeStatus.REJECTED
+                outcomes[record.key] = Outcome(record.key, status, f"{err.code}: {err.message}")
                 return
             # The whole call was refused for some record(s): split until they are isolated.
             half = len(items) // 2

@@ -40,6 +40,7 @@ from marketplaces.azure.wire import (
     SANDBOX_CLIENT_ID,
     SANDBOX_CLIENT_SECRET,
     SANDBOX_TENANT_ID,
+    USAGE_WINDOW,
     ZERO_QUANTITY_DETAIL,
     ApiClient,
     OperationSuperseded,
@@ -146,10 +147,12 @@ RULES = MarketplaceRules(
     record_identifiers=_azure_record_identifiers,
     customer_identity=lambda ids: ids.get("azure_subscription_id") or ids.get("subscription_id"),
     event_identifiers=_azure_event_identifiers,
+    report_window=USAGE_WINDOW,  # effectiveStartTime must be within the last 24 hours
+    hold_while_suspended=True,  # a Suspended subscription takes no usage until reinstated
 )
 
 __all__ = [
     "API_VERSION", "BATCH_LIMIT", "LIVE_AUTHORITY", "LIVE_BASE_URL", "MARKETPLACE_APP_ID", "MARKETPLACE_SCOPE",
-    "RULES", "SANDBOX_CLIENT_ID", "SANDBOX_CLIENT_SECRET", "SANDBOX_TENANT_ID", "ZERO_QUANTITY_DETAIL",
+    "RULES", "SANDBOX_CLIENT_ID", "SANDBOX_CLIENT_SECRET", "SANDBOX_TENANT_ID", "USAGE_WINDOW", "ZERO_QUANTITY_DETAIL",
     "AzureMarketplace", "OperationSuperseded", "SandboxCredential", "WebhookVerifier", "build_azure_adapter",
 ]

@@ -4,7 +4,8 @@
 webhook's JWT authenticates Microsoft but does not cover the body, and short payloads such as
 ChangeQuantity lack the offer and the buyer), and for ChangePlan / ChangeQuantity also the
 operation itself, which is what the publisher must answer. The event is rebuilt from those
-answers: offer, plan, quantity, buyer, subscription status.
+answers: offer, plan, quantity, buyer, subscription status (a Suspend or Reinstate becomes what the
+subscription's current status says, so a late delivery never undoes a newer one).
 
 ``after_apply`` does what Microsoft waits for once the change is stored:
 
@@ -32,6 +33,8 @@ from marketplaces.lifecycle import LifecycleContext
 log = structlog.get_logger("marketsync.lifecycle.azure")
 
 PENDING = "PendingFulfillmentStart"
+SUBSCRIBED = "Subscribed"
+SUSPENDED = "Suspended"  # takes no usage until reinstated (docs/marketplaces.md §3.6)
 _OPEN_OPERATION = ("NotStarted", "InProgress")
 _DEAD_OPERATION = ("Conflict", "Failed")  # superseded by a newer change, or already refused
 
@@ -73,11 +76,18 @@ def before_apply(context: LifecycleContext, event: Any) -> Any:
         identifiers.pop("plan_id", None)
         plan = None
 
+    kind = event.kind
+    if kind in ("suspended", "reinstated") and extra["subscription_status"] in (SUSPENDED, SUBSCRIBED):
+        # Act on the subscription as it is now: a Suspend delivered after its Reinstate (webhooks
+        # arrive in no guaranteed order) must not hold the contract's reports again.
+        kind = "suspended" if extra["subscription_status"] == SUSPENDED else "reinstated"
+
     buyer = _lower(subscription.get("beneficiary") or {}) or _lower(subscription.get("purchaser") or {})
     purchaser = _lower(subscription.get("purchaser") or {})
     email = _text(buyer.get("emailid")) or _text(purchaser.get("emailid"))
     return replace(
         event,
+        kind=kind,
         identifiers=identifiers,
         plan=plan,
         quantity=quantity,

@@ -1,5 +1,6 @@
 """Usage events (docs/marketplaces.md §3.2): batches of at most 25, zero quantities never sent, a batch refused
-whole split in halves until the bad event is isolated; per-event results become ``Outcome`` values."""
+whole split in halves until the bad event is isolated; per-event results become ``Outcome`` values
+(``ResourceNotActive``: held until reinstatement, ``Expired``: expired)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from marketplaces.base import Outcome, OutcomeStatus, TransientMarketplaceError,
 from marketplaces.azure.wire import (
     BATCH_LIMIT,
     ZERO_QUANTITY_DETAIL,
+    _EXPIRED_STATUSES,
+    _NOT_ACTIVE_STATUSES,
     _NOT_SUBSCRIBED_STATUSES,
     _error_message,
     _parse_time,
@@ -37,8 +40,11 @@ class Metering:
         and expects no event for an hour without usage); it comes back ``ACCEPTED`` with no
         marketplace record id and the detail ``"zero quantity: nothing to report"``, so the
         ledger can close that hour. Records without ``resource_id``/``plan_id`` are
-        ``REJECTED`` without a call. A batch the API refuses as a whole (HTTP 400) is split in
-        halves until the offending event is isolated and rejected alone. If a later batch
+        ``REJECTED`` without a call. An ``Expired`` answer (older than the 24-hour window; the
+        sender expires such rows before sending them) is ``EXPIRED``. A ``ResourceNotActive``
+        answer (a suspended subscription) is ``NOT_ACTIVE``: the sender holds the record and
+        sends it again after reinstatement. A batch the API refuses as a whole (HTTP 400) is
+        split in halves until the offending event is isolated and rejected alone. If a later batch
         fails transiently after earlier ones went through, its records come back ``FAILED``
         (safe to resend: Azure dedupes per resource/dimension/hour); if nothing was sent,
         ``TransientMarketplaceError`` propagates.
@@ -146,7 +152,11 @@ def _outcome(key: str, result: Mapping[str, Any]) -> Outcome:
     detail = f"{status}: {message}" if message else status
     if status in _NOT_SUBSCRIBED_STATUSES:
         return Outcome(key, OutcomeStatus.CUSTOMER_NOT_SUBSCRIBED, detail)
-    # Expired, InvalidDimension, InvalidQuantity, BadArgument, Error and anything new.
+    if status in _NOT_ACTIVE_STATUSES:
+        return Outcome(key, OutcomeStatus.NOT_ACTIVE, detail)
+    if status in _EXPIRED_STATUSES:
+        return Outcome(key, OutcomeStatus.EXPIRED, detail)
+    # InvalidDimension, InvalidQuantity, BadArgument, Error and anything new.
     return Outcome(key, OutcomeStatus.REJECTED, detail)
 
 

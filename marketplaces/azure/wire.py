@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
 import requests
@@ -28,6 +28,7 @@ SANDBOX_CLIENT_SECRET = "marketsync-sandbox-secret"
 
 
 ZERO_QUANTITY_DETAIL = "zero quantity: nothing to report"
+USAGE_WINDOW = timedelta(hours=24)  # Azure takes usage events up to 24 hours after their hour
 
 
 _TOKEN_REFRESH_MARGIN = 300  # seconds before expires_on at which a cached token is renewed
@@ -39,9 +40,11 @@ _REJECTED_STATUSES = frozenset(
 )
 
 
-_NOT_SUBSCRIBED_STATUSES = frozenset(
-    {"ResourceNotFound", "ResourceNotActive", "ResourceNotAuthorized"}
-)
+_NOT_SUBSCRIBED_STATUSES = frozenset({"ResourceNotFound", "ResourceNotAuthorized"})
+# The subscription exists but takes no usage now (Suspended): hold the event, send it after reinstatement.
+_NOT_ACTIVE_STATUSES = frozenset({"ResourceNotActive"})
+# effectiveStartTime older than the window (24 hours): Azure will never take it.
+_EXPIRED_STATUSES = frozenset({"Expired"})
 
 
 _ACTION_KINDS = {

@@ -178,9 +178,14 @@ RULES = MarketplaceRules(
     contract_key_fields=("entitlement_id",),
     product_fields=("product_id", "product", "product_external_name"),
     record_identifiers=_gcp_record_identifiers,
-    customer_identity=lambda ids: ids.get("gcp_account_id") or ids.get("account_id") or ids.get("gcp_entitlement_id"),
+    # One account may hold several orders (entitlements) of one product, and usage belongs to a
+    # billing customer: a customer per entitlement keeps each order's usage, and reports, apart.
+    customer_identity=lambda ids: ids.get("gcp_entitlement_id") or ids.get("entitlement_id"),
     event_identifiers=_gcp_event_identifiers,
     event_kind=_gcp_event_kind,
+    report_window=None,  # Google documents no oldest accepted startTime
+    # Google dedupes on the operationId we choose: pinned on the ledger row before the first send.
+    pinned_record_id=operation_id_for,
 )
 
 __all__ = [

@@ -57,8 +57,11 @@ def operation_id_for(record: UsageRecord) -> str:
 
     It names the contract's (entitlement, dimension, hour) like the ledger key does, so two
     reports for the same hour share one id and Google keeps only the first (docs/marketplaces.md §4.3).
-    The entitlement id stands for the contract; ``consumer_id`` only when it is absent.
+    The entitlement id stands for the contract; ``consumer_id`` only when it is absent. A record
+    whose id the sender pinned on its ledger row (``record_id``, the id of its first send) keeps it.
     """
+    if record.record_id:
+        return record.record_id
     contract = record.identifiers.get("entitlement_id") or record.identifiers.get("consumer_id", "")
     hour = record.hour.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:00:00Z")
     return str(uuid.uuid5(OPERATION_NAMESPACE, f"{contract}/{record.dimension}/{hour}"))

@@ -95,14 +95,14 @@ def test_batch_vector_maps_to_outcomes() -> None:
 @pytest.mark.parametrize(
     ("status", "expected"),
     [
-        pytest.param("Expired", OutcomeStatus.REJECTED, id="expired"),
+        pytest.param("Expired", OutcomeStatus.EXPIRED, id="expired"),
         pytest.param("InvalidDimension", OutcomeStatus.REJECTED, id="invalid-dimension"),
         pytest.param("InvalidQuantity", OutcomeStatus.REJECTED, id="invalid-quantity"),
         pytest.param("BadArgument", OutcomeStatus.REJECTED, id="bad-argument"),
         pytest.param("Error", OutcomeStatus.REJECTED, id="error"),
         pytest.param("SomethingNew", OutcomeStatus.REJECTED, id="unknown-status"),
         pytest.param("ResourceNotFound", OutcomeStatus.CUSTOMER_NOT_SUBSCRIBED, id="not-found"),
-        pytest.param("ResourceNotActive", OutcomeStatus.CUSTOMER_NOT_SUBSCRIBED, id="not-active"),
+        pytest.param("ResourceNotActive", OutcomeStatus.NOT_ACTIVE, id="not-active"),
         pytest.param("ResourceNotAuthorized", OutcomeStatus.CUSTOMER_NOT_SUBSCRIBED, id="not-authorized"),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any, Iterator
 
@@ -232,6 +233,28 @@ def test_quantity_must_be_positive(sandbox: AzureSandbox, sub: dict[str, str], q
     assert body["result"][0]["status"] == "InvalidQuantity"
 
 
+@pytest.mark.parametrize("raw", [pytest.param("NaN", id="nan"), pytest.param("Infinity", id="infinity"),
+                                 pytest.param('"5"', id="text")])
+def test_quantity_must_be_a_finite_number(sandbox: AzureSandbox, sub: dict[str, str], raw: str) -> None:
+    """A quantity that is not a finite JSON number is BadArgument, and nothing is stored."""
+    event = json.dumps(_event(sub)).replace('"quantity": 5.0', f'"quantity": {raw}')
+    body = sandbox.api("POST", "/batchUsageEvent", data=f'{{"request": [{event}]}}',
+                       headers={"Content-Type": "application/json"}).json()
+    assert body["result"][0]["status"] == "BadArgument"
+    assert sandbox.usage()["events"] == []
+
+
+def test_one_event_per_resource_dimension_and_hour_in_one_batch(sandbox: AzureSandbox, sub: dict[str, str]) -> None:
+    """Two events for one resource, dimension and hour in one batch: the first is accepted, the second is a
+    Duplicate carrying the first, and the hour keeps the first quantity."""
+    body = sandbox.api("POST", "/batchUsageEvent", json={"request": [
+        _event(sub, quantity=5.0), _event(sub, quantity=7.0,
+                                          effectiveStartTime=(hours_ago(1) + timedelta(minutes=30)).isoformat())]}).json()
+    assert [r["status"] for r in body["result"]] == ["Accepted", "Duplicate"]
+    assert body["result"][1]["error"]["additionalInfo"]["acceptedMessage"]["quantity"] == 5.0
+    assert list(sandbox.usage_totals().values()) == [5.0]
+
+
 def test_zero_records_are_not_sent(sandbox: AzureSandbox, sub: dict[str, str]) -> None:
     """The adapter answers a zero record itself (ACCEPTED, no id) without calling Azure."""
     session = _CountingSession()
@@ -250,7 +273,7 @@ def test_events_older_than_the_window_expire() -> None:
         old, fresh = sandbox.adapter.report(
             [_record(ids, hour=hours_ago(3), key="old"), _record(ids, hour=hours_ago(1), key="fresh")]
         )
-        assert old.status is OutcomeStatus.REJECTED and old.detail.startswith("Expired")
+        assert old.status is OutcomeStatus.EXPIRED and old.detail.startswith("Expired")
         assert fresh.status is OutcomeStatus.ACCEPTED
     finally:
         sandbox.close()
@@ -262,7 +285,7 @@ def test_default_window_is_24_hours(sandbox: AzureSandbox, sub: dict[str, str]) 
         [_record(sub, hour=hours_ago(23), key="in"), _record(sub, hour=hours_ago(25), key="out")]
     )
     assert inside.status is OutcomeStatus.ACCEPTED
-    assert outside.status is OutcomeStatus.REJECTED and "Expired" in outside.detail
+    assert outside.status is OutcomeStatus.EXPIRED and "Expired" in outside.detail
 
 
 def test_future_times_are_rejected(sandbox: AzureSandbox, sub: dict[str, str]) -> None:
@@ -275,7 +298,7 @@ def test_clock_is_settable(sandbox: AzureSandbox, sub: dict[str, str]) -> None:
     """Moving the clock two days ahead makes yesterday's hour Expired."""
     sandbox.set_clock(NOW + timedelta(days=2))
     [outcome] = sandbox.adapter.report([_record(sub)])
-    assert outcome.status is OutcomeStatus.REJECTED and "Expired" in outcome.detail
+    assert outcome.status is OutcomeStatus.EXPIRED and "Expired" in outcome.detail
     sandbox.control("POST", "clock", {"advance_seconds": -2 * 86400})
     [outcome] = sandbox.adapter.report([_record(sub)])
     assert outcome.status is OutcomeStatus.ACCEPTED
@@ -291,11 +314,13 @@ def test_unknown_resource_is_not_subscribed(sandbox: AzureSandbox) -> None:
 def test_suspended_subscription_refuses_usage_until_reinstated(
     sandbox: AzureSandbox, sub: dict[str, str]
 ) -> None:
-    """A Suspended subscription answers ResourceNotActive; after Reinstate usage is accepted."""
+    """A Suspended subscription answers ResourceNotActive (the record is held, NOT_ACTIVE); after
+    Reinstate the same event is accepted."""
     sandbox.control("POST", f"subscriptions/{sub['resource_id']}/suspend")
     [outcome] = sandbox.adapter.report([_record(sub)])
-    assert outcome.status is OutcomeStatus.CUSTOMER_NOT_SUBSCRIBED
+    assert outcome.status is OutcomeStatus.NOT_ACTIVE
     assert outcome.detail.startswith("ResourceNotActive")
+    assert sandbox.usage()["events"] == []
     sandbox.control("POST", f"subscriptions/{sub['resource_id']}/reinstate")
     [outcome] = sandbox.adapter.report([_record(sub)])
     assert outcome.status is OutcomeStatus.ACCEPTED
@@ -315,7 +340,7 @@ def test_after_cancellation_only_earlier_hours_are_accepted(
     ])
     assert before.status is OutcomeStatus.ACCEPTED
     assert same_hour.status is OutcomeStatus.ACCEPTED  # 09:00 is before the 09:45 cancellation
-    assert after.status is OutcomeStatus.CUSTOMER_NOT_SUBSCRIBED
+    assert after.status is OutcomeStatus.NOT_ACTIVE
     assert after.detail.startswith("ResourceNotActive")
 
 

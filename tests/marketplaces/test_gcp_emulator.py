@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
 
@@ -223,6 +224,27 @@ def test_pending_cancellation_still_bills(gcp: Gcp) -> None:
     ids = gcp.entitlement()
     gcp.control("POST", f"/_emulator/entitlements/{ids['entitlement_id']}/cancel", at_term_end=True)
     assert gcp.adapter().report([record(ids)])[0].status is OutcomeStatus.ACCEPTED
+
+
+def test_a_consumer_with_a_cancelled_and_an_active_order_may_report(gcp: Gcp) -> None:
+    """One consumer holding two orders of the product, one cancelled and one active, passes check: the
+    active order's reports are accepted and checked first."""
+    first = gcp.entitlement(usage_reporting_id="project:pr-two-orders")
+    second = gcp.entitlement(account_id=first["account_id"], usage_reporting_id="project:pr-two-orders")
+    gcp.control("POST", f"/_emulator/entitlements/{first['entitlement_id']}/cancel")
+    [outcome] = gcp.adapter().report([record(second)])
+    assert outcome.status is OutcomeStatus.ACCEPTED
+    checks = gcp.usage()["checks"]
+    assert [(c["operationId"], c["passed"]) for c in checks] == [(operation_id_for(record(second)), True)]
+
+
+def test_a_pinned_operation_id_is_sent_as_it_is(gcp: Gcp) -> None:
+    """A record whose id the sender pinned on its ledger row goes out under that id, whatever its identifiers say."""
+    ids = gcp.entitlement()
+    pinned = operation_id_for(record({**ids, "entitlement_id": "the-first-send"}))
+    [outcome] = gcp.adapter().report([replace(record(ids), record_id=pinned)])
+    assert outcome.status is OutcomeStatus.ACCEPTED and outcome.marketplace_record_id == pinned
+    assert [op["operation"]["operationId"] for op in gcp.usage()["operations"]] == [pinned]
 
 
 def test_report_errors_for_unknown_consumer_come_inside_http_200(gcp: Gcp) -> None:

@@ -106,6 +106,34 @@ def test_exposition_keeps_every_previous_metric_with_its_labels(env, auth_header
         assert all(set(s.labels) - {"le"} == labels for s in families[name].samples), name
 
 
+def test_expired_reports_count_as_revenue_lost_per_marketplace(env) -> None:  # type: ignore[no-untyped-def]
+    """A report expired past AWS's window shows in /metrics: its units and amount (units x unit price) under aws,
+    and every other marketplace at 0."""
+    from worker import hourly
+
+    environment, runtime = env
+    start = start_of_test_window()
+    contract, customer = map_contract(environment, start=start)
+    ingest(environment.engine, customer, 4321, start + timedelta(minutes=5))  # 432 units of 0.01
+    hourly.prepare(environment.engine, contract, start, now=datetime.now(UTC))
+    assert hourly.send_pending(environment.engine, environment.adapter, "aws",
+                               now=start + timedelta(hours=6)) == {"expired": 1}
+    families = _families(create_app(runtime.settings, runtime).test_client().get("/metrics").get_data(as_text=True))
+    assert families["marketsync_expired_units"].type == "counter"
+    samples = {(s.name, s.labels["marketplace"]): s.value for name in ("marketsync_expired_units",
+               "marketsync_expired_amount", "marketsync_expired_unpriced_reports") for s in families[name].samples}
+    assert samples == {
+        ("marketsync_expired_units_total", "aws"): 432, ("marketsync_expired_units_total", "azure"): 0,
+        ("marketsync_expired_units_total", "gcp"): 0,
+        ("marketsync_expired_amount_total", "aws"): 4.32, ("marketsync_expired_amount_total", "azure"): 0,
+        ("marketsync_expired_amount_total", "gcp"): 0,
+        ("marketsync_expired_unpriced_reports", "aws"): 0, ("marketsync_expired_unpriced_reports", "azure"): 0,
+        ("marketsync_expired_unpriced_reports", "gcp"): 0,
+    }
+    reports = {(s.labels["marketplace"], s.labels["status"]): s.value for s in families["marketsync_reports_total"].samples}
+    assert reports[("aws", "expired")] == 1
+
+
 def test_redis_down_still_answers_and_says_so(settings: Settings) -> None:
     """With Redis unreachable /metrics still answers: the database gauges, and marketsync_redis_up 0."""
     unreachable = settings.model_copy(update={"REDIS_URL": "redis://127.0.0.1:1/0"})

@@ -62,3 +62,24 @@ def test_sync_and_ledger_show_each_dimension(env, monkeypatch: pytest.MonkeyPatc
     lines = runner.invoke(main, ["ledger", contract]).output.splitlines()
     assert "dimension" in lines[0]
     assert [line.split()[1:4] for line in lines[1:3]] == [["api_calls", "hourly", "2"], ["usage_fee", "hourly", "124"]]
+
+
+def test_ledger_shows_an_expired_report_and_the_revenue_lost(env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """`marketsync ledger` marks a report expired past AWS's window with its amount, and sums what was lost."""
+    from datetime import UTC, datetime
+
+    from worker import hourly
+
+    environment, runtime = env
+    for key, value in {"DATABASE_URL": runtime.settings.database_url, "REDIS_URL": runtime.settings.REDIS_URL,
+                       "AWS_EMULATOR_PORT": str(environment.server.port), "EMULATOR_HOST": "127.0.0.1"}.items():
+        monkeypatch.setenv(key, value)
+    start = start_of_test_window()
+    contract, customer = map_contract(environment, start=start)
+    ingest(environment.engine, customer, 4321, start + timedelta(minutes=5))
+    hourly.prepare(environment.engine, contract, start, now=datetime.now(UTC))
+    hourly.send_pending(environment.engine, environment.adapter, "aws", now=start + timedelta(hours=6))
+    output = CliRunner().invoke(main, ["ledger", contract]).output
+    [line] = [line for line in output.splitlines() if " expired " in line and not line.startswith("revenue lost")]
+    assert "432" in line and "lost 432 x 0.01 = 4.32" in line
+    assert "revenue lost on usage_cost: 1 expired report(s), 432 units, amount 4.32" in output

@@ -37,12 +37,18 @@ class LedgerRow(SQLModel, table=True):
     kind: str = Field(default="hourly", max_length=16)  # hourly, zero, final
     cost_to_date: str = Field(default="0", sa_column=Column(Text, nullable=False, default="0"))
     units_total: int = Field(default=0)  # units computed for the period when this row was written
+    # The dimension's unit price the units were computed at (a decimal as text): an expired report's
+    # amount is quantity x unit price. None on rows written before migration sync_0006.
+    unit_price: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
     status: str = Field(default="pending", max_length=16)  # a worker.statuses.LedgerStatus
     detail: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     marketplace_record_id: Optional[str] = Field(default=None, max_length=255)
     attempts: int = Field(default=0)
     claim_token: Optional[str] = Field(default=None, max_length=40)
     claimed_at: Optional[datetime] = Field(default=None)
+    # A pending report the marketplace answered "not active" (Azure ResourceNotActive) waits until
+    # then before it is sent again (or until its contract is reinstated, which clears it).
+    held_until: Optional[datetime] = Field(default=None)
     created_at: datetime
     sent_at: Optional[datetime] = Field(default=None)
     settled_at: Optional[datetime] = Field(default=None)

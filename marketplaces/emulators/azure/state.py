@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import threading
 import time
@@ -207,7 +208,7 @@ class AzureEmulatorState(ControlDefaults):
             if event.get(name) in (None, ""):
                 return "BadArgument", _failure("BadArgument", f"The {name} is required.", event, name)
         quantity = event["quantity"]
-        if isinstance(quantity, bool) or not isinstance(quantity, (int, float)):
+        if isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or not math.isfinite(quantity):
             return "BadArgument", _failure("BadArgument", "The quantity must be a number.", event, "quantity")
         try:
             moment = _as_time(str(event["effectiveStartTime"]))
@@ -237,7 +238,8 @@ class AzureEmulatorState(ControlDefaults):
                 return "ResourceNotAuthorized", _failure(
                     "ResourceNotAuthorized", "The resource belongs to another publisher app.", event
                 )
-            # Hours before a cancellation may still be reported (inside the window).
+            # Hours before a cancellation may still be reported (inside the window); a Suspended
+            # (or not yet activated) subscription takes nothing until it is Subscribed again.
             if not (
                 sub.status == SUBSCRIBED
                 or (sub.status == UNSUBSCRIBED and sub.canceled_at and moment < sub.canceled_at)

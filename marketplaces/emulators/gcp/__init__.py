@@ -7,8 +7,9 @@ with ``transport="rest"`` and ``client_options={"api_endpoint": url}``, and
 Wire rules it enforces (docs/marketplaces.md §4.2, §4.9):
 
 - ``POST /v1/services/<service>:check`` answers ``checkErrors`` for unknown consumers
-  (``CONSUMER_INVALID``) and consumers whose entitlement is not active
-  (``SERVICE_NOT_ACTIVATED``).
+  (``CONSUMER_INVALID``) and consumers none of whose entitlements for the service is active
+  (``SERVICE_NOT_ACTIVATED``); every check is recorded (``usage`` answers them as ``checks``),
+  so a test sees that each reported operation was checked first.
 - ``POST /v1/services/<service>:report`` stores operations by ``operationId``: the same id
   with the same payload is accepted again and counted once; the same id with a different
   payload is a ``reportError`` (``ALREADY_EXISTS``, or silently ignored when
@@ -16,7 +17,8 @@ Wire rules it enforces (docs/marketplaces.md §4.2, §4.9):
   are ``reportErrors`` inside an HTTP 200; a request over ``max_request_bytes`` or with a
   duplicate metric+labels combination inside one operation is rejected whole (400).
 - Faults: ``error`` -> 500 (with ``fail_after_store`` the operations are stored first, an
-  ambiguous outcome), ``throttle`` -> 429, ``outage`` -> 503.
+  ambiguous outcome), ``throttle`` -> 429, ``outage`` -> 503; ``ambiguous_reports`` makes every
+  report store its operations and answer 500 while checks pass.
 
 Procurement lifecycle (docs/marketplaces.md §4.6, §4.7), driven from the control API and the real API::
 
@@ -36,8 +38,8 @@ Every push is a Pub/Sub envelope with base64 ``data`` and an RS256 OIDC token fr
 made when the app is created; the certificates are at ``GET /_emulator/oauth2/v1/certs``.
 
 Control API: the shared one (``marketplaces.emulators.control``: reset, faults (+
-``fail_after_store``), clock, receiver ``{"url", "audience"}``, usage ``{"totals", "operations",
-"report_errors"}``, notifications) plus ``config``, ``metrics``, ``auth`` (refused bearer tokens ->
+``fail_after_store``, ``ambiguous_reports``), clock, receiver ``{"url", "audience"}``, usage
+``{"totals", "operations", "report_errors", "checks"}``, notifications) plus ``config``, ``metrics``, ``auth`` (refused bearer tokens ->
 401), ``notifications/redeliver`` (push again whatever no 2xx acknowledged), ``accounts``,
 ``entitlements`` (create) and ``entitlements/<id>/{plan-change,cancel,revert-cancellation,renew}``,
 ``DELETE entitlements/<id>``.

@@ -123,7 +123,7 @@ def service_control(service_and_method: str) -> Any:
     if fault == "error" and not state.fail_after_store:
         raise ApiError(13, "Internal error.", 500)
     answer = report(service, body)
-    if fault == "error":
+    if fault == "error" or state.ambiguous_reports:
         # Stored, yet the caller sees a failure: the outcome is ambiguous by design.
         raise ApiError(13, "Internal error.", 500)
     return answer
@@ -139,6 +139,7 @@ def check(service: str, body: dict[str, Any]) -> Any:
         raise ApiError(3, "operation.consumerId is required.")
     with state.lock:
         problem = state.consumer_problem(service, consumer)
+        state.record_check(operation, problem)
     answer: dict[str, Any] = {
         "operationId": operation["operationId"],
         "serviceConfigId": SERVICE_CONFIG_ID,

@@ -92,6 +92,9 @@ class GcpEmulatorState(ControlDefaults):
     signing_key: SigningKey
     http: Any
     refused_tokens: set[str] = field(default_factory=set)
+    # Every report call stores its operations, then answers 500 (checks pass): the ambiguous
+    # outcome a sender must resend identical, under the same operationIds.
+    ambiguous_reports: bool = False
     faults: Faults = field(default_factory=Faults)
     lock: threading.RLock = field(default_factory=threading.RLock)
     fixed_now: datetime | None = None
@@ -99,6 +102,7 @@ class GcpEmulatorState(ControlDefaults):
     entitlements: dict[str, dict[str, Any]] = field(default_factory=dict)
     operations: dict[str, dict[str, Any]] = field(default_factory=dict)
     report_errors: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
     notifications: list[dict[str, Any]] = field(default_factory=list)
     message_counter: int = 0
     initial_options: dict[str, Any] = field(default_factory=dict)
@@ -118,10 +122,12 @@ class GcpEmulatorState(ControlDefaults):
         with self.lock:
             for name, value in settings.items():
                 setattr(self, name, value)
+            self.ambiguous_reports = False
             self.accounts.clear()
             self.entitlements.clear()
             self.operations.clear()
             self.report_errors.clear()
+            self.checks.clear()
             self.notifications.clear()
         self.faults.reset()
 
@@ -131,13 +137,16 @@ class GcpEmulatorState(ControlDefaults):
         return _rfc3339(moment)
 
     def faults_view(self) -> dict[str, Any]:
-        return {**self.faults.as_dict(), "fail_after_store": self.fail_after_store}
+        return {**self.faults.as_dict(), "fail_after_store": self.fail_after_store,
+                "ambiguous_reports": self.ambiguous_reports}
 
     def set_faults(self, values: dict[str, Any]) -> None:
         values = dict(values)
-        if "fail_after_store" in values:
-            with self.lock:
+        with self.lock:
+            if "fail_after_store" in values:
                 self.fail_after_store = bool(values.pop("fail_after_store"))
+            if "ambiguous_reports" in values:
+                self.ambiguous_reports = bool(values.pop("ambiguous_reports"))
         self.faults.update(**values)
 
     def receiver_view(self) -> dict[str, Any]:
@@ -303,16 +312,22 @@ class GcpEmulatorState(ControlDefaults):
     # Service Control ------------------------------------------------------------------------
 
     def consumer_problem(self, service: str, consumer_id: str) -> tuple[str, str] | None:
-        """Return (check error code, detail) when ``consumer_id`` may not use ``service``."""
-        for entitlement in self.entitlements.values():
-            if entitlement["usageReportingId"] != consumer_id:
-                continue
-            if entitlement["product"] != service:
-                return "SERVICE_NOT_ACTIVATED", f"Service {service} is not activated for the consumer."
-            if entitlement["state"] not in ACTIVE_STATES:
-                return "SERVICE_NOT_ACTIVATED", f"Service {service} is not activated for the consumer."
+        """Return (check error code, detail) when ``consumer_id`` may not use ``service``.
+
+        A consumer may hold several entitlements (several orders of one product, or products):
+        it may use the service while any of its entitlements for it is active.
+        """
+        matching = [e for e in self.entitlements.values() if e["usageReportingId"] == consumer_id]
+        if not matching:
+            return "CONSUMER_INVALID", f"Consumer {consumer_id!r} is invalid."
+        if any(e["product"] == service and e["state"] in ACTIVE_STATES for e in matching):
             return None
-        return "CONSUMER_INVALID", f"Consumer {consumer_id!r} is invalid."
+        return "SERVICE_NOT_ACTIVATED", f"Service {service} is not activated for the consumer."
+
+    def record_check(self, operation: Mapping[str, Any], problem: tuple[str, str] | None) -> None:
+        """Remember a ``check`` (its operationId and verdict), so tests can see every report was checked first."""
+        self.checks.append({"operationId": operation.get("operationId"), "consumerId": operation.get("consumerId"),
+                            "passed": problem is None, "at": _rfc3339(self.now())})
 
     def usage(self) -> dict[str, Any]:
         """Return the totals per (consumer, metric, hour) and the raw accepted operations."""
@@ -342,4 +357,5 @@ class GcpEmulatorState(ControlDefaults):
                 for s in self.operations.values()
             ],
             "report_errors": list(self.report_errors),
+            "checks": list(self.checks),
         }
