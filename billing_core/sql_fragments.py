@@ -262,9 +262,10 @@ class FragmentUsageSource(MetricsByDefinition):
             # Rewriting an EVERY span concerns every customer's changes; a few customers' spans, theirs.
             changes = _changes(conn, self.raw, definition.event_name, min(behind), ids, every) if behind else []
             stale = {size: _stale(conn, levels[size], changes, size, position) for size in spans}
+            news = _news(conn, changes, position, ids, many=len(changes) > 2 * len(ids) + 100)
         for size, listed in sorted(spans.items(), reverse=True):  # largest first: the cold check sees most
             left |= self._refresh(definition, metric_id, ids, groups, signature, size, listed, build, whole,
-                                  position, levels[size], stale[size])
+                                  position, levels[size], stale[size], news)
         wanted = set(ids) - left
         asked = None if len(ids) > self.every_above else sorted(wanted)
         with self.engine.connect() as conn:
@@ -307,11 +308,14 @@ class FragmentUsageSource(MetricsByDefinition):
 
     def _refresh(self, definition: MetricDefinition, metric_id: str, ids: list[str], groups: tuple[str, ...],
                  signature: str, size: int, spans: list[Span], build: bool, whole: int, position: int,
-                 loaded: dict[str, list[Segment]], stale_of: tuple[dict[str, list[Span]], list[Span]]) -> set[str]:
+                 loaded: dict[str, list[Segment]], stale_of: tuple[dict[str, list[Span]], list[Span]],
+                 news: set[str] = frozenset()) -> set[str]:  # type: ignore[assignment]
         """Make ``spans`` of ``size`` buckets current for every customer; return the customers left alone.
 
-        ``loaded`` holds the spans stored as the read found them at ``position``, and ``stale_of``
-        what later changes touch (``_stale``). More than ``every_above`` customers: missing buckets
+        ``loaded`` holds the spans stored as the read found them at ``position``, ``stale_of``
+        what later changes touch (``_stale``), and ``news`` the customers with any change since
+        their spans' position (``_news``): their spans move to ``position`` even when nothing
+        they hold was touched, so the next read does not fetch the same changes again. More than ``every_above`` customers: missing buckets
         are computed for every customer at once and held by one ``EVERY`` span (the next hour is one
         span row, not one per customer). If most of the window (``whole``: the length all levels
         cover) is missing then and not ``build``, raise ``_Cold``.
@@ -345,9 +349,9 @@ class FragmentUsageSource(MetricsByDefinition):
                     covered[cid] = mine + overlap(todo.get(cid, []), union(mine + [window]))
         else:
             # Customers stored together have the same spans: work each distinct case out once.
-            cases: dict[tuple[tuple[Segment, ...], tuple[Span, ...]], tuple[list[Span], list[Span] | None]] = {}
+            cases: dict[tuple[tuple[Segment, ...], tuple[Span, ...], bool], tuple[list[Span], list[Span] | None]] = {}
             for cid in ids:
-                case = (tuple(own.get(cid, ())), tuple(stale.get(cid, ())))
+                case = (tuple(own.get(cid, ())), tuple(stale.get(cid, ())), cid in news)
                 known = cases.get(case)
                 if known is None:
                     mine = [(lo, hi) for lo, hi, _ in case[0]]
@@ -355,9 +359,10 @@ class FragmentUsageSource(MetricsByDefinition):
                     held = effective(star, case[0])
                     held_spans = [(lo, hi) for lo, hi, _ in held]
                     need = union(subtract(spans, held_spans) + overlap(list(case[1]) + anyone, allowed))
-                    # Spans no change touched stay as they are (still current as of their position):
-                    # a read of customers with no news writes nothing.
-                    known = cases[case] = (need, mine + overlap(held_spans, allowed) + need if need else None)
+                    # Spans of a customer with no news stay as they are (still current as of their
+                    # position): a read of customers with no news writes nothing.
+                    behind = bool(need) or (case[2] and any(pos < position for _, _, pos in held))
+                    known = cases[case] = (need, mine + overlap(held_spans, allowed) + need if behind else None)
                 need, cover_of = known
                 if need:
                     todo[cid] = need
@@ -467,6 +472,22 @@ def _stale(conn: Any, loaded: Mapping[str, list[Segment]], changes: Sequence[Any
             held[cid] = effective(star, own.get(cid, []))
         out[cid] += touched(held[cid], change)
     return {cid: union(listed) for cid, listed in out.items() if listed}, union(anyone)
+
+
+def _news(conn: Any, changes: Sequence[Any], position: int, ids: Sequence[str], *, many: bool) -> set[str]:
+    """Return the customers among ``ids`` that ``changes`` (up to ``position``) name, by id or external id.
+
+    A change naming no customer names them all, and so does ``many`` changes: moving every
+    span to the newest position then keeps the next read's change query short.
+    """
+    listed = [ch for ch in changes if ch.id <= position]
+    if many or any(ch.customer_id is None and ch.external_customer_id is None for ch in listed):
+        return set(ids)
+    named = {ch.customer_id for ch in listed if ch.customer_id is not None}
+    externals = sorted({ch.external_customer_id for ch in listed if ch.customer_id is None})
+    if externals:
+        named |= set(_owners(conn, externals).values())
+    return named & set(ids)
 
 
 def _owners(conn: Any, externals: Sequence[str]) -> dict[str, str]:
