@@ -313,9 +313,9 @@ class FragmentUsageSource(MetricsByDefinition):
         """Make ``spans`` of ``size`` buckets current for every customer; return the customers left alone.
 
         ``loaded`` holds the spans stored as the read found them at ``position``, ``stale_of``
-        what later changes touch (``_stale``), and ``news`` the customers with any change since
-        their spans' position (``_news``): their spans move to ``position`` even when nothing
-        they hold was touched, so the next read does not fetch the same changes again. More than ``every_above`` customers: missing buckets
+        what later changes touch (``_stale``), and ``news`` the customers whose spans move to
+        ``position`` even when nothing they hold was touched (``_news``), so later reads do not
+        fetch the same changes again. More than ``every_above`` customers: missing buckets
         are computed for every customer at once and held by one ``EVERY`` span (the next hour is one
         span row, not one per customer). If most of the window (``whole``: the length all levels
         cover) is missing then and not ``build``, raise ``_Cold``.
@@ -475,19 +475,14 @@ def _stale(conn: Any, loaded: Mapping[str, list[Segment]], changes: Sequence[Any
 
 
 def _news(conn: Any, changes: Sequence[Any], position: int, ids: Sequence[str], *, many: bool) -> set[str]:
-    """Return the customers among ``ids`` that ``changes`` (up to ``position``) name, by id or external id.
+    """Return the customers whose spans move to the newest position although no change touched them.
 
-    A change naming no customer names them all, and so does ``many`` changes: moving every
-    span to the newest position then keeps the next read's change query short.
+    None while a read meets few changes: a customer's untouched spans stay current as of their
+    position, and writing nothing keeps a steady hourly run free of writes. Everyone (``many``)
+    once a read meets more changes than that: news only in the current hour (read raw, held by
+    no span) would otherwise be fetched again by every later read.
     """
-    listed = [ch for ch in changes if ch.id <= position]
-    if many or any(ch.customer_id is None and ch.external_customer_id is None for ch in listed):
-        return set(ids)
-    named = {ch.customer_id for ch in listed if ch.customer_id is not None}
-    externals = sorted({ch.external_customer_id for ch in listed if ch.customer_id is None})
-    if externals:
-        named |= set(_owners(conn, externals).values())
-    return named & set(ids)
+    return set(ids) if many else set()
 
 
 def _owners(conn: Any, externals: Sequence[str]) -> dict[str, str]:
