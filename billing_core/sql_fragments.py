@@ -262,7 +262,10 @@ class FragmentUsageSource(MetricsByDefinition):
             # Rewriting an EVERY span concerns every customer's changes; a few customers' spans, theirs.
             changes = _changes(conn, self.raw, definition.event_name, min(behind), ids, every) if behind else []
             stale = {size: _stale(conn, levels[size], changes, size, position) for size in spans}
-            news = _news(conn, changes, position, ids, many=len(changes) > 2 * len(ids) + 100)
+            # Few changes: untouched spans stay current as of their position (a steady hourly run
+            # writes nothing). Many (e.g. news only in the current hour, read raw, held by no span):
+            # every loaded span moves to the newest position, so later reads do not fetch them again.
+            news = set(ids) if len(changes) > 2 * len(ids) + 100 else set()
         for size, listed in sorted(spans.items(), reverse=True):  # largest first: the cold check sees most
             left |= self._refresh(definition, metric_id, ids, groups, signature, size, listed, build, whole,
                                   position, levels[size], stale[size], news)
@@ -283,11 +286,8 @@ class FragmentUsageSource(MetricsByDefinition):
                     if customer not in wanted:
                         continue
                     part = Partial(count, with_value, _ZERO if counting else sum_of(units, nanos))  # type: ignore[arg-type]
-                    slot = merged.get(customer) if direct else None
-                    if slot is None and direct:
-                        merged[customer] = {key: part}
-                    elif direct:
-                        slot[key] = part  # type: ignore[index]
+                    if direct:
+                        merged.setdefault(customer, {})[key] = part
                     else:
                         add(customer, key, part)
                     from_fragments[customer] = from_fragments.get(customer, 0) + fragments
@@ -314,7 +314,7 @@ class FragmentUsageSource(MetricsByDefinition):
 
         ``loaded`` holds the spans stored as the read found them at ``position``, ``stale_of``
         what later changes touch (``_stale``), and ``news`` the customers whose spans move to
-        ``position`` even when nothing they hold was touched (``_news``), so later reads do not
+        ``position`` even when nothing they hold was touched, so later reads do not
         fetch the same changes again. More than ``every_above`` customers: missing buckets
         are computed for every customer at once and held by one ``EVERY`` span (the next hour is one
         span row, not one per customer). If most of the window (``whole``: the length all levels
@@ -472,17 +472,6 @@ def _stale(conn: Any, loaded: Mapping[str, list[Segment]], changes: Sequence[Any
             held[cid] = effective(star, own.get(cid, []))
         out[cid] += touched(held[cid], change)
     return {cid: union(listed) for cid, listed in out.items() if listed}, union(anyone)
-
-
-def _news(conn: Any, changes: Sequence[Any], position: int, ids: Sequence[str], *, many: bool) -> set[str]:
-    """Return the customers whose spans move to the newest position although no change touched them.
-
-    None while a read meets few changes: a customer's untouched spans stay current as of their
-    position, and writing nothing keeps a steady hourly run free of writes. Everyone (``many``)
-    once a read meets more changes than that: news only in the current hour (read raw, held by
-    no span) would otherwise be fetched again by every later read.
-    """
-    return set(ids) if many else set()
 
 
 def _owners(conn: Any, externals: Sequence[str]) -> dict[str, str]:
