@@ -14,6 +14,7 @@ from billing_core.adjustments import Adjustment, AdjustmentType
 from billing_core.backfills import (
     Backfill, BackfillNotFound, close_backfill, create_backfill, ingest_into_backfill, revert_backfill,
 )
+from billing_core.changes import Mark, unchanged_usage, watermark
 from billing_core.codec import definition_from_dict
 from billing_core.costs import Costs, PriceCost, costs, costs_each
 from billing_core.customers import Customer, CustomerNotFound, create_customer, update_customer
@@ -26,7 +27,7 @@ from billing_core.events import (
     deprecate_event, from_micros, ingest_events, properties_json, store_records, to_micros, validate_batch,
 )
 from billing_core.invoices import Invoice, InvoiceNotFound
-from billing_core.lines import LineItem, iso
+from billing_core.lines import Charge, LineItem, charges_for_timeframe, iso
 from billing_core.metric_definition import Condition, MetricDefinition
 from billing_core.metrics import Metric, MetricNotFound, create_metric, update_metric
 from billing_core.money import (
@@ -82,7 +83,8 @@ __all__ = [
     # adapters: repositories on the caller's session, usage sources, writers
     "SqlCustomerRepository", "SqlEventStore", "SqlMetricRepository", "SqlBackfillStore", "SqlCatalog",
     "SqlSubscriptions", "SqlUsageSource", "BatchSqlUsageSource", "FragmentUsageSource", "use_fragments",
-    "usage_source", "GroupCommitWriter", "GroupCommit",
+    "usage_source", "GroupCommitWriter", "GroupCommit", "Mark", "unchanged_usage", "watermark",
+    "Charge", "charges_for_timeframe",
     "write_lock", "get_for_update", "process_local",
     # the Alembic revisions of billing_core's tables
     "MIGRATIONS_DIR",

@@ -1,10 +1,10 @@
 """Usage fragments: exact partial aggregates of a metric over a time bucket, and how they merge.
 
 A fragment is what one metric's events of one customer (and group value) add up to over one
-aligned bucket of a level: 1, 3, 6 or 12 hours, or 1, 2, 4 or 8 days. Any
-window — a billing period, a price interval starting at 10:17, a costs timeframe — is answered
-by ``cover``: the largest whole buckets that fit, and the partial edges (at most an hour on
-each side) from raw events.
+aligned bucket of a level: 5, 15 or 30 minutes, 1, 3, 6 or 12 hours, or 1, 2, 4 or 8 days. Any
+window — a billing period, a price interval starting at 10:17, a costs timeframe running to
+now — is answered by ``cover``: the largest whole buckets that fit, and the partial edges (under
+five minutes on each side) from raw events.
 
 ``Partial`` is the merge algebra. ``count``, ``sum``, ``max`` and ``latest`` merge exactly:
 
@@ -32,22 +32,26 @@ from decimal import Decimal
 from typing import Literal
 
 __all__ = [
-    "BLOCK", "DAY", "EMPTY", "HOUR", "LEVELS", "LEVEL_NAMES", "MERGEABLE", "QUARTER", "Partial", "Piece", "Span", "bucket_start", "cover", "merge_groups",
+    "BLOCK", "DAY", "EMPTY", "FINEST", "HOUR", "LEVELS", "LEVEL_NAMES", "MERGEABLE", "MINUTE", "QUARTER", "Partial", "Piece", "Span", "bucket_start", "cover", "merge_groups",
     "effective", "overlap", "subtract", "union",
 ]
 
-HOUR = 3_600_000_000  # microseconds, like events.ts
+MINUTE = 60_000_000  # microseconds, like events.ts
+FINEST = 5 * MINUTE
+HOUR = 60 * MINUTE
 QUARTER = 6 * HOUR
 DAY = 24 * HOUR
 BLOCK = 8 * DAY
-# Bucket sizes, finest first; each divides the next (1, 3, 6, 12 hours; 1, 2, 4, 8 days), all aligned
-# on the UTC epoch, so any window is a few buckets of each size at most (see ``cover``).
-LEVELS = (HOUR, 3 * HOUR, QUARTER, 12 * HOUR, DAY, 2 * DAY, 4 * DAY, BLOCK)
-LEVEL_NAMES = {HOUR: "1h", 3 * HOUR: "3h", QUARTER: "6h", 12 * HOUR: "12h", DAY: "1d", 2 * DAY: "2d", 4 * DAY: "4d",
-               BLOCK: "8d"}
+# Bucket sizes, finest first; each divides the next (5, 15, 30 minutes; 1, 3, 6, 12 hours; 1, 2, 4,
+# 8 days), all aligned on the UTC epoch, so any window is a few buckets of each size at most (see
+# ``cover``). The minutes serve windows that end inside an hour (costs to now, a report of the
+# current hour): without them, every read re-reads the current hour's events.
+LEVELS = (FINEST, 15 * MINUTE, 30 * MINUTE, HOUR, 3 * HOUR, QUARTER, 12 * HOUR, DAY, 2 * DAY, 4 * DAY, BLOCK)
+LEVEL_NAMES = {FINEST: "5m", 15 * MINUTE: "15m", 30 * MINUTE: "30m", HOUR: "1h", 3 * HOUR: "3h", QUARTER: "6h",
+               12 * HOUR: "12h", DAY: "1d", 2 * DAY: "2d", 4 * DAY: "4d", BLOCK: "8d"}
 MERGEABLE = frozenset({"count", "sum", "max", "latest"})
 
-PieceKind = Literal["raw", "1h", "3h", "6h", "12h", "1d", "2d", "4d", "8d"]
+PieceKind = Literal["raw", "5m", "15m", "30m", "1h", "3h", "6h", "12h", "1d", "2d", "4d", "8d"]
 
 
 @dataclass(frozen=True)
@@ -73,21 +77,21 @@ def cover(start: int, end: int) -> list[Piece]:
     """Cut ``[start, end)`` into raw edges and whole aligned buckets, in order, with no gap or overlap.
 
     From the left, each step takes the largest bucket that starts there and fits, so sizes rise
-    then fall: at most one raw piece on each side (each shorter than an hour), and on each side of
-    the 8-day blocks at most two 1-hour buckets and one of each other size (a month costs about
-    10 fragments, not 720 hours).
+    then fall: at most one raw piece on each side (each shorter than five minutes), and on each
+    side of the largest bucket at most two of the 5-minute and of the 1-hour buckets and one of
+    each other size (a month costs about 10 fragments, not 720 hours).
     """
     if end <= start:
         return []
     pieces: list[Piece] = []
     pos = start
-    first_hour = -(-start // HOUR) * HOUR
-    if first_hour + HOUR > end:  # no whole hour inside: all raw
+    first = -(-start // FINEST) * FINEST
+    if first + FINEST > end:  # no whole bucket inside: all raw
         return [Piece("raw", start, end)]
-    if start < first_hour:
-        pieces.append(Piece("raw", start, first_hour))
-        pos = first_hour
-    while pos + HOUR <= end:
+    if start < first:
+        pieces.append(Piece("raw", start, first))
+        pos = first
+    while pos + FINEST <= end:
         size = next(s for s in reversed(LEVELS) if pos % s == 0 and pos + s <= end)
         pieces.append(Piece(LEVEL_NAMES[size], pos, pos + size))  # type: ignore[arg-type]
         pos += size

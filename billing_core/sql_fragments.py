@@ -1,10 +1,10 @@
-"""The fragment-backed ``UsageSource``: whole hours and days from stored fragments, edges from raw events.
+"""The fragment-backed ``UsageSource``: whole buckets from stored fragments, edges from raw events.
 
 ``FragmentUsageSource`` answers like ``SqlUsageSource`` — the same quantities, counts, skipped
-events, groups and out-of-range errors — and reads raw events only where it must: the partial
-hours at a window's edges, and the buckets that are missing or stale.
+events, groups and out-of-range errors — and reads raw events only where it must: the last
+minutes (under five) at a window's edges, and the buckets that are missing or stale.
 
-A read of one metric over a window, at each level (hours, days):
+A read of one metric over a window, at each level (5 minutes to 8 days):
 
 1. takes the newest change-log position ``Q`` and loads the asked customers' stored spans
    (``usage_fragment_coverage``) that overlap the window;
@@ -263,7 +263,7 @@ class FragmentUsageSource(MetricsByDefinition):
             changes = _changes(conn, self.raw, definition.event_name, min(behind), ids, every) if behind else []
             stale = {size: _stale(conn, levels[size], changes, size, position) for size in spans}
             # Few changes: untouched spans stay current as of their position (a steady hourly run
-            # writes nothing). Many (e.g. news only in the current hour, read raw, held by no span):
+            # writes nothing). Many (e.g. news only in the last minutes, read raw, held by no span):
             # every loaded span moves to the newest position, so later reads do not fetch them again.
             news = set(ids) if len(changes) > 2 * len(ids) + 100 else set()
         for size, listed in sorted(spans.items(), reverse=True):  # largest first: the cold check sees most

@@ -239,7 +239,7 @@ def verify(customer_id: str | None, since: str | None) -> None:
 
 @main.command()
 @click.option("--before", required=True,
-              help="ISO-8601 instant: drop fragments of 1 to 12 hours that end before it.")
+              help="ISO-8601 instant: drop fragments of 5 minutes to 12 hours that end before it.")
 @click.option("--all", "everything", is_flag=True, help="Drop those of 1 to 8 days too (every level).")
 def compact(before: str, everything: bool) -> None:
     """Drop usage fragments of closed periods (a cache: the next read that needs one rebuilds it)."""

@@ -31,11 +31,13 @@ from typing import Any, Callable, Sequence
 from sqlalchemy import Engine, select
 from sqlmodel import Session
 
-from billing_core import OutOfRange, SqlSubscriptions, Subscription, billing_period, costs, costs_each, usage_source
+from billing_core import (
+    OutOfRange, SqlSubscriptions, Subscription, billing_period, costs, costs_each, usage_source, watermark,
+)
 from billing_core.money import exact
 from marketplaces import rules
 from marketplaces.base import Marketplace, PermanentMarketplaceError, TransientMarketplaceError, UsageRecord
-from worker import ledger
+from worker import cost_memo, ledger
 from worker.errors import Permanent, Transient
 from worker.ledger import COST_ERROR, Due, Part, Prepared, utc
 from worker.logs import get_logger
@@ -218,21 +220,50 @@ def prepare_many(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *
             continue
         todo.append((contract, listing, sub, *cost_window(sub, contract, listing, stamp=stamp, now=now)))
     priced = [t for t in todo if t[4] > t[3]]
-    results = costs_each([(sub, start, end) for _, _, sub, start, end, _ in priced], usage_source(engine))
+    # An hourly run carries forward the cost of a contract where nothing changed (cost_memo.py);
+    # the watermark is read before any usage, so what is stored holds every change up to it.
+    carry = kind == "hourly"
+    position = watermark(engine) if carry else 0
+    totals: dict[str, dict[str, Decimal]] = (
+        cost_memo.reuse(engine, priced, position=position, until=now) if carry else {})
+    fresh = [t for t in priced if t[0].id not in totals]
+    source = usage_source(engine)
+    results = costs_each([(sub, start, end) for _, _, sub, start, end, _ in fresh], source)
     failed: dict[str, OutOfRange | UnmappedPrice] = {
-        t[0].id: result for t, result in zip(priced, results) if isinstance(result, OutOfRange)}
-    totals: dict[str, dict[str, Decimal]] = {}
-    for (contract, listing, *_rest), result in zip(priced, results):
+        t[0].id: result for t, result in zip(fresh, results) if isinstance(result, OutOfRange)}
+    for (contract, listing, *_rest), result in zip(fresh, results):
         if not isinstance(result, OutOfRange):
             try:
                 totals[contract.id] = _costs(result, contract, listing)
             except UnmappedPrice as exc:
                 failed[contract.id] = exc
+    if carry:
+        cost_memo.store(engine, _memos(fresh, totals, failed, source), position=position, now=now)
     ledger.mark_cost_errors(engine, failed, now=now)
     out.update({contract_id: Prepared(COST_ERROR, ledger.cost_error_text(exc)) for contract_id, exc in failed.items()})
     dues = [_due(contract, listing, totals.get(contract.id) or _costs(None, contract, listing), period_start)
             for contract, listing, _sub, _start, _end, period_start in todo if contract.id not in failed]
     out.update(ledger.record(engine, dues, stamp, now=now, kind=kind))
+    return out
+
+
+def _memos(fresh: Sequence[cost_memo.Window], totals: dict[str, dict[str, Decimal]], failed: Any,
+           source: Any) -> list[cost_memo.Computed]:
+    """The costs just computed, with what they rest on, for the next run to carry forward."""
+    out: list[cost_memo.Computed] = []
+    names: dict[str, str | None] = {}
+    for window in fresh:
+        if window[0].id in failed or window[0].id not in totals:
+            continue
+        digest, metrics = cost_memo.basis(window)
+        for metric_id in metrics - set(names):
+            try:
+                names[metric_id] = source.definition(metric_id).event_name
+            except Exception:  # noqa: BLE001 - a metric the engine cannot name: never carried forward
+                names[metric_id] = None
+        events = {names[m] for m in metrics}
+        if None not in events:
+            out.append((window, digest, frozenset(events), totals[window[0].id]))  # type: ignore[arg-type]
     return out
 
 

@@ -40,7 +40,7 @@ from billing_core.events import (
     store_records,
     to_micros,
 )
-from billing_core.fragments import HOUR
+from billing_core.fragments import FINEST
 from billing_core.persistence.customers import customers_table
 from billing_core.persistence.fragments import Change, log_changes
 from billing_core.persistence.writes import GroupCommit, write_lock
@@ -101,13 +101,10 @@ events_table: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
 _INSERT_COLUMNS = "idempotency_key, event_name, customer_id, external_customer_id, ts, properties"
 
 
-_INSERT_COLUMNS = "idempotency_key, event_name, customer_id, external_customer_id, ts, properties"
-
-
 def _change(customer_id: str | None, external_customer_id: str | None, event_name: str, ts: int) -> Change:
-    """The change log entry of one event's hour (by customer id, else by its external id)."""
-    hour = ts - ts % HOUR
-    return (customer_id, None if customer_id else external_customer_id, event_name, hour, hour + HOUR)
+    """The change log entry of one event's finest bucket (by customer id, else by its external id)."""
+    bucket = ts - ts % FINEST
+    return (customer_id, None if customer_id else external_customer_id, event_name, bucket, bucket + FINEST)
 
 
 class SqlEventStore:

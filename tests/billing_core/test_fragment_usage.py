@@ -156,8 +156,9 @@ def test_fragments_answer_exactly_what_raw_events_answer(any_engine: Engine, ope
                     session.rollback()
         elif kind == "read":
             _compare(any_engine, data.draw(st.sampled_from([few, many])), op[1])
-        # A read after every step, over a window whose edges fall on hours, days or anywhere.
-        edge = st.one_of(st.integers(0, SPAN), st.integers(0, SPAN // 3600).map(lambda h: h * 3600))
+        # A read after every step, over a window whose edges fall on hours, days, 5 minutes or anywhere.
+        edge = st.one_of(st.integers(0, SPAN), st.integers(0, SPAN // 3600).map(lambda h: h * 3600),
+                         st.integers(0, SPAN // 300).map(lambda m: m * 300))
         grouping = data.draw(st.sampled_from([(), ("g",)]))
         fragments = data.draw(st.sampled_from([few, many]))
         _compare(any_engine, fragments, (data.draw(edge), data.draw(edge)), (grouping,))

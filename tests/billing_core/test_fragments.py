@@ -1,4 +1,4 @@
-"""Fragments merge exactly: any window cut into raw edges, hours and days adds up to the same answer
+"""Fragments merge exactly: any window cut into raw edges and buckets (minutes to days) adds up to the same answer
 as aggregating its events directly, for every mergeable aggregation, with and without groups; and
 the bucket partials the database computes merge into what evaluating the window gives."""
 
@@ -13,7 +13,7 @@ from sqlalchemy import Engine, text
 
 from billing_core.events import from_micros, to_micros
 from billing_core.fragments import (
-    DAY, EMPTY, HOUR, LEVEL_NAMES, LEVELS, MERGEABLE, Partial, cover, merge_groups,
+    DAY, EMPTY, FINEST, HOUR, LEVEL_NAMES, LEVELS, MERGEABLE, Partial, cover, merge_groups,
 )
 from billing_core.metric_definition import MetricDefinition
 from billing_core.sql_usage import SqlUsageSource
@@ -59,18 +59,19 @@ def test_cover_cuts_a_window_into_aligned_pieces_without_gap_or_overlap(start: i
     for piece in pieces:
         assert piece.start < piece.end
         if piece.kind == "raw":
-            assert piece.end - piece.start < HOUR or len(pieces) == 1
+            assert piece.end - piece.start < FINEST or len(pieces) == 1
         else:
             assert piece.size in LEVELS and LEVEL_NAMES[piece.size] == piece.kind
             assert piece.start % piece.size == 0
     raw = [p for p in pieces if p.kind == "raw"]
     assert len(raw) <= 2
-    # Sizes rise then fall; on each side of the largest, at most two hours and one of each other size.
+    # Sizes rise then fall; on each side of the largest, at most two 5-minute buckets, two hours and
+    # one of each other size.
     sizes = [p.size for p in pieces if p.kind != "raw"]
     top = sizes.index(max(sizes)) if sizes else 0
     assert sizes[:top + 1] == sorted(sizes[:top + 1]) and sizes[top:] == sorted(sizes[top:], reverse=True)
     for level in LEVELS[:-1]:
-        assert sizes.count(level) <= (4 if level == HOUR else 2) + (level == max(sizes, default=0))
+        assert sizes.count(level) <= (4 if level in (FINEST, HOUR) else 2) + (level == max(sizes, default=0))
     # No run of smaller buckets could have been one larger bucket.
     for piece in pieces:
         for bigger in LEVELS:
