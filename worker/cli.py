@@ -216,7 +216,8 @@ def contracts(status: str | None) -> None:
 @click.option("--customer", "customer_id", default=None, help="Only this customer's fragments.")
 @click.option("--since", default=None, help="Only buckets ending after this ISO-8601 instant.")
 def verify(customer_id: str | None, since: str | None) -> None:
-    """Recompute usage fragments from the events and list every difference (exit 1 if any)."""
+    """Recompute usage fragments from the events, and the costs the next hourly run would carry
+    forward from scratch; list every difference (exit 1 if any)."""
     from billing_core import wire
     from billing_core.sql_fragments import verify_fragments
 
@@ -224,16 +225,23 @@ def verify(customer_id: str | None, since: str | None) -> None:
         start = wire.parse_instant(since, "--since") if since else None
     except ValueError as exc:  # wire.InvalidInstant
         raise click.BadParameter(str(exc), param_hint="--since") from None
+    from datetime import UTC, datetime
+
+    from worker.hourly import verify_carried
+
     runtime = _runtime()
     try:
         checked, stale, differences = verify_fragments(runtime.engine, customer_id=customer_id, since=start)
+        carried, wrong = (0, []) if customer_id or since else verify_carried(runtime.engine, now=datetime.now(UTC))
     finally:
         runtime.close()
-    for line in differences:
+    for line in differences + wrong:
         click.echo(line)
     click.echo(f"{checked} current fragment bucket(s) recomputed from events, {stale} stale (recomputed at their "
                f"next read), {len(differences)} difference(s)")
-    if differences:
+    if not (customer_id or since):
+        click.echo(f"{carried} cost(s) the next hourly run would carry forward recomputed, {len(wrong)} difference(s)")
+    if differences or wrong:
         sys.exit(1)
 
 

@@ -4,8 +4,9 @@ A contract's cost to date over ``[start, end)`` depends on its subscription's ti
 listing (dimensions, fixed fees, metering start), the window, and the usage of its metrics.
 When a run computes a cost, it stores it with what it rested on (``CostMemoRow``):
 
-- ``basis``: a digest of the subscription revision, the listing and contract versions, the
-  window's start and billing period, and the *structure* of the charges (each price interval's
+- ``basis``: a digest of the subscription revision, the listing and contract versions (and the
+  listing's price-to-dimension mapping and fixed-fee choice), the window's start and billing
+  period, and the *structure* of the charges (each price interval's
   service and cadence periods; a fixed fee's accrued window when the listing reports it);
 - ``position``: the billing core's change-log watermark, read before the usage was;
 - ``window_end`` and the event names its usage reads.
@@ -52,8 +53,8 @@ def basis(window: Window) -> tuple[str, frozenset[str]]:
     """Return the digest of what the window's cost depends on besides usage and where its usage
     windows end, and the metric ids whose usage it reads."""
     contract, listing, sub, start, end, period_start = window
-    named = {ref for d in dimensions_of(listing.dimension, listing.unit_price, listing.dimensions)
-             for ref in d.prices or ()}
+    dimensions = dimensions_of(listing.dimension, listing.unit_price, listing.dimensions)
+    named = {ref for d in dimensions for ref in d.prices or ()}
     charges = []
     metrics = set()
     for charge in charges_for_timeframe(sub, start, end):
@@ -68,8 +69,10 @@ def basis(window: Window) -> tuple[str, frozenset[str]]:
             metrics.add(str(price.metric_id))
             charges.append([charge.interval.id, "usage", _period(charge.service), _period(charge.full),
                             charge.usage_window.start.isoformat()])
+    mapping = [[d.name, sorted(d.prices) if d.prices is not None else None] for d in dimensions]
     listed = [sub.id, len(sub.edits), contract.id, _stamp(contract.updated_at), listing.id,
-              _stamp(listing.updated_at), start.isoformat(), period_start.isoformat(), charges]
+              _stamp(listing.updated_at), mapping, bool(listing.include_fixed_fees), start.isoformat(),
+              period_start.isoformat(), charges]
     return hashlib.sha256(json.dumps(listed, separators=(",", ":")).encode()).hexdigest(), frozenset(metrics)
 
 

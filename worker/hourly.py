@@ -32,7 +32,7 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session
 
 from billing_core import (
-    OutOfRange, SqlSubscriptions, Subscription, billing_period, costs, costs_each, usage_source, watermark,
+    BatchSqlUsageSource, OutOfRange, SqlSubscriptions, Subscription, billing_period, costs, costs_each, usage_source, watermark,
 )
 from billing_core.money import exact
 from marketplaces import rules
@@ -245,6 +245,40 @@ def prepare_many(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *
             for contract, listing, _sub, _start, _end, period_start in todo if contract.id not in failed]
     out.update(ledger.record(engine, dues, stamp, now=now, kind=kind))
     return out
+
+
+def verify_carried(engine: Engine, *, now: datetime) -> tuple[int, list[str]]:
+    """Check every cost the next hourly run would carry forward against a computation from
+    scratch; return (checked, differences) (``marketsync verify``, the fault suite, bench.sync)."""
+    position = watermark(engine)
+    windows = []
+    ids = syncable_contracts(engine)
+    for chunk in range(0, len(ids), 500):
+        for loaded in _load_many(engine, ids[chunk:chunk + 500]).values():
+            if isinstance(loaded, SyncError):
+                continue
+            contract, listing, sub = loaded
+            stamp = hour_floor(now)
+            if _unreportable(contract, listing, sub, stamp) is None:
+                window = (contract, listing, sub, *cost_window(sub, contract, listing, stamp=stamp, now=now))
+                if window[4] > window[3]:
+                    windows.append(window)
+
+    carried = cost_memo.reuse(engine, windows, position=position, until=now)
+    todo = [w for w in windows if w[0].id in carried]
+    differences: list[str] = []
+    raw = BatchSqlUsageSource(engine)  # from the events themselves, not from fragments
+    for chunk in range(0, len(todo), 500):
+        part = todo[chunk:chunk + 500]
+        results = costs_each([(sub, start, end) for _, _, sub, start, end, _ in part], raw)
+        for (contract, listing, *_rest), result in zip(part, results):
+            try:
+                fresh: Any = result if isinstance(result, OutOfRange) else _costs(result, contract, listing)
+            except UnmappedPrice as exc:
+                fresh = exc
+            if fresh != carried[contract.id]:
+                differences.append(f"contract {contract.id}: carried {carried[contract.id]} != from scratch {fresh}")
+    return len(carried), differences
 
 
 def _memos(fresh: Sequence[cost_memo.Window], totals: dict[str, dict[str, Decimal]], failed: Any,

@@ -43,7 +43,7 @@ from marketplaces.emulators.server import EmulatorServer
 from tests.worker.sync_support import (
     DIMENSION, SyncEnv, emulator_factory, ingest, map_contract, setup_billing, setup_two_dimension_billing,
 )
-from worker import ledger
+from worker import hourly, ledger
 from worker.persistence.ledger import ContractSyncRow, DimensionSyncRow, LedgerRow
 from worker.runtime import QUEUE_NAMES
 
@@ -505,6 +505,9 @@ def assert_exact(engine: Engine, markets: Marketplaces, book: Book, *, context: 
     # The usage fragments the workers' reads stored equal a computation from the events (docs/architecture.md §6).
     checked, _, differences = verify_fragments(engine)
     assert not differences, f"usage fragments differ from the events ({checked} checked): {differences[:3]} {context}"
+    # So do the costs the next hourly run would carry forward (worker/cost_memo.py).
+    carried, wrong = hourly.verify_carried(engine, now=now_utc())
+    assert not wrong, f"carried costs differ from a computation from scratch ({carried} checked): {wrong[:3]} {context}"
     by_status: dict[str, int] = {}
     for row in rows:
         by_status[row.status] = by_status.get(row.status, 0) + 1

@@ -241,3 +241,25 @@ def test_a_price_starting_between_two_runs_is_not_carried_over(engine: Engine) -
     later = clock + timedelta(hours=1)
     hourly.prepare_many(engine, [contract], START + timedelta(hours=2), now=later)
     assert _stored(engine, contract) == _fresh(engine, contract, START + timedelta(hours=2), later) != before
+
+
+def test_verify_recomputes_what_would_be_carried_and_names_a_difference(engine: Engine) -> None:
+    """`marketsync verify`'s second half: a stored cost that no longer equals the events is named."""
+    setup_two_dimension_billing(engine)
+    setup_billing(engine)
+    now = datetime.now(UTC)
+    world = _world(engine, now)
+    with Session(engine) as session:
+        ingest_events(SqlEventStore(session), [{"idempotency_key": "v1", "customer_id": world["customers"][0],
+                                                "event_name": "api_call", "timestamp": (now - timedelta(minutes=9)).isoformat(),
+                                                "properties": {"tokens": 40}}], now=now)
+        session.commit()
+    hourly.prepare_many(engine, world["contracts"], hourly.hour_floor(now), now=now)
+    checked, wrong = hourly.verify_carried(engine, now=now)
+    assert checked >= 1 and wrong == []
+    with Session(engine) as session:  # a cache gone wrong (as a bug would leave it)
+        session.execute(update(CostMemoRow).where(CostMemoRow.contract_id == world["contracts"][0]).values(
+            costs='{"api_calls": "0.0007", "usage_fee": "9.99"}'))
+        session.commit()
+    checked, wrong = hourly.verify_carried(engine, now=now)
+    assert len(wrong) == 1 and world["contracts"][0] in wrong[0] and "9.99" in wrong[0]
