@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -37,7 +37,7 @@ from worker.metering import dimensions_of
 from worker.persistence.contracts import ContractRow, ListingRow
 from worker.persistence.cost_memo import cost_memo_table
 
-__all__ = ["Computed", "basis", "forget", "reuse", "store"]
+__all__ = ["Computed", "Window", "basis", "reuse", "store"]
 
 # (contract, listing, subscription, window start, window end, period start)
 Window = tuple[ContractRow, ListingRow, Subscription, datetime, datetime, datetime]
@@ -133,14 +133,5 @@ def store(engine: Engine, computed: Sequence[Computed], *, position: int, now: d
         pass
 
 
-def forget(engine: Engine, contract_ids: Sequence[str]) -> None:
-    """Drop the stored costs of these contracts (their next run computes them)."""
-    if contract_ids:
-        with engine.begin() as conn:
-            conn.execute(delete(cost_memo_table).where(cost_memo_table.c.contract_id.in_(list(contract_ids))))
-
-
 def _utc(value: datetime) -> datetime:
-    from worker.ledger import utc
-
-    return utc(value)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
