@@ -48,6 +48,7 @@ NOW = datetime(2026, 12, 15, tzinfo=timezone.utc)
 DAY0 = datetime(2026, 11, 9, tzinfo=timezone.utc)
 SPAN = 4 * 24 * 3600  # seconds of event time: four whole days from DAY0
 WRITE_SECONDS = 2.5
+MIN_READS = 12  # reads that must start while the writes commit
 SETUP_EVENTS = 150
 METRICS = {"m_sum": MetricDefinition("call", "sum", "n"), "m_count": MetricDefinition("call", "count")}
 GROUPINGS: tuple[tuple[str, ...], ...] = ((), ("g",))
@@ -91,7 +92,7 @@ def _random_event(rng: random.Random, key: str, customers: list[str]) -> dict[st
 
 # --- the two processes (module-level, so ``spawn`` can import them) ---------------------------------
 
-def _run_child(role: str, url: str, out: str, ready: Any, go: Any, done: Any, seed: int) -> None:
+def _run_child(role: str, url: str, out: str, ready: Any, go: Any, done: Any, seed: int, reads: Any) -> None:
     engine = build_engine(url)
     try:
         with engine.connect():  # connect before the start, so both processes begin at once
@@ -99,7 +100,7 @@ def _run_child(role: str, url: str, out: str, ready: Any, go: Any, done: Any, se
         ready.set()
         if not go.wait(60):
             raise TimeoutError("the test never said go")
-        result = _writer(engine, seed, done) if role == "writer" else _reader(engine, seed, done)
+        result = _writer(engine, seed, done, reads) if role == "writer" else _reader(engine, seed, done, reads)
         Path(out).write_text(json.dumps(result, default=str))  # values (Decimal) as text
     except BaseException:
         Path(out).write_text(json.dumps({"error": traceback.format_exc()}))
@@ -110,8 +111,10 @@ def _run_child(role: str, url: str, out: str, ready: Any, go: Any, done: Any, se
         engine.dispose()
 
 
-def _writer(engine: Engine, seed: int, done: Any) -> dict[str, Any]:
-    """Commit one change per transaction for WRITE_SECONDS; return the log of what was committed."""
+def _writer(engine: Engine, seed: int, done: Any, reads: Any) -> dict[str, Any]:
+    """Commit one change per transaction for WRITE_SECONDS (longer, up to 8 times, until the
+    reader has read MIN_READS times: a loaded machine reads slower); return the log of what was
+    committed."""
     rng = random.Random(seed)
     log: list[list[Any]] = []  # [kind, ..., committed at (monotonic)]
     live = [f"s{i}" for i in range(SETUP_EVENTS)]  # keys that may be amended or deprecated
@@ -120,7 +123,11 @@ def _writer(engine: Engine, seed: int, done: Any) -> dict[str, Any]:
     counter = 0
     started = time.monotonic()
     created_c4 = False
-    while time.monotonic() - started < WRITE_SECONDS:
+    def writing() -> bool:
+        elapsed = time.monotonic() - started
+        return elapsed < WRITE_SECONDS or (reads.value < MIN_READS and elapsed < WRITE_SECONDS * 8)
+
+    while writing():
         roll = rng.random()
         if not created_c4 and time.monotonic() - started > WRITE_SECONDS * 0.4:
             with write_lock(engine), session_scope(engine) as session:
@@ -160,11 +167,11 @@ def _writer(engine: Engine, seed: int, done: Any) -> dict[str, Any]:
     return {"log": log}
 
 
-def _reader(engine: Engine, seed: int, done: Any) -> dict[str, Any]:
+def _reader(engine: Engine, seed: int, done: Any, count: Any) -> dict[str, Any]:
     """Read usage through fragments until the writer is done; return when each read started."""
     rng = random.Random(seed)
     reads: list[float] = []
-    deadline = time.monotonic() + WRITE_SECONDS + 20
+    deadline = time.monotonic() + WRITE_SECONDS * 8 + 20
     while not done.is_set() and time.monotonic() < deadline:
         source = FragmentUsageSource(engine)
         if rng.random() < 0.7:
@@ -174,6 +181,8 @@ def _reader(engine: Engine, seed: int, done: Any) -> dict[str, Any]:
             lo, hi = min(a, b), max(a, b) + 1
         reads.append(time.monotonic())
         source.usage_bulk(rng.choice(list(METRICS)), IDS, *_window(lo, hi), rng.choice(GROUPINGS))
+        with count.get_lock():
+            count.value += 1
     return {"reads": reads}
 
 
@@ -229,11 +238,12 @@ def test_events_committed_while_fragments_are_computed_are_never_lost(any_engine
 
     ctx = multiprocessing.get_context("spawn")
     ready_w, ready_r, go, done = ctx.Event(), ctx.Event(), ctx.Event(), ctx.Event()
+    reads_count = ctx.Value("i", 0)
     seed = int(os.environ.get("FRAGMENT_CONCURRENCY_SEED") or random.randrange(1 << 30))  # the writes' choices
     outs = {role: tmp_path / f"{role}.json" for role in ("writer", "reader")}
     procs = {
         role: ctx.Process(target=_run_child, name=f"fragments-{role}",
-                          args=(role, any_url, str(outs[role]), ready, go, done, seed + n))
+                          args=(role, any_url, str(outs[role]), ready, go, done, seed + n, reads_count))
         for n, (role, ready) in enumerate((("writer", ready_w), ("reader", ready_r)))
     }
     for proc in procs.values():
@@ -242,7 +252,7 @@ def test_events_committed_while_fragments_are_computed_are_never_lost(any_engine
         assert ready_w.wait(60) and ready_r.wait(60), "a child process did not start"
         go.set()
         for proc in procs.values():
-            proc.join(WRITE_SECONDS + 40)
+            proc.join(WRITE_SECONDS * 8 + 40)
     finally:
         for proc in procs.values():
             if proc.is_alive():
