@@ -406,7 +406,8 @@ def patch_contract(engine: Engine, contract_id: str, billing: BillingGateway, *,
     """Attach a subscription and/or merge custom properties (a None value removes the key).
 
     ``unmap`` detaches the contract from its subscription (nothing to do when it has none): the
-    contract becomes unmapped and stops reporting; the subscription itself is left as it is, and
+    contract becomes unmapped and stops reporting (refused while it is canceled and owes its
+    final report: ``MappingConflict``); the subscription itself is left as it is, and
     the contract keeps its customer, so it can only be mapped again to that customer's subscriptions.
 
     Atomic: the row is read under the write lock (``get_for_update``), so concurrent patches
@@ -420,6 +421,11 @@ def patch_contract(engine: Engine, contract_id: str, billing: BillingGateway, *,
         row = get_for_update(session, ContractRow, contract_id)
         if row is None:
             raise ContractNotFound(f"no contract {contract_id!r}")
+        if unmap and row.subscription_id and row.status == ContractStatus.CANCELED:
+            # Its final usage is still owed to the marketplace, and only a mapped contract reports.
+            raise MappingConflict(
+                f"contract {contract_id} is canceled and still owes its final usage report: it can be "
+                "unmapped once it is closed")
         if unmap and row.subscription_id:
             previous = row.subscription_id
             row.subscription_id = None

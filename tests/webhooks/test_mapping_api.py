@@ -213,3 +213,29 @@ def test_patch_custom_properties_merge(app, client, auth_headers, billing) -> No
     bad = client.patch(url, json={"custom_properties": {"nested": {"a": 1}}}, headers=auth_headers)
     assert bad.status_code == 400 and "nested" in bad.json["detail"]
     assert client.patch("/v1/contracts/ctr_nope", json={"custom_properties": {}}, headers=auth_headers).status_code == 404
+
+
+def test_unmapping_a_canceled_contract_that_owes_its_final_report_is_refused(app, client, auth_headers,  # type: ignore[no-untyped-def]
+                                                                             billing) -> None:
+    """A canceled contract reports its final usage only while mapped: unmapping it is a 409 that
+    says why, and changes nothing; once closed it may be unmapped."""
+    engine = app.extensions["marketsync"].engine
+    url, sub = _unmapped_contract(app, client, auth_headers, billing, "owes")
+    assert client.patch(url, json=_associations(orb=sub), headers=auth_headers).status_code == 200
+    contract_id = url.rsplit("/", 1)[1]
+    with Session(engine) as s:
+        row = s.get(ContractRow, contract_id)
+        row.status = "canceled"
+        s.add(row)
+        s.commit()
+    refused = client.patch(url, json=_associations(orb=None), headers=auth_headers)
+    assert refused.status_code == 409, refused.json
+    assert "final usage report" in refused.json["detail"]
+    with Session(engine) as s:
+        assert s.get(ContractRow, contract_id).subscription_id == sub
+    with Session(engine) as s:
+        row = s.get(ContractRow, contract_id)
+        row.status = "closed"
+        s.add(row)
+        s.commit()
+    assert client.patch(url, json=_associations(orb=None), headers=auth_headers).status_code == 200
