@@ -178,6 +178,8 @@ def map_contract(session: Session, row: ContractRow, billing: BillingGateway, *,
     if row.subscription_id:
         row.mapping_status, row.mapping_reason = MappingStatus.MAPPED, ""
         return "already mapped"
+    if row.operator_unmapped:
+        return "left unmapped: an operator unmapped this contract (map it with PATCH /v1/contracts/{id})"
     with session.no_autoflush:  # keep our changes unflushed (no write lock) while billing writes
         listing = find_listing(session, row.marketplace, row.cloud_identifiers or {}, plan)
     if listing is None:
@@ -429,7 +431,7 @@ def patch_contract(engine: Engine, contract_id: str, billing: BillingGateway, *,
         if unmap and row.subscription_id:
             previous = row.subscription_id
             row.subscription_id = None
-            row.mapping_status = MappingStatus.UNMAPPED
+            row.mapping_status, row.operator_unmapped = MappingStatus.UNMAPPED, True
             row.mapping_reason = (f"unmapped from subscription {previous!r} by an operator: "
                                   "map it to a subscription (PATCH /v1/contracts/{id})")
         if subscription_id is not None and subscription_id != row.subscription_id:
@@ -448,7 +450,7 @@ def patch_contract(engine: Engine, contract_id: str, billing: BillingGateway, *,
             if row.subscription_id:
                 raise MappingConflict(f"contract is already mapped to subscription {row.subscription_id!r}")
             row.subscription_id, row.customer_id = subscription_id, owner
-            row.mapping_status, row.mapping_reason = MappingStatus.MAPPED, ""
+            row.mapping_status, row.mapping_reason, row.operator_unmapped = MappingStatus.MAPPED, "", False
         if custom_properties is not None:
             merged = dict(row.custom_properties or {})
             for key, value in custom_properties.items():

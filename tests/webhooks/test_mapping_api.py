@@ -239,3 +239,31 @@ def test_unmapping_a_canceled_contract_that_owes_its_final_report_is_refused(app
         s.add(row)
         s.commit()
     assert client.patch(url, json=_associations(orb=None), headers=auth_headers).status_code == 200
+
+
+def test_a_contract_an_operator_unmapped_stays_unmapped_through_lifecycle_events(app, client, auth_headers,  # type: ignore[no-untyped-def]
+                                                                                 billing) -> None:
+    """Once an operator unmaps a contract, a later contract.modified (or a creation delivered
+    again) does not map it back to its old subscription; the operator's next mapping does."""
+    engine = app.extensions["marketsync"].engine
+    _add_listing(engine)
+    _post(client, _event(contract_id="ctr_op"), delivery_id="op1")
+    _run_queue(app)
+    contract = [c for c in client.get("/v1/contracts", headers=auth_headers).json["results"]
+                if c["external_id"] == "ctr_op"][0]
+    assert contract["mapping"]["status"] == "mapped"
+    url, sub = f"/v1/contracts/{contract['id']}", contract["mapping"]["subscription_id"]
+    assert client.patch(url, json=_associations(orb=None), headers=auth_headers).status_code == 200
+    _post(client, _event("contract.modified", contract_id="ctr_op",
+                         pricing={"currency": "USD", "dimensions": [{"name": "usage_cost", "unit_price": "0.02"}]}),
+          delivery_id="op2")
+    again = _event(contract_id="ctr_op")
+    again["id"] = "evt_created_again"
+    _post(client, again, delivery_id="op3")
+    _run_queue(app)
+    after = client.get(url, headers=auth_headers).json
+    assert after["mapping"]["status"] == "unmapped" and after["mapping"]["subscription_id"] is None, after["mapping"]
+    remapped = client.patch(url, json=_associations(orb=sub), headers=auth_headers)
+    assert remapped.status_code == 200 and remapped.json["mapping"]["subscription_id"] == sub
+    with Session(engine) as s:
+        assert s.get(ContractRow, contract["id"]).operator_unmapped is False

@@ -75,6 +75,9 @@ class ContractRow(SQLModel, table=True):
     custom_properties: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     mapping_status: str = Field(default="unmapped", max_length=16)
     mapping_reason: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    # Unmapped by an operator: lifecycle events (a creation applied again, a modification) leave
+    # it unmapped; mapping it through the API or the dashboard clears this.
+    operator_unmapped: bool = Field(default=False)
     customer_id: Optional[str] = Field(default=None, max_length=64)
     subscription_id: Optional[str] = Field(default=None, max_length=64)
     started_at: Optional[datetime] = Field(default=None)
