@@ -46,11 +46,10 @@ from worker.metering import UnmappedPrice, units_for
 from worker.persistence.contracts import ContractRow, ListingRow
 from worker.persistence.ledger import LedgerRow
 from worker.reports import month_bounds, safe_cell
+from worker.statuses import ContractStatus, LedgerStatus
 
 __all__ = ["CSV_COLUMNS", "EMULATOR", "LEDGER", "READ_BACK", "Line", "Reconciliation", "accepted_usage", "as_csv",
-           "as_rows", "emulator_usage",
-           "units_text", "month_bounds", "read_back", "reconcile", "record_identifiers"]
-from worker.statuses import ContractStatus, LedgerStatus
+           "as_rows", "emulator_usage", "marketplaces_in_use", "month_bounds", "read_back", "reconcile", "record_identifiers", "units_text"]
 
 log = get_logger("marketsync.reconcile")
 
@@ -133,6 +132,12 @@ def accepted_usage(runtime: Any, month: str, marketplaces: Iterable[str] | None 
             continue
         accepted[name], sources[name] = None, LEDGER
     return accepted, sources
+
+
+def marketplaces_in_use(engine: Engine) -> list[str]:
+    """Return the marketplaces that have contracts (only those are asked what they accepted)."""
+    with Session(engine) as session:
+        return sorted(str(m) for m in session.execute(select(ContractRow.marketplace).distinct()).scalars())
 
 
 def emulator_usage(base_url: str, marketplace: str, start: datetime, end: datetime,

@@ -172,3 +172,48 @@ def test_csv_neutralises_text_from_outside() -> None:
                           hour=datetime(2026, 11, 1, tzinfo=UTC), reported=3, accepted=Decimal(3))
     text = reconcile.as_csv(reconcile.Reconciliation(month="2026-11", lines=(line,), sources={}))
     assert text.splitlines()[0].startswith("contract_id,marketplace") and "'=cmd()" in text
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+from click.testing import CliRunner  # noqa: E402
+
+from tests.worker.test_sync_jobs import aws_server, env as aws_env  # noqa: E402,F401
+from worker.cli import main  # noqa: E402
+
+
+def test_cli_reconcile(aws_env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """`marketsync reconcile` prints the month's lines, exits 1 on a discrepancy, writes CSV, and refuses a bad month."""
+    environment, runtime = aws_env
+    for key, value in {"DATABASE_URL": runtime.settings.database_url, "REDIS_URL": runtime.settings.REDIS_URL,
+                       "AWS_EMULATOR_PORT": str(environment.server.port), "EMULATOR_HOST": "127.0.0.1"}.items():
+        monkeypatch.setenv(key, value)
+    start = start_of_test_window()
+    contract, customer = map_contract(environment, start=start)
+    ingest(environment.engine, customer, 4321, start + timedelta(minutes=5))
+    hourly.report_contract(environment.engine, environment.adapter, contract, start, now=datetime.now(UTC))
+    runner = CliRunner()
+    month = f"{start:%Y-%m}"
+    clean = runner.invoke(main, ["reconcile", "--month", month])
+    assert clean.exit_code == 0, clean.output
+    assert "aws: accepted units from the emulator's records" in clean.output
+    assert contract in clean.output and "0 discrepancies" in clean.output
+    mine = [line.split() for line in clean.output.splitlines() if line.startswith(contract)]
+    assert mine == [[contract, "aws", "usage_cost", f"{start:%Y-%m-%d}", f"{start:%H:00}", "432", "432", "accepted"],
+                    [contract, "aws", "usage_cost", "from", f"{start:%Y-%m-%d}", f"{start:%H:00}", "432", "432"]]
+    _set_status(environment.engine, contract, start, "expired")
+    dirty = runner.invoke(main, ["reconcile", "--month", month])
+    assert dirty.exit_code == 1, dirty.output
+    assert "expired: past the marketplace's window" in dirty.output and "1 discrepancy" in dirty.output
+    # Discrepancies first: the first line after the header is the expired hour.
+    lines = dirty.output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("contract"))
+    assert "expired" in lines[header + 1]
+    as_csv = runner.invoke(main, ["reconcile", "--month", month, "--csv"])
+    assert as_csv.exit_code == 1
+    rows = as_csv.output.splitlines()
+    assert rows[0] == ",".join(reconcile.CSV_COLUMNS) and any(",expired," in row for row in rows[1:])
+    bad = runner.invoke(main, ["reconcile", "--month", "2026-13"])
+    assert bad.exit_code == 2 and "--month" in bad.output and "YYYY-MM" in bad.output
+    missing = runner.invoke(main, ["reconcile"])
+    assert missing.exit_code == 2 and "--month" in missing.output
