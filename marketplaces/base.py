@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import AbstractSet, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 
@@ -173,6 +174,50 @@ class MarketplaceAdapter(Protocol):
         Raise ``UnverifiedNotification`` (401) or ``MalformedNotification`` (400).
         """
         ...
+
+
+@dataclass(frozen=True)
+class AcceptedUsage:
+    """One quantity a marketplace says it holds for a customer, dimension and hour (its read-back).
+
+    ``identifiers`` uses the names of ``UsageRecord.identifiers`` (Azure: ``resource_id``) and
+    only names that identify the buyer or the product, so it matches a contract's record
+    identifiers; ``quantity`` is what was submitted and accepted, ``processed`` what the
+    marketplace's own pipeline processed so far (None: it does not say), ``status`` its own word
+    for the record's state (Azure's ``reconStatus``).
+    """
+
+    marketplace: Marketplace
+    identifiers: Mapping[str, str]
+    dimension: str
+    hour: datetime
+    quantity: Decimal
+    processed: Decimal | None = None
+    status: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class UsageReadBack(Protocol):
+    """The optional read of accepted usage; only marketplaces with such an API implement it (Azure).
+
+    AWS and Google have no API that lists accepted usage: their adapters do not offer
+    ``read_usage``, and ``read_back`` answers None for them.
+    """
+
+    def read_usage(self, start: datetime, end: datetime) -> list[AcceptedUsage]:
+        """Return the usage the marketplace holds for hours in [start, end), every customer.
+
+        Raise ``TransientMarketplaceError`` or ``PermanentMarketplaceError`` as ``report`` does.
+        """
+        ...
+
+
+def read_back(adapter: Any, start: datetime, end: datetime) -> list[AcceptedUsage] | None:
+    """Return the marketplace's own record of accepted usage in [start, end), or None: no read-back API."""
+    if not isinstance(adapter, UsageReadBack):
+        return None
+    return adapter.read_usage(start, end)
 
 
 def _hour(instant: datetime) -> datetime:

@@ -25,7 +25,7 @@ from flask import (
 from flask.typing import ResponseReturnValue
 
 from webhooks import sessions, throttle
-from worker import contracts, jobs, ledger, ops, reporting
+from worker import contracts, jobs, ledger, ops, reconcile, reporting
 from worker.runtime import QUEUE_NAMES
 
 bp = Blueprint("ops", __name__, url_prefix="/ops", template_folder="templates",
@@ -419,6 +419,23 @@ def sync_now(contract_id: str) -> ResponseReturnValue:
 def listing_list() -> ResponseReturnValue:
     """Every listing: product and plan, billing plan, dimension, unit price, close rounding."""
     return render_template("ops/listings.html", listings=ops.listing_rows(_runtime().engine))
+
+
+@bp.get("/reconciliation")
+def reconciliation() -> ResponseReturnValue:
+    """A month's reconciliation (``?month=YYYY-MM``, default this month): computed vs reported vs accepted
+    units per contract, dimension and hour, discrepancies first, each with its cause."""
+    month = (request.args.get("month") or _now().strftime("%Y-%m")).strip()
+    try:
+        reconcile.month_bounds(month)
+    except ValueError as exc:
+        error = f"month: {exc}"
+        return render_template("ops/reconciliation.html", month=month[:20], result=None, rows=[], error=error), 400
+    runtime = _runtime()
+    accepted, sources = reconcile.accepted_usage(runtime, month, reconcile.marketplaces_in_use(runtime.engine))
+    result = reconcile.reconcile(runtime.engine, month, accepted, now=_now(), sources=sources)
+    return render_template("ops/reconciliation.html", month=month, result=result, rows=reconcile.as_rows(result),
+                           error=None)
 
 
 @bp.get("/jobs/failed")

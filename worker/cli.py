@@ -307,6 +307,55 @@ def ledger(contract_id: str) -> None:
                    f"amount {item['amount']}{unpriced}")
 
 
+@main.command()
+@click.option("--month", required=True, help="The month to reconcile, YYYY-MM (UTC).")
+@click.option("--csv", "as_csv", is_flag=True, help="Print every line as CSV instead of a table.")
+def reconcile(month: str, as_csv: bool) -> None:
+    """Reconcile a month: per contract, dimension and hour, units computed vs reported vs accepted.
+
+    Accepted units come from Azure's usage-event read-back, the emulators' records in sandbox
+    mode, or the answers the ledger recorded (AWS and Google in live mode). Discrepancies are
+    listed first, each with its cause; the exit code is 1 when there is any.
+    """
+    from datetime import UTC, datetime
+
+    from worker import reconcile as reconciliation
+
+    try:
+        reconciliation.month_bounds(month)
+    except ValueError as exc:
+        raise click.BadParameter(f"{month!r}: {exc}", param_hint="--month") from None
+    runtime = _runtime()
+    try:
+        engine = runtime.engine
+        accepted, sources = reconciliation.accepted_usage(
+            runtime, month, reconciliation.marketplaces_in_use(engine))
+        result = reconciliation.reconcile(engine, month, accepted, now=datetime.now(UTC), sources=sources)
+    finally:
+        runtime.close()
+    if as_csv:
+        click.echo(reconciliation.as_csv(result), nl=False)
+    else:
+        for marketplace, source in result.sources.items():
+            click.echo(f"{marketplace}: accepted units from {source}")
+        rows = reconciliation.as_rows(result)
+        width = max([len("dimension"), *(len(r["dimension"]) for r in rows)])
+        click.echo(f"{'contract':26} {'market':6} {'dimension':{width}} {'hour / period (UTC)':22} {'computed':>9} "
+                   f"{'reported':>9} {'accepted':>9} {'status':9} cause")
+        for r in rows:
+            # An hour line names its hour; a period line the start of its billing period.
+            when = (r["hour"] or "")[:16].replace("T", " ") or f"from {(r['period_start'] or '')[:16].replace('T', ' ')}"
+            click.echo(f"{(r['contract_id'] or '(unknown)'):26} {r['marketplace']:6} {r['dimension']:{width}} "
+                       f"{when:22} {'' if r['computed'] is None else r['computed']:>9} "
+                       f"{'' if r['reported'] is None else r['reported']:>9} {r['accepted'] or '':>9} "
+                       f"{r['ledger_status']:9} {'; '.join(r['causes'])}"
+                       + (f" [{', '.join(f'{k}={v}' for k, v in sorted(r['identifiers'].items()))}]"
+                          if r["identifiers"] else ""))
+        click.echo(f"{len(rows)} line(s), {len(result.discrepancies)} discrepanc{'y' if len(result.discrepancies) == 1 else 'ies'}")
+    if result.discrepancies:
+        sys.exit(1)
+
+
 # --- run -----------------------------------------------------------------------------------------
 
 def procfile_commands(path: Path = PROCFILE) -> dict[str, str]:

@@ -30,6 +30,7 @@ from marketplaces.azure.auth import SandboxCredential, WebhookVerifier
 from marketplaces.azure.fulfillment import Fulfillment
 from marketplaces.azure.metering import Metering
 from marketplaces.azure.notifications import Notifications
+from marketplaces.azure.usage_events import UsageEvents
 from marketplaces.azure.wire import (
     API_VERSION,
     BATCH_LIMIT,
@@ -47,8 +48,8 @@ from marketplaces.azure.wire import (
 )
 
 
-class AzureMarketplace(Metering, Fulfillment, Notifications, ApiClient):
-    """The Azure SaaS adapter: metering, SaaS Fulfillment v2 calls and webhook parsing."""
+class AzureMarketplace(Metering, UsageEvents, Fulfillment, Notifications, ApiClient):
+    """The Azure SaaS adapter: metering and its read-back, SaaS Fulfillment v2 calls and webhook parsing."""
 
     marketplace = Marketplace.AZURE
 

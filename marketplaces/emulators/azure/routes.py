@@ -87,6 +87,12 @@ def batch_usage_event() -> Any:
     return jsonify({"count": len(results), "result": results})
 
 
+@api.get("/usageEvents")
+def usage_events() -> Any:
+    # The read-back answers a bare JSON array (docs/marketplaces.md §3.2a).
+    return jsonify(_state().usage_events(request.args, _app_id()))
+
+
 def _operation_location(op: _Operation) -> str:
     return (
         f"{request.host_url.rstrip('/')}/api/saas/subscriptions/{op.subscription_id}"
@@ -331,6 +337,11 @@ def lifecycle(sub_id: str, verb: str) -> Any:
               "unsubscribe": "Unsubscribe", "cancel": "Unsubscribe"}[verb]
     at = _as_time(_json_body().get("at"))
     return _notified(_state().transition(sub_id, action, at=at))
+
+
+@extras.post("/recon")
+def set_recon() -> Any:
+    return jsonify(_state().set_recon(_json_body()))
 
 
 @extras.get("/operations/<op_id>")

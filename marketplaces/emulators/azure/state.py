@@ -94,6 +94,9 @@ class AzureEmulatorState(ControlDefaults):
             self.subscriptions: dict[str, _Subscription] = {}
             self.operations: dict[str, _Operation] = {}
             self.usage: dict[tuple[str, str, datetime], dict[str, Any]] = {}
+            # What the read-back says of an accepted event (reconStatus, processedQuantity) when a
+            # test set it; otherwise an accepted event reads Accepted, processed in full.
+            self.recon: dict[tuple[str, str, datetime], dict[str, Any]] = {}
             self.deliveries: list[dict[str, Any]] = []
             self.faults.reset()
             self.faults.update(seed=settings["seed"])
@@ -292,6 +295,68 @@ class AzureEmulatorState(ControlDefaults):
             ]
             return {"totals": totals, "events": [dict(e) for e in self.usage.values()]}
 
+    def usage_events(self, args: Mapping[str, str], app_id: str) -> list[dict[str, Any]]:
+        """Answer ``GET /api/usageEvents``: the accepted events of hours in [usageStartDate, UsageEndDate).
+
+        ``usageStartDate`` is required (ISO 8601, a date or a date and time); ``UsageEndDate``
+        defaults to the current date, and a date without a time takes that whole day (a date and
+        time is an exclusive end; Microsoft documents neither); ``offerId``, ``planId``, ``dimension``,
+        ``azureSubscriptionId`` and ``reconStatus`` filter. Only the caller's own resources are listed.
+        """
+        query = {name.lower(): value for name, value in args.items()}
+        start = _query_time(query.get("usagestartdate"), "usageStartDate", required=True)
+        end = _query_time(query.get("usageenddate"), "UsageEndDate", required=False)
+        if end is None:
+            end = self.now().replace(hour=0, minute=0, second=0, microsecond=0)
+        if "T" not in (query.get("usageenddate") or ""):
+            end += timedelta(days=1)  # a date (the default: today) ends with that whole day
+        wanted = {name: query.get(name.lower()) for name in
+                  ("offerId", "planId", "dimension", "azureSubscriptionId", "reconStatus")}
+        out = []
+        with self.lock:
+            for (resource, dimension, hour), event in sorted(self.usage.items()):
+                if not start <= hour < end:
+                    continue
+                sub = self.subscriptions.get(resource)
+                if sub is None or sub.app_id != app_id:
+                    continue
+                recon = self.recon.get((resource, dimension, hour), {})
+                item = {
+                    "usageDate": _wire_time(hour),
+                    "usageResourceId": resource,
+                    "dimension": dimension,
+                    "planId": event.get("planId"),
+                    "planName": "",
+                    "offerId": sub.offer_id if sub else "",
+                    "offerName": "",
+                    "offerType": "SaaS",
+                    "azureSubscriptionId": sub.azure_subscription_id if sub else "",
+                    "reconStatus": recon.get("reconStatus", "Accepted"),
+                    "submittedQuantity": event["quantity"],
+                    "processedQuantity": recon.get("processedQuantity", event["quantity"]),
+                    "submittedCount": 1,
+                }
+                if all(not value or item[name] == value for name, value in wanted.items()):
+                    out.append(item)
+        return out
+
+    def set_recon(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Set what the read-back says of one accepted event (a test's Rejected or Mismatch)."""
+        try:
+            hour = _as_time(body["hour"]).replace(minute=0, second=0, microsecond=0)
+            key = (str(body["resource_id"]), str(body["dimension"]), hour)
+            status = str(body["recon_status"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise _Reject(400, "BadArgument", f"resource_id, dimension, hour and recon_status are required: {exc}") from None
+        with self.lock:
+            if key not in self.usage:
+                raise _Reject(404, "NotFound", "no accepted usage event for that resource, dimension and hour")
+            recon: dict[str, Any] = {"reconStatus": status}
+            if body.get("processed_quantity") is not None:
+                recon["processedQuantity"] = float(body["processed_quantity"])
+            self.recon[key] = recon
+            return {"resource_id": key[0], "dimension": key[1], "hour": _wire_time(hour), **recon}
+
     # Subscriptions -----------------------------------------------------------------------
 
     def create_subscription(self, body: dict[str, Any]) -> tuple[_Subscription, _Operation | None]:
@@ -318,6 +383,8 @@ class AzureEmulatorState(ControlDefaults):
             term_start=now.replace(hour=0, minute=0, second=0, microsecond=0),
             landing_token=secrets.token_urlsafe(24),
             landing_token_expires=now + self.landing_token_ttl,
+            azure_subscription_id=str(body.get("azure_subscription_id")
+                                      or uuid.uuid5(uuid.NAMESPACE_URL, f"azure-subscription:{sub_id}")),
         )
         with self.lock:
             if sub_id in self.subscriptions:
@@ -471,3 +538,15 @@ class AzureEmulatorState(ControlDefaults):
         with self.lock:
             self.deliveries.append(record)
         return record
+
+
+def _query_time(value: str | None, name: str, *, required: bool) -> datetime | None:
+    """Parse a usageEvents date parameter (a date, or a date and time; UTC when no offset is given)."""
+    if not value:
+        if required:
+            raise _Reject(400, "BadArgument", f"The {name} query parameter is required.")
+        return None
+    try:
+        return _as_time(value)
+    except ValueError:
+        raise _Reject(400, "BadArgument", f"The {name} query parameter is not an ISO 8601 date.") from None

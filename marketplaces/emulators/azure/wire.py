@@ -52,6 +52,8 @@ class _Subscription:
     landing_token: str
     landing_token_expires: datetime
     canceled_at: datetime | None = None
+    # The buyer's Azure subscription the SaaS subscription bills to (usageEvents' azureSubscriptionId).
+    azure_subscription_id: str = ""
 
 
 @dataclass
