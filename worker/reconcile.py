@@ -11,7 +11,9 @@ For a month (``YYYY-MM``, UTC) the reconciliation puts three records of the same
   cost gives (``floor(cost / unit price)``, the listing's close rounding once the final report
   was written), compared with the units the ledger counts as reported for that period. A period
   still open is computed as of the last run that wrote to it (what that run saw), a closed one
-  as of now (usage that arrived after its last report shows up as a difference).
+  as of now (usage that arrived after its last report shows up as a difference). A mapped
+  contract with no report stamped in the month gets a period line too when its billing period,
+  as of the month's end, holds units it never reported (its runs never happened).
 
 ``lines`` holds one line per (contract, dimension, hour) of the month — and per marketplace
 record no ledger row explains — plus one period line per (contract, dimension, billing period).
@@ -28,7 +30,7 @@ import csv
 import io
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -256,6 +258,7 @@ def reconcile(engine: Engine, month: str, accepted: Mapping[str, list[AcceptedUs
                               hour=usage.hour, accepted=usage.quantity, identifiers=dict(usage.identifiers),
                               causes=("accepted but not in the ledger: the record matches no contract",)))
     lines.extend(_period_lines(engine, rows, by_id, listings, subs, now=now))
+    lines.extend(_silent_lines(engine, {r.contract_id for r in rows}, start, end, now=now))
     ordered = sorted(lines, key=lambda l: (not l.discrepancy, l.contract_id or "", l.dimension, l.kind == "period",
                                            l.hour or l.period_start or start))
     used = {line.marketplace for line in lines}
@@ -374,6 +377,49 @@ def _period_lines(engine: Engine, rows: Sequence[LedgerRow], contracts: Mapping[
                           "(the cost fell after they were reported)",)
             out.append(Line(contract_id=contract_id, marketplace=marketplace, dimension=dim.name,
                             period_start=period_start, computed=computed, reported=count, causes=causes))
+    return out
+
+
+def _silent_lines(engine: Engine, reporting: set[str], start: datetime, end: datetime, *,
+                  now: datetime) -> list[Line]:
+    """Return a line for each mapped contract with no report stamped in the month whose billing
+    period, as of the month's end (or now), holds whole units it has not reported."""
+    with Session(engine) as session:
+        contracts = [c for c in session.execute(select(ContractRow).where(
+            ContractRow.subscription_id.is_not(None), ContractRow.listing_id.is_not(None))).scalars()
+            if c.id not in reporting and c.status != ContractStatus.PENDING]
+        listings = {l.id: l for l in session.execute(select(ListingRow).where(
+            ListingRow.id.in_({c.listing_id for c in contracts}))).scalars()}
+        subs = SqlSubscriptions(session).get_many({c.subscription_id for c in contracts})
+        counted = [(r.contract_id, utc(r.period_start), r.dimension, r.quantity) for r in session.execute(
+            select(LedgerRow).where(LedgerRow.contract_id.in_([c.id for c in contracts]),
+                                    LedgerRow.status.in_(list(COUNTED)))).scalars()]
+        session.expunge_all()
+    reported: dict[tuple[str, datetime, str], int] = defaultdict(int)
+    for contract_id, period_start, dimension, quantity in counted:
+        reported[(contract_id, period_start, dimension)] += quantity  # type: ignore[index]
+    until = min(end, now)
+    out: list[Line] = []
+    for contract in contracts:
+        listing, sub = listings.get(contract.listing_id or ""), subs.get(contract.subscription_id or "")
+        if listing is None or sub is None or until <= utc(sub.start):  # type: ignore[operator]
+            continue
+        stamp = hourly.hour_floor(until - timedelta(microseconds=1))
+        try:
+            cost, period_start = hourly.contract_cost(engine, sub, contract, listing, stamp=stamp, now=until)
+            dims = hourly.dimensions(contract, listing)
+        except (OutOfRange, UnmappedPrice, InvalidOperation, ValueError) as exc:
+            out.append(Line(contract_id=contract.id, marketplace=contract.marketplace, dimension="",
+                            period_start=None, causes=(f"cannot compute: {type(exc).__name__}: {_first_line(exc)}",)))
+            continue
+        for dim in sorted(dims, key=lambda d: d.name):
+            computed = units_for(cost.get(dim.name, Decimal(0)), dim.unit_price, "floor")
+            count = reported[(contract.id, utc(period_start), dim.name)]  # type: ignore[index]
+            if computed > count:
+                out.append(Line(contract_id=contract.id, marketplace=contract.marketplace, dimension=dim.name,
+                                period_start=period_start, computed=computed, reported=count,
+                                causes=(f"computed {computed} ≠ reported {count}: no report this month "
+                                        f"({contract.status}, mapped)",)))
     return out
 
 

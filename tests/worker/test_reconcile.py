@@ -217,3 +217,19 @@ def test_cli_reconcile(aws_env, monkeypatch: pytest.MonkeyPatch) -> None:  # typ
     assert bad.exit_code == 2 and "--month" in bad.output and "YYYY-MM" in bad.output
     missing = runner.invoke(main, ["reconcile"])
     assert missing.exit_code == 2 and "--month" in missing.output
+
+
+def test_a_mapped_contract_that_never_reported_is_listed(engine: Engine,
+                                                         emulator_servers: dict[str, EmulatorServer]) -> None:
+    """A mapped contract with usage but no report in the month (its runs never happened) is a
+    discrepancy: the units the billing core computes, none reported; one without usage is not."""
+    env = _env("azure", engine, emulator_servers)
+    start = start_of_test_window()
+    silent, customer = map_contract(env, start=start)
+    idle, _ = map_contract(env, start=start)
+    ingest(env.engine, customer, 5000, start + timedelta(minutes=5))  # 5.00 at 0.001: 500 units of 0.01
+    lines = _lines(env, [start], now=datetime.now(UTC))
+    [line] = [l for l in lines if l.contract_id == silent]
+    assert (line.computed, line.reported, line.discrepancy) == (500, 0, True)
+    assert "no report this month" in line.causes[0]
+    assert not [l for l in lines if l.contract_id == idle]
