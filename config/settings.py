@@ -18,6 +18,8 @@ from pydantic_settings import SettingsError as PydanticSettingsError
 _DB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgres")
 # A live service's keys must resist guessing: 32 random characters are ~190 bits.
 LIVE_MIN_SECRET_LENGTH = 32
+# Settings whose values are secrets: never shown in redacted settings or in a startup error.
+SECRET_SETTINGS = ("API_KEYS", "WEBHOOK_SECRETS", "SECRET_KEY", "AZURE_CLIENT_SECRET", "AWS_EVENTBRIDGE_SECRETS")
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -70,6 +72,9 @@ class Settings(BaseSettings):
     AWS_METERING_RPS: float = Field(default=10.0, ge=0)  # BatchMeterUsage calls/s across all workers; 0 = unpaced
     USAGE_FRAGMENTS: bool = True  # the hourly sync reads usage fragments; false reads every event (escape hatch)
     AWS_SNS_TOPIC_ARNS: Annotated[tuple[str, ...], NoDecode] = ()  # empty = any topic
+    # Shared secrets an EventBridge API destination sends as 'Authorization: Bearer <secret>' (several:
+    # rotation); empty = the API keys are accepted there instead.
+    AWS_EVENTBRIDGE_SECRETS: Annotated[tuple[str, ...], NoDecode] = ()
     AZURE_TENANT_ID: str = ""
     AZURE_CLIENT_ID: str = ""
     AZURE_CLIENT_SECRET: str = ""
@@ -89,7 +94,7 @@ class Settings(BaseSettings):
     # prometheus_client's own variable: read from the process environment by it, here by /metrics.
     PROMETHEUS_MULTIPROC_DIR: Path | None = None  # unset: marketsync run uses DATA_DIR/metrics
 
-    @field_validator("API_KEYS", "WEBHOOK_SECRETS", "AWS_SNS_TOPIC_ARNS", mode="before")
+    @field_validator("API_KEYS", "WEBHOOK_SECRETS", "AWS_SNS_TOPIC_ARNS", "AWS_EVENTBRIDGE_SECRETS", mode="before")
     @classmethod
     def _csv(cls, value: object) -> tuple[str, ...]:
         return _split_csv(value)
@@ -105,7 +110,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("API_KEYS", "SECRET_KEY")
+    @field_validator("API_KEYS", "SECRET_KEY", "AWS_EVENTBRIDGE_SECRETS")
     @classmethod
     def _live_length(cls, value: tuple[str, ...] | str, info: ValidationInfo) -> tuple[str, ...] | str:
         if info.data.get("MARKETPLACE_MODE") != "live":
@@ -182,7 +187,7 @@ class Settings(BaseSettings):
 
     def redacted(self) -> dict[str, object]:
         """Return the settings as a dict with every secret replaced by ``***``."""
-        secret_names = {"API_KEYS", "WEBHOOK_SECRETS", "SECRET_KEY", "AZURE_CLIENT_SECRET"}
+        secret_names = set(SECRET_SETTINGS)
         out: dict[str, object] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
@@ -195,7 +200,7 @@ class Settings(BaseSettings):
 
     def secrets(self) -> tuple[str, ...]:
         """Return every configured secret value (for scrubbing logs and errors)."""
-        values = [*self.API_KEYS, *self.WEBHOOK_SECRETS]
+        values = [*self.API_KEYS, *self.WEBHOOK_SECRETS, *self.AWS_EVENTBRIDGE_SECRETS]
         for extra in (self.SECRET_KEY, self.AZURE_CLIENT_SECRET):
             if extra:
                 values.append(extra)
@@ -225,7 +230,7 @@ class Settings(BaseSettings):
                 field = ".".join(str(p) for p in err["loc"]) or "settings"
                 message = err["msg"].removeprefix("Value error, ")
                 value = err.get("input")
-                shown = "" if field in {"API_KEYS", "WEBHOOK_SECRETS", "SECRET_KEY", "AZURE_CLIENT_SECRET"} else f" (got {value!r})"
+                shown = "" if field in SECRET_SETTINGS else f" (got {value!r})"
                 problems.append(f"{field}: {message}{shown}")
             raise SettingsError(problems) from None
 

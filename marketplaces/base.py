@@ -225,11 +225,29 @@ def _hour(instant: datetime) -> datetime:
 
 
 @dataclass(frozen=True)
+class FlushPlan:
+    """When a canceled contract's flushes run (``MarketplaceRules.flush_plan``).
+
+    ``now``: the flush to run at once (None: none, the final flush alone reports); ``final_at``:
+    the final flush; ``deadline``: until when the marketplace takes the final usage.
+    """
+
+    now: datetime | None
+    final_at: datetime
+    deadline: datetime
+
+
+@dataclass(frozen=True)
 class MarketplaceRules:
     """What the sync needs to know of one marketplace, so the worker never branches on its name.
 
     - ``batch_size``: ledger rows per send;
     - ``final_usage_window``: how long after a cancellation the marketplace still takes usage;
+    - ``window_opens_at_cancellation``: the window runs from the cancellation's own instant (AWS:
+      one hour from the deprovisioning), not from when marketsync received the message; the
+      earlier of the two counts, so a late delivery never lengthens it;
+    - ``final_flush_lead``: the final flush is planned at least this long before the deadline, so
+      its retries and the watchdog's alert fit inside the window;
     - ``hourly_zero_record``: send a zero-quantity record in hours without usage (a heartbeat);
     - ``flush_lookback_hours``: 0 means a flush takes the current hour or waits for the next;
       above 0, a flush may take the latest unused hour within that many hours back, never an
@@ -266,6 +284,33 @@ class MarketplaceRules:
     report_window: timedelta | None = None
     hold_while_suspended: bool = False
     pinned_record_id: Callable[[UsageRecord], str] | None = None
+    window_opens_at_cancellation: bool = False
+    final_flush_lead: timedelta = timedelta(minutes=20)
+
+    def final_usage_deadline(self, received_at: datetime, effective_at: datetime | None) -> datetime:
+        """Return until when the marketplace takes a canceled contract's final usage."""
+        opened = received_at
+        if self.window_opens_at_cancellation and effective_at is not None:
+            opened = min(received_at, effective_at)
+        return opened + self.final_usage_window
+
+    def flush_plan(self, received_at: datetime, effective_at: datetime | None, now: datetime,
+                   grace: timedelta) -> "FlushPlan":
+        """Return when a cancellation's flushes run: the final one after the usage grace, but no later
+        than ``final_flush_lead`` before the deadline (at once when that has passed); a flush now too,
+        unless it would take the hour stamp the final one needs.
+
+        With ``flush_lookback_hours`` 0 a flush reports under the current hour and a second flush in
+        that hour must wait for the next boundary. When that boundary comes later than the latest
+        moment the final flush may run, a flush now would leave the final usage no hour inside the
+        window: then the final flush alone reports, under the current hour.
+        """
+        deadline = self.final_usage_deadline(received_at, effective_at)
+        final_at = max(now, min(now + grace, deadline - self.final_flush_lead))
+        flush_now = final_at > now
+        if flush_now and not self.flush_lookback_hours and _hour(final_at) == _hour(now):
+            flush_now = _hour(now) + timedelta(hours=1) <= deadline - self.final_flush_lead
+        return FlushPlan(now=now if flush_now else None, final_at=final_at, deadline=deadline)
 
     def expires_at(self, hour: datetime) -> datetime | None:
         """Return when a report stamped ``hour`` can no longer be accepted (None: never, as far as documented)."""

@@ -78,11 +78,22 @@ def aws_sns() -> ResponseReturnValue:
 @bp.post("/aws/events")
 @documented(body=MarketplaceNotification, response=DeliveryAccepted, status=202)
 def aws_events() -> ResponseReturnValue:
-    """Receive an EventBridge agreement/license event (API-destination Bearer key)."""
-    keys = _runtime().settings.API_KEYS
+    """Receive an EventBridge agreement/license event from an API destination (shared-secret header).
+
+    The API destination's connection adds ``Authorization: Bearer <secret>``; the secret is one of
+    ``AWS_EVENTBRIDGE_SECRETS`` (the API keys when that is unset), compared in constant time with
+    every configured value. The answer never repeats what was sent.
+    """
+    settings = _runtime().settings
+    secrets = settings.AWS_EVENTBRIDGE_SECRETS or settings.API_KEYS
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
-        raise _unauthorized("EventBridge deliveries need 'Authorization: Bearer <api key>'")
+    presented = token.strip().encode("utf-8", errors="replace")
+    matched = False
+    for secret in secrets:  # no early exit: the time taken does not tell which entry matched
+        matched |= hmac.compare_digest(presented, secret.encode("utf-8"))
+    if scheme.lower() != "bearer" or not presented or not matched:
+        raise _unauthorized("EventBridge deliveries need 'Authorization: Bearer <secret>' with a secret of "
+                            "AWS_EVENTBRIDGE_SECRETS (the API keys when it is unset)")
     # Never let an EventBridge delivery be taken for an SNS one.
     headers = {k: v for k, v in request.headers.items() if k.lower() != "x-amz-sns-message-type"}
     return _native("aws", "aws_events", headers)

@@ -1,10 +1,13 @@
 """Cancellation: the flushes of a canceled contract's final usage, its deadline, closing, unbillable usage.
 
-On a cancellation the subscription ends and two flushes are enqueued (``queueing.schedule_flushes``):
-one at once and the final one after the usage grace. A flush reports under the hour stamp the
-marketplace's rules give (``MarketplaceRules.flush_stamp``) or, when none is free now, asks to
-run again at the next hour boundary. The final flush closes the contract once nothing is
-pending. A watchdog flags contracts still open near their marketplace's deadline.
+On a cancellation the subscription ends and the flushes are enqueued (``queueing.schedule_flushes``)
+as the marketplace's rules plan them (``flush_plan``): the final one after the usage grace but early
+enough for the marketplace's deadline, and one at once unless it would take the hour stamp the final
+one needs. A flush reports under the hour stamp the marketplace's rules give
+(``MarketplaceRules.flush_stamp``) or, when none is free now, asks to run again at the next hour
+boundary. The final flush closes the contract once nothing is pending. A watchdog flags contracts
+still open near their marketplace's deadline (``deadline_for``: for AWS one hour after the
+deprovisioning instant).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from sqlmodel import Session
 
 from billing_core import count_customer_events_since
 from marketplaces import rules
+from marketplaces.base import FlushPlan
 from worker import hourly, ledger
 from worker.ledger import COST_ERROR, utc
 from worker.logs import get_logger
@@ -92,11 +96,26 @@ def flush(engine: Engine, adapter: Any, contract_id: str, *, now: datetime, fina
 # --- deadlines -------------------------------------------------------------------------------------
 
 def deadline_for(contract: ContractRow) -> datetime | None:
-    """Return when the marketplace stops accepting the final usage of a canceled contract."""
+    """Return when the marketplace stops accepting the final usage of a canceled contract.
+
+    Its rules decide from when the window runs: the cancellation's own instant (AWS: the
+    deprovisioning) or the moment marketsync applied the cancellation (``canceled_at``).
+    """
     received = utc(contract.canceled_at)
     if received is None:
         return None
-    return received + rules(contract.marketplace).final_usage_window
+    return rules(contract.marketplace).final_usage_deadline(received, utc(contract.cancel_effective_at))
+
+
+def flush_plan(engine: Engine, contract_id: str, *, grace: timedelta, now: datetime) -> FlushPlan:
+    """Return when a canceled contract's flushes run, as its marketplace's rules plan them."""
+    with Session(engine) as session:
+        contract = session.get(ContractRow, contract_id)
+    received = utc(contract.canceled_at) if contract is not None else None
+    if contract is None or received is None:
+        # Not canceled (a test or an operator scheduling flushes by hand): at once and after the grace.
+        return FlushPlan(now=now, final_at=now + grace, deadline=now + grace)
+    return rules(contract.marketplace).flush_plan(received, utc(contract.cancel_effective_at), now, grace)
 
 
 def overdue_contracts(engine: Engine, *, now: datetime, margin: timedelta = DEADLINE_MARGIN) -> list[dict[str, Any]]:

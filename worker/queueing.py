@@ -10,13 +10,14 @@ from __future__ import annotations
 import threading
 import uuid
 import weakref
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
 from rq import Retry
 
 from billing_core import process_local
 from marketplaces.base import Marketplace
+from worker import cancellation
 from worker.logs import get_logger
 
 log = get_logger("marketsync.queueing")
@@ -111,13 +112,42 @@ def enqueue_report(runtime: Any, contract_id: str, stamp: datetime, *, suffix: s
 
 # --- cancellation flushes --------------------------------------------------------------------------
 
-def schedule_flushes(runtime: Any, contract_id: str, *, grace_seconds: int) -> None:
-    """Enqueue the immediate flush and the final one after the usage grace (both on urgent)."""
+FLUSHES_SCHEDULED = "marketsync:flushes-scheduled:"  # + contract id: its cancellation's flushes are queued
+FLUSHES_SCHEDULED_TTL = 2 * 86400
+
+
+def schedule_flushes(runtime: Any, contract_id: str, *, grace_seconds: int) -> dict[str, Any]:
+    """Enqueue a canceled contract's flushes on ``urgent`` as its marketplace plans them, once.
+
+    The final flush runs after the usage grace, but no later than its marketplace's deadline allows
+    (``cancellation.flush_plan``); a flush at once too, unless it would take the hour stamp the final
+    one needs. One cancellation arriving twice (SNS and EventBridge, or a redelivery) schedules them
+    once: a Redis mark per contract.
+    """
+    now = datetime.now(timezone.utc)
+    plan = cancellation.flush_plan(runtime.engine, contract_id, grace=timedelta(seconds=grace_seconds), now=now)
+    mark = f"{FLUSHES_SCHEDULED}{contract_id}"
+    if not runtime.redis.set(mark, plan.final_at.isoformat(), nx=True, ex=FLUSHES_SCHEDULED_TTL):
+        log.info("flushes_already_scheduled", contract=contract_id)
+        return {"scheduled": False, "final_at": None}
     queue = runtime.queue("urgent")
-    queue.enqueue(_JOBS + "flush_cancellation", contract_id, False, job_id=f"flush-{contract_id}-now",
-                  retry=FLUSH_RETRY)
-    queue.enqueue_in(timedelta(seconds=grace_seconds), _JOBS + "flush_cancellation", contract_id, True,
-                     job_id=f"flush-{contract_id}-final", retry=FLUSH_RETRY)
+    try:
+        if plan.now is not None:
+            queue.enqueue(_JOBS + "flush_cancellation", contract_id, False, job_id=f"flush-{contract_id}-now",
+                          retry=FLUSH_RETRY)
+        if plan.final_at <= now:
+            queue.enqueue(_JOBS + "flush_cancellation", contract_id, True, job_id=f"flush-{contract_id}-final",
+                          retry=FLUSH_RETRY)
+        else:
+            queue.enqueue_at(plan.final_at, _JOBS + "flush_cancellation", contract_id, True,
+                             job_id=f"flush-{contract_id}-final", retry=FLUSH_RETRY)
+    except Exception:
+        runtime.redis.delete(mark)  # scheduled nothing: let the next delivery (or a retry) try again
+        raise
+    log.info("flushes_scheduled", contract=contract_id, flush_now=plan.now is not None,
+             final_at=plan.final_at.isoformat(), deadline=plan.deadline.isoformat())
+    return {"scheduled": True, "flush_now": plan.now is not None, "final_at": plan.final_at.isoformat(),
+            "deadline": plan.deadline.isoformat()}
 
 
 def schedule_flush_at(runtime: Any, contract_id: str, final: bool, at: datetime) -> None:

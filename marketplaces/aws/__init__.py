@@ -168,7 +168,10 @@ def _aws_record_identifiers(columns: Mapping[str, Any], ids: Mapping[str, str]) 
 RULES = MarketplaceRules(
     marketplace=Marketplace.AWS,
     batch_size=25,  # BatchMeterUsage takes at most 25 records
-    final_usage_window=timedelta(hours=1),  # usage is accepted for one hour after the license ends
+    # Usage is accepted for one hour after the license is deprovisioned (docs/marketplaces.md §2.10):
+    # from the event's own time, so a delivery that arrives late does not lengthen the hour.
+    final_usage_window=timedelta(hours=1),
+    window_opens_at_cancellation=True,
     hourly_zero_record=True,  # AWS asks for a record every hour, zero included
     flush_lookback_hours=0,
     # EventBridge prints ARNs without "arn:"; the l-<hex> license id is stable across both feeds.

@@ -9,6 +9,7 @@ import base64
 import json
 import re
 import threading
+from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
@@ -282,51 +283,98 @@ class Notifications:
             raise PermanentMarketplaceError(f"SubscribeURL answered {answer.status_code}")
 
 
+# EventBridge event ids and the identifiers taken from an event are stored (the inbox keys on the
+# id): bounded, so a body cannot grow a column past its size.
+_MAX_ID = 255
+_EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_LATEST = datetime(2200, 1, 1, tzinfo=timezone.utc)
+
+
+def _text(mapping: Mapping[str, Any], name: str, field: str, *, required: bool) -> str | None:
+    """Return ``mapping[name]`` as a non-empty string of at most ``_MAX_ID`` characters, or None if absent."""
+    value = mapping.get(name)
+    if value is None or value == "":
+        if required:
+            raise MalformedNotification(f"EventBridge event lacks {field}", field=field)
+        return None
+    if not isinstance(value, str):
+        raise MalformedNotification(f"{field} must be a string", field=field)
+    if len(value) > _MAX_ID:
+        raise MalformedNotification(f"{field} is longer than {_MAX_ID} characters", field=field)
+    return value
+
+
+def _object(mapping: Mapping[str, Any], name: str, field: str, *, required: bool = False) -> Mapping[str, Any]:
+    """Return ``mapping[name]`` when it is a JSON object ({} when absent and not required)."""
+    value = mapping.get(name)
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict):
+        raise MalformedNotification(f"{field} must be a JSON object", field=field)
+    return value
+
+
 def parse_eventbridge(body: bytes) -> ContractNotification:
-    """Normalize an ``aws.agreement-marketplace`` EventBridge event (authenticated by the caller)."""
+    """Normalize an ``aws.agreement-marketplace`` EventBridge event (authenticated by the caller).
+
+    The envelope's ``id`` (the delivery id), ``detail-type``, ``source`` and ``time`` (the instant of
+    the change, e.g. the deprovisioning) are required; a license event must name its license
+    (``detail.license.arn``, ending in its ``l-<hex>`` id) and product (``detail.product.code``), an
+    agreement event its agreement (``detail.agreement.id``). Anything else wrong raises
+    ``MalformedNotification`` naming the field; an unknown ``detail-type`` of this source is
+    ``ignored`` (stored, nothing applied).
+    """
     event = _load_json(body)
-    for name in ("id", "detail-type", "source"):
-        if not isinstance(event.get(name), str) or not event.get(name):
-            raise MalformedNotification(f"EventBridge event lacks {name}", field=name)
+    for name in ("id", "detail-type", "source", "time"):
+        _text(event, name, name, required=True)
     if event["source"] != EVENTBRIDGE_SOURCE:
         raise MalformedNotification(f"unexpected source {event['source']!r}", field="source")
-    detail = event.get("detail")
-    if not isinstance(detail, dict):
-        raise MalformedNotification("EventBridge event lacks detail", field="detail")
+    effective = _parse_time(event["time"], "time")
+    if not _EARLIEST <= effective < _LATEST:
+        raise MalformedNotification(f"time: {event['time']} is out of range (instants are between "
+                                    "1970-01-01T00:00:00Z and 2200-01-01T00:00:00Z)", field="time")
+    detail = _object(event, "detail", "detail", required=True)
     detail_type = event["detail-type"]
-    agreement = detail.get("agreement") or {}
-    product = detail.get("product") or {}
-    license_ = detail.get("license") or {}
+    kind = _eventbridge_kind(detail_type)
+    licensed = detail_type.startswith("License ") and kind != NotificationKind.IGNORED
+    agreement = _object(detail, "agreement", "detail.agreement")
+    product = _object(detail, "product", "detail.product")
+    license_ = _object(detail, "license", "detail.license")
+    acceptor = _object(detail, "acceptor", "detail.acceptor")
+    arn = _text(license_, "arn", "detail.license.arn", required=licensed)
+    if arn is not None and license_id(arn) is None:
+        raise MalformedNotification("detail.license.arn does not end in a license id (l-<hex>)",
+                                    field="detail.license.arn")
+    required_agreement = detail_type.startswith("Purchase Agreement") and kind != NotificationKind.IGNORED
     identifiers = {
-        name: str(value)
+        name: value
         for name, value in (
-            ("product_code", product.get("code")),
-            ("customer_aws_account_id", (detail.get("acceptor") or {}).get("accountId")),
-            ("license_arn", license_.get("arn")),
-            ("license_id", license_id(license_.get("arn"))),
-            ("agreement_id", agreement.get("id")),
+            ("product_code", _text(product, "code", "detail.product.code", required=licensed)),
+            ("customer_aws_account_id", _text(acceptor, "accountId", "detail.acceptor.accountId", required=False)),
+            ("license_arn", arn),
+            ("license_id", license_id(arn)),
+            ("agreement_id", _text(agreement, "id", "detail.agreement.id", required=required_agreement)),
         )
         if value
     }
-    kind = _eventbridge_kind(detail_type)
     extra = {
         name: value
         for name, value in (
             ("detail_type", detail_type),
             ("product_id", product.get("id")),
-            ("offer_id", (detail.get("offer") or {}).get("id")),
-            ("proposer_account_id", (detail.get("proposer") or {}).get("accountId")),
+            ("offer_id", _object(detail, "offer", "detail.offer").get("id")),
+            ("proposer_account_id", _object(detail, "proposer", "detail.proposer").get("accountId")),
             ("agreement_status", agreement.get("status")),
             ("agreement_intent", agreement.get("intent")),
             ("agreement_end_time", agreement.get("endTime")),
-            ("resale_authorization_id", (detail.get("resaleAuthorization") or {}).get("id")),
+            ("resale_authorization_id",
+             _object(detail, "resaleAuthorization", "detail.resaleAuthorization").get("id")),
             ("seller_account", event.get("account")),
         )
-        if value
+        if isinstance(value, str) and value
     }
     if kind == NotificationKind.CANCELED and detail_type.startswith("License Deprovisioned"):
         extra["final"] = True
-    effective = _parse_time(event["time"], "time") if event.get("time") else None
     return ContractNotification(
         marketplace=Marketplace.AWS,
         delivery_id=event["id"],

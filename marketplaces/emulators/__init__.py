@@ -31,8 +31,10 @@ def launch_options(settings: Settings, receiver_base: str | None) -> dict[str, d
     if receiver_base:
         base = receiver_base.rstrip("/")
         options["aws"].update(receiver_url=f"{base}/webhooks/aws/sns", eventbridge_url=f"{base}/webhooks/aws/events")
-        if settings.API_KEYS:
-            options["aws"]["eventbridge_headers"] = {"Authorization": f"Bearer {settings.API_KEYS[0]}"}
+        # What an API destination's connection adds: a secret of AWS_EVENTBRIDGE_SECRETS (else an API key).
+        eventbridge_secret = (settings.AWS_EVENTBRIDGE_SECRETS or settings.API_KEYS or ("",))[0]
+        if eventbridge_secret:
+            options["aws"]["eventbridge_headers"] = {"Authorization": f"Bearer {eventbridge_secret}"}
         options["azure"].update(receiver_url=f"{base}/webhooks/azure")
         options["gcp"].update(receiver_url=f"{base}/webhooks/gcp/pubsub",
                               audience=settings.GCP_PUSH_AUDIENCE or f"{base}/webhooks/gcp/pubsub")
