@@ -177,3 +177,11 @@ def emulator_factory(marketplace: str) -> Any:
     else:
         from marketplaces.emulators.gcp import create_gcp_emulator as factory
     return factory
+
+
+def point_cli_at(monkeypatch: Any, environment: SyncEnv, runtime: Any) -> None:
+    """Point the ``marketsync`` CLI (it builds its own runtime from the environment) at this
+    test's database, Redis and AWS emulator."""
+    for key, value in {"DATABASE_URL": runtime.settings.database_url, "REDIS_URL": runtime.settings.REDIS_URL,
+                       "AWS_EMULATOR_PORT": str(environment.server.port), "EMULATOR_HOST": "127.0.0.1"}.items():
+        monkeypatch.setenv(key, value)

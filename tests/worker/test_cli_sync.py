@@ -9,15 +9,13 @@ from click.testing import CliRunner
 
 from worker.cli import main
 from tests.worker.test_sync_jobs import aws_server, env  # noqa: F401
-from tests.worker.sync_support import ingest, map_contract, start_of_test_window
+from tests.worker.sync_support import ingest, map_contract, point_cli_at, start_of_test_window
 
 
 def test_sync_dry_run_then_real(env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """A dry run prints what would be sent and sends nothing; the real run sends it once."""
     environment, runtime = env
-    for key, value in {"DATABASE_URL": runtime.settings.database_url, "REDIS_URL": runtime.settings.REDIS_URL,
-                       "AWS_EMULATOR_PORT": str(environment.server.port), "EMULATOR_HOST": "127.0.0.1"}.items():
-        monkeypatch.setenv(key, value)
+    point_cli_at(monkeypatch, environment, runtime)
     start = start_of_test_window()
     contract, customer = map_contract(environment, start=start)
     ingest(environment.engine, customer, 4321, start + timedelta(minutes=5))
@@ -42,9 +40,7 @@ def test_sync_and_ledger_show_each_dimension(env, monkeypatch: pytest.MonkeyPatc
     from tests.worker.sync_support import TWO_DIMENSIONS, setup_two_dimension_billing
 
     environment, runtime = env
-    for key, value in {"DATABASE_URL": runtime.settings.database_url, "REDIS_URL": runtime.settings.REDIS_URL,
-                       "AWS_EMULATOR_PORT": str(environment.server.port), "EMULATOR_HOST": "127.0.0.1"}.items():
-        monkeypatch.setenv(key, value)
+    point_cli_at(monkeypatch, environment, runtime)
     setup_two_dimension_billing(environment.engine)
     start = start_of_test_window()
     contract, customer = map_contract(environment, start=start, plan_id="plan_dims", dimensions=TWO_DIMENSIONS)
@@ -71,9 +67,7 @@ def test_ledger_shows_an_expired_report_and_the_revenue_lost(env, monkeypatch: p
     from worker import hourly
 
     environment, runtime = env
-    for key, value in {"DATABASE_URL": runtime.settings.database_url, "REDIS_URL": runtime.settings.REDIS_URL,
-                       "AWS_EMULATOR_PORT": str(environment.server.port), "EMULATOR_HOST": "127.0.0.1"}.items():
-        monkeypatch.setenv(key, value)
+    point_cli_at(monkeypatch, environment, runtime)
     start = start_of_test_window()
     contract, customer = map_contract(environment, start=start)
     ingest(environment.engine, customer, 4321, start + timedelta(minutes=5))

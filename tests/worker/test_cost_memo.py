@@ -83,6 +83,14 @@ def _world(engine: Engine, clock: datetime) -> dict[str, Any]:
     return {"contracts": contracts, "customers": customers, "externals": externals, "keys": [], "n": n}
 
 
+
+def _tokens(engine: Engine, key: str, customer: str, at: datetime, tokens: int, *, now: datetime) -> None:
+    """Ingest one api_call event of ``tokens`` for ``customer`` stamped ``at``."""
+    with Session(engine) as session:
+        ingest_events(SqlEventStore(session), [{"idempotency_key": key, "customer_id": customer, "event_name": "api_call",
+                                                "timestamp": at.isoformat(), "properties": {"tokens": tokens}}], now=now)
+        session.commit()
+
 def _fresh(engine: Engine, contract_id: str, stamp: datetime, now: datetime) -> dict[str, Decimal]:
     contract, listing, sub = hourly._load(engine, contract_id)
     return hourly.contract_cost(engine, sub, contract, listing, stamp=stamp, now=now)[0]
@@ -189,11 +197,7 @@ def test_nothing_changed_no_usage_is_read(engine: Engine, monkeypatch: Any) -> N
     setup_billing(engine)
     clock = START + timedelta(days=2, minutes=7)
     world = _world(engine, clock)
-    with Session(engine) as session:
-        ingest_events(SqlEventStore(session), [{"idempotency_key": "once", "customer_id": world["customers"][0],
-                                                "event_name": "api_call", "timestamp": (clock - timedelta(hours=1)).isoformat(),
-                                                "properties": {"tokens": 5}}], now=clock)
-        session.commit()
+    _tokens(engine, "once", world["customers"][0], clock - timedelta(hours=1), 5, now=clock)
     contract = world["contracts"][0]
     hourly.prepare_many(engine, [contract], START + timedelta(hours=1), now=clock)
 
@@ -206,11 +210,7 @@ def test_nothing_changed_no_usage_is_read(engine: Engine, monkeypatch: Any) -> N
     assert _stored(engine, contract) == _fresh(engine, contract, START + timedelta(hours=2), later)
     # An event stamped ahead of a run's end (ingest accepts up to 5 minutes ahead), stored before
     # that run: the next run's change log shows nothing new, yet it must count the event.
-    with Session(engine) as session:
-        ingest_events(SqlEventStore(session), [{"idempotency_key": "ahead", "customer_id": world["customers"][0],
-                                                "event_name": "api_call", "timestamp": (later + timedelta(minutes=4)).isoformat(),
-                                                "properties": {"tokens": 7}}], now=later)
-        session.commit()
+    _tokens(engine, "ahead", world["customers"][0], later + timedelta(minutes=4), 7, now=later)
     monkeypatch.undo()
     hourly.prepare_many(engine, [contract], START + timedelta(hours=3), now=later)
     assert _stored(engine, contract) == _fresh(engine, contract, START + timedelta(hours=3), later)
@@ -249,11 +249,7 @@ def test_verify_recomputes_what_would_be_carried_and_names_a_difference(engine: 
     setup_billing(engine)
     now = datetime.now(UTC)
     world = _world(engine, now)
-    with Session(engine) as session:
-        ingest_events(SqlEventStore(session), [{"idempotency_key": "v1", "customer_id": world["customers"][0],
-                                                "event_name": "api_call", "timestamp": (now - timedelta(minutes=9)).isoformat(),
-                                                "properties": {"tokens": 40}}], now=now)
-        session.commit()
+    _tokens(engine, "v1", world["customers"][0], now - timedelta(minutes=9), 40, now=now)
     hourly.prepare_many(engine, world["contracts"], hourly.hour_floor(now), now=now)
     checked, wrong = hourly.verify_carried(engine, now=now)
     assert checked >= 1 and wrong == []

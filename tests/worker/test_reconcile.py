@@ -16,8 +16,9 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session
 
 from marketplaces.emulators.server import EmulatorServer
-from tests.worker.sync_support import DIMENSION, SyncEnv, build_env, ingest, map_contract, setup_billing, \
-    start_of_test_window
+from tests.worker.sync_support import (
+    DIMENSION, SyncEnv, build_env, ingest, map_contract, point_cli_at, setup_billing, start_of_test_window,
+)
 from worker import hourly, reconcile
 from worker.persistence.contracts import ListingRow
 from worker.persistence.ledger import LedgerRow
@@ -185,9 +186,7 @@ from worker.cli import main  # noqa: E402
 def test_cli_reconcile(aws_env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """`marketsync reconcile` prints the month's lines, exits 1 on a discrepancy, writes CSV, and refuses a bad month."""
     environment, runtime = aws_env
-    for key, value in {"DATABASE_URL": runtime.settings.database_url, "REDIS_URL": runtime.settings.REDIS_URL,
-                       "AWS_EMULATOR_PORT": str(environment.server.port), "EMULATOR_HOST": "127.0.0.1"}.items():
-        monkeypatch.setenv(key, value)
+    point_cli_at(monkeypatch, environment, runtime)
     start = start_of_test_window()
     contract, customer = map_contract(environment, start=start)
     ingest(environment.engine, customer, 4321, start + timedelta(minutes=5))
