@@ -75,7 +75,9 @@ def test_two_dimensions_hourly_then_final_flush_exact_per_dimension(env: SyncEnv
     # One more call of 1 token, then the cancellation: ceil per dimension, each from its own remainder:
     # 15 calls = 0.0105 -> 11 api_calls (2 more); 1251 tokens = 1.251 -> 126 usage_fee (1 more).
     _calls(env, customer, start + timedelta(minutes=150), 1)
-    canceled_at = now - timedelta(minutes=1)
+    # Canceled now, in the current hour: the three hours before it are taken by the hourly
+    # reports, so a cancellation a minute ago at the top of an hour would find no free stamp.
+    canceled_at = now
     with Session(env.engine) as session:
         row = session.get(ContractRow, contract)
         row.status, row.canceled_at, row.cancel_effective_at = "canceled", canceled_at, canceled_at
