@@ -27,7 +27,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from billing_core.events import to_micros
-from billing_core.persistence.customers import customers_table
+from billing_core.persistence.customers import external_ids
 from billing_core.persistence.events import events_table
 from billing_core.persistence.fragments import changes_table, newest_change
 from billing_core.persistence.rows import one_of
@@ -64,16 +64,13 @@ def unchanged_usage(engine: sa.Engine, marks: Mapping[str, Mark], until: datetim
     earliest = to_micros(min(mark.since for mark in marks.values()))
     end = to_micros(until)
     changed: set[str] = set()
-    c, e, cu = changes_table, events_table, customers_table
+    c, e = changes_table, events_table
 
     def relevant(cid: str, name: str | None) -> bool:
         return name is None or name in marks[cid].event_names
 
     with engine.connect() as conn:
-        owners: dict[str, str] = {}
-        for chunk in _chunks(ids):
-            owners.update({ext: cid for ext, cid in conn.execute(sa.select(cu.c.external_customer_id, cu.c.id).where(
-                one_of(cu.c.id, chunk), cu.c.external_customer_id.is_not(None))).all()})
+        owners = {ext: cid for cid, ext in external_ids(conn, ids).items()}
         externals = sorted(owners)
         named = sa.or_(c.c.event_name.is_(None), one_of(c.c.event_name, names))
         # Changes after the oldest mark, the newest per (owner, name): naming no one (anyone may

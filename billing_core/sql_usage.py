@@ -58,7 +58,7 @@ from billing_core.events import to_micros
 from billing_core.fragments import HOUR, MERGEABLE, Partial
 from billing_core.metric_definition import AllOf, AnyOf, Condition, Filter, MetricDefinition
 from billing_core.metrics import MetricNotFound
-from billing_core.persistence.customers import customers_table
+from billing_core.persistence.customers import customers_table, external_ids
 from billing_core.persistence.events import STATE_LIVE, events_table
 from billing_core.persistence.metrics import MetricRow
 from billing_core.persistence.rows import one_of
@@ -445,13 +445,8 @@ class SqlUsageSource(MetricsByDefinition):
         """Map external ids to customer ids for the asked customers that have one (see ``one_read``)."""
         known = self._external_of if self._external_of is not None else {}
         unknown = [cid for cid in dict.fromkeys(ids) if cid not in known]
-        c = customers_table
-        for chunk in range(0, len(unknown), 500):
-            part = unknown[chunk:chunk + 500]
-            known.update(dict.fromkeys(part))
-            known.update({cid: ext for ext, cid in conn.execute(
-                sa.select(c.c.external_customer_id, c.c.id).where(
-                    one_of(c.c.id, part), c.c.external_customer_id.is_not(None))).all()})
+        known.update(dict.fromkeys(unknown))
+        known.update(external_ids(conn, unknown))
         return {ext: cid for cid in ids if (ext := known.get(cid)) is not None}
 
     def _where(self, json_: _Json, definition: MetricDefinition, ids: list[str], aliases: dict[str, str],

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -33,6 +33,7 @@ from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from billing_core import Mark, Subscription, charges_for_timeframe, unchanged_usage
+from worker.ledger import utc
 from worker.metering import dimensions_of
 from worker.persistence.contracts import ContractRow, ListingRow
 from worker.persistence.cost_memo import cost_memo_table
@@ -95,7 +96,7 @@ def reuse(engine: Engine, windows: Sequence[Window], *, position: int, until: da
     candidates: dict[str, tuple[Window, Any]] = {}
     for window in windows:
         row = rows.get(window[0].id)
-        if (row is None or int(row.position) > position or _utc(row.window_end) > window[4]
+        if (row is None or int(row.position) > position or utc(row.window_end) > window[4]
                 or row.basis != basis(window)[0]):
             continue
         candidates[window[0].id] = (window, row)
@@ -105,7 +106,7 @@ def reuse(engine: Engine, windows: Sequence[Window], *, position: int, until: da
     customers: dict[str, list[str]] = {}
     for contract_id, (window, row) in candidates.items():
         customer = window[2].customer_id
-        mark = Mark(int(row.position), _utc(row.window_end), frozenset(json.loads(row.event_names)))
+        mark = Mark(int(row.position), utc(row.window_end), frozenset(json.loads(row.event_names)))
         known = marks.get(customer)
         if known is not None:  # two contracts of one customer: one mark that holds for both
             mark = Mark(min(mark.position, known.position), min(mark.since, known.since),
@@ -131,7 +132,3 @@ def store(engine: Engine, computed: Sequence[Computed], *, position: int, now: d
             conn.execute(insert(t), rows)
     except IntegrityError:  # another run stored some of them meanwhile: theirs stand (a cache)
         pass
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)

@@ -198,6 +198,42 @@ def prepare(engine: Engine, contract_id: str, stamp: datetime, *, now: datetime,
     return result
 
 
+def _windows(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *, now: datetime,
+             skipped: dict[str, Prepared | Exception]) -> list[cost_memo.Window]:
+    """Load the contracts and return the cost window of each that may report under ``stamp``;
+    each one that cannot goes to ``skipped`` with its ``SyncError`` or ``Prepared("skipped")``."""
+    todo: list[cost_memo.Window] = []
+    for contract_id, loaded in _load_many(engine, contract_ids).items():
+        if isinstance(loaded, SyncError):
+            skipped[contract_id] = loaded
+            continue
+        contract, listing, sub = loaded
+        reason = _unreportable(contract, listing, sub, stamp)
+        if reason is not None:
+            skipped[contract_id] = reason
+            continue
+        todo.append((contract, listing, sub, *cost_window(sub, contract, listing, stamp=stamp, now=now)))
+    return todo
+
+
+def window_costs(windows: Sequence[cost_memo.Window], source: Any
+                 ) -> tuple[dict[str, dict[str, Decimal]], dict[str, OutOfRange | UnmappedPrice]]:
+    """Compute the windows' costs per dimension in bulk (one grouped read per metric): return
+    (costs by contract id, the error of each contract whose cost cannot be computed)."""
+    results = costs_each([(sub, start, end) for _, _, sub, start, end, _ in windows], source)
+    totals: dict[str, dict[str, Decimal]] = {}
+    failed: dict[str, OutOfRange | UnmappedPrice] = {}
+    for (contract, listing, *_rest), result in zip(windows, results):
+        if isinstance(result, OutOfRange):
+            failed[contract.id] = result
+            continue
+        try:
+            totals[contract.id] = _costs(result, contract, listing)
+        except UnmappedPrice as exc:
+            failed[contract.id] = exc
+    return totals, failed
+
+
 def prepare_many(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *, now: datetime,
                  kind: str = "hourly") -> dict[str, Prepared | Exception]:
     """``prepare`` many contracts under ``stamp``, reading their costs in bulk (one grouped query per metric).
@@ -208,17 +244,7 @@ def prepare_many(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *
     """
     stamp = hour_floor(stamp)
     out: dict[str, Prepared | Exception] = {}
-    todo: list[tuple[ContractRow, ListingRow, Subscription, datetime, datetime, datetime]] = []
-    for contract_id, loaded in _load_many(engine, contract_ids).items():
-        if isinstance(loaded, SyncError):
-            out[contract_id] = loaded
-            continue
-        contract, listing, sub = loaded
-        skipped = _unreportable(contract, listing, sub, stamp)
-        if skipped is not None:
-            out[contract_id] = skipped
-            continue
-        todo.append((contract, listing, sub, *cost_window(sub, contract, listing, stamp=stamp, now=now)))
+    todo = _windows(engine, contract_ids, stamp, now=now, skipped=out)
     priced = [t for t in todo if t[4] > t[3]]
     # An hourly run carries forward the cost of a contract where nothing changed (cost_memo.py);
     # the watermark is read before any usage, so what is stored holds every change up to it.
@@ -228,15 +254,8 @@ def prepare_many(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *
         cost_memo.reuse(engine, priced, position=position, until=now) if carry else {})
     fresh = [t for t in priced if t[0].id not in totals]
     source = usage_source(engine)
-    results = costs_each([(sub, start, end) for _, _, sub, start, end, _ in fresh], source)
-    failed: dict[str, OutOfRange | UnmappedPrice] = {
-        t[0].id: result for t, result in zip(fresh, results) if isinstance(result, OutOfRange)}
-    for (contract, listing, *_rest), result in zip(fresh, results):
-        if not isinstance(result, OutOfRange):
-            try:
-                totals[contract.id] = _costs(result, contract, listing)
-            except UnmappedPrice as exc:
-                failed[contract.id] = exc
+    computed, failed = window_costs(fresh, source)
+    totals.update(computed)
     if carry:
         cost_memo.store(engine, _memos(fresh, totals, failed, source), position=position, now=now)
     ledger.mark_cost_errors(engine, failed, now=now)
@@ -251,33 +270,18 @@ def verify_carried(engine: Engine, *, now: datetime) -> tuple[int, list[str]]:
     """Check every cost the next hourly run would carry forward against a computation from
     scratch; return (checked, differences) (``marketsync verify``, the fault suite, bench.sync)."""
     position = watermark(engine)
-    windows = []
     ids = syncable_contracts(engine)
-    for chunk in range(0, len(ids), 500):
-        for loaded in _load_many(engine, ids[chunk:chunk + 500]).values():
-            if isinstance(loaded, SyncError):
-                continue
-            contract, listing, sub = loaded
-            stamp = hour_floor(now)
-            if _unreportable(contract, listing, sub, stamp) is None:
-                window = (contract, listing, sub, *cost_window(sub, contract, listing, stamp=stamp, now=now))
-                if window[4] > window[3]:
-                    windows.append(window)
-
+    windows = [w for chunk in range(0, len(ids), 500)
+               for w in _windows(engine, ids[chunk:chunk + 500], hour_floor(now), now=now, skipped={}) if w[4] > w[3]]
     carried = cost_memo.reuse(engine, windows, position=position, until=now)
     todo = [w for w in windows if w[0].id in carried]
     differences: list[str] = []
     raw = BatchSqlUsageSource(engine)  # from the events themselves, not from fragments
     for chunk in range(0, len(todo), 500):
-        part = todo[chunk:chunk + 500]
-        results = costs_each([(sub, start, end) for _, _, sub, start, end, _ in part], raw)
-        for (contract, listing, *_rest), result in zip(part, results):
-            try:
-                fresh: Any = result if isinstance(result, OutOfRange) else _costs(result, contract, listing)
-            except UnmappedPrice as exc:
-                fresh = exc
-            if fresh != carried[contract.id]:
-                differences.append(f"contract {contract.id}: carried {carried[contract.id]} != from scratch {fresh}")
+        fresh, failed = window_costs(todo[chunk:chunk + 500], raw)
+        for contract_id, cost in {**fresh, **failed}.items():
+            if cost != carried[contract_id]:
+                differences.append(f"contract {contract_id}: carried {carried[contract_id]} != from scratch {cost}")
     return len(carried), differences
 
 

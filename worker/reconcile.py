@@ -38,7 +38,7 @@ import requests
 from sqlalchemy import Engine, select
 from sqlmodel import Session
 
-from billing_core import OutOfRange, SqlSubscriptions, Subscription
+from billing_core import OutOfRange, SqlSubscriptions, Subscription, usage_source
 from marketplaces import rules
 from marketplaces.base import AcceptedUsage, Marketplace, MarketplaceError, read_back
 from worker import hourly
@@ -399,21 +399,24 @@ def _silent_lines(engine: Engine, reporting: set[str], start: datetime, end: dat
     for contract_id, period_start, dimension, quantity in counted:
         reported[(contract_id, period_start, dimension)] += quantity  # type: ignore[index]
     until = min(end, now)
-    out: list[Line] = []
+    stamp = hourly.hour_floor(until - timedelta(microseconds=1))
+    windows = []
     for contract in contracts:
         listing, sub = listings.get(contract.listing_id or ""), subs.get(contract.subscription_id or "")
-        if listing is None or sub is None or until <= utc(sub.start):  # type: ignore[operator]
-            continue
-        stamp = hourly.hour_floor(until - timedelta(microseconds=1))
-        try:
-            cost, period_start = hourly.contract_cost(engine, sub, contract, listing, stamp=stamp, now=until)
-            dims = hourly.dimensions(contract, listing)
-        except (OutOfRange, UnmappedPrice, InvalidOperation, ValueError) as exc:
+        if listing is not None and sub is not None and until > utc(sub.start):  # type: ignore[operator]
+            window = (contract, listing, sub, *hourly.cost_window(sub, contract, listing, stamp=stamp, now=until))
+            if window[4] > window[3]:
+                windows.append(window)
+    costs, failed = hourly.window_costs(windows, usage_source(engine))  # in bulk, not one read each
+    out: list[Line] = []
+    for contract, listing, _sub, _start, _end, period_start in windows:
+        if contract.id in failed:
+            exc = failed[contract.id]
             out.append(Line(contract_id=contract.id, marketplace=contract.marketplace, dimension="",
                             period_start=None, causes=(f"cannot compute: {type(exc).__name__}: {_first_line(exc)}",)))
             continue
-        for dim in sorted(dims, key=lambda d: d.name):
-            computed = units_for(cost.get(dim.name, Decimal(0)), dim.unit_price, "floor")
+        for dim in sorted(hourly.dimensions(contract, listing), key=lambda d: d.name):
+            computed = units_for(costs[contract.id].get(dim.name, Decimal(0)), dim.unit_price, "floor")
             count = reported[(contract.id, utc(period_start), dim.name)]  # type: ignore[index]
             if computed > count:
                 out.append(Line(contract_id=contract.id, marketplace=contract.marketplace, dimension=dim.name,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -12,10 +12,10 @@ from sqlmodel import Field, SQLModel
 
 from billing_core.customers import Customer, CustomerNotFound, DuplicateCustomer
 from billing_core.persistence.fragments import log_changes
-from billing_core.persistence.rows import page, utc
+from billing_core.persistence.rows import one_of, page, utc
 from billing_core.persistence.writes import begin_write
 
-__all__ = ["CustomerRow", "SqlCustomerRepository", "customers_table"]
+__all__ = ["CustomerRow", "SqlCustomerRepository", "customers_table", "external_ids"]
 
 
 class CustomerRow(SQLModel, table=True):
@@ -138,3 +138,14 @@ class SqlCustomerRepository:
     ) -> tuple[list[Customer], str | None]:
         """Return customers newest first, and the cursor of the next page (None at the end)."""
         return page(self.session, CustomerRow, limit, cursor, created_at)
+
+
+def external_ids(conn: Any, customer_ids: Sequence[str]) -> dict[str, str]:
+    """Return {customer id: external id} for those of ``customer_ids`` that have one (500 per query)."""
+    c = customers_table
+    ids = list(dict.fromkeys(customer_ids))
+    found: dict[str, str] = {}
+    for chunk in range(0, len(ids), 500):
+        found.update({cid: ext for cid, ext in conn.execute(sa.select(c.c.id, c.c.external_customer_id).where(
+            one_of(c.c.id, ids[chunk:chunk + 500]), c.c.external_customer_id.is_not(None))).all()})
+    return found
