@@ -178,7 +178,11 @@ RULES = MarketplaceRules(
     contract_key_fields=("license_id", "license_arn", "customer_identifier"),
     product_fields=("product_code", "product_id"),
     record_identifiers=_aws_record_identifiers,
-    customer_identity=lambda ids: ids.get("customer_aws_account_id") or ids.get("customer_identifier"),
+    # One billing customer per license, not per account: under Concurrent Agreements one account
+    # holds several agreements, and a customer per account would bill each of them the usage of
+    # all (docs/marketplaces.md §1.8).
+    customer_identity=lambda ids: (license_id(ids.get("license_id") or ids.get("license_arn"))
+                                   or ids.get("customer_identifier")),
     # BatchMeterUsage takes no record 6 hours or more after its hour (current API reference).
     report_window=timedelta(hours=6),
 )
