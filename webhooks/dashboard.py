@@ -25,7 +25,7 @@ from flask import (
 from flask.typing import ResponseReturnValue
 
 from webhooks import sessions, throttle
-from worker import contracts, jobs, ledger, ops, reconcile, reporting
+from worker import contracts, jobs, ledger, ops, reconcile, reporting, trueups
 from worker.runtime import QUEUE_NAMES
 
 bp = Blueprint("ops", __name__, url_prefix="/ops", template_folder="templates",
@@ -436,6 +436,54 @@ def reconciliation() -> ResponseReturnValue:
     result = reconcile.reconcile(runtime.engine, month, accepted, now=_now(), sources=sources)
     return render_template("ops/reconciliation.html", month=month, result=result, rows=reconcile.as_rows(result),
                            error=None)
+
+
+@bp.get("/trueups")
+def trueup_page() -> ResponseReturnValue:
+    """Upload a CSV of manual true-ups (contract, dimension, units, reason); the latest applied ones."""
+    return render_template("ops/trueups.html", preview=None, text="", history=trueups.history(_runtime().engine))
+
+
+@bp.post("/trueups/preview")
+def trueup_preview() -> ResponseReturnValue:
+    """Preview an uploaded file: every row with its status, every error with its line and column."""
+    upload = request.files.get("file")
+    text = ""
+    if upload is not None and upload.filename:
+        try:
+            text = upload.read(trueups.MAX_FILE_CHARS + 1).decode("utf-8")
+        except UnicodeDecodeError:
+            return _trueup_form_error("The file is not UTF-8 text: save it as CSV (UTF-8) and upload it again.")
+    if not text.strip():
+        return _trueup_form_error("Choose a CSV file to upload (header: contract,dimension,units,reason).")
+    if len(text) > trueups.MAX_FILE_CHARS:
+        return _trueup_form_error(f"The file is larger than {trueups.MAX_FILE_CHARS} characters: split it.")
+    result = trueups.check(_runtime().engine, text, now=_now())
+    return render_template("ops/trueups.html", preview=result, text=text, history=[]), 200 if result.ok else 400
+
+
+def _trueup_form_error(message: str) -> tuple[str, int]:
+    return render_template("ops/trueups.html", preview=None, text="", history=trueups.history(_runtime().engine),
+                           error=message), 400
+
+
+@bp.post("/trueups/confirm")
+def trueup_confirm() -> ResponseReturnValue:
+    """Apply the previewed file (the same text and digest the preview showed); nothing when any row is bad."""
+    text, digest = request.form.get("csv", ""), request.form.get("digest", "")
+    if not text or len(text) > trueups.MAX_FILE_CHARS:
+        return _trueup_form_error("Nothing to confirm: upload the file and preview it first.")
+    try:
+        result = trueups.confirm(_runtime().engine, text, digest=digest, now=_now())
+    except trueups.TrueupRefused as exc:
+        refused = trueups.Preview(trueups.digest_of(text), (), exc.errors, _now())
+        return render_template("ops/trueups.html", preview=refused, text=text, history=[]), 400
+    except trueups.TrueupChanged as exc:
+        return _trueup_form_error(_sentence(exc))
+    counts = trueups.as_dict(result)["counts"]
+    flash(f"Applied {counts['applied']} adjustment(s) under the hour {fmt_time(result.stamp)}"
+          + (f"; {counts['already_applied']} were already applied." if counts["already_applied"] else "."), "ok")
+    return redirect(url_for("ops.trueup_page"))
 
 
 @bp.get("/jobs/failed")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -354,6 +355,49 @@ def reconcile(month: str, as_csv: bool) -> None:
         click.echo(f"{len(rows)} line(s), {len(result.discrepancies)} discrepanc{'y' if len(result.discrepancies) == 1 else 'ies'}")
     if result.discrepancies:
         sys.exit(1)
+
+
+@main.command("trueup")
+@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.option("--confirm", is_flag=True, help="Apply the file (without it: preview only, nothing changes).")
+def trueup(file: Any, confirm: bool) -> None:
+    """Preview (then, with --confirm, apply) a CSV of manual true-ups: contract,dimension,units,reason.
+
+    Every error is listed with its line and column and nothing is applied while there is any (exit
+    code 1). Each adjustment applies once: a file confirmed again reports nothing twice.
+    """
+    from datetime import UTC, datetime
+
+    from worker import trueups
+
+    text = file.read()
+    runtime = _runtime()
+    try:
+        now = datetime.now(UTC)
+        try:
+            result = (trueups.confirm(runtime.engine, text, digest=None, now=now) if confirm
+                      else trueups.check(runtime.engine, text, now=now))
+        except trueups.TrueupRefused as exc:
+            result = trueups.Preview(trueups.digest_of(text), (), exc.errors, now)
+    finally:
+        runtime.close()
+    width = max([len("dimension"), *(len(r.dimension) for r in result.rows)])
+    click.echo(f"{'line':>5} {'contract':26} {'dimension':{width}} {'units':>10} {'status':15} reason")
+    for r in result.rows:
+        click.echo(f"{r.line:>5} {(r.contract_id or r.contract):26} {r.dimension:{width}} {r.units:>10} "
+                   f"{r.status:15} {r.reason}")
+    for error in result.errors:
+        click.echo(f"error: {error}", err=True)
+    counts = trueups.as_dict(result)["counts"]
+    if result.errors:
+        click.echo(f"{len(result.errors)} error(s): nothing applied", err=True)
+        sys.exit(1)
+    if confirm:
+        click.echo(f"applied {counts['applied']} adjustment(s) under the hour {result.stamp.isoformat()}; "
+                   f"{counts['already_applied']} already applied")
+    else:
+        click.echo(f"preview: {counts['new']} to apply, {counts['already_applied']} already applied; "
+                   "run again with --confirm to apply")
 
 
 # --- run -----------------------------------------------------------------------------------------

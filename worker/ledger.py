@@ -37,6 +37,7 @@ COUNTED = (LedgerStatus.PENDING, LedgerStatus.ACCEPTED, LedgerStatus.DUPLICATE, 
 HOLD_RETRY = timedelta(minutes=30)  # a report answered "not active" is tried again after this, if nothing released it
 COST_ERROR = "cost_error"  # last_outcome of a contract whose costs cannot be computed
 RECORD_ATTEMPTS = 10  # compare-and-swap passes per contract before giving up (Contention)
+TRUEUP = "trueup"  # the kind of a manual true-up's row (worker/trueups.py): outside the reported counts
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -420,6 +421,8 @@ def release(engine: Engine, token: str, detail: str) -> None:
 
 def _uncount(conn: Any, row: LedgerRow) -> None:
     """Take a row's units out of the reported counts (they did not reach the marketplace)."""
+    if row.kind == TRUEUP:
+        return  # a true-up's units were never in the counts the hourly run subtracts from
     # The contract's version first, then its dimension's count: the order _swap locks them in.
     conn.execute(update(ContractSyncRow).where(
         ContractSyncRow.contract_id == row.contract_id, ContractSyncRow.period_start == row.period_start,

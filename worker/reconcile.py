@@ -42,7 +42,7 @@ from billing_core import OutOfRange, SqlSubscriptions, Subscription, usage_sourc
 from marketplaces import rules
 from marketplaces.base import AcceptedUsage, Marketplace, MarketplaceError, read_back
 from worker import hourly
-from worker.ledger import COUNTED, amount_of, utc
+from worker.ledger import COUNTED, TRUEUP, amount_of, utc
 from worker.logs import get_logger
 from worker.metering import UnmappedPrice, units_for
 from worker.persistence.contracts import ContractRow, ListingRow
@@ -334,7 +334,7 @@ def _period_lines(engine: Engine, rows: Sequence[LedgerRow], contracts: Mapping[
         key = (row.contract_id, utc(row.period_start))
         if key not in periods:
             continue
-        if row.status in COUNTED:
+        if row.status in COUNTED and row.kind != TRUEUP:  # a true-up is on top of the computed units
             reported[(*key, row.dimension)] += row.quantity  # type: ignore[arg-type]
         created = utc(row.created_at)
         last_run[key] = max(last_run.get(key, created), created)  # type: ignore[arg-type, type-var]
@@ -393,7 +393,7 @@ def _silent_lines(engine: Engine, reporting: set[str], start: datetime, end: dat
         subs = SqlSubscriptions(session).get_many({c.subscription_id for c in contracts})
         counted = [(r.contract_id, utc(r.period_start), r.dimension, r.quantity) for r in session.execute(
             select(LedgerRow).where(LedgerRow.contract_id.in_([c.id for c in contracts]),
-                                    LedgerRow.status.in_(list(COUNTED)))).scalars()]
+                                    LedgerRow.status.in_(list(COUNTED)), LedgerRow.kind != TRUEUP)).scalars()]
         session.expunge_all()
     reported: dict[tuple[str, datetime, str], int] = defaultdict(int)
     for contract_id, period_start, dimension, quantity in counted:

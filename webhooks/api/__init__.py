@@ -11,11 +11,12 @@ from flask import Flask
 
 from webhooks.api import (
     contracts, customers, events, invoices, items, listings, metering, metrics, openapi, plans, subscriptions,
+    trueups,
 )
 
 BLUEPRINTS = (
     contracts.bp, customers.bp, events.bp, invoices.bp, items.bp, listings.bp, metering.bp, metrics.bp,
-    openapi.bp, plans.bp, subscriptions.bp,
+    openapi.bp, plans.bp, subscriptions.bp, trueups.bp,
 )
 
 

@@ -43,7 +43,8 @@ from webhooks.api.schemas.events import (
 from webhooks.api.schemas.mapping import (
     Listing, ListingQuery, Buyer, ContractMapping, MappedObject, ExternalAssociations, Contract,
     ContractQuery, SyncQueued, ReportRow, MeteringReport, ReportQuery, ContractWebhook,
-    MarketplaceNotification, DeliveryAccepted,
+    MarketplaceNotification, DeliveryAccepted, TrueupRow, TrueupError, TrueupCounts, TrueupAnswer, TrueupApplied,
+    TrueupList,
 )
 
 __all__ = [
@@ -64,7 +65,8 @@ __all__ = [
     "AutoCollection", "Invoice", "UpcomingInvoiceQuery", "InvoiceQuery", "NewEvent", "IngestBody",
     "IngestQuery", "IngestDebug", "IngestResult", "EventSearch", "EventView", "EventList", "EventAmend",
     "Amended", "Deprecated", "BackfillCreate", "Backfill", "Listing", "ListingQuery", "Buyer",
-    "ContractMapping", "MappedObject", "ExternalAssociations", "Contract", "ContractQuery", "SyncQueued",
+    "ContractMapping", "MappedObject", "ExternalAssociations", "Contract", "ContractQuery", "SyncQueued", "TrueupRow", "TrueupError", "TrueupCounts", "TrueupAnswer",
+    "TrueupApplied", "TrueupList",
     "ReportRow", "MeteringReport", "ReportQuery", "ContractWebhook", "MarketplaceNotification",
     "DeliveryAccepted",
 ]

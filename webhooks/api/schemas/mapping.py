@@ -126,6 +126,60 @@ class ReportQuery(Query):
     format: Optional[Literal["json", "csv"]] = None
 
 
+# --- manual true-ups --------------------------------------------------------------------------------
+
+class TrueupRow(Shape):
+    line: int = Field(description="the line of the file (1 is the header)")
+    contract: str = Field(description="the contract as the file names it (a contract id or external id)")
+    contract_id: Optional[str]
+    dimension: str
+    units: int
+    reason: str
+    status: Literal["new", "applied", "already_applied"] = Field(
+        description="new: applied on confirmation; applied: by this confirmation; already_applied: by an earlier one")
+
+
+class TrueupError(Shape):
+    line: int
+    column: Literal["header", "contract", "dimension", "units", "reason"]
+    message: str
+
+
+class TrueupCounts(Shape):
+    new: int
+    applied: int
+    already_applied: int
+
+
+class TrueupAnswer(Shape):
+    """A preview of a true-up file, or what confirming it did."""
+
+    digest: str = Field(description="sha256 of the file: confirm with it (POST /v1/trueups)")
+    hour: datetime = Field(description="the hour stamp new adjustments are reported under")
+    ok: bool = Field(description="false when the file has errors: it cannot be confirmed")
+    rows: list[TrueupRow]
+    errors: list[TrueupError]
+    applied_ledger_ids: list[int] = Field(description="the usage-ledger rows this confirmation wrote")
+    counts: TrueupCounts
+
+
+class TrueupApplied(Shape):
+    contract_id: str
+    dimension: str
+    units: int
+    reason: str
+    ledger_id: int
+    status: str = Field(description="the status of the ledger row reporting it")
+    hour: datetime
+    line: int
+    file_digest: str
+    created_at: datetime
+
+
+class TrueupList(Shape):
+    data: list[TrueupApplied]
+
+
 # --- receivers ------------------------------------------------------------------------------------
 
 class ContractWebhook(BaseModel):
