@@ -95,6 +95,9 @@ class UsageRecord:
     # The wire id the marketplace dedupes on, when the sender chooses it (Google's operationId) and
     # pinned it on the ledger row before the first send: every resend carries this one.
     record_id: str | None = None
+    # Usage allocations (docs/marketplaces.md §1.12): the quantity split over tag combinations,
+    # each ((key, value), ...) with its units; empty tags hold the untagged usage. Empty: none.
+    allocations: tuple[tuple[tuple[tuple[str, str], ...], int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.hour.tzinfo is None or self.hour.utcoffset() != timezone.utc.utcoffset(None):
@@ -103,6 +106,8 @@ class UsageRecord:
             raise ValueError("UsageRecord.hour must be a whole hour")
         if self.quantity < 0:
             raise ValueError("UsageRecord.quantity must be >= 0")
+        if self.allocations and sum(q for _, q in self.allocations) != self.quantity:
+            raise ValueError("UsageRecord.allocations must sum to its quantity")
 
 
 @dataclass(frozen=True)
@@ -264,6 +269,8 @@ class MarketplaceRules:
       marketplace documents no limit); a report still unsent past it is ``expired``, never sent;
     - ``hold_while_suspended``: a suspended subscription takes no usage, so the reports of a
       suspended contract are held (kept pending, not sent) until it is reinstated;
+    - ``allocation_keys_problem(keys)``: why a listing's tag keys cannot split its records over
+      tag combinations (None when they can); unset: the marketplace takes no allocations;
     - ``pinned_record_id(record)``: the wire id the marketplace dedupes on when the sender
       chooses it (Google's operationId), stored on the ledger row before the first send so a
       resend carries the same one whatever changed meanwhile (None: the marketplace dedupes on
@@ -286,6 +293,9 @@ class MarketplaceRules:
     pinned_record_id: Callable[[UsageRecord], str] | None = None
     window_opens_at_cancellation: bool = False
     final_flush_lead: timedelta = timedelta(minutes=20)
+    # Why a listing's allocation tag keys cannot be used (None: they can); None here: the
+    # marketplace takes no usage allocations (Azure).
+    allocation_keys_problem: Callable[[Sequence[str]], str | None] | None = None
 
     def final_usage_deadline(self, received_at: datetime, effective_at: datetime | None) -> datetime:
         """Return until when the marketplace takes a canceled contract's final usage."""

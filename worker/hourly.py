@@ -37,7 +37,7 @@ from billing_core import (
 from billing_core.money import exact
 from marketplaces import rules
 from marketplaces.base import Marketplace, PermanentMarketplaceError, TransientMarketplaceError, UsageRecord
-from worker import cost_memo, ledger
+from worker import allocations, cost_memo, ledger
 from worker.errors import Permanent, Transient
 from worker.ledger import COST_ERROR, Due, Part, Prepared, utc
 from worker.logs import get_logger
@@ -171,8 +171,11 @@ def _product(contract: ContractRow) -> str:
     return contract.product_code or contract.offer_id or str((contract.cloud_identifiers or {}).get("product_id", ""))
 
 
-def _due(contract: ContractRow, listing: ListingRow, cost: dict[str, Decimal], period_start: datetime) -> Due:
-    parts = tuple(Part(d.name, d.unit_price, cost.get(d.name, Decimal(0))) for d in dimensions(contract, listing))
+def _due(contract: ContractRow, listing: ListingRow, cost: dict[str, Decimal], period_start: datetime,
+         split: allocations.Split | None = None) -> Due:
+    parts = tuple(Part(d.name, d.unit_price, cost.get(d.name, Decimal(0)),
+                       None if split is None else split.get(d.name, ()))
+                  for d in dimensions(contract, listing))
     return Due(contract_id=contract.id, marketplace=contract.marketplace, product=_product(contract), parts=parts,
                close_rounding=listing.close_rounding, period_start=period_start,
                zero_record=rules(contract.marketplace).hourly_zero_record)
@@ -188,10 +191,12 @@ def prepare(engine: Engine, contract_id: str, stamp: datetime, *, now: datetime,
         return skipped
     try:
         cost, period_start = contract_cost(engine, sub, contract, listing, stamp=stamp, now=now)
+        split = _split((contract, listing, sub, *cost_window(sub, contract, listing, stamp=stamp, now=now)),
+                       usage_source(engine))
     except (OutOfRange, UnmappedPrice) as exc:
         ledger.mark_cost_errors(engine, {contract_id: exc}, now=now)
         return Prepared(COST_ERROR, ledger.cost_error_text(exc))
-    result = ledger.record(engine, [_due(contract, listing, cost, period_start)], stamp, now=now, kind=kind,
+    result = ledger.record(engine, [_due(contract, listing, cost, period_start, split)], stamp, now=now, kind=kind,
                            final=final)[contract_id]
     if isinstance(result, Exception):
         raise result
@@ -250,20 +255,39 @@ def prepare_many(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *
     # the watermark is read before any usage, so what is stored holds every change up to it.
     carry = kind == "hourly"
     position = watermark(engine) if carry else 0
+    # A listing that allocates usage is split per tag combination from a fresh read every run.
     totals: dict[str, dict[str, Decimal]] = (
-        cost_memo.reuse(engine, priced, position=position, until=now) if carry else {})
+        cost_memo.reuse(engine, [t for t in priced if not allocations.enabled(t[1])], position=position, until=now)
+        if carry else {})
     fresh = [t for t in priced if t[0].id not in totals]
     source = usage_source(engine)
     computed, failed = window_costs(fresh, source)
     totals.update(computed)
     if carry:
-        cost_memo.store(engine, _memos(fresh, totals, failed, source), position=position, now=now)
+        cost_memo.store(engine, _memos([t for t in fresh if not allocations.enabled(t[1])], totals, failed, source),
+                        position=position, now=now)
+    splits: dict[str, allocations.Split] = {}
+    for window in todo:
+        if allocations.enabled(window[1]) and window[0].id not in failed:
+            try:
+                splits[window[0].id] = _split(window, source)  # type: ignore[assignment]
+            except (OutOfRange, UnmappedPrice) as exc:
+                failed[window[0].id] = exc
     ledger.mark_cost_errors(engine, failed, now=now)
     out.update({contract_id: Prepared(COST_ERROR, ledger.cost_error_text(exc)) for contract_id, exc in failed.items()})
-    dues = [_due(contract, listing, totals.get(contract.id) or _costs(None, contract, listing), period_start)
+    dues = [_due(contract, listing, totals.get(contract.id) or _costs(None, contract, listing), period_start,
+                 splits.get(contract.id))
             for contract, listing, _sub, _start, _end, period_start in todo if contract.id not in failed]
     out.update(ledger.record(engine, dues, stamp, now=now, kind=kind))
     return out
+
+
+def _split(window: cost_memo.Window, source: Any) -> allocations.Split | None:
+    """Return each dimension's cost per tag combination when the listing allocates usage (else None)."""
+    contract, listing, sub, start, end, _period_start = window
+    if not allocations.enabled(listing):
+        return None
+    return allocations.split_costs(sub, listing, dimensions(contract, listing), start, end, source)
 
 
 def verify_carried(engine: Engine, *, now: datetime) -> tuple[int, list[str]]:
@@ -342,7 +366,9 @@ def usage_record(row: LedgerRow, contract: ContractRow, listing: ListingRow | No
     return UsageRecord(key=row.key, marketplace=Marketplace(contract.marketplace), identifiers=identifiers,
                        dimension=row.dimension, hour=utc(row.hour),  # type: ignore[arg-type]
                        quantity=row.quantity,
-                       record_id=row.marketplace_record_id if rules(contract.marketplace).pinned_record_id else None)
+                       record_id=row.marketplace_record_id if rules(contract.marketplace).pinned_record_id else None,
+                       allocations=tuple((tuple((str(k), str(v)) for k, v in a["tags"]), int(a["quantity"]))
+                                         for a in row.allocations or ()))
 
 
 def expire_overdue(engine: Engine, marketplace: str, *, now: datetime) -> int:

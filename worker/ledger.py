@@ -11,9 +11,10 @@ pending rows (``claim``), and either ``settle``s the marketplace's answers, ``fa
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
 from sqlalchemy import Engine, and_, bindparam, case, func, insert, or_, select, update
@@ -25,7 +26,10 @@ from billing_core.money import exact
 from marketplaces.base import OutcomeStatus
 from worker.errors import Contention
 from worker.logs import get_logger
-from worker.metering import UnmappedPrice, ledger_key, plan_report
+from worker.metering import (
+    UNTAGGED, ReportPlan, UnmappedPrice, combination_key, combination_tags, ledger_key, plan_allocations,
+    plan_report,
+)
 from worker.persistence.contracts import ContractRow
 from worker.persistence.ledger import ContractSyncRow, DimensionSyncRow, LedgerRow
 from worker.statuses import ContractStatus, LedgerStatus
@@ -54,6 +58,8 @@ class Part:
     dimension: str
     unit_price: Decimal
     cost: Decimal
+    # Each tag combination's exact cost when the listing allocates usage (worker/allocations.py); None: off.
+    allocations: tuple[tuple[str, Fraction], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,7 @@ class _Planned:
     plans: dict[str, Any]  # dimension -> ReportPlan, for the dimensions whose stamp is free
     taken: list[Any]  # ledger rows already using the stamp
     reported: dict[str, int]  # dimension -> units counted after this write
+    allocations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # dimension -> row allocations
 
 
 def _swap(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetime, kind: str,
@@ -150,6 +157,7 @@ def _swap(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetime
             ).where(sync_t.c.contract_id.in_(ids)))}
             counts = {(r.contract_id, r.dimension): r for r in session.execute(select(
                 dim_t.c.contract_id, dim_t.c.dimension, dim_t.c.period_start, dim_t.c.units_reported,
+                dim_t.c.allocated,
             ).where(dim_t.c.contract_id.in_(ids)))}
             used = {(r.contract_id, r.dimension): r for r in session.execute(select(
                 ledger_t.c.contract_id, ledger_t.c.dimension, ledger_t.c.id, ledger_t.c.status,
@@ -171,13 +179,24 @@ def _swap(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetime
                         one.taken.append(taken)
                         one.reported[part.dimension] = reported
                         continue
-                    plan = plan_report(part.cost, part.unit_price, reported, final=final,
-                                       close_policy=due.close_rounding)
+                    allocated: dict[str, int] | None = None
+                    if part.allocations is None:
+                        plan = plan_report(part.cost, part.unit_price, reported, final=final,
+                                           close_policy=due.close_rounding)
+                    else:
+                        split = plan_allocations(dict(part.allocations), part.unit_price,
+                                                 _allocated_before(count, due.period_start, reported),
+                                                 final=final, close_policy=due.close_rounding)
+                        plan = ReportPlan(split.units_total, split.delta, split.over_reported)
+                        allocated = split.reported
+                        one.allocations[part.dimension] = [
+                            {"tags": [list(t) for t in combination_tags(combo)], "quantity": units}
+                            for combo, units in sorted(split.deltas.items())]
                     one.plans[part.dimension] = plan
                     one.reported[part.dimension] = reported + plan.delta
                     values = {"period_start": due.period_start, "units_reported": reported + plan.delta,
                               "over_reported": plan.over_reported, "last_cost": str(part.cost),
-                              "last_units_total": plan.units_total}
+                              "last_units_total": plan.units_total, "allocated": allocated}
                     if count is None:
                         dim_inserts.append({"contract_id": due.contract_id, "dimension": part.dimension, **values})
                     else:
@@ -210,6 +229,8 @@ def _swap(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetime
                             "cost_to_date": str(next(p.cost for p in due.parts if p.dimension == dimension)),
                             "units_total": plan.units_total, "status": LedgerStatus.PENDING.value, "detail": "",
                             "unit_price": str(next(p.unit_price for p in due.parts if p.dimension == dimension)),
+                            # A record is all allocated or not at all: a zero record carries none.
+                            "allocations": one.allocations.get(dimension) or None,
                             "attempts": 0, "created_at": now,
                         })
             if swaps:
@@ -230,7 +251,7 @@ def _swap(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetime
                 ).values(
                     period_start=bindparam("b_period_start"), units_reported=bindparam("b_units_reported"),
                     over_reported=bindparam("b_over_reported"), last_cost=bindparam("b_last_cost"),
-                    last_units_total=bindparam("b_last_units_total"),
+                    last_units_total=bindparam("b_last_units_total"), allocated=bindparam("b_allocated"),
                 ).execution_options(synchronize_session=False), dim_updates)
             if dim_inserts:
                 session.execute(insert(dim_t), dim_inserts)
@@ -264,6 +285,16 @@ def _swap(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetime
                 log.warning("over_reported", contract=contract_id, dimension=dimension, units=plan.over_reported,
                             cost=str(next(p.cost for p in one.due.parts if p.dimension == dimension)))
     return out
+
+
+def _allocated_before(count: Any, period_start: datetime, reported: int) -> dict[str, int]:
+    """Return the units each tag combination counted this period; units counted before the listing
+    allocated usage (no per-combination record) count as untagged."""
+    if count is None or utc(count.period_start) != period_start:
+        return {}
+    if count.allocated is None:
+        return {UNTAGGED: reported} if reported else {}
+    return {str(k): int(v) for k, v in count.allocated.items()}
 
 
 def cost_error_text(exc: OutOfRange | UnmappedPrice) -> str:
@@ -431,6 +462,18 @@ def _uncount(conn: Any, row: LedgerRow) -> None:
         DimensionSyncRow.contract_id == row.contract_id, DimensionSyncRow.dimension == row.dimension,
         DimensionSyncRow.period_start == row.period_start,
     ).values(units_reported=DimensionSyncRow.units_reported - row.quantity))
+    if row.allocations:
+        # Each combination's units too (read after the version bump above: no writer is between).
+        dim_t = DimensionSyncRow.__table__
+        where = and_(dim_t.c.contract_id == row.contract_id, dim_t.c.dimension == row.dimension,
+                     dim_t.c.period_start == row.period_start)
+        counted = conn.execute(select(dim_t.c.allocated).where(where)).scalar()
+        if counted:
+            left = dict(counted)
+            for item in row.allocations:
+                combo = combination_key(tuple(t) for t in item["tags"])
+                left[combo] = int(left.get(combo, 0)) - int(item["quantity"])
+            conn.execute(update(dim_t).where(where).values(allocated=left))
 
 
 def fail(engine: Engine, rows: Sequence[LedgerRow], detail: str, *, now: datetime) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from billing_core import PlanNotFound, SqlCatalog, get_for_update
+from marketplaces import rules
 from marketplaces.base import Marketplace
 from worker.contracts import new_id
 from worker.errors import Conflict, Invalid, NotFound
@@ -47,6 +48,26 @@ def _check_flags(row: ListingRow) -> None:
     if row.aws_legacy_identifiers and row.aws_concurrent_agreements:
         raise ListingInvalid("a legacy (CustomerIdentifier) listing cannot use Concurrent Agreements",
                              field="aws_concurrent_agreements")
+
+
+def _check_allocations(row: ListingRow) -> None:
+    # docs/marketplaces.md §1.12: each marketplace says which tag keys it takes (AWS: at most 5).
+    entries = row.usage_allocations or []
+    if not entries:
+        return
+    problem_of = rules(row.marketplace).allocation_keys_problem
+    if problem_of is None:
+        raise ListingInvalid(f"{row.marketplace} takes no usage allocations", field="usage_allocations")
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        if entry["tag"] in seen:
+            raise ListingInvalid(f"{entry['tag']!r} is also usage_allocations.{seen[entry['tag']]}.tag",
+                                 field=f"usage_allocations.{i}.tag")
+        seen[entry["tag"]] = i
+    problem = problem_of([e["tag"] for e in entries])
+    if problem:
+        bad = next((i for i, e in enumerate(entries) if repr(e["tag"]) in problem), None)
+        raise ListingInvalid(problem, field="usage_allocations" if bad is None else f"usage_allocations.{bad}.tag")
 
 
 def _check_dimensions(session: Session, row: ListingRow) -> None:
@@ -114,6 +135,7 @@ def listing_as_dict(row: ListingRow) -> dict[str, Any]:
         "approve_entitlements": row.approve_entitlements,
         "aws_legacy_identifiers": row.aws_legacy_identifiers,
         "aws_concurrent_agreements": row.aws_concurrent_agreements,
+        "usage_allocations": [dict(e) for e in row.usage_allocations or []],
         "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at),
     }
 
@@ -139,6 +161,7 @@ def create_listing(engine: Engine, values: Mapping[str, Any], *, now: datetime) 
                 raise ListingInvalid("is required (or give dimensions)", field=name)
     row = ListingRow(id=new_id("lst"), created_at=now, updated_at=now, **_row_values(values))
     _check_flags(row)
+    _check_allocations(row)
     with Session(engine, expire_on_commit=False) as session:
         _check_dimensions(session, row)
         session.add(row)
@@ -167,6 +190,7 @@ def update_listing(engine: Engine, listing_id: str, values: Mapping[str, Any], *
         for name, value in _row_values(values).items():
             setattr(row, name, value)
         _check_flags(row)
+        _check_allocations(row)
         _check_dimensions(session, row)
         row.updated_at = now
         session.add(row)
@@ -209,6 +233,9 @@ def _row_values(values: Mapping[str, Any]) -> dict[str, Any]:
         out["dimension"], out["unit_price"] = out["dimensions"][0]["name"], out["dimensions"][0]["unit_price"]
     elif "dimensions" in out:
         out["dimensions"] = None
+    if "usage_allocations" in out:
+        out["usage_allocations"] = [{"tag": e["tag"], "property": e["property"]}
+                                    for e in out["usage_allocations"] or []] or None
     if "unit_price" in out and out["unit_price"] is not None:
         out["unit_price"] = str(Decimal(str(out["unit_price"])))
     if out.get("plan_id") is None and "plan_id" in out:

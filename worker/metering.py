@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
+from fractions import Fraction
+import json
 from typing import Any
 
 from billing_core import PriceCost
@@ -45,6 +47,82 @@ def plan_report(cost: Decimal, unit_price: Decimal, units_reported: int, *, fina
     total = units_for(cost, unit_price, close_policy if final else "floor")
     difference = total - units_reported
     return ReportPlan(units_total=total, delta=max(difference, 0), over_reported=max(-difference, 0))
+
+
+# --- usage allocations (docs/marketplaces.md §1.12) ------------------------------------------------
+
+UNTAGGED = "[]"  # the combination key of usage that carries none of the listing's tags
+
+
+def combination_key(tags: Iterable[tuple[str, str]]) -> str:
+    """Return the stable key of a tag combination: its non-empty (key, value) pairs, sorted, as JSON."""
+    return json.dumps(sorted((str(k), str(v)) for k, v in tags if v != ""), separators=(",", ":"))
+
+
+def combination_tags(key: str) -> tuple[tuple[str, str], ...]:
+    """Return the (key, value) pairs of a combination key (empty: untagged)."""
+    return tuple((str(k), str(v)) for k, v in json.loads(key))
+
+
+def _units_exact(cost: Fraction, unit_price: Decimal, policy: str) -> int:
+    if cost <= 0:
+        return 0
+    quotient = cost / Fraction(unit_price)
+    if policy == "ceil":
+        return -((-quotient.numerator) // quotient.denominator)
+    if policy == "half_up":
+        quotient += Fraction(1, 2)
+    return quotient.numerator // quotient.denominator
+
+
+@dataclass(frozen=True)
+class AllocationPlan:
+    """One dimension's plan split over tag combinations: each combination keeps its own remainder."""
+
+    units_total: int
+    delta: int  # the record's quantity: the sum of ``deltas``
+    over_reported: int
+    deltas: dict[str, int]  # combination key -> units to send now (> 0 only)
+    reported: dict[str, int]  # combination key -> units counted after this write
+
+
+def plan_allocations(costs: Mapping[str, Fraction], unit_price: Decimal, reported: Mapping[str, int], *,
+                     final: bool = False, close_policy: str = "floor") -> AllocationPlan:
+    """Return what to send per tag combination given each one's exact cost to date and units already counted.
+
+    Per combination, ``units = floor(cost / unit_price)`` (the close policy at the final report)
+    from its exact cost, minus what it already reported: its sub-unit remainder stays its own,
+    exactly, as a dimension's does. The record's quantity is the sum of the combinations' units,
+    so its allocations always sum to it.
+    """
+    if unit_price <= 0:
+        raise ValueError("unit_price must be positive")
+    policy = close_policy if final else "floor"
+    deltas: dict[str, int] = {}
+    counted: dict[str, int] = {}
+    total = over = 0
+    for combo in sorted(set(costs) | set(reported)):
+        units = _units_exact(Fraction(costs.get(combo, 0)), unit_price, policy)
+        before = reported.get(combo, 0)
+        total += units
+        if units > before:
+            deltas[combo] = units - before
+        over += max(before - units, 0)
+        counted[combo] = max(units, before)
+    return AllocationPlan(units_total=total, delta=sum(deltas.values()), over_reported=over, deltas=deltas,
+                          reported=counted)
+
+
+def split_by_usage(cost: Decimal, shares: Mapping[str, Decimal]) -> dict[str, Fraction]:
+    """Return ``cost`` split over combinations in proportion to their usage ``shares``, exactly.
+
+    No usage (or none positive) puts the whole cost on the untagged combination.
+    """
+    weights = {combo: Fraction(q) for combo, q in shares.items() if q > 0}
+    whole = sum(weights.values(), Fraction(0))
+    if whole <= 0:
+        return {UNTAGGED: Fraction(cost)}
+    return {combo: Fraction(cost) * weight / whole for combo, weight in weights.items()}
 
 
 REMAINING = "remaining"  # a dimension's ``prices``: every price no other dimension names
@@ -88,19 +166,28 @@ def cost_by_dimension(per_price: Iterable[PriceCost], dimensions: Sequence[Dimen
     A fixed fee named by a dimension is reported whatever ``include_fixed_fees`` says.
     """
     out = {d.name: Decimal(0) for d in dimensions}
+    with exact():
+        for cost, name in dimension_of_each(per_price, dimensions, include_fixed_fees=include_fixed_fees):
+            out[name] += cost.total_unrounded
+    return out
+
+
+def dimension_of_each(per_price: Iterable[PriceCost], dimensions: Sequence[Dimension], *,
+                      include_fixed_fees: bool) -> list[tuple[PriceCost, str]]:
+    """Return each reported price's cost with the name of the dimension it goes to (``cost_by_dimension``'s rule)."""
     named = {ref: d.name for d in dimensions for ref in d.prices or ()}
     rest = next((d.name for d in dimensions if d.prices is None), None)
-    with exact():
-        for cost in per_price:
-            name = named.get(cost.price.key) or named.get(cost.price.item_id)
-            if name is None:
-                if cost.price.metric_id is None and not include_fixed_fees:
-                    continue
-                if rest is None:
-                    raise UnmappedPrice(f"price {cost.price.key!r} (item {cost.price.item_id!r}) maps to no "
-                                        "dimension of the listing, and no dimension takes the remaining prices")
-                name = rest
-            out[name] += cost.total_unrounded
+    out: list[tuple[PriceCost, str]] = []
+    for cost in per_price:
+        name = named.get(cost.price.key) or named.get(cost.price.item_id)
+        if name is None:
+            if cost.price.metric_id is None and not include_fixed_fees:
+                continue
+            if rest is None:
+                raise UnmappedPrice(f"price {cost.price.key!r} (item {cost.price.item_id!r}) maps to no "
+                                    "dimension of the listing, and no dimension takes the remaining prices")
+            name = rest
+        out.append((cost, name))
     return out
 
 

@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Any, Callable, Mapping, Sequence
 
 from marketplaces.base import MarketplaceRules, Marketplace
+from marketplaces.aws.allocations import tag_keys_problem
 from marketplaces.aws.entitlements import AwsEntitlement, Entitlements
 from marketplaces.aws.metering import MAX_BATCH, Metering
 from marketplaces.aws.notifications import (
@@ -185,4 +186,5 @@ RULES = MarketplaceRules(
                                    or ids.get("customer_identifier")),
     # BatchMeterUsage takes no record 6 hours or more after its hour (current API reference).
     report_window=timedelta(hours=6),
+    allocation_keys_problem=tag_keys_problem,  # UsageAllocations: at most 5 tag keys (§2.12)
 )

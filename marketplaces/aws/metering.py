@@ -14,6 +14,7 @@ import json
 from datetime import datetime
 from typing import Any, Mapping, Sequence
 
+from marketplaces.aws.allocations import MAX_ALLOCATIONS, tag_keys_problem, value_problem, wire_allocations
 from marketplaces.base import Marketplace, Outcome, OutcomeStatus, TransientMarketplaceError, UsageRecord
 from marketplaces.aws.wire import RecordLevelError, license_id
 
@@ -72,6 +73,13 @@ class Metering:
             return "a Concurrent Agreements record needs customer_aws_account_id + license_arn"
         if record.quantity > MAX_QUANTITY:
             return f"quantity {record.quantity} exceeds {MAX_QUANTITY}"
+        if len(record.allocations) > MAX_ALLOCATIONS:
+            return f"{len(record.allocations)} allocations: AWS takes at most {MAX_ALLOCATIONS} per record"
+        for tags, _units in record.allocations:
+            problem = tag_keys_problem([k for k, _ in tags]) or next(
+                (p for p in (value_problem(k, v) for k, v in tags) if p), None)
+            if problem:
+                return f"UsageAllocations: {problem}"
         return ""
 
     def _meter(
@@ -155,6 +163,8 @@ def _wire_record(record: UsageRecord) -> dict[str, Any]:
         "Dimension": record.dimension,
         "Quantity": record.quantity,
     }
+    if record.allocations:
+        wire["UsageAllocations"] = wire_allocations(record.allocations)
     if ids.get("customer_aws_account_id") and ids.get("license_arn"):
         wire["CustomerAWSAccountId"] = ids["customer_aws_account_id"]
         wire["LicenseArn"] = ids["license_arn"]

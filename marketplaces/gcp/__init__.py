@@ -36,6 +36,7 @@ from marketplaces.gcp.notifications import (
     parse_push_envelope,
     parse_rfc3339,
 )
+from marketplaces.gcp.labels import label_keys_problem
 from marketplaces.gcp.procurement import Procurement
 
 
@@ -167,6 +168,7 @@ def _gcp_event_kind(note: ContractNotification, key: str) -> str:
     return note.kind.value
 
 
+
 RULES = MarketplaceRules(
     marketplace=Marketplace.GCP,
     # No per-call record limit (report calls are split at 100 operations or 1 MB), but one
@@ -186,6 +188,7 @@ RULES = MarketplaceRules(
     report_window=None,  # Google documents no oldest accepted startTime
     # Google dedupes on the operationId we choose: pinned on the ledger row before the first send.
     pinned_record_id=operation_id_for,
+    allocation_keys_problem=label_keys_problem,  # userLabels, one operation per label set (§4.11)
 )
 
 __all__ = [

@@ -64,6 +64,11 @@ class ListingDimension(Body):
         return value
 
 
+class ListingAllocation(Body):
+    tag: str = Field(min_length=1, max_length=255, description="the tag (AWS) or user-label (Google) key")
+    property: str = Field(min_length=1, max_length=255, description="the usage events' property giving its value")
+
+
 class _Fields(Body):
     name: Optional[str] = Field(default=None, max_length=255)
     billing_plan_id: Optional[str] = Field(default=None, min_length=1, max_length=64)
@@ -82,6 +87,9 @@ class _Fields(Body):
     aws_concurrent_agreements: Optional[bool] = Field(default=None, description=(
         "AWS: the product uses Concurrent Agreements; records carry CustomerAWSAccountId + LicenseArn "
         "and the request no ProductCode"))
+    usage_allocations: Optional[list[ListingAllocation]] = Field(default=None, max_length=64, description=(
+        "split each record over the combinations of these event properties' values: AWS UsageAllocations "
+        "(at most 5 tags), Google userLabels; null or []: off"))
 
     @field_validator("unit_price", mode="before")
     @classmethod
@@ -163,7 +171,8 @@ def update(listing_id: str) -> ResponseReturnValue:
     values = {k: v for k, v in body.model_dump(exclude_unset=True).items()}
     if "currency" in values and values["currency"]:
         values["currency"] = values["currency"].upper()
-    nulls = [k for k, v in values.items() if v is None and k not in ("metering_start_date", "name", "dimensions")]
+    nulls = [k for k, v in values.items()
+             if v is None and k not in ("metering_start_date", "name", "dimensions", "usage_allocations")]
     if nulls:
         raise bad(nulls[0], "may not be null")
     return listings.update_listing(_engine(), listing_id, values, now=datetime.now(timezone.utc))

@@ -41,6 +41,9 @@ class ListingRow(SQLModel, table=True):
     # Agreements). New listings default to neither.
     aws_legacy_identifiers: bool = Field(default=False)
     aws_concurrent_agreements: bool = Field(default=False)
+    # Usage allocations (docs/marketplaces.md §1.12): [{"tag": <tag or label key>, "property": <event
+    # property>}]; each record is split over the combinations of those properties' values. None: off.
+    usage_allocations: Optional[list[dict[str, str]]] = Field(default=None, sa_column=Column(JSON))
     created_at: datetime
     updated_at: datetime
 

@@ -11,9 +11,9 @@ the same units.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Optional
+from typing import Any, Optional
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -40,6 +40,9 @@ class LedgerRow(SQLModel, table=True):
     # The dimension's unit price the units were computed at (a decimal as text): an expired report's
     # amount is quantity x unit price. None on rows written before migration sync_0006.
     unit_price: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
+    # The quantity split over tag combinations (docs/marketplaces.md §1.12): [{"tags": [[key, value], ...],
+    # "quantity": n}], summing to ``quantity``. None: the record carries no allocations.
+    allocations: Optional[list[dict[str, Any]]] = Field(default=None, sa_column=Column(JSON, nullable=True))
     status: str = Field(default="pending", max_length=16)  # a worker.statuses.LedgerStatus
     detail: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     marketplace_record_id: Optional[str] = Field(default=None, max_length=255)
@@ -64,6 +67,8 @@ class DimensionSyncRow(SQLModel, table=True):
     over_reported: int = Field(default=0)
     last_cost: str = Field(default="0", sa_column=Column(Text, nullable=False, default="0"))
     last_units_total: int = Field(default=0)
+    # Units counted per tag combination (its key -> units) when the listing allocates usage; None otherwise.
+    allocated: Optional[dict[str, int]] = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class ContractSyncRow(SQLModel, table=True):

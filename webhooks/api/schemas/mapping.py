@@ -20,6 +20,11 @@ class ListingDimensionShape(Shape):
     prices: Union[Literal["remaining"], list[str]]
 
 
+class ListingAllocationShape(Shape):
+    tag: str
+    property: str
+
+
 class Listing(Shape):
     id: str
     marketplace: Literal["aws", "azure", "gcp"]
@@ -37,6 +42,8 @@ class Listing(Shape):
     approve_entitlements: bool
     aws_legacy_identifiers: bool
     aws_concurrent_agreements: bool
+    usage_allocations: list[ListingAllocationShape] = Field(
+        description="tag or label keys and the event properties giving their values ([]: records are not split)")
     created_at: datetime
     updated_at: datetime
 

@@ -1,4 +1,5 @@
-"""trueups: manual adjustments applied from a CSV file, one row each, unique on the adjustment's key
+"""trueups: manual adjustments applied from a CSV file, one row each, unique on the adjustment's key;
+usage allocations: listings.usage_allocations, usage_ledger.allocations, contract_dimension_sync.allocated
 
 Revision ID: sync_0010
 Revises: sync_0008
@@ -34,9 +35,21 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('trueups', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_trueups_contract_id'), ['contract_id'], unique=False)
+    with op.batch_alter_table('listings', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('usage_allocations', sa.JSON(), nullable=True))
+    with op.batch_alter_table('usage_ledger', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('allocations', sa.JSON(), nullable=True))
+    with op.batch_alter_table('contract_dimension_sync', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('allocated', sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('contract_dimension_sync', schema=None) as batch_op:
+        batch_op.drop_column('allocated')
+    with op.batch_alter_table('usage_ledger', schema=None) as batch_op:
+        batch_op.drop_column('allocations')
+    with op.batch_alter_table('listings', schema=None) as batch_op:
+        batch_op.drop_column('usage_allocations')
     with op.batch_alter_table('trueups', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_trueups_contract_id'))
     op.drop_table('trueups')

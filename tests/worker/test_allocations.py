@@ -1,0 +1,124 @@
+"""Usage allocations end to end (docs/marketplaces.md §1.12): a listing naming event properties splits each record
+over their combinations — AWS UsageAllocations through boto3 and the AWS emulator, Google userLabels through the
+Service Control client and the Google emulator — with each combination's sub-unit remainder kept exactly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+from sqlalchemy import Engine, select
+from sqlmodel import Session
+
+from billing_core import SqlEventStore, use_fragments
+from billing_core.events import ingest_events
+from marketplaces.emulators.server import EmulatorServer
+from tests.worker.sync_support import SyncEnv, build_env, map_contract, setup_billing, start_of_test_window
+from worker import hourly
+from worker.metering import UNTAGGED, combination_key, plan_allocations
+from worker.persistence.contracts import ListingRow
+from worker.persistence.ledger import DimensionSyncRow, LedgerRow
+
+TEAM = [{"tag": "team", "property": "team"}]
+_n = iter(range(10**9))
+
+
+@pytest.fixture
+def aws(engine: Engine, emulator_servers: dict[str, EmulatorServer]) -> SyncEnv:
+    use_fragments(engine, True)
+    environment = build_env("aws", engine, emulator_servers["aws"])
+    environment.control("POST", "reset")
+    setup_billing(engine)
+    return environment
+
+
+def _allocate(env: SyncEnv, contract: str, entries: list[dict[str, str]]) -> None:
+    with Session(env.engine) as session:
+        listing = session.get(ListingRow, f"lst_{contract.removeprefix('ctr_')}")
+        listing.usage_allocations = entries
+        session.add(listing)
+        session.commit()
+
+
+def _use(engine: Engine, customer: str, tokens: int, at: datetime, **properties: str) -> None:
+    with Session(engine) as session:
+        ingest_events(SqlEventStore(session), [{
+            "idempotency_key": f"alloc-{next(_n)}", "customer_id": customer, "event_name": "api_call",
+            "timestamp": at.isoformat(), "properties": {"tokens": tokens, **properties},
+        }], now=datetime.now(UTC))
+        session.commit()
+
+
+def test_aws_records_carry_allocations_summing_to_the_quantity(aws: SyncEnv) -> None:
+    """Three teams' usage (one untagged) over two hours: each record's UsageAllocations sum to its Quantity, each
+    team's units are floor(its cost / unit price) to date — its remainder carried exactly — and AWS accepts them."""
+    start = start_of_test_window()
+    contract, customer = map_contract(aws, start=start)
+    _allocate(aws, contract, TEAM)
+    # 0.001 per token, units of 0.01: 10 tokens a unit.
+    _use(aws.engine, customer, 155, start + timedelta(minutes=5), team="red")     # 15.5 units
+    _use(aws.engine, customer, 257, start + timedelta(minutes=6), team="blue")    # 25.7
+    _use(aws.engine, customer, 38, start + timedelta(minutes=7))                  # 3.8 untagged
+    now = datetime.now(UTC)
+    first = hourly.prepare(aws.engine, contract, start, now=now)
+    assert first.quantity == 15 + 25 + 3
+    _use(aws.engine, customer, 5, start + timedelta(minutes=65), team="red")      # red: 16.0 in all
+    _use(aws.engine, customer, 3, start + timedelta(minutes=66), team="blue")     # blue: 26.0 in all
+    second = hourly.prepare(aws.engine, contract, start + timedelta(hours=1), now=now)
+    assert second.quantity == 2  # one more unit each for red and blue; untagged still 3.8
+    hourly.send_pending(aws.engine, aws.adapter, "aws", now=now)
+
+    records = aws.control("GET", "usage")["records"]
+    sent = [(r["quantity"], {tuple(sorted((t["Key"], t["Value"]) for t in a.get("Tags", []))): a["AllocatedUsageQuantity"]
+                             for a in r["request"]["UsageAllocations"]}) for r in sorted(records, key=lambda r: r["hour"])]
+    assert sent == [(43, {(("team", "red"),): 15, (("team", "blue"),): 25, (): 3}),
+                    (2, {(("team", "red"),): 1, (("team", "blue"),): 1})]
+    with Session(aws.engine) as session:
+        count = session.get(DimensionSyncRow, (contract, "usage_cost"))
+        assert count.units_reported == 45
+        assert count.allocated == {combination_key([("team", "red")]): 16, combination_key([("team", "blue")]): 26,
+                                   UNTAGGED: 3}
+        statuses = set(session.execute(select(LedgerRow.status).where(LedgerRow.contract_id == contract)).scalars())
+    assert statuses == {"accepted"}
+
+
+def test_a_rejected_allocated_record_uncounts_each_combination(aws: SyncEnv) -> None:
+    """A record AWS refuses (a tag value it does not take) is rejected locally; its units leave the counts of each
+    combination, so the next record carries them again."""
+    start = start_of_test_window()
+    contract, customer = map_contract(aws, start=start)
+    _allocate(aws, contract, TEAM)
+    _use(aws.engine, customer, 100, start + timedelta(minutes=5), team="red")
+    _use(aws.engine, customer, 100, start + timedelta(minutes=5), team="bad{value}")
+    now = datetime.now(UTC)
+    hourly.prepare(aws.engine, contract, start, now=now)
+    assert hourly.send_pending(aws.engine, aws.adapter, "aws", now=now) == {"rejected": 1}
+    with Session(aws.engine) as session:
+        row = session.execute(select(LedgerRow).where(LedgerRow.contract_id == contract)).scalar_one()
+        assert "UsageAllocations: tag 'team' value 'bad{value}'" in row.detail
+        count = session.get(DimensionSyncRow, (contract, "usage_cost"))
+        assert count.units_reported == 0 and set(count.allocated.values()) == {0}
+
+
+@given(st.lists(st.tuples(st.sampled_from(["[]", '[["t","a"]]', '[["t","b"]]']),
+                          st.fractions(min_value=0, max_value=50, max_denominator=1000)), min_size=1, max_size=12))
+@hsettings(max_examples=200, deadline=None)
+def test_plan_allocations_equals_a_from_scratch_split(steps: list[tuple[str, Fraction]]) -> None:
+    """Costs growing hour by hour: the units sent per combination add up to floor(cost / price) of that combination,
+    every record's allocations sum to its quantity, and nothing is ever sent negative."""
+    price = Decimal("0.25")
+    cost: dict[str, Fraction] = {}
+    counted: dict[str, int] = {}
+    sent: dict[str, int] = {}
+    for combo, more in steps:
+        cost[combo] = cost.get(combo, Fraction(0)) + more
+        plan = plan_allocations(cost, price, counted)
+        assert plan.delta == sum(plan.deltas.values()) and all(d > 0 for d in plan.deltas.values())
+        for key, units in plan.deltas.items():
+            sent[key] = sent.get(key, 0) + units
+        counted = plan.reported
+    assert sent == {k: int(c / Fraction(price)) for k, c in cost.items() if int(c / Fraction(price))}
