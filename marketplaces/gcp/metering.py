@@ -2,11 +2,13 @@
 batched under the 1 MB limit, one operation per record with a deterministic ``operationId``."""
 from __future__ import annotations
 
+import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta, timezone
 from typing import Any, Callable, Iterator, Sequence
 
+from marketplaces.gcp.labels import labels_problem
 from marketplaces.base import (
     Outcome,
     OutcomeStatus,
@@ -79,13 +81,29 @@ class Metering:
     # Usage ----------------------------------------------------------------------------------
 
     def build_operation(self, record: UsageRecord) -> Any:
-        """Return the Service Control ``Operation`` that reports ``record``."""
+        """Return the Service Control ``Operation`` that reports ``record`` (one without allocations)."""
+        return self._operation(record, operation_id_for(record), record.quantity, {})
+
+    def build_operations(self, record: UsageRecord) -> list[Any]:
+        """Return the operations that report ``record``: one, or one per label combination of its allocations.
+
+        An operation carries one ``userLabels`` set (docs/marketplaces.md §4.11), so each
+        combination is its own operation, its id derived from the record's: a resend carries the
+        same ids and Google keeps each combination once.
+        """
+        if not record.allocations:
+            return [self.build_operation(record)]
+        base = operation_id_for(record)
+        return [self._operation(record, str(uuid.uuid5(OPERATION_NAMESPACE, f"{base}/{_labels_key(tags)}")), units,
+                                dict(tags)) for tags, units in record.allocations]
+
+    def _operation(self, record: UsageRecord, operation_id: str, quantity: int, labels: dict[str, str]) -> Any:
         from google.cloud import servicecontrol_v1 as sc
 
         consumer_id = record.identifiers.get("consumer_id", "")
         # usageReportingId already carries its "project:" prefix: send it verbatim.
         return sc.Operation(
-            operation_id=operation_id_for(record),
+            operation_id=operation_id,
             operation_name=OPERATION_NAME,
             consumer_id=consumer_id,
             start_time=record.hour,
@@ -93,9 +111,10 @@ class Metering:
             metric_value_sets=[
                 sc.MetricValueSet(
                     metric_name=f"{self.service_name}/{record.dimension}",
-                    metric_values=[sc.MetricValue(int64_value=record.quantity)],
+                    metric_values=[sc.MetricValue(int64_value=quantity)],
                 )
             ],
+            user_labels=labels,
         )
 
     def report(self, records: Sequence[UsageRecord]) -> list[Outcome]:
@@ -125,7 +144,13 @@ class Metering:
                     f"{self.service_name!r}",
                 )
                 continue
-            to_check.append((index, self.build_operation(record)))
+            problem = next((p for p in (labels_problem(dict(tags)) for tags, _ in record.allocations) if p), None)
+            if problem:
+                # Refused before any combination is sent: a record is reported whole or not at all.
+                outcomes[index] = Outcome(record.key, OutcomeStatus.REJECTED, f"userLabels: {problem}")
+                continue
+            # One check per record (one consumer): with the operation of its first label combination.
+            to_check.append((index, self.build_operations(record)[0]))
 
         def check(item: tuple[int, Any]) -> Any:
             try:
@@ -149,9 +174,10 @@ class Metering:
             elif response.check_errors:
                 outcomes[index] = _check_outcome(records[index], operation, response.check_errors)
             else:
-                passing.append((index, operation))
+                passing.extend((index, op) for op in self.build_operations(records[index]))
 
         reported_any = False
+        parts: dict[int, list[Outcome]] = {}
         for chunk in self._chunks(passing):
             try:
                 response = self._call(
@@ -168,14 +194,16 @@ class Metering:
                 # Unknown outcome: these may or may not be stored. Resending the identical
                 # operations (same operationIds) is harmless, so they are FAILED, not lost.
                 for index, op in chunk:
-                    outcomes[index] = Outcome(
+                    parts.setdefault(index, []).append(Outcome(
                         records[index].key, OutcomeStatus.FAILED, f"report: {exc}", op.operation_id
-                    )
+                    ))
                 continue
             reported_any = True
             errors = {error.operation_id: error.status for error in response.report_errors}
             for index, op in chunk:
-                outcomes[index] = _report_outcome(records[index], op, errors.get(op.operation_id))
+                parts.setdefault(index, []).append(_report_outcome(records[index], op, errors.get(op.operation_id)))
+        for index, answers in parts.items():
+            outcomes[index] = _merged(records[index], answers)
         if first_transient is not None and all(
             o.status is OutcomeStatus.FAILED for o in outcomes.values()
         ):
@@ -205,6 +233,32 @@ class Metering:
             return method(request=request, retry=self.retry, timeout=self.timeout)
         except Exception as exc:  # classified below; anything unknown is re-raised
             raise _classify(exc) from exc
+
+
+def _labels_key(tags: Sequence[tuple[str, str]]) -> str:
+    return json.dumps(sorted(tags), separators=(",", ":"))
+
+
+def _merged(record: UsageRecord, answers: list[Outcome]) -> Outcome:
+    """Return a record's outcome from its operations' (one per label combination).
+
+    Accepted when every combination is stored (now or by an earlier send); otherwise the
+    first refusal, else failed — a resend carries the same operationIds, so the combinations
+    already stored are kept once.
+    """
+    if len(answers) == 1:
+        return answers[0]
+    stored = (OutcomeStatus.ACCEPTED, OutcomeStatus.DUPLICATE)
+    # The record's own id (its combinations' ids derive from it): what the ledger row keeps and resends.
+    first_id = operation_id_for(record)
+    if all(a.status in stored for a in answers):
+        if any(a.status is OutcomeStatus.ACCEPTED for a in answers):
+            return Outcome(record.key, OutcomeStatus.ACCEPTED, "", first_id, record.quantity)
+        return Outcome(record.key, OutcomeStatus.DUPLICATE, answers[0].detail, first_id)
+    bad = [a for a in answers if a.status not in stored]
+    worst = next((a for a in bad if a.status is not OutcomeStatus.FAILED), bad[0])
+    return Outcome(record.key, worst.status, f"{len(bad)} of {len(answers)} label combinations: {worst.detail}",
+                   first_id)
 
 
 def _code_name(code: Any) -> str:

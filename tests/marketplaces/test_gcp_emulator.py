@@ -551,3 +551,26 @@ def test_live_settings_trust_google_not_the_emulator() -> None:
     assert (verifier.certs_url, verifier.audience, verifier.service_account) == (
         None, "https://sync.acme.example/gcp/pubsub", "push@acme-prod.iam.gserviceaccount.com")
     assert (adapter.service_name, adapter.provider_id) == ("acme.endpoints.acme-prod.cloud.goog", "acme")
+
+
+@pytest.mark.parametrize(("labels", "accepted"), [
+    pytest.param({"cloudmarketplace.googleapis.com/resource_name": "products_db"}, True, id="reserved-key"),
+    pytest.param({"team": "red", "env": ""}, True, id="empty-value"),
+    pytest.param({"Team": "red"}, False, id="uppercase-key"),
+    pytest.param({"team": "Red"}, False, id="uppercase-value"),
+    pytest.param({"cloudmarketplace.googleapis.com/other": "x"}, False, id="unreserved-domain-key"),
+    pytest.param({f"k{i}": "v" for i in range(65)}, False, id="65-labels"),
+])
+def test_user_labels_follow_googles_rules(gcp: Gcp, labels: dict[str, str], accepted: bool) -> None:
+    """The emulator takes userLabels in Google's label syntax (and the two reserved cloudmarketplace keys) and answers
+    any other with a per-operation INVALID_ARGUMENT (code 3) that names userLabels; the operation is not stored."""
+    adapter = gcp.adapter()
+    ids = gcp.entitlement()
+    op = adapter.build_operation(record(ids))
+    op.user_labels.update(labels)
+    response = gcp.client().report(request=sc.ReportRequest(service_name=adapter.service_name, operations=[op]))
+    if accepted:
+        assert not response.report_errors and len(gcp.usage()["operations"]) == 1
+    else:
+        assert [e.status.code for e in response.report_errors] == [3]
+        assert "userLabels" in response.report_errors[0].status.message and gcp.usage()["operations"] == []

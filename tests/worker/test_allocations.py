@@ -122,3 +122,65 @@ def test_plan_allocations_equals_a_from_scratch_split(steps: list[tuple[str, Fra
             sent[key] = sent.get(key, 0) + units
         counted = plan.reported
     assert sent == {k: int(c / Fraction(price)) for k, c in cost.items() if int(c / Fraction(price))}
+
+
+@pytest.fixture
+def gcp(engine: Engine, emulator_servers: dict[str, EmulatorServer]) -> SyncEnv:
+    use_fragments(engine, True)
+    environment = build_env("gcp", engine, emulator_servers["gcp"])
+    environment.control("POST", "reset")
+    setup_billing(engine)
+    return environment
+
+
+RESOURCE = "cloudmarketplace.googleapis.com/resource_name"
+
+
+def test_gcp_reports_one_operation_per_label_set(gcp: SyncEnv) -> None:
+    """A Google record split over databases is one checked-then-reported operation per label set (the reserved
+    resource_name label), summing to the record's quantity; a resend carries the same operationIds and changes nothing."""
+    start = start_of_test_window()
+    contract, customer = map_contract(gcp, start=start)
+    _allocate(gcp, contract, [{"tag": RESOURCE, "property": "database"}, {"tag": "env", "property": "env"}])
+    _use(gcp.engine, customer, 1000, start + timedelta(minutes=5), database="products_db", env="prod")
+    _use(gcp.engine, customer, 419, start + timedelta(minutes=6), database="user_profiles_db", env="prod")
+    _use(gcp.engine, customer, 90, start + timedelta(minutes=7))
+    now = datetime.now(UTC)
+    assert hourly.prepare(gcp.engine, contract, start, now=now).quantity == 100 + 41 + 9
+    assert hourly.send_pending(gcp.engine, gcp.adapter, "gcp", now=now) == {"accepted": 1}
+
+    usage = gcp.control("GET", "usage")
+    labelled = sorted((op["operation"].get("userLabels", {}).get(RESOURCE, ""),
+                       int(op["operation"]["metricValueSets"][0]["metricValues"][0]["int64Value"]))
+                      for op in usage["operations"])
+    assert labelled == [("", 9), ("products_db", 100), ("user_profiles_db", 41)]
+    assert [t["quantity"] for t in usage["totals"]] == [150]
+    assert len(usage["checks"]) == 1 and usage["checks"][0]["passed"]
+
+    with Session(gcp.engine) as session:
+        row = session.execute(select(LedgerRow).where(LedgerRow.contract_id == contract)).scalar_one()
+    record = hourly.usage_record(row, _contract(gcp, contract))
+    assert gcp.adapter.report([record])[0].status.value == "accepted"  # the same operationIds: stored once
+    assert gcp.control("GET", "usage")["totals"][0]["quantity"] == 150
+
+
+def test_gcp_label_values_google_refuses_reject_the_record_whole(gcp: SyncEnv) -> None:
+    """A label value outside Google's syntax (uppercase) rejects the record before any combination is sent."""
+    start = start_of_test_window()
+    contract, customer = map_contract(gcp, start=start)
+    _allocate(gcp, contract, [{"tag": "team", "property": "team"}])
+    _use(gcp.engine, customer, 100, start + timedelta(minutes=5), team="red")
+    _use(gcp.engine, customer, 100, start + timedelta(minutes=5), team="Blue")
+    now = datetime.now(UTC)
+    hourly.prepare(gcp.engine, contract, start, now=now)
+    assert hourly.send_pending(gcp.engine, gcp.adapter, "gcp", now=now) == {"rejected": 1}
+    assert gcp.control("GET", "usage")["operations"] == []
+
+
+def _contract(env: SyncEnv, contract_id: str) -> Any:
+    from worker.persistence.contracts import ContractRow
+
+    with Session(env.engine) as session:
+        row = session.get(ContractRow, contract_id)
+        session.expunge(row)
+        return row

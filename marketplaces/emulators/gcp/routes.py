@@ -12,6 +12,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from marketplaces.gcp import parse_rfc3339, EMULATOR_CERTS_PATH
+from marketplaces.gcp.labels import labels_problem
 from marketplaces.emulators.control import EXTENSION
 from marketplaces.emulators.gcp.state import GcpEmulatorState
 from marketplaces.emulators.gcp.wire import (
@@ -214,6 +215,11 @@ def report_problem(service: str, operation: dict[str, Any]) -> tuple[int, str] |
     consumer = operation["consumerId"]
     if state.consumer_problem(service, consumer):
         return 5, f"Consumer '{consumer}' not found or not active."
+    labels = operation.get("userLabels") or {}
+    problem = labels_problem(labels) if isinstance(labels, dict) else "userLabels must be a map of strings"
+    if problem:
+        # Labels follow Google's label syntax; the two cloudmarketplace.googleapis.com/ keys are reserved.
+        return 3, f"userLabels: {problem}"
     start, end = parse_rfc3339(operation["startTime"]), parse_rfc3339(operation["endTime"])
     if start is None or end is None or end < start:
         return 3, "startTime and endTime must be RFC 3339 times with startTime <= endTime."
