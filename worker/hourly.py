@@ -41,7 +41,7 @@ from worker import allocations, cost_memo, ledger
 from worker.errors import Permanent, Transient
 from worker.ledger import COST_ERROR, Due, Part, Prepared, utc
 from worker.logs import get_logger
-from worker.metering import Dimension, UnmappedPrice, cost_by_dimension, dimensions_of, hour_floor, plan_report
+from worker.metering import Dimension, UnmappedPrice, cost_by_dimension, dimensions_of, hour_floor
 from worker.persistence.contracts import ContractRow, ListingRow
 from worker.persistence.ledger import LedgerRow
 from worker.statuses import SYNCABLE, MappingStatus
@@ -334,13 +334,17 @@ def preview(engine: Engine, contract_id: str, stamp: datetime, *, now: datetime,
     stamp = hour_floor(stamp)
     contract, listing, sub = _load(engine, contract_id)
     cost, period_start = contract_cost(engine, sub, contract, listing, stamp=stamp, now=now)
+    split = _split((contract, listing, sub, *cost_window(sub, contract, listing, stamp=stamp, now=now)),
+                   usage_source(engine))
     counts = {c["dimension"]: c for c in ledger.dimension_counts(engine, contract_id)}
     taken = ledger.stamp_taken(engine, contract_id, stamp)
     lines = []
-    for part in _due(contract, listing, cost, period_start).parts:
+    for part in _due(contract, listing, cost, period_start, split).parts:
         count = counts.get(part.dimension)
         reported = count["units_reported"] if count and count["period_start"] == period_start else 0
-        plan = plan_report(part.cost, part.unit_price, reported, final=final, close_policy=listing.close_rounding)
+        prior = ledger.allocated_before(count and count["period_start"], count and count["allocated"], period_start,
+                                        reported)
+        plan, _ = ledger.plan_part(part, prior, reported, final=final, close_policy=listing.close_rounding)
         lines.append({"dimension": part.dimension, "cost": str(part.cost), "unit_price": str(part.unit_price),
                       "units_total": plan.units_total, "units_reported": reported,
                       "would_send": 0 if taken else plan.delta, "over_reported": plan.over_reported})

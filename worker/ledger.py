@@ -27,7 +27,7 @@ from marketplaces.base import OutcomeStatus
 from worker.errors import Contention
 from worker.logs import get_logger
 from worker.metering import (
-    UNTAGGED, ReportPlan, UnmappedPrice, combination_key, combination_tags, ledger_key, plan_allocations,
+    UNTAGGED, AllocationPlan, ReportPlan, UnmappedPrice, combination_key, combination_tags, ledger_key, plan_allocations,
     plan_report,
 )
 from worker.persistence.contracts import ContractRow
@@ -179,16 +179,11 @@ def _swap(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetime
                         one.taken.append(taken)
                         one.reported[part.dimension] = reported
                         continue
-                    allocated: dict[str, int] | None = None
-                    if part.allocations is None:
-                        plan = plan_report(part.cost, part.unit_price, reported, final=final,
-                                           close_policy=due.close_rounding)
-                    else:
-                        split = plan_allocations(dict(part.allocations), part.unit_price,
-                                                 _allocated_before(count, due.period_start, reported),
-                                                 final=final, close_policy=due.close_rounding)
-                        plan = ReportPlan(split.units_total, split.delta, split.over_reported)
-                        allocated = split.reported
+                    prior = allocated_before(count and utc(count.period_start), count and count.allocated,
+                                             due.period_start, reported)
+                    plan, split = plan_part(part, prior, reported, final=final, close_policy=due.close_rounding)
+                    allocated = None if split is None else split.reported
+                    if split is not None:
                         one.allocations[part.dimension] = [
                             {"tags": [list(t) for t in combination_tags(combo)], "quantity": units}
                             for combo, units in sorted(split.deltas.items())]
@@ -287,14 +282,25 @@ def _swap(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetime
     return out
 
 
-def _allocated_before(count: Any, period_start: datetime, reported: int) -> dict[str, int]:
-    """Return the units each tag combination counted this period; units counted before the listing
+def plan_part(part: Part, prior: Mapping[str, int], reported: int, *, final: bool,
+              close_policy: str) -> tuple[ReportPlan, AllocationPlan | None]:
+    """Return one dimension's plan from the units it counted (``reported``; per tag combination: ``prior``):
+    over its whole cost, or per combination when the listing allocates usage (then the split too)."""
+    if part.allocations is None:
+        return plan_report(part.cost, part.unit_price, reported, final=final, close_policy=close_policy), None
+    split = plan_allocations(dict(part.allocations), part.unit_price, prior, final=final, close_policy=close_policy)
+    return ReportPlan(split.units_total, split.delta, split.over_reported), split
+
+
+def allocated_before(counted_period: datetime | None, allocated: Mapping[str, Any] | None, period_start: datetime,
+                     reported: int) -> dict[str, int]:
+    """Return the units each tag combination counted in the period; units counted before the listing
     allocated usage (no per-combination record) count as untagged."""
-    if count is None or utc(count.period_start) != period_start:
+    if counted_period is None or counted_period != period_start:
         return {}
-    if count.allocated is None:
+    if allocated is None:
         return {UNTAGGED: reported} if reported else {}
-    return {str(k): int(v) for k, v in count.allocated.items()}
+    return {str(k): int(v) for k, v in allocated.items()}
 
 
 def cost_error_text(exc: OutOfRange | UnmappedPrice) -> str:
@@ -647,8 +653,8 @@ def dimension_counts(engine: Engine, contract_id: str) -> list[dict[str, Any]]:
         rows = session.execute(select(DimensionSyncRow).where(DimensionSyncRow.contract_id == contract_id)
                                .order_by(DimensionSyncRow.dimension)).scalars().all()
         return [{"dimension": r.dimension, "period_start": utc(r.period_start), "units_reported": r.units_reported,
-                 "over_reported": r.over_reported, "last_cost": r.last_cost, "last_units_total": r.last_units_total}
-                for r in rows]
+                 "over_reported": r.over_reported, "last_cost": r.last_cost, "last_units_total": r.last_units_total,
+                 "allocated": r.allocated} for r in rows]
 
 
 def ledger_entry(engine: Engine, contract_id: str, ledger_id: int) -> LedgerRow | None:

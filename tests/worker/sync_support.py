@@ -169,6 +169,18 @@ def build_env(marketplace: str, engine: Engine, server: EmulatorServer) -> SyncE
     return SyncEnv(marketplace, engine, server, adapter, settings)
 
 
+def fresh_env(marketplace: str, engine: Engine, servers: dict[str, EmulatorServer]) -> SyncEnv:
+    """Return the environment of ``marketplace``'s session emulator, reset, with usage fragments on and the
+    tokens plan (``setup_billing``) stored."""
+    from billing_core import use_fragments
+
+    use_fragments(engine, True)
+    environment = build_env(marketplace, engine, servers[marketplace])
+    environment.control("POST", "reset")
+    setup_billing(engine)
+    return environment
+
+
 def emulator_factory(marketplace: str) -> Any:
     if marketplace == "aws":
         from marketplaces.emulators.aws import create_aws_emulator as factory

@@ -14,10 +14,10 @@ from hypothesis import given, settings as hsettings, strategies as st
 from sqlalchemy import Engine, select
 from sqlmodel import Session
 
-from billing_core import SqlEventStore, use_fragments
+from billing_core import SqlEventStore
 from billing_core.events import ingest_events
 from marketplaces.emulators.server import EmulatorServer
-from tests.worker.sync_support import SyncEnv, build_env, map_contract, setup_billing, start_of_test_window
+from tests.worker.sync_support import SyncEnv, fresh_env, map_contract, start_of_test_window
 from worker import hourly
 from worker.metering import UNTAGGED, combination_key, plan_allocations
 from worker.persistence.contracts import ListingRow
@@ -29,11 +29,7 @@ _n = iter(range(10**9))
 
 @pytest.fixture
 def aws(engine: Engine, emulator_servers: dict[str, EmulatorServer]) -> SyncEnv:
-    use_fragments(engine, True)
-    environment = build_env("aws", engine, emulator_servers["aws"])
-    environment.control("POST", "reset")
-    setup_billing(engine)
-    return environment
+    return fresh_env("aws", engine, emulator_servers)
 
 
 def _allocate(env: SyncEnv, contract: str, entries: list[dict[str, str]]) -> None:
@@ -64,10 +60,12 @@ def test_aws_records_carry_allocations_summing_to_the_quantity(aws: SyncEnv) -> 
     _use(aws.engine, customer, 257, start + timedelta(minutes=6), team="blue")    # 25.7
     _use(aws.engine, customer, 38, start + timedelta(minutes=7))                  # 3.8 untagged
     now = datetime.now(UTC)
+    assert hourly.preview(aws.engine, contract, start, now=now)["would_send"] == 43  # the dry run agrees
     first = hourly.prepare(aws.engine, contract, start, now=now)
-    assert first.quantity == 15 + 25 + 3
+    assert first.quantity == 15 + 25 + 3  # not floor(45.0): each team keeps its own remainder
     _use(aws.engine, customer, 5, start + timedelta(minutes=65), team="red")      # red: 16.0 in all
     _use(aws.engine, customer, 3, start + timedelta(minutes=66), team="blue")     # blue: 26.0 in all
+    assert hourly.preview(aws.engine, contract, start + timedelta(hours=1), now=now)["would_send"] == 2
     second = hourly.prepare(aws.engine, contract, start + timedelta(hours=1), now=now)
     assert second.quantity == 2  # one more unit each for red and blue; untagged still 3.8
     hourly.send_pending(aws.engine, aws.adapter, "aws", now=now)
@@ -126,11 +124,7 @@ def test_plan_allocations_equals_a_from_scratch_split(steps: list[tuple[str, Fra
 
 @pytest.fixture
 def gcp(engine: Engine, emulator_servers: dict[str, EmulatorServer]) -> SyncEnv:
-    use_fragments(engine, True)
-    environment = build_env("gcp", engine, emulator_servers["gcp"])
-    environment.control("POST", "reset")
-    setup_billing(engine)
-    return environment
+    return fresh_env("gcp", engine, emulator_servers)
 
 
 RESOURCE = "cloudmarketplace.googleapis.com/resource_name"

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from billing_core import use_fragments
 from marketplaces.emulators.server import EmulatorServer
-from tests.worker.sync_support import SyncEnv, build_env, ingest, map_contract, setup_billing, start_of_test_window
+from tests.worker.sync_support import SyncEnv, fresh_env, ingest, map_contract, start_of_test_window
 from tests.billing_core.test_migrations import empty_engine  # noqa: F401  (SQLite and PostgreSQL)
 from worker import hourly
 
@@ -22,11 +21,7 @@ KINDS = ("CustomerIdentifier", "CustomerAWSAccountId", "LicenseArn")
 
 @pytest.fixture
 def env(engine: Engine, emulator_servers: dict[str, EmulatorServer]) -> SyncEnv:
-    use_fragments(engine, True)
-    environment = build_env("aws", engine, emulator_servers["aws"])
-    environment.control("POST", "reset")
-    setup_billing(engine)
-    return environment
+    return fresh_env("aws", engine, emulator_servers)
 
 
 @pytest.fixture

@@ -12,11 +12,10 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
-from billing_core import use_fragments
 from config import Settings
 from marketplaces.emulators.server import EmulatorServer
 from tests.worker.sync_support import (
-    TWO_DIMENSIONS, SyncEnv, build_env, ingest, map_contract, point_cli_at, setup_billing, setup_two_dimension_billing,
+    TWO_DIMENSIONS, SyncEnv, fresh_env, ingest, map_contract, point_cli_at, setup_two_dimension_billing,
     start_of_test_window,
 )
 from worker import hourly, ledger, trueups
@@ -30,10 +29,7 @@ from worker.runtime import Runtime
 
 @pytest.fixture
 def env(engine: Engine, emulator_servers: dict[str, EmulatorServer]) -> SyncEnv:
-    use_fragments(engine, True)
-    environment = build_env("aws", engine, emulator_servers["aws"])
-    environment.control("POST", "reset")
-    setup_billing(engine)
+    environment = fresh_env("aws", engine, emulator_servers)
     setup_two_dimension_billing(engine)
     return environment
 
