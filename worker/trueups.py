@@ -116,8 +116,9 @@ def adjustment_key(contract_id: str, dimension: str, units: int, reason: str) ->
 
 
 def digest_of(text: str) -> str:
-    """Return the digest a preview shows and a confirmation names (sha256 of the file's text)."""
-    return hashlib.sha256(text.encode()).hexdigest()
+    """Return the digest a preview shows and a confirmation names: sha256 of the file's text, line breaks
+    normalized (a browser sends a form's text back with CRLF line breaks; the file is the same)."""
+    return hashlib.sha256(text.replace("\r\n", "\n").replace("\r", "\n").encode()).hexdigest()
 
 
 def parse(text: str) -> tuple[list[Adjustment], list[RowError]]:

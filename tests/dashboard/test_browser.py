@@ -204,3 +204,21 @@ def test_keyboard_and_phone_width(page: Any, seeded: Seeded) -> None:
         page.goto(path)
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
     shot(page, "contract-phone")
+
+
+def test_upload_preview_and_confirm_a_trueup_file(page: Any, seeded: Seeded, app: Any, tmp_path: Any) -> None:
+    """In a real browser: upload a CSV, read its preview, confirm it (the browser sends the file back with CRLF line
+    breaks: the same digest), and see it applied once."""
+    from worker import ledger
+
+    path = tmp_path / "trueups.csv"
+    path.write_text(f"contract,dimension,units,reason\n{seeded.acme},usage_cost,7,browser credit\n")
+    login(page, "/ops/trueups")
+    page.get_by_label("CSV file").set_input_files(str(path))
+    page.get_by_role("button", name="Preview").click()
+    assert "browser credit" in page.locator('table[aria-label="Adjustments"]').inner_text()
+    page.get_by_role("button", name=re.compile("Confirm: report 1 adjustment")).click()
+    assert "Applied 1 adjustment(s)" in page.locator(".flashes").inner_text()
+    rows = [r for r in ledger.ledger_rows(app.extensions["marketsync"].engine, seeded.acme) if r["kind"] == "trueup"]
+    assert [(r["quantity"], r["status"]) for r in rows] == [(7, "pending")]
+    shot(page, "trueups-applied")

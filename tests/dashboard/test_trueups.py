@@ -28,7 +28,8 @@ def test_upload_preview_confirm(ops_client: Any, seeded: Seeded, app: Any) -> No
     assert "support credit 88" in page and ">new<" in page and "Confirm: report 1 adjustment(s)" in page
     digest = page.split('name="digest" value="')[1].split('"')[0]
 
-    confirm = {"csrf_token": csrf_of(page), "csv": text, "digest": digest}
+    # A browser sends the hidden field back with CRLF line breaks: the same file.
+    confirm = {"csrf_token": csrf_of(page), "csv": text.replace("\n", "\r\n"), "digest": digest}
     done = ops_client.post("/ops/trueups/confirm", data=confirm, follow_redirects=True)
     page = done.get_data(as_text=True)
     assert done.status_code == 200 and "Applied 1 adjustment(s)" in page
