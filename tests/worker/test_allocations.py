@@ -178,3 +178,41 @@ def _contract(env: SyncEnv, contract_id: str) -> Any:
         row = session.get(ContractRow, contract_id)
         session.expunge(row)
         return row
+
+
+def test_parallel_runs_write_each_combination_once(aws: SyncEnv) -> None:
+    """Two runs preparing the same contract and hour at once write one record; each combination's count equals the
+    sum of its allocations in the counted ledger rows (recomputed from scratch), hour after hour."""
+    import threading
+
+    start = start_of_test_window()
+    contract, customer = map_contract(aws, start=start)
+    _allocate(aws, contract, TEAM)
+    now = datetime.now(UTC)
+    for hour in range(3):
+        stamp = start + timedelta(hours=hour)
+        for team, tokens in (("red", 33 + hour), ("blue", 71), ("", 19)):
+            _use(aws.engine, customer, tokens, stamp + timedelta(minutes=10), **({"team": team} if team else {}))
+        barrier = threading.Barrier(2)
+
+        def run() -> None:
+            barrier.wait()
+            hourly.prepare(aws.engine, contract, stamp, now=now)
+
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    with Session(aws.engine) as session:
+        rows = list(session.execute(select(LedgerRow).where(LedgerRow.contract_id == contract)).scalars())
+        count = session.get(DimensionSyncRow, (contract, "usage_cost"))
+    assert len(rows) == 3 and all(sum(a["quantity"] for a in r.allocations) == r.quantity for r in rows)
+    from_rows: dict[str, int] = {}
+    for row in rows:
+        for a in row.allocations:
+            key = combination_key(tuple(t) for t in a["tags"])
+            from_rows[key] = from_rows.get(key, 0) + a["quantity"]
+    assert count.allocated == from_rows and count.units_reported == sum(r.quantity for r in rows)
+    # red 3.3+3.4+3.5 = 10.2, blue 7.1 x 3 = 21.3, untagged 1.9 x 3 = 5.7 (10 tokens a unit)
+    assert from_rows == {combination_key([("team", "red")]): 10, combination_key([("team", "blue")]): 21, UNTAGGED: 5}
