@@ -299,6 +299,10 @@ def ledger(contract_id: str) -> None:
             detail = f"lost {row['quantity']} x {row['unit_price'] or '?'} = {row['amount'] or '?'}; {detail}"
         elif row["status"] == "pending" and row["held_until"] is not None:
             detail = f"held until {row['held_until'].isoformat()[:16]}; {detail}"
+        if row["allocations"]:
+            split = ", ".join(f"{' '.join(f'{k}={v}' for k, v in a['tags']) or 'untagged'}: {a['quantity']}"
+                              for a in row["allocations"])
+            detail = f"allocated {split}; {detail}".rstrip("; ")
         click.echo(f"{row['hour'][:16]:20} {row['dimension']:{width}} {row['kind']:7} {row['quantity']:>8} "
                    f"{row['units_total']:>8} {row['cost_to_date']:>14} {row['status']:10} {detail}")
     click.echo(f"{len(rows)} report(s)")

@@ -82,6 +82,21 @@ def test_aws_records_carry_allocations_summing_to_the_quantity(aws: SyncEnv) -> 
                                    UNTAGGED: 3}
         statuses = set(session.execute(select(LedgerRow.status).where(LedgerRow.contract_id == contract)).scalars())
     assert statuses == {"accepted"}
+    assert "allocated team=blue: 25, team=red: 15, untagged: 3" in _ledger_cli(aws, contract)
+
+
+def _ledger_cli(env: SyncEnv, contract: str) -> str:
+    """Return what ``marketsync ledger CONTRACT`` prints (the CLI pointed at this test's database)."""
+    from click.testing import CliRunner
+
+    from worker.cli import main
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DATABASE_URL", str(env.engine.url.render_as_string(hide_password=False)))
+        patch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+        answer = CliRunner().invoke(main, ["ledger", contract])
+    assert answer.exit_code == 0, answer.output
+    return answer.output
 
 
 def test_a_rejected_allocated_record_uncounts_each_combination(aws: SyncEnv) -> None:
