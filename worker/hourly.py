@@ -266,13 +266,7 @@ def prepare_many(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *
     if carry:
         cost_memo.store(engine, _memos([t for t in fresh if not allocations.enabled(t[1])], totals, failed, source),
                         position=position, now=now)
-    splits: dict[str, allocations.Split] = {}
-    for window in todo:
-        if allocations.enabled(window[1]) and window[0].id not in failed:
-            try:
-                splits[window[0].id] = _split(window, source)  # type: ignore[assignment]
-            except (OutOfRange, UnmappedPrice) as exc:
-                failed[window[0].id] = exc
+    splits = _splits(todo, source, failed)
     ledger.mark_cost_errors(engine, failed, now=now)
     out.update({contract_id: Prepared(COST_ERROR, ledger.cost_error_text(exc)) for contract_id, exc in failed.items()})
     dues = [_due(contract, listing, totals.get(contract.id) or _costs(None, contract, listing), period_start,
@@ -288,6 +282,24 @@ def _split(window: cost_memo.Window, source: Any) -> allocations.Split | None:
     if not allocations.enabled(listing):
         return None
     return allocations.split_costs(sub, listing, dimensions(contract, listing), start, end, source)
+
+
+def _splits(windows: Sequence[cost_memo.Window], source: Any,
+            failed: dict[str, OutOfRange | UnmappedPrice]) -> dict[str, allocations.Split]:
+    """Return the split of each window whose listing allocates usage; one that cannot be computed goes to ``failed``."""
+    out: dict[str, allocations.Split] = {}
+    for window in windows:
+        contract_id = window[0].id
+        if contract_id in failed:
+            continue
+        try:
+            split = _split(window, source)
+        except (OutOfRange, UnmappedPrice) as exc:
+            failed[contract_id] = exc
+            continue
+        if split is not None:
+            out[contract_id] = split
+    return out
 
 
 def verify_carried(engine: Engine, *, now: datetime) -> tuple[int, list[str]]:

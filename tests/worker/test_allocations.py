@@ -231,3 +231,28 @@ def test_parallel_runs_write_each_combination_once(aws: SyncEnv) -> None:
     assert count.allocated == from_rows and count.units_reported == sum(r.quantity for r in rows)
     # red 3.3+3.4+3.5 = 10.2, blue 7.1 x 3 = 21.3, untagged 1.9 x 3 = 5.7 (10 tokens a unit)
     assert from_rows == {combination_key([("team", "red")]): 10, combination_key([("team", "blue")]): 21, UNTAGGED: 5}
+
+
+def test_the_hourly_fan_out_splits_allocated_listings_and_carries_the_others(aws: SyncEnv) -> None:
+    """``prepare_many`` (the hourly job) writes an allocated contract's record split per team next to a plain one's,
+    and the next run carries only the plain one's cost forward (the split is read afresh)."""
+    start = start_of_test_window()
+    split, customer = map_contract(aws, start=start)
+    plain, other = map_contract(aws, start=start)
+    _allocate(aws, split, TEAM)
+    _use(aws.engine, customer, 120, start + timedelta(minutes=5), team="red")
+    _use(aws.engine, customer, 80, start + timedelta(minutes=5))
+    _use(aws.engine, other, 200, start + timedelta(minutes=5))
+    now = datetime.now(UTC)
+    out = hourly.prepare_many(aws.engine, [split, plain], start, now=now)
+    assert (out[split].quantity, out[plain].quantity) == (20, 20)
+    with Session(aws.engine) as session:
+        rows = {r.contract_id: r for r in session.execute(select(LedgerRow)).scalars()}
+    assert rows[split].allocations == [{"tags": [["team", "red"]], "quantity": 12}, {"tags": [], "quantity": 8}]
+    assert rows[plain].allocations is None
+    from worker import cost_memo
+
+    carried = cost_memo.reuse(aws.engine, hourly._windows(aws.engine, [split, plain], start + timedelta(hours=1),
+                                                           now=now, skipped={}),
+                              position=hourly.watermark(aws.engine), until=now)
+    assert set(carried) == {plain}
