@@ -44,7 +44,7 @@ from marketplaces.base import AcceptedUsage, Marketplace, MarketplaceError, read
 from worker import hourly
 from worker.ledger import COUNTED, TRUEUP, amount_of, utc
 from worker.logs import get_logger
-from worker.metering import UnmappedPrice, units_for
+from worker.metering import UnmappedPrice, plan_allocations, units_for
 from worker.persistence.contracts import ContractRow, ListingRow
 from worker.persistence.ledger import LedgerRow
 from worker.reports import month_bounds, safe_cell
@@ -360,14 +360,16 @@ def _period_lines(engine: Engine, rows: Sequence[LedgerRow], contracts: Mapping[
             as_of = now if window_end < now else last_run.get((contract_id, period_start), now)
             cost, _ = hourly.contract_cost(engine, sub, contract, listing, stamp=stamp, now=as_of)
             dims = hourly.dimensions(contract, listing)
+            policy = listing.close_rounding if (contract_id, period_start) in final else "floor"
+            units = _units((contract, listing, sub, *hourly.cost_window(sub, contract, listing, stamp=stamp,
+                                                                         now=as_of)), cost, usage_source(engine), policy)
         except (OutOfRange, UnmappedPrice, InvalidOperation, ValueError) as exc:
             out.extend(Line(contract_id=contract_id, marketplace=marketplace, dimension=name, period_start=period_start,
                             reported=reported[(contract_id, period_start, name)],
                             causes=(f"cannot compute: {type(exc).__name__}: {_first_line(exc)}",)) for name in names)
             continue
-        policy = listing.close_rounding if (contract_id, period_start) in final else "floor"
         for dim in sorted(dims, key=lambda d: d.name):
-            computed = units_for(cost.get(dim.name, Decimal(0)), dim.unit_price, policy)
+            computed = units[dim.name]
             count = reported[(contract_id, period_start, dim.name)]
             causes: tuple[str, ...] = ()
             if computed > count:
@@ -378,6 +380,17 @@ def _period_lines(engine: Engine, rows: Sequence[LedgerRow], contracts: Mapping[
             out.append(Line(contract_id=contract_id, marketplace=marketplace, dimension=dim.name,
                             period_start=period_start, computed=computed, reported=count, causes=causes))
     return out
+
+
+def _units(window: Any, cost: Mapping[str, Decimal], source: Any, policy: str) -> dict[str, int]:
+    """Return each dimension's whole units computed from its cost to date as the sync computes them: per tag
+    combination, summed, when the listing allocates usage (docs/marketplaces.md §1.12)."""
+    contract, listing = window[0], window[1]
+    split = hourly._split(window, source)
+    return {d.name: units_for(cost.get(d.name, Decimal(0)), d.unit_price, policy) if split is None
+            else plan_allocations(dict(split.get(d.name, ())), d.unit_price, {}, final=True,
+                                  close_policy=policy).units_total
+            for d in hourly.dimensions(contract, listing)}
 
 
 def _silent_lines(engine: Engine, reporting: set[str], start: datetime, end: datetime, *,
@@ -407,16 +420,23 @@ def _silent_lines(engine: Engine, reporting: set[str], start: datetime, end: dat
             window = (contract, listing, sub, *hourly.cost_window(sub, contract, listing, stamp=stamp, now=until))
             if window[4] > window[3]:
                 windows.append(window)
-    costs, failed = hourly.window_costs(windows, usage_source(engine))  # in bulk, not one read each
+    source = usage_source(engine)
+    costs, failed = hourly.window_costs(windows, source)  # in bulk, not one read each
     out: list[Line] = []
-    for contract, listing, _sub, _start, _end, period_start in windows:
+    for window in windows:
+        contract, listing, period_start = window[0], window[1], window[5]
+        if contract.id not in failed:
+            try:
+                units = _units(window, costs[contract.id], source, "floor")
+            except (OutOfRange, UnmappedPrice) as exc:
+                failed[contract.id] = exc
         if contract.id in failed:
             exc = failed[contract.id]
             out.append(Line(contract_id=contract.id, marketplace=contract.marketplace, dimension="",
                             period_start=None, causes=(f"cannot compute: {type(exc).__name__}: {_first_line(exc)}",)))
             continue
         for dim in sorted(hourly.dimensions(contract, listing), key=lambda d: d.name):
-            computed = units_for(costs[contract.id].get(dim.name, Decimal(0)), dim.unit_price, "floor")
+            computed = units[dim.name]
             count = reported[(contract.id, utc(period_start), dim.name)]  # type: ignore[index]
             if computed > count:
                 out.append(Line(contract_id=contract.id, marketplace=contract.marketplace, dimension=dim.name,

@@ -256,3 +256,34 @@ def test_the_hourly_fan_out_splits_allocated_listings_and_carries_the_others(aws
                                                            now=now, skipped={}),
                               position=hourly.watermark(aws.engine), until=now)
     assert set(carried) == {plain}
+
+
+def test_reconciliation_computes_allocated_units_per_combination(aws: SyncEnv) -> None:
+    """The month's reconciliation computes an allocated contract's units as the sync does (per team, summed), so a
+    fully reported contract shows no discrepancy although floor(total cost / unit price) is higher."""
+    from worker import reconcile
+
+    start = start_of_test_window()
+    contract, customer = map_contract(aws, start=start)
+    _allocate(aws, contract, TEAM)
+    _use(aws.engine, customer, 155, start + timedelta(minutes=5), team="red")   # 15.5
+    _use(aws.engine, customer, 257, start + timedelta(minutes=5), team="blue")  # 25.7: 41.2 in all, floor 41
+    now = datetime.now(UTC)
+    assert hourly.prepare(aws.engine, contract, start, now=now).quantity == 40
+    hourly.send_pending(aws.engine, aws.adapter, "aws", now=now)
+    month = start.strftime("%Y-%m")
+    accepted, sources = reconcile.accepted_usage(_Runtime(aws), month, {"aws"})
+    result = reconcile.reconcile(aws.engine, month, accepted, now=now, sources=sources)
+    lines = [line for line in result.lines if line.contract_id == contract]
+    assert lines and not [line for line in lines if line.causes]
+    assert [line.computed for line in lines if line.kind == "period"] == [40]
+
+
+class _Runtime:
+    """What ``reconcile.accepted_usage`` reads from a runtime: the engine, settings and the adapter."""
+
+    def __init__(self, env: SyncEnv) -> None:
+        self.engine, self.settings, self._env = env.engine, env.settings, env
+
+    def adapter(self, marketplace: str) -> Any:
+        return self._env.adapter
