@@ -259,7 +259,10 @@ def _write(engine: Engine, preview: Preview, *, now: datetime) -> dict[int, list
     try:
         with Session(engine) as session:
             for (contract_id, dimension), rows in sorted(groups.items()):
-                contract, listing, sub = loaded[contract_id]  # type: ignore[misc]
+                one = loaded[contract_id]
+                if isinstance(one, Exception):
+                    return None  # unmapped meanwhile: the next pass's check names it
+                contract, listing, sub = one
                 _, _, period_start = hourly.cost_window(sub, contract, listing, stamp=preview.stamp, now=now)
                 price = next(d.unit_price for d in hourly.dimensions(contract, listing) if d.name == dimension)
                 units = sum(r.units for r in rows)

@@ -8,6 +8,7 @@ from pydantic import Field
 from webhooks.api.common import Body, api_blueprint, engine, now, parse_body
 from webhooks.api.openapi import documented
 from webhooks.api.schemas import TrueupAnswer, TrueupList
+from webhooks.errors import ApiError
 from worker import trueups
 
 bp = api_blueprint("trueups", __name__)
@@ -40,7 +41,12 @@ def confirm() -> ResponseReturnValue:
     preview is a 409; adjustments an earlier confirmation applied are reported once, not again.
     """
     body = parse_body(TrueupConfirm)
-    return trueups.as_dict(trueups.confirm(engine(), body.csv, digest=body.digest, now=now()))
+    try:
+        return trueups.as_dict(trueups.confirm(engine(), body.csv, digest=body.digest, now=now()))
+    except trueups.TrueupRefused as exc:
+        # Every error, each naming its line and column: csv.<line>.<column>.
+        raise ApiError(400, "Request validation error", str(exc), extra={"validation_errors": [
+            {"field": f"csv.{e.line}.{e.column}", "message": e.message} for e in exc.errors]}) from None
 
 
 @bp.get("/trueups")
