@@ -53,6 +53,7 @@ from billing_core.pricing import (
     BillingMode, BulkConfig, BulkTier, MatrixConfig, MatrixValue, ModelType, PackageConfig, Price, Tier,
     TieredConfig, TieredPackageConfig, TieredPackageTier, UnitConfig, config_to_dict, parse_config,
 )
+from billing_core.simulations import Simulation
 from billing_core.sql_usage import SqlUsageSource
 from billing_core.sql_fragments import FragmentUsageSource, use_fragments, usage_source
 from billing_core.sql_usage_batch import BatchSqlUsageSource
@@ -76,7 +77,7 @@ __all__ = [
     "Cadence", "BillingAnchor", "Period", "Subscription", "PriceInterval", "AdjustmentInterval", "AddPrice",
     "AddAdjustment", "ReplacePrice", "IntervalEdit", "Invoice", "LineItem", "Costs", "PriceCost",
     "ExactNumber", "PriceEvaluation", "PriceGroup", "EvaluatedPrice", "InvalidMetric",
-    "MAX_PREVIEW_EVENTS", "MAX_PRICE_EVALUATIONS",
+    "MAX_PREVIEW_EVENTS", "MAX_PRICE_EVALUATIONS", "Simulation",
     # use cases and pure functions
     "create_customer", "update_customer", "create_metric", "update_metric", "validate_batch",
     "store_records", "ingest_events", "amend_event", "deprecate_event", "create_backfill",

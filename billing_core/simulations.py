@@ -24,10 +24,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from billing_core.errors import InvalidInput, OutOfRange
 from billing_core.invoices import Invoice, compute_invoices
-from billing_core.money import ZERO, divide
+from billing_core.lines import decimal_text, iso
+from billing_core.money import ZERO, divide, round_money
 from billing_core.periods import Period
 from billing_core.plans import Plan, PlanVersion, add_version
 from billing_core.pricing import Price
@@ -36,7 +38,7 @@ from billing_core.usage import UsageSource
 
 __all__ = [
     "BUCKETS", "PriceRevenue", "CustomerRevenue", "Bucket", "Failure", "Simulation", "simulated_timeline",
-    "periods_within", "draft_version", "simulate",
+    "periods_within", "draft_version", "simulate", "change_percent",
 ]
 
 Progress = Callable[[int, int], None]
@@ -48,6 +50,13 @@ BUCKETS: tuple[tuple[Decimal | None, Decimal | None], ...] = tuple(
 )
 CHUNK = 5000  # subscriptions computed per usage read (and per progress step)
 _CENT = Decimal("0.01")
+
+
+def change_percent(current: Decimal, simulated: Decimal) -> Decimal | None:
+    """Return the change from ``current`` to ``simulated`` in percent (two places), None from zero."""
+    if current == 0:
+        return None
+    return divide((simulated - current) * 100, current).quantize(_CENT, rounding=ROUND_HALF_UP)
 
 
 @dataclass(frozen=True)
@@ -78,9 +87,7 @@ class CustomerRevenue:
     @property
     def change_percent(self) -> Decimal | None:
         """Return the change in percent (two places), None when there was no current revenue."""
-        if self.current == 0:
-            return None
-        return divide((self.simulated - self.current) * 100, self.current).quantize(_CENT, rounding=ROUND_HALF_UP)
+        return change_percent(self.current, self.simulated)
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,32 @@ class Simulation:
     @property
     def periods(self) -> int:
         return sum(c.periods for c in self.customers)
+
+    def to_dict(self, version: int | None = None) -> dict[str, Any]:
+        """Return the result as JSON-ready data: money as decimal strings, customers by id."""
+        def money(value: Decimal) -> str | None:
+            return decimal_text(round_money(value, self.currency))  # lines are rounded: this only spells 0 as 0.00
+
+        return {
+            "plan_id": self.plan_id, "version": version, "currency": self.currency,
+            "timeframe_start": iso(self.timeframe_start), "timeframe_end": iso(self.timeframe_end),
+            "subscriptions": sum(len(c.subscription_ids) for c in self.customers), "periods": self.periods,
+            "current_total": money(self.current), "simulated_total": money(self.simulated),
+            "change_total": money(self.simulated - self.current),
+            "change_percent": decimal_text(change_percent(self.current, self.simulated)),
+            "distribution": [
+                {"label": b.label, "lower_percent": decimal_text(b.lower), "upper_percent": decimal_text(b.upper),
+                 "customers": b.customers} for b in self.distribution()],
+            "customers": [
+                {"customer_id": c.customer_id, "subscription_ids": list(c.subscription_ids), "periods": c.periods,
+                 "current_total": money(c.current), "simulated_total": money(c.simulated),
+                 "change_percent": decimal_text(c.change_percent),
+                 "prices": [{"price_key": p.price_key, "name": p.name, "current": money(p.current),
+                             "simulated": money(p.simulated)} for p in c.prices]}
+                for c in self.customers],
+            "failures": [{"subscription_id": f.subscription_id, "customer_id": f.customer_id, "reason": f.reason}
+                         for f in self.failures],
+        }
 
     def distribution(self) -> tuple[Bucket, ...]:
         """Return the customers per bucket of percent change, then ``new`` and ``none`` revenue."""

@@ -11,12 +11,12 @@ from flask import Flask
 
 from webhooks.api import (
     contracts, customers, events, invoices, items, listings, metering, metrics, openapi, plans, prices,
-    subscriptions,
+    simulations, subscriptions,
 )
 
 BLUEPRINTS = (
     contracts.bp, customers.bp, events.bp, invoices.bp, items.bp, listings.bp, metering.bp, metrics.bp,
-    openapi.bp, plans.bp, prices.bp, subscriptions.bp,
+    openapi.bp, plans.bp, prices.bp, simulations.bp, subscriptions.bp,
 )
 
 

@@ -42,7 +42,8 @@ from webhooks.api.schemas.events import (
 )
 from webhooks.api.schemas.prices import (
     PriceEvaluationInput, PriceEvaluate, PreviewEvent, PriceEvaluatePreview, PriceGroup, EvaluatedPrice,
-    PriceEvaluations,
+    PriceEvaluations, DraftPrice, SimulationCreate, Bucket, PriceRevenue, CustomerRevenue, SimulationFailure,
+    SimulationResult,
 )
 from webhooks.api.schemas.mapping import (
     Listing, ListingQuery, Buyer, ContractMapping, MappedObject, ExternalAssociations, Contract,
@@ -71,5 +72,6 @@ __all__ = [
     "ContractMapping", "MappedObject", "ExternalAssociations", "Contract", "ContractQuery", "SyncQueued",
     "ReportRow", "MeteringReport", "ReportQuery", "ContractWebhook", "MarketplaceNotification",
     "DeliveryAccepted", "PriceEvaluationInput", "PriceEvaluate", "PreviewEvent", "PriceEvaluatePreview",
-    "PriceGroup", "EvaluatedPrice", "PriceEvaluations",
+    "PriceGroup", "EvaluatedPrice", "PriceEvaluations", "DraftPrice", "SimulationCreate", "Bucket",
+    "PriceRevenue", "CustomerRevenue", "SimulationFailure", "SimulationResult",
 ]

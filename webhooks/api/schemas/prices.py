@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, Optional, Union
+from typing import Optional, Union
 
 from pydantic import Field
 
@@ -61,3 +61,71 @@ class EvaluatedPrice(Shape):
 
 class PriceEvaluations(Shape):
     data: list[EvaluatedPrice]
+
+
+# --- simulations ----------------------------------------------------------------------------------
+
+class DraftPrice(Body):
+    """A draft price, continuing the plan price it replaces (by id, key or external price id) if named."""
+
+    price: NewPrice
+    replaces_price_id: Optional[str] = None
+
+
+class SimulationCreate(Body):
+    """A plan, the pricing to try (``version`` or draft ``prices``), whose subscriptions and when."""
+
+    plan_id: str = Field(min_length=1)
+    version: Optional[int] = None
+    prices: Optional[list[Union[DraftPrice, NewPrice]]] = None
+    customer_ids: Optional[list[str]] = None
+    external_customer_ids: Optional[list[str]] = None
+    timeframe_start: datetime
+    timeframe_end: Optional[datetime] = None
+
+
+class Bucket(Shape):
+    label: str
+    lower_percent: Optional[str]
+    upper_percent: Optional[str]
+    customers: int
+
+
+class PriceRevenue(Shape):
+    price_key: str
+    name: str
+    current: Money
+    simulated: Money
+
+
+class CustomerRevenue(Shape):
+    customer_id: str
+    subscription_ids: list[str]
+    periods: int
+    current_total: Money
+    simulated_total: Money
+    change_percent: Optional[str]
+    prices: list[PriceRevenue]
+
+
+class SimulationFailure(Shape):
+    subscription_id: str
+    customer_id: str
+    reason: str
+
+
+class SimulationResult(Shape):
+    plan_id: str
+    version: Optional[int]
+    currency: str
+    timeframe_start: datetime
+    timeframe_end: datetime
+    subscriptions: int
+    periods: int
+    current_total: Money
+    simulated_total: Money
+    change_total: Money
+    change_percent: Optional[str]
+    distribution: list[Bucket]
+    customers: list[CustomerRevenue]
+    failures: list[SimulationFailure]
