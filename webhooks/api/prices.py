@@ -166,4 +166,7 @@ def evaluate_preview_events():
     except EventValidationFailed as exc:
         where, problems = exc.failures[0]
         raise bad(where, problems[0]) from None
-    return _answer(evaluate_prices(evaluations, source, customer_id=customer.id, start=start, end=end))
+    try:
+        return _answer(evaluate_prices(evaluations, source, customer_id=customer.id, start=start, end=end))
+    finally:
+        source.bind.dispose()  # the request's private in-memory database
