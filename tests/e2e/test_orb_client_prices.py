@@ -89,6 +89,23 @@ def test_evaluate_existing_and_inline_prices(orb_client: orb.Orb, catalog: dict)
     assert outside.data[0].price_groups[0].amount == "0.00" and outside.data[1].price_groups == []
 
 
+def test_evaluate_one_price(orb_client: orb.Orb, catalog: dict) -> None:
+    """The single-price call (``prices.evaluate``) answers the groups of one existing price."""
+    c = catalog
+    answer = orb_client.prices.evaluate(c["prices"]["Calls"].id, timeframe_start=c["start"], timeframe_end=c["end"],
+                                        customer_id=c["customer"].id, filter="tier = 'std'", grouping_keys=["region"])
+    assert [(g.grouping_values, g.quantity, g.amount) for g in answer.data] == [(["eu"], 14, "0.94"), (["us"], 6, "0.40")]
+    with pytest.raises(orb.NotFoundError):
+        orb_client.prices.evaluate("price_nope", timeframe_start=c["start"], timeframe_end=c["end"],
+                                   customer_id=c["customer"].id)
+    with pytest.raises(orb.BadRequestError, match="price_id: price .* is a fixed fee"):
+        orb_client.prices.evaluate(c["prices"]["Platform"].id, timeframe_start=c["start"], timeframe_end=c["end"],
+                                   customer_id=c["customer"].id)
+    with pytest.raises(orb.BadRequestError, match="filter: "):
+        orb_client.prices.evaluate(c["prices"]["Calls"].id, timeframe_start=c["start"], timeframe_end=c["end"],
+                                   customer_id=c["customer"].id, filter="tier ==")
+
+
 def test_evaluate_preview_events(orb_client: orb.Orb, catalog: dict) -> None:
     """Preview events stand in for stored usage; events of other customers are left out."""
     c = catalog

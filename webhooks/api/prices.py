@@ -20,7 +20,9 @@ from billing_core import (
 from webhooks.api.bodies import check_fields, parse_instant, parse_price, require_list, require_object
 from webhooks.api.common import api_blueprint, bad, engine, json_body, now
 from webhooks.api.openapi import documented
-from webhooks.api.schemas import PriceEvaluate, PriceEvaluatePreview, PriceEvaluations
+from webhooks.api.schemas import (
+    PriceEvaluate, PriceEvaluatePreview, PriceEvaluations, PriceGroups, SinglePriceEvaluate,
+)
 from worker.db import session_scope
 
 bp = api_blueprint("billing_prices", __name__)
@@ -51,44 +53,51 @@ def _timeframe(body: Mapping[str, Any]) -> tuple[datetime, datetime]:
     return start, end
 
 
-def _evaluation(session: Session, raw: Any, field: str, index: int) -> PriceEvaluation:
-    raw = require_object(raw, field)
+def _at(field: str, name: str) -> str:
+    return f"{field}.{name}" if field else name
+
+
+def _evaluation(session: Session, raw: Any, field: str, index: int | None) -> PriceEvaluation:
+    """Read one price evaluation (``field`` names it in errors: ``price_evaluations[i]``, or "" for the body)."""
+    raw = require_object(raw, field or "body")
     check_fields(raw, _EVALUATION_FIELDS, field, {"metric_parameter_overrides"})
     named = [k for k in ("price_id", "external_price_id", "price") if raw.get(k) is not None]
     if len(named) != 1:
-        raise bad(field, "give exactly one of price_id, external_price_id and price")
+        raise bad(field or "price_id", "give exactly one of price_id, external_price_id and price")
     inline = None
     if named[0] == "price":
-        price_raw = require_object(raw["price"], f"{field}.price")
+        price_raw = require_object(raw["price"], _at(field, "price"))
         currency = price_raw.get("currency")
         if not isinstance(currency, str) or len(currency) != 3:
-            raise bad(f"{field}.price.currency", "an ISO 4217 code is required")
-        price = parse_price(price_raw, currency=currency, field=f"{field}.price")
+            raise bad(_at(field, "price.currency"), "an ISO 4217 code is required")
+        price = parse_price(price_raw, currency=currency, field=_at(field, "price"))
         inline = index
     else:
         name = raw[named[0]]
         if not isinstance(name, str) or not name:
-            raise bad(f"{field}.{named[0]}", "expected a non-empty string")
+            raise bad(_at(field, named[0]), "expected a non-empty string")
         try:
             price = SqlCatalog(session).get_price(name)
         except PriceNotFound:
-            raise bad(f"{field}.{named[0]}", f"no price {name!r}") from None
+            raise bad(_at(field, named[0]), f"no price {name!r}") from None
         if named[0] == "external_price_id" and price.external_price_id != name:
-            raise bad(f"{field}.external_price_id", f"no price with external_price_id {name!r}")
+            raise bad(_at(field, "external_price_id"), f"no price with external_price_id {name!r}")
+    if price.is_fixed:
+        raise bad(field or "price_id", f"price {price.id} is a fixed fee; only usage prices are evaluated over events")
     filters: tuple[Any, ...] = ()
     if raw.get("filter") is not None:
         try:
             filters = filter_from_sql(raw["filter"])
         except InvalidInput as exc:
-            raise bad(f"{field}.filter", str(exc)) from None
-    keys = require_list(raw.get("grouping_keys"), f"{field}.grouping_keys")
+            raise bad(_at(field, "filter"), str(exc)) from None
+    keys = require_list(raw.get("grouping_keys"), _at(field, "grouping_keys"))
     if not all(isinstance(k, str) for k in keys):
-        raise bad(f"{field}.grouping_keys", "expected a list of property names")
+        raise bad(_at(field, "grouping_keys"), "expected a list of property names")
     if keys:
         try:
             MetricDefinition(event_name="-", aggregation="count", group_by=tuple(keys))
         except InvalidInput as exc:
-            raise bad(f"{field}.grouping_keys", str(exc)) from None
+            raise bad(_at(field, "grouping_keys"), str(exc)) from None
     return PriceEvaluation(price=price, filters=filters, grouping_keys=tuple(keys), inline_index=inline)
 
 
@@ -142,6 +151,28 @@ def evaluate():
         source = SqlUsageSource(session)
         _definitions(source, evaluations)
         return _answer(evaluate_prices(evaluations, source, customer_id=customer.id, start=start, end=end))
+
+
+@bp.post("/prices/<price_id>/evaluate")
+@documented(body=SinglePriceEvaluate, response=PriceGroups)
+def evaluate_one(price_id: str):
+    """Evaluate one existing price over a customer's usage in a timeframe (Orb's ``prices.evaluate``)."""
+    body = require_object(json_body(), "body")
+    check_fields(body, {"timeframe_start", "timeframe_end", "customer_id", "external_customer_id", "filter",
+                        "grouping_keys"}, "", {"metric_parameter_overrides"})
+    start, end = _timeframe(body)
+    with session_scope(engine()) as session:
+        customer = _customer(session, body)
+        try:
+            SqlCatalog(session).get_price(price_id)
+        except PriceNotFound:
+            raise PriceNotFound(f"price {price_id} not found", field="price_id") from None
+        raw = {"price_id": price_id, "filter": body.get("filter"), "grouping_keys": body.get("grouping_keys")}
+        evaluation = _evaluation(session, raw, "", None)
+        source = SqlUsageSource(session)
+        _definitions(source, [evaluation])
+        result = evaluate_prices([evaluation], source, customer_id=customer.id, start=start, end=end)
+        return {"data": _answer(result)["data"][0]["price_groups"]}
 
 
 @bp.post("/prices/evaluate_preview_events")

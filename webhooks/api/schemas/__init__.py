@@ -42,7 +42,7 @@ from webhooks.api.schemas.events import (
 )
 from webhooks.api.schemas.prices import (
     PriceEvaluationInput, PriceEvaluate, PreviewEvent, PriceEvaluatePreview, PriceGroup, EvaluatedPrice,
-    PriceEvaluations, DraftPrice, SimulationCreate, Bucket, PriceRevenue, CustomerRevenue, SimulationFailure,
+    PriceEvaluations, SinglePriceEvaluate, PriceGroups, DraftPrice, SimulationCreate, Bucket, PriceRevenue, CustomerRevenue, SimulationFailure,
     SimulationResult,
 )
 from webhooks.api.schemas.mapping import (
@@ -72,6 +72,6 @@ __all__ = [
     "ContractMapping", "MappedObject", "ExternalAssociations", "Contract", "ContractQuery", "SyncQueued",
     "ReportRow", "MeteringReport", "ReportQuery", "ContractWebhook", "MarketplaceNotification",
     "DeliveryAccepted", "PriceEvaluationInput", "PriceEvaluate", "PreviewEvent", "PriceEvaluatePreview",
-    "PriceGroup", "EvaluatedPrice", "PriceEvaluations", "DraftPrice", "SimulationCreate", "Bucket",
+    "PriceGroup", "EvaluatedPrice", "PriceEvaluations", "SinglePriceEvaluate", "PriceGroups", "DraftPrice", "SimulationCreate", "Bucket",
     "PriceRevenue", "CustomerRevenue", "SimulationFailure", "SimulationResult",
 ]

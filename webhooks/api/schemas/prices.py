@@ -45,6 +45,16 @@ class PriceEvaluatePreview(PriceEvaluate):
     events: list[PreviewEvent] = Field(max_length=500)
 
 
+class SinglePriceEvaluate(Body):
+    timeframe_start: datetime
+    timeframe_end: datetime
+    customer_id: Optional[str] = None
+    external_customer_id: Optional[str] = None
+    filter: Optional[str] = None
+    grouping_keys: Optional[list[str]] = Field(default=None, max_length=2)
+    metric_parameter_overrides: None = None
+
+
 class PriceGroup(Shape):
     amount: Money
     grouping_values: list[str]
@@ -61,6 +71,10 @@ class EvaluatedPrice(Shape):
 
 class PriceEvaluations(Shape):
     data: list[EvaluatedPrice]
+
+
+class PriceGroups(Shape):
+    data: list[PriceGroup]
 
 
 # --- simulations ----------------------------------------------------------------------------------
