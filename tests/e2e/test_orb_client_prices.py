@@ -131,6 +131,10 @@ def test_evaluate_preview_events(orb_client: orb.Orb, catalog: dict) -> None:
 @pytest.mark.parametrize("change, field", [
     ({"price_evaluations": []}, "price_evaluations"),
     ({"price_evaluations": [{}]}, "price_evaluations[0]"),
+    ({"price_evaluations": [{"price_id": "CALLS"}] * 101}, "price_evaluations"),
+    ({"price_evaluations": [{"price_id": "CALLS", "external_price_id": "calls-v1"}]}, "price_evaluations[0]"),
+    ({"price_evaluations": [{"price_id": "CALLS", "metric_parameter_overrides": {"a": 1}}]},
+     "price_evaluations[0].metric_parameter_overrides"),
     ({"price_evaluations": [{"price_id": "nope"}]}, "price_evaluations[0].price_id"),
     ({"price_evaluations": [{"price_id": "CALLS", "filter": "tier = "}]}, "price_evaluations[0].filter"),
     ({"price_evaluations": [{"price_id": "CALLS", "filter": "x = 1) OR (event_name = 'y'"}]},
