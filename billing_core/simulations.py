@@ -250,7 +250,7 @@ def simulate(plan: Plan, prices: PlanVersion, subscriptions: Iterable[Subscripti
              chunk: int = CHUNK) -> Simulation:
     """Replay the subscriptions' ended periods in ``[start, end)`` under their pricing and ``prices``.
 
-    Subscriptions never on the plan are left out. ``progress(done, total)`` is called after each
+    Subscriptions never on the plan, or with no ended period in the window, are left out. ``progress(done, total)`` is called after each
     chunk of ``chunk`` subscriptions (one bulk usage read each). Nothing is written.
     """
     end = min(end, now)
@@ -269,14 +269,18 @@ def simulate(plan: Plan, prices: PlanVersion, subscriptions: Iterable[Subscripti
         batch = subs[first:first + chunk]
         requests: list[tuple[Subscription, Period]] = []
         owners: list[tuple[Subscription, bool]] = []
+        replayed = []
         for sub in batch:
             simulated = simulated_timeline(sub, plan, prices)
-            for period in periods_within(sub, start, end):
+            within = periods_within(sub, start, end)
+            if within:  # a subscription with no ended period in the window has nothing to compare
+                replayed.append(sub)
+            for period in within:
                 requests += [(sub, period), (simulated, period)]
                 owners += [(sub, False), (sub, True)]
         invoices = compute_invoices(requests, usage, now=now)
         failed = {sub.id: inv for (sub, _), inv in zip(owners, invoices) if isinstance(inv, OutOfRange)}
-        for sub in batch:
+        for sub in replayed:
             if sub.id in failed:
                 failures.append(Failure(sub.id, sub.customer_id, str(failed[sub.id])))
             else:
