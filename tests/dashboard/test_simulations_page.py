@@ -32,4 +32,6 @@ def test_simulation_page_refuses_bad_input(ops_client: Any, world: dict) -> None
     assert missing.status_code == 400 and "version: a version number is required" in missing.get_data(as_text=True)
     unknown = ops_client.get("/ops/simulations?plan_id=plan_nope&version=1&since=2026-02-01")
     assert unknown.status_code == 400 and "plan_nope" in unknown.get_data(as_text=True)
+    garbled = ops_client.get(f"/ops/simulations?plan_id={plan_id}&version=2&since=<script>")
+    assert garbled.status_code == 400 and "<script>" not in garbled.get_data(as_text=True)
     assert ops_client.get("/ops/simulations").status_code == 200
