@@ -8,7 +8,7 @@ pagination) describe what those parsers accept; bodies validated with pydantic (
 metrics, listings, contracts) are documented with their own models instead.
 
 One module per resource family: ``base`` (bases, field types, errors, envelopes, health),
-``catalog``, ``subscriptions``, ``invoices``, ``events``, ``mapping``.
+``catalog``, ``subscriptions``, ``invoices``, ``events``, ``mapping``, ``prices`` (evaluation, simulations).
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ from webhooks.api.schemas.events import (
     NewEvent, IngestBody, IngestQuery, IngestDebug, IngestResult, EventSearch, EventView, EventList,
     EventAmend, Amended, Deprecated, BackfillCreate, Backfill,
 )
+from webhooks.api.schemas.prices import (
+    PriceEvaluationInput, PriceEvaluate, PreviewEvent, PriceEvaluatePreview, PriceGroup, EvaluatedPrice,
+    PriceEvaluations, SinglePriceEvaluate, PriceGroups, DraftPrice, SimulationCreate, Bucket, PriceRevenue, CustomerRevenue, SimulationFailure,
+    SimulationResult,
+)
 from webhooks.api.schemas.mapping import (
     Listing, ListingQuery, Buyer, ContractMapping, MappedObject, ExternalAssociations, Contract,
     ContractQuery, SyncQueued, ReportRow, MeteringReport, ReportQuery, ContractWebhook,
@@ -68,5 +73,7 @@ __all__ = [
     "ContractMapping", "MappedObject", "ExternalAssociations", "Contract", "ContractQuery", "SyncQueued", "TrueupRow", "TrueupError", "TrueupCounts", "TrueupAnswer",
     "TrueupApplied", "TrueupList",
     "ReportRow", "MeteringReport", "ReportQuery", "ContractWebhook", "MarketplaceNotification",
-    "DeliveryAccepted",
+    "DeliveryAccepted", "PriceEvaluationInput", "PriceEvaluate", "PreviewEvent", "PriceEvaluatePreview",
+    "PriceGroup", "EvaluatedPrice", "PriceEvaluations", "SinglePriceEvaluate", "PriceGroups", "DraftPrice", "SimulationCreate", "Bucket",
+    "PriceRevenue", "CustomerRevenue", "SimulationFailure", "SimulationResult",
 ]
