@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from billing_core import SubscriptionNotFound, get_for_update
 from marketplaces import rules
-from worker import ledger
+from worker import entitlements, ledger
 from worker.contract_events import ContractEvent
 from worker.errors import Conflict, Invalid, NotFound
 from worker.persistence.contracts import ContractRow, ListingRow
@@ -115,6 +115,11 @@ def _fill(row: ContractRow, event: ContractEvent) -> None:
         row.buyer_name = event.buyer_name
     if event.buyer_email:
         row.buyer_email = event.buyer_email
+    if event.entitlements is not None:
+        # In effect from the event's instant: usage measured up to then keeps what it included.
+        changed = entitlements.with_change(entitlements.history(row.entitlements), event.entitlements,
+                                           event.effective_at, event.source)
+        row.entitlements = entitlements.as_json(changed)
 
 
 def apply_event(engine: Engine, event: ContractEvent, billing: BillingGateway, *, now: datetime) -> Applied:
@@ -295,6 +300,7 @@ def contract_as_dict(row: ContractRow) -> dict[str, Any]:
         "buyer": {"name": row.buyer_name, "email": row.buyer_email},
         "pricing": row.pricing, "previous_pricing": row.previous_pricing,
         "custom_properties": dict(row.custom_properties or {}),
+        "entitlements": list(row.entitlements or []),
         "mapping": {"status": row.mapping_status, "reason": row.mapping_reason or None,
                     "customer_id": row.customer_id, "subscription_id": row.subscription_id},
         # ``orb`` as Clazar's Orb integration reads it; ``billing`` is the older alias, kept for existing clients.

@@ -37,7 +37,7 @@ from billing_core import (
 from billing_core.money import exact
 from marketplaces import rules
 from marketplaces.base import Marketplace, PermanentMarketplaceError, TransientMarketplaceError, UsageRecord
-from worker import cost_memo, ledger
+from worker import cost_memo, entitlements, ledger
 from worker.errors import Permanent, Transient
 from worker.ledger import COST_ERROR, Due, Part, Prepared, utc
 from worker.logs import get_logger
@@ -171,8 +171,17 @@ def _product(contract: ContractRow) -> str:
     return contract.product_code or contract.offer_id or str((contract.cloud_identifiers or {}).get("product_id", ""))
 
 
-def _due(contract: ContractRow, listing: ListingRow, cost: dict[str, Decimal], period_start: datetime) -> Due:
-    parts = tuple(Part(d.name, d.unit_price, cost.get(d.name, Decimal(0))) for d in dimensions(contract, listing))
+def included(contract: ContractRow, at: datetime) -> dict[str, int]:
+    """Return the units each dimension of a contract with consumption includes at ``at`` (the end of the
+    usage measured: an entitlement change counts from its instant; docs/billing-rules.md §13)."""
+    return entitlements.included_at(entitlements.history(contract.entitlements), at)
+
+
+def _due(contract: ContractRow, listing: ListingRow, cost: dict[str, Decimal], period_start: datetime,
+         window_end: datetime) -> Due:
+    free = included(contract, window_end)
+    parts = tuple(Part(d.name, d.unit_price, cost.get(d.name, Decimal(0)), free.get(d.name, 0))
+                  for d in dimensions(contract, listing))
     return Due(contract_id=contract.id, marketplace=contract.marketplace, product=_product(contract), parts=parts,
                close_rounding=listing.close_rounding, period_start=period_start,
                zero_record=rules(contract.marketplace).hourly_zero_record)
@@ -191,8 +200,9 @@ def prepare(engine: Engine, contract_id: str, stamp: datetime, *, now: datetime,
     except (OutOfRange, UnmappedPrice) as exc:
         ledger.mark_cost_errors(engine, {contract_id: exc}, now=now)
         return Prepared(COST_ERROR, ledger.cost_error_text(exc))
-    result = ledger.record(engine, [_due(contract, listing, cost, period_start)], stamp, now=now, kind=kind,
-                           final=final)[contract_id]
+    window_end = cost_window(sub, contract, listing, stamp=stamp, now=now)[1]
+    result = ledger.record(engine, [_due(contract, listing, cost, period_start, window_end)], stamp, now=now,
+                           kind=kind, final=final)[contract_id]
     if isinstance(result, Exception):
         raise result
     return result
@@ -260,8 +270,8 @@ def prepare_many(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *
         cost_memo.store(engine, _memos(fresh, totals, failed, source), position=position, now=now)
     ledger.mark_cost_errors(engine, failed, now=now)
     out.update({contract_id: Prepared(COST_ERROR, ledger.cost_error_text(exc)) for contract_id, exc in failed.items()})
-    dues = [_due(contract, listing, totals.get(contract.id) or _costs(None, contract, listing), period_start)
-            for contract, listing, _sub, _start, _end, period_start in todo if contract.id not in failed]
+    dues = [_due(contract, listing, totals.get(contract.id) or _costs(None, contract, listing), period_start, end)
+            for contract, listing, _sub, _start, end, period_start in todo if contract.id not in failed]
     out.update(ledger.record(engine, dues, stamp, now=now, kind=kind))
     return out
 
@@ -312,13 +322,15 @@ def preview(engine: Engine, contract_id: str, stamp: datetime, *, now: datetime,
     cost, period_start = contract_cost(engine, sub, contract, listing, stamp=stamp, now=now)
     counts = {c["dimension"]: c for c in ledger.dimension_counts(engine, contract_id)}
     taken = ledger.stamp_taken(engine, contract_id, stamp)
+    window_end = cost_window(sub, contract, listing, stamp=stamp, now=now)[1]
     lines = []
-    for part in _due(contract, listing, cost, period_start).parts:
+    for part in _due(contract, listing, cost, period_start, window_end).parts:
         count = counts.get(part.dimension)
         reported = count["units_reported"] if count and count["period_start"] == period_start else 0
-        plan = plan_report(part.cost, part.unit_price, reported, final=final, close_policy=listing.close_rounding)
+        plan = plan_report(part.cost, part.unit_price, reported, final=final, close_policy=listing.close_rounding,
+                           included=part.included)
         lines.append({"dimension": part.dimension, "cost": str(part.cost), "unit_price": str(part.unit_price),
-                      "units_total": plan.units_total, "units_reported": reported,
+                      "included": part.included, "units_total": plan.units_total, "units_reported": reported,
                       "would_send": 0 if taken else plan.delta, "over_reported": plan.over_reported})
     with exact():
         total_cost = sum((Decimal(line["cost"]) for line in lines), Decimal(0))

@@ -53,6 +53,7 @@ class Part:
     dimension: str
     unit_price: Decimal
     cost: Decimal
+    included: int = 0  # units the contract includes in this dimension and period (reported: only the rest)
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def _swap(engine: Engine, dues: Sequence[Due], stamp: datetime, *, now: datetime
                         one.reported[part.dimension] = reported
                         continue
                     plan = plan_report(part.cost, part.unit_price, reported, final=final,
-                                       close_policy=due.close_rounding)
+                                       close_policy=due.close_rounding, included=part.included)
                     one.plans[part.dimension] = plan
                     one.reported[part.dimension] = reported + plan.delta
                     values = {"period_start": due.period_start, "units_reported": reported + plan.delta,

@@ -5,6 +5,11 @@ Pure functions over Decimal: each price's cost goes to one dimension of the list
 runs (the remainder below one unit carries forward), the listing's close policy at the final
 report, and ``delta = units_total - units_reported``: sent when positive, recorded as
 over-reported when negative, never sent negative.
+
+A contract with consumption includes some units per dimension and period
+(docs/billing-rules.md §13): they are drawn down first, so ``units_total`` is the overage,
+``max(0, units(cost) - included)``, with ``included`` the quantity in effect at the end of the
+usage measured (``worker/entitlements.py``). The cost stays exact; only whole units are compared.
 """
 
 from __future__ import annotations
@@ -34,15 +39,20 @@ def units_for(cost: Decimal, unit_price: Decimal, policy: str = "floor") -> int:
 class ReportPlan:
     """What one run should do for one contract and dimension."""
 
-    units_total: int
+    units_total: int  # units owed to date: above the included units, when the contract includes some
     delta: int  # units to send now (>= 0)
     over_reported: int  # units reported beyond the current total (>= 0)
 
 
+def overage(units: int, included: int) -> int:
+    """Return the units above what the contract includes (the included ones are drawn down first)."""
+    return max(units - included, 0)
+
+
 def plan_report(cost: Decimal, unit_price: Decimal, units_reported: int, *, final: bool = False,
-                close_policy: str = "floor") -> ReportPlan:
-    """Return the units to send given the cost to date and the units already reported."""
-    total = units_for(cost, unit_price, close_policy if final else "floor")
+                close_policy: str = "floor", included: int = 0) -> ReportPlan:
+    """Return the units to send given the cost to date, the units already reported and the units included."""
+    total = overage(units_for(cost, unit_price, close_policy if final else "floor"), included)
     difference = total - units_reported
     return ReportPlan(units_total=total, delta=max(difference, 0), over_reported=max(-difference, 0))
 
