@@ -325,6 +325,8 @@ def contract_detail(engine: Engine, contract_id: str, *, now: datetime) -> dict[
         "invoice": invoice, "billing_error": billing_error, "unit_price": price,
         "ledger": reports, "chart": charts[0]["chart"] if charts else chart([], None), "charts": charts,
         "dimensions": dimensions,
+        # A contract with consumption: what it includes now, per dimension (only usage above is reported).
+        "included": hourly.included(row, now),
         "expired": revenue_lost(engine, contract_id=contract_id, by="dimension"),
         "held": sum(1 for e in reports if e["status"] == LedgerStatus.PENDING and e["held_until"] is not None),
         "deadline": deadline, "overdue": bool(deadline and now >= deadline),

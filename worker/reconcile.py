@@ -9,7 +9,8 @@ For a month (``YYYY-MM``, UTC) the reconciliation puts three records of the same
   answers the ledger recorded (an ``accepted`` or ``duplicate`` row) are all there is;
 - **computed**: per contract, dimension and billing period, the whole units the billing core's
   cost gives (``floor(cost / unit price)``, the listing's close rounding once the final report
-  was written), compared with the units the ledger counts as reported for that period. A period
+  was written; for a contract with consumption, only the units above what it included then,
+  docs/billing-rules.md §13), compared with the units the ledger counts as reported for that period. A period
   still open is computed as of the last run that wrote to it (what that run saw), a closed one
   as of now (usage that arrived after its last report shows up as a difference). A mapped
   contract with no report stamped in the month gets a period line too when its billing period,
@@ -44,7 +45,7 @@ from marketplaces.base import AcceptedUsage, Marketplace, MarketplaceError, read
 from worker import hourly
 from worker.ledger import COUNTED, amount_of, utc
 from worker.logs import get_logger
-from worker.metering import UnmappedPrice, units_for
+from worker.metering import UnmappedPrice, overage, units_for
 from worker.persistence.contracts import ContractRow, ListingRow
 from worker.persistence.ledger import LedgerRow
 from worker.reports import month_bounds, safe_cell
@@ -366,8 +367,9 @@ def _period_lines(engine: Engine, rows: Sequence[LedgerRow], contracts: Mapping[
                             causes=(f"cannot compute: {type(exc).__name__}: {_first_line(exc)}",)) for name in names)
             continue
         policy = listing.close_rounding if (contract_id, period_start) in final else "floor"
+        free = hourly.included(contract, min(window_end, as_of))  # a contract with consumption: the overage
         for dim in sorted(dims, key=lambda d: d.name):
-            computed = units_for(cost.get(dim.name, Decimal(0)), dim.unit_price, policy)
+            computed = overage(units_for(cost.get(dim.name, Decimal(0)), dim.unit_price, policy), free.get(dim.name, 0))
             count = reported[(contract_id, period_start, dim.name)]
             causes: tuple[str, ...] = ()
             if computed > count:
@@ -409,14 +411,16 @@ def _silent_lines(engine: Engine, reporting: set[str], start: datetime, end: dat
                 windows.append(window)
     costs, failed = hourly.window_costs(windows, usage_source(engine))  # in bulk, not one read each
     out: list[Line] = []
-    for contract, listing, _sub, _start, _end, period_start in windows:
+    for contract, listing, _sub, _start, window_end, period_start in windows:
         if contract.id in failed:
             exc = failed[contract.id]
             out.append(Line(contract_id=contract.id, marketplace=contract.marketplace, dimension="",
                             period_start=None, causes=(f"cannot compute: {type(exc).__name__}: {_first_line(exc)}",)))
             continue
+        free = hourly.included(contract, window_end)
         for dim in sorted(hourly.dimensions(contract, listing), key=lambda d: d.name):
-            computed = units_for(costs[contract.id].get(dim.name, Decimal(0)), dim.unit_price, "floor")
+            computed = overage(units_for(costs[contract.id].get(dim.name, Decimal(0)), dim.unit_price, "floor"),
+                               free.get(dim.name, 0))
             count = reported[(contract.id, utc(period_start), dim.name)]  # type: ignore[index]
             if computed > count:
                 out.append(Line(contract_id=contract.id, marketplace=contract.marketplace, dimension=dim.name,
