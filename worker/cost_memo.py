@@ -72,7 +72,7 @@ def basis(window: Window) -> tuple[str, frozenset[str]]:
             charges.append([charge.interval.id, "usage", _period(charge.service), _period(charge.full),
                             charge.usage_window.start.isoformat()])
     mapping = [[d.name, sorted(d.prices) if d.prices is not None else None] for d in dimensions]
-    # A changed entitlement never carries a cost stored before it (docs/billing-rules.md §13).
+    # A changed entitlement never carries a cost stored before it (docs/billing-rules.md §12.6).
     included = contract.entitlements or []
     listed = [sub.id, len(sub.edits), contract.id, _stamp(contract.updated_at), listing.id,
               _stamp(listing.updated_at), mapping, bool(listing.include_fixed_fees), start.isoformat(),

@@ -1,4 +1,4 @@
-"""Contracts with consumption (docs/billing-rules.md §13): what a contract includes, per dimension, over time.
+"""Contracts with consumption (docs/billing-rules.md §12.6): what a contract includes, per dimension, over time.
 
 A contract's entitlements are a history of snapshots, each the included quantity of every
 dimension from an instant on (``Entitlement``); a dimension a snapshot does not name includes

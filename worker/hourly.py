@@ -173,7 +173,7 @@ def _product(contract: ContractRow) -> str:
 
 def included(contract: ContractRow, at: datetime) -> dict[str, int]:
     """Return the units each dimension of a contract with consumption includes at ``at`` (the end of the
-    usage measured: an entitlement change counts from its instant; docs/billing-rules.md §13)."""
+    usage measured: an entitlement change counts from its instant; docs/billing-rules.md §12.6)."""
     return entitlements.included_at(entitlements.history(contract.entitlements), at)
 
 

@@ -7,7 +7,7 @@ report, and ``delta = units_total - units_reported``: sent when positive, record
 over-reported when negative, never sent negative.
 
 A contract with consumption includes some units per dimension and period
-(docs/billing-rules.md §13): they are drawn down first, so ``units_total`` is the overage,
+(docs/billing-rules.md §12.6): they are drawn down first, so ``units_total`` is the overage,
 ``max(0, units(cost) - included)``, with ``included`` the quantity in effect at the end of the
 usage measured (``worker/entitlements.py``). The cost stays exact; only whole units are compared.
 """

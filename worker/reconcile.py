@@ -10,7 +10,7 @@ For a month (``YYYY-MM``, UTC) the reconciliation puts three records of the same
 - **computed**: per contract, dimension and billing period, the whole units the billing core's
   cost gives (``floor(cost / unit price)``, the listing's close rounding once the final report
   was written; for a contract with consumption, only the units above what it included then,
-  docs/billing-rules.md §13), compared with the units the ledger counts as reported for that period. A period
+  docs/billing-rules.md §12.6), compared with the units the ledger counts as reported for that period. A period
   still open is computed as of the last run that wrote to it (what that run saw), a closed one
   as of now (usage that arrived after its last report shows up as a difference). A mapped
   contract with no report stamped in the month gets a period line too when its billing period,

@@ -15,7 +15,7 @@ by the customer identifier otherwise:
 ``entitlement-updated`` (and an amended agreement) says only "something changed": the current
 entitlement is read with GetEntitlements and put on the event (dimension values, expiration,
 the quantity of a single-dimension contract, and the units each dimension includes: a contract
-with pay-as-you-go reports only usage above them, docs/billing-rules.md §13). A ``created``
+with pay-as-you-go reports only usage above them, docs/billing-rules.md §12.6). A ``created``
 event reads them too. An entitlement that has expired when the
 notification was sent cancels the contract at its expiration date.
 

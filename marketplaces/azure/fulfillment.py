@@ -52,14 +52,14 @@ class Fulfillment:
             response = self._call("GET", next_link)
 
     def list_available_plans(self, subscription_id: str) -> list[dict[str, Any]]:
-        """Return the plans the subscription may be on, with their components (docs/marketplaces.md §3.11)."""
+        """Return the plans the subscription may be on, with their components (docs/marketplaces.md §3.9)."""
         response = self._call("GET", f"/saas/subscriptions/{quote(subscription_id)}/listAvailablePlans")
         self._raise_for_status(response)
         return list(response.json().get("plans") or [])
 
     def included_quantities(self, identifiers: Mapping[str, str], plan: str | None = None) -> dict[str, int]:
         """Return the units of each dimension the plan's base fee includes (a plan with included
-        base quantities: only usage above them is reported, §3.11)."""
+        base quantities: only usage above them is reported, §3.9)."""
         subscription_id = identifiers.get("subscription_id") or identifiers.get("azure_subscription_id") or ""
         plan_id = plan or identifiers.get("plan_id")
         if not subscription_id or not plan_id:

@@ -85,7 +85,7 @@ def before_apply(context: LifecycleContext, event: Any) -> Any:
 
     included = event.entitlements
     if kind in ("created", "modified") and plan:
-        # A plan with included base quantities: only usage above them is reported (§3.11); a plan
+        # A plan with included base quantities: only usage above them is reported (§3.9); a plan
         # change changes them from the change's instant.
         included = adapter.included_quantities({**identifiers, "subscription_id": subscription_id}, plan)
 

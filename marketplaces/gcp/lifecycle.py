@@ -71,7 +71,7 @@ def before_apply(context: LifecycleContext, event: Any) -> Any:
     state = str(entitlement.get("state") or "")
     identifiers = _identifiers(event, entitlement)
     plan = identifiers.get("plan_id") or None
-    # Commitments (docs/billing-rules.md §13): read with every GET, in effect from the event's time.
+    # Commitments (docs/billing-rules.md §12.6): read with every GET, in effect from the event's time.
     filled = replace(event, identifiers=identifiers, entitlements=commitments_of(entitlement))
 
     if event.action in _CANCELLATIONS or (state == CANCELLED and event.kind != "created"):

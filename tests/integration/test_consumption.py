@@ -149,3 +149,54 @@ def test_the_control_api_names_a_bad_entitlement(env: SyncEnv) -> None:
     answer = requests.post(f"{env.server.url}/_emulator/included",
                            json={"contract": _contract_key(env, ids), "included": {"api_calls": "1.5"}}, timeout=10)
     assert answer.status_code == 400 and "included.api_calls" in answer.json()["error"]
+
+
+def _batch(env: SyncEnv, customer: str, at: datetime, calls: int, tokens: int) -> None:
+    """Store ``calls`` api_call events carrying ``tokens`` tokens in all, in one ingest."""
+    from billing_core import SqlEventStore
+    from billing_core.events import ingest_events
+
+    events = [{"idempotency_key": f"readme-{customer}-{at.isoformat()}-{n}", "customer_id": customer,
+               "event_name": "api_call", "timestamp": (at + timedelta(milliseconds=n)).isoformat(),
+               "properties": {"tokens": tokens if n == 0 else 0}} for n in range(calls)]
+    for chunk in range(0, len(events), 500):  # ingest's batch limit
+        with Session(env.engine) as session:
+            ingest_events(SqlEventStore(session), events[chunk:chunk + 500], now=datetime.now(UTC))
+            session.commit()
+
+
+@pytest.mark.parametrize("env", ["aws"], indirect=True)
+def test_the_readme_worked_example(env: SyncEnv) -> None:
+    """README "Contracts with consumption": 1,000 api_calls included; the table's rows, the dry
+    run's line and AWS's totals (401 api_calls, 100 usage_fee) are what the code does."""
+    start = start_of_test_window()
+    ids = env.new_identifiers("prod-api", ["api_calls", "usage_fee"])
+    env.control("POST", "included", {"contract": _contract_key(env, ids), "included": {"api_calls": 1000}})
+    contract = _apply(env, _event(env, "created", ids, start), listing=True)
+    with Session(env.engine) as session:
+        customer = session.get(ContractRow, contract).customer_id
+    _batch(env, customer, start + timedelta(minutes=1), 1000, 500)
+    first = hourly.report_contract(env.engine, env.adapter, contract, start, now=start + timedelta(minutes=59))
+    assert first["dimensions"] == {"usage_fee": 50}, first
+    _batch(env, customer, start + timedelta(minutes=61), 500, 0)
+    line = next(d for d in hourly.preview(env.engine, contract, start + timedelta(hours=1),
+                                          now=start + timedelta(minutes=119))["dimensions"] if d["dimension"] == "api_calls")
+    assert (f"  {line['dimension']}  cost {line['cost']}  at {line['unit_price']}  included {line['included']}"
+            f"  units {line['units_total']}  reported {line['units_reported']}  would send {line['would_send']}"
+            ) == "  api_calls  cost 1.0500  at 0.001  included 1000  units 50  reported 0  would send 50", line
+    second = hourly.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=1),
+                                    now=start + timedelta(minutes=119))
+    assert second["dimensions"] == {"api_calls": 50}, second
+    _batch(env, customer, start + timedelta(minutes=121), 501, 500)
+    third = hourly.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=2),
+                                   now=start + timedelta(minutes=179))
+    assert third["dimensions"] == {"api_calls": 350, "usage_fee": 50}, third
+    now = datetime.now(UTC)
+    with Session(env.engine) as session:
+        row = session.get(ContractRow, contract)
+        row.status, row.canceled_at, row.cancel_effective_at = "canceled", now, now
+        session.add(row)
+        session.commit()
+    final = cancellation.flush(env.engine, env.adapter, contract, now=now, final=True)
+    assert final["dimensions"] == {"api_calls": 1}, final
+    assert env.totals_by_dimension() == {"api_calls": 401, "usage_fee": 100}

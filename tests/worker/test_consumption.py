@@ -1,4 +1,4 @@
-"""Contracts with consumption (docs/billing-rules.md §13): only units above what the contract
+"""Contracts with consumption (docs/billing-rules.md §12.6): only units above what the contract
 includes are reported, per dimension and period, exactly; entitlement changes count from their instant."""
 
 from __future__ import annotations

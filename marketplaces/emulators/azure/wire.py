@@ -55,7 +55,7 @@ class _Subscription:
     # The buyer's Azure subscription the SaaS subscription bills to (usageEvents' azureSubscriptionId).
     azure_subscription_id: str = ""
     # Plan id -> the units of each dimension its base fee includes per month (listAvailablePlans'
-    # meteredQuantityIncluded; docs/marketplaces.md §3.11).
+    # meteredQuantityIncluded; docs/marketplaces.md §3.9).
     included: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
