@@ -11,17 +11,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
-from sqlalchemy import Engine
 from sqlmodel import Session
 
 from marketplaces import rules
-from marketplaces.emulators.server import EmulatorServer
-from tests.worker.sync_support import (
-    TWO_DIMENSIONS, SyncEnv, build_env, ingest, setup_billing, setup_two_dimension_billing, start_of_test_window,
-)
+from tests.worker.sync_support import TWO_DIMENSIONS, SyncEnv, ingest, mark_canceled, start_of_test_window
+# The environment of each marketplace (emulator, adapter, two-price plan), SQLite then PostgreSQL.
+from tests.worker.test_dimensions import env  # noqa: F401
 from worker import cancellation, hourly, lifecycle
 from worker.billing_gateway import CoreBillingGateway
 from worker.contract_events import ContractEvent
@@ -29,16 +26,6 @@ from worker.contracts import apply_event, contract_as_dict
 from worker.persistence.contracts import ContractRow, ListingRow
 
 _ACTION = {"aws": "subscribe-success", "azure": "Subscribe", "gcp": "ENTITLEMENT_ACTIVE"}
-
-
-@pytest.fixture(params=["aws", "azure", "gcp"])
-def env(request: pytest.FixtureRequest, any_engine: Engine, emulator_servers: dict[str, EmulatorServer]) -> SyncEnv:
-    """A fresh emulator, its adapter (the real SDK client), a two-price plan (SQLite, then PostgreSQL)."""
-    environment = build_env(request.param, any_engine, emulator_servers[request.param])
-    environment.control("POST", "reset")
-    setup_billing(any_engine)
-    setup_two_dimension_billing(any_engine)
-    return environment
 
 
 def _contract_key(env: SyncEnv, ids: dict[str, str]) -> str:
@@ -119,11 +106,7 @@ def test_only_the_overage_is_reported_exact_per_dimension(env: SyncEnv) -> None:
     # The final flush (ceil): 15 calls = 0.0105 -> 11 api_calls, 10 above; 1251 tokens -> 126, 26 above.
     _calls(env, customer, start + timedelta(minutes=150), 1)
     now = datetime.now(UTC)
-    with Session(env.engine) as session:
-        row = session.get(ContractRow, contract)
-        row.status, row.canceled_at, row.cancel_effective_at = "canceled", now, now
-        session.add(row)
-        session.commit()
+    mark_canceled(env.engine, contract, now)
     final = cancellation.flush(env.engine, env.adapter, contract, now=now, final=True)
     assert final["dimensions"] == {"api_calls": 2, "usage_fee": 1} and final["closed"] is True, final
     assert env.totals_by_dimension() == {"api_calls": 10, "usage_fee": 26}
@@ -192,11 +175,7 @@ def test_the_readme_worked_example(env: SyncEnv) -> None:
                                    now=start + timedelta(minutes=179))
     assert third["dimensions"] == {"api_calls": 350, "usage_fee": 50}, third
     now = datetime.now(UTC)
-    with Session(env.engine) as session:
-        row = session.get(ContractRow, contract)
-        row.status, row.canceled_at, row.cancel_effective_at = "canceled", now, now
-        session.add(row)
-        session.commit()
+    mark_canceled(env.engine, contract, now)
     final = cancellation.flush(env.engine, env.adapter, contract, now=now, final=True)
     assert final["dimensions"] == {"api_calls": 1}, final
     assert env.totals_by_dimension() == {"api_calls": 401, "usage_fee": 100}
