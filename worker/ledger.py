@@ -558,7 +558,8 @@ def ledger_rows(engine: Engine, contract_id: str) -> list[dict[str, Any]]:
                  "cost_to_date": r.cost_to_date, "status": r.status, "detail": r.detail,
                  "marketplace_record_id": r.marketplace_record_id, "attempts": r.attempts,
                  "sent_at": utc(r.sent_at), "unit_price": r.unit_price,
-                 "amount": amount_of(r.quantity, r.unit_price), "held_until": utc(r.held_until)} for r in rows]
+                 "amount": amount_of(r.quantity, r.unit_price), "held_until": utc(r.held_until),
+                 "created_at": utc(r.created_at)} for r in rows]
 
 
 def amount_of(quantity: int, unit_price: str | None) -> str | None:
