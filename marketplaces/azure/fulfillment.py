@@ -98,11 +98,13 @@ class Fulfillment:
 
 
 def included_of(plan: Mapping[str, Any]) -> dict[str, int]:
-    """Return a plan's included base quantities: ``meteredQuantityIncluded`` of its recurrent billing
-    term (the first one: a plan bills one term at a time), as whole units per dimension id."""
-    terms = (plan.get("planComponents") or {}).get("recurrentBillingTerms") or []
+    """Return a plan's included base quantities: ``meteredQuantityIncluded`` of its monthly recurrent
+    billing term (``P1M``, the period usage is counted over; else its first term), as whole units
+    per dimension id."""
+    terms = [t for t in (plan.get("planComponents") or {}).get("recurrentBillingTerms") or [] if isinstance(t, Mapping)]
+    term = next((t for t in terms if t.get("termUnit") == "P1M"), terms[0] if terms else {})
     out: dict[str, int] = {}
-    for item in (terms[0].get("meteredQuantityIncluded") or []) if terms else []:
+    for item in term.get("meteredQuantityIncluded") or []:
         units = whole_units(item.get("units"))
         if units is not None and item.get("dimensionId"):
             out[str(item["dimensionId"])] = units

@@ -30,13 +30,17 @@ def test_aws_integer_entitlements_are_included_units() -> None:
 
 
 def test_azure_plan_included_base_quantities() -> None:
-    """listAvailablePlans: the plan's first recurrent term's meteredQuantityIncluded, units as text."""
+    """listAvailablePlans: the plan's monthly term's meteredQuantityIncluded (units as text), else its first term's."""
     plan = {"planId": "pro", "planComponents": {"recurrentBillingTerms": [{
         "termUnit": "P1M", "meteredQuantityIncluded": [{"dimensionId": "api_calls", "units": "1000"},
                                                        {"dimensionId": "gb", "units": "0.5"},
                                                        {"dimensionId": "", "units": "3"}]}]}}
     assert included_of(plan) == {"api_calls": 1000}
     assert included_of({"planId": "payg"}) == {} and included_of({"planComponents": {"recurrentBillingTerms": []}}) == {}
+    yearly_first = {"planComponents": {"recurrentBillingTerms": [
+        {"termUnit": "P1Y", "meteredQuantityIncluded": [{"dimensionId": "api_calls", "units": "12000"}]},
+        {"termUnit": "P1M", "meteredQuantityIncluded": [{"dimensionId": "api_calls", "units": "1000"}]}]}}
+    assert included_of(yearly_first) == {"api_calls": 1000}  # the monthly term: usage is counted per month
 
 
 def test_google_commitments_by_metric_short_name() -> None:
