@@ -410,8 +410,10 @@ def get_contract(engine: Engine, contract_id: str) -> dict[str, Any]:
 
 
 def patch_contract(engine: Engine, contract_id: str, billing: BillingGateway, *, subscription_id: str | None,
-                   custom_properties: Mapping[str, Any] | None, now: datetime, unmap: bool = False) -> dict[str, Any]:
-    """Attach a subscription and/or merge custom properties (a None value removes the key).
+                   custom_properties: Mapping[str, Any] | None, now: datetime, unmap: bool = False,
+                   included: tuple[Mapping[str, int], datetime] | None = None) -> dict[str, Any]:
+    """Attach a subscription and/or merge custom properties (a None value removes the key); ``included``
+    (units per dimension, from an instant) sets what a contract with consumption includes from then.
 
     ``unmap`` detaches the contract from its subscription (nothing to do when it has none): the
     contract becomes unmapped and stops reporting (refused while it is canceled and owes its
@@ -468,6 +470,10 @@ def patch_contract(engine: Engine, contract_id: str, billing: BillingGateway, *,
                 raise InvalidProperties(f"custom_properties: a contract has at most {MAX_PROPERTIES} properties "
                                         f"({len(merged)} after this change)")
             row.custom_properties = merged
+        if included is not None:
+            units, at = included
+            row.entitlements = entitlements.as_json(entitlements.with_change(
+                entitlements.history(row.entitlements), units, at, "operator"))
         row.updated_at = now
         session.add(row)
         try:
