@@ -115,11 +115,6 @@ def _fill(row: ContractRow, event: ContractEvent) -> None:
         row.buyer_name = event.buyer_name
     if event.buyer_email:
         row.buyer_email = event.buyer_email
-    if event.entitlements is not None:
-        # In effect from the event's instant: usage measured up to then keeps what it included.
-        changed = entitlements.with_change(entitlements.history(row.entitlements), event.entitlements,
-                                           event.effective_at, event.source)
-        row.entitlements = entitlements.as_json(changed)
 
 
 def apply_event(engine: Engine, event: ContractEvent, billing: BillingGateway, *, now: datetime) -> Applied:
@@ -148,6 +143,11 @@ def apply_event(engine: Engine, event: ContractEvent, billing: BillingGateway, *
                 session.rollback()
                 row = _load(session, event.source, event.contract_key)
                 assert row is not None
+        if event.entitlements is not None:
+            # Stored first, on its own and locked (an operator's PATCH may write them too), so no
+            # run ever reports the contract without what it includes.
+            session.commit()
+            record_included(engine, row.id, event.entitlements, event.effective_at, source=event.source)
         with session.no_autoflush:
             _fill(row, event)
             handler = _HANDLERS[event.kind]
@@ -156,6 +156,24 @@ def apply_event(engine: Engine, event: ContractEvent, billing: BillingGateway, *
         session.add(row)
         session.commit()
         return Applied(InboxStatus.DONE, contract_id=row.id, detail=detail)
+
+
+def _include(row: ContractRow, included: Mapping[str, int], at: datetime, source: str) -> None:
+    """Put ``included`` in effect from ``at`` on the (locked) row: usage measured up to then keeps what it included."""
+    row.entitlements = entitlements.as_json(entitlements.with_change(
+        entitlements.history(row.entitlements), included, at, source))
+
+
+def record_included(engine: Engine, contract_id: str, included: Mapping[str, int], at: datetime, *,
+                    source: str) -> None:
+    """Store what a contract with consumption includes from ``at`` (one locked read-modify-write)."""
+    with Session(engine) as session:
+        row = get_for_update(session, ContractRow, contract_id)
+        if row is None:
+            raise ContractNotFound(f"no contract {contract_id!r}")
+        _include(row, included, at, source)
+        session.add(row)
+        session.commit()
 
 
 def _created(session: Session, row: ContractRow, event: ContractEvent, billing: BillingGateway,
@@ -471,9 +489,7 @@ def patch_contract(engine: Engine, contract_id: str, billing: BillingGateway, *,
                                         f"({len(merged)} after this change)")
             row.custom_properties = merged
         if included is not None:
-            units, at = included
-            row.entitlements = entitlements.as_json(entitlements.with_change(
-                entitlements.history(row.entitlements), units, at, "operator"))
+            _include(row, included[0], included[1], "operator")
         row.updated_at = now
         session.add(row)
         try:
