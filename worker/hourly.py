@@ -3,7 +3,8 @@
 Two steps, each safe to repeat and to run in several processes at once:
 
 1. ``prepare``: compute the contract's unrounded cost to date for its billing period, split
-   it over the listing's dimensions, convert each to whole units, and write each difference to
+   it over the listing's dimensions, convert each to whole units (above what a contract with
+   consumption includes at the window's end: ``included``), and write each difference to
    the usage ledger as a ``pending`` row keyed (contract, dimension, hour stamp) — ``ledger.record``, a compare-and-swap on the contract's
    sync state in the same transaction, so no two runs ever count the same units.
 2. ``send_pending``: expire the pending rows past the marketplace's window (never sent, their
