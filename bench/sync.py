@@ -132,7 +132,7 @@ def build(db_path: Path, emulators: Emulators, *, contracts: int, events: int, s
                      "id": contract_id, "source": "contracts", "external_id": contract_id,
                      "marketplace": marketplace, "status": "active", "listing_id": f"lst_{marketplace}",
                      "cloud_identifiers": ids, "buyer_name": f"Customer {i}", "buyer_email": f"c{i}@example.test",
-                     "pricing": None, "previous_pricing": None, "custom_properties": {},
+                     "pricing": None, "previous_pricing": None, "custom_properties": {}, "entitlements": [],
                      "mapping_status": "mapped", "mapping_reason": "", "customer_id": sub.customer_id,
                      "subscription_id": sub.id, "started_at": start, "canceled_at": None,
                      "cancel_effective_at": None, "closed_at": None, "created_at": created, "updated_at": created,

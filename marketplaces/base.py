@@ -181,6 +181,36 @@ class MarketplaceAdapter(Protocol):
         ...
 
 
+@runtime_checkable
+class ConsumptionEntitlements(Protocol):
+    """Contracts with consumption (docs/marketplaces.md §1.13): what a contract includes per dimension.
+
+    Every adapter reads it where its marketplace keeps it: AWS GetEntitlements' integer
+    entitlements, Azure's plan (listAvailablePlans' included base quantities), Google's
+    entitlement commitments. Dimensions are the marketplace's own names (the listing's dimensions).
+    """
+
+    def included_quantities(self, identifiers: Mapping[str, str], plan: str | None = None) -> dict[str, int]:
+        """Return the whole units each dimension of the contract includes per period ({}: none).
+
+        Raise ``TransientMarketplaceError`` or ``PermanentMarketplaceError`` as ``report`` does.
+        """
+        ...
+
+
+def whole_units(value: Any) -> int | None:
+    """Return an included quantity as whole units; None when it is no count (a flag, a text, a fraction)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = Decimal(str(value).strip())
+    except ArithmeticError:
+        return None
+    if not number.is_finite() or number < 0 or number != number.to_integral_value():
+        return None
+    return int(number)
+
+
 @dataclass(frozen=True)
 class AcceptedUsage:
     """One quantity a marketplace says it holds for a customer, dimension and hour (its read-back).

@@ -173,10 +173,11 @@ def sync(contract_ids: tuple[str, ...], hour: str | None, dry_run: bool) -> None
             click.echo(f"{row['contract_id']}  {row['marketplace']:5}  cost {row['cost']}  units {row['units_total']}"
                        f"  reported {row['units_reported']}  would send {row['would_send']}"
                        + ("  (hour already reported)" if row["stamp_used"] else ""))
-            if len(row["dimensions"]) > 1:
+            if len(row["dimensions"]) > 1 or any(line["included"] for line in row["dimensions"]):
                 for line in row["dimensions"]:
                     click.echo(f"  {line['dimension']}  cost {line['cost']}  at {line['unit_price']}"
-                               f"  units {line['units_total']}  reported {line['units_reported']}"
+                               + (f"  included {line['included']}" if line["included"] else "")
+                               + f"  units {line['units_total']}  reported {line['units_reported']}"
                                f"  would send {line['would_send']}")
         else:
             per = ", ".join(f"{name} {units}" for name, units in row.get("dimensions", {}).items())
@@ -189,9 +190,13 @@ def sync(contract_ids: tuple[str, ...], hour: str | None, dry_run: bool) -> None
 @main.command()
 @click.option("--status", default=None, help="Filter on contract status.")
 def contracts(status: str | None) -> None:
-    """Print the contracts as a table: mapping, status, units reported, last outcome."""
+    """Print the contracts as a table: mapping, status, units reported, last outcome, what they include."""
+    from datetime import datetime, timezone
+
     from sqlalchemy import select
     from sqlmodel import Session
+
+    from worker import hourly
 
     from worker.persistence.contracts import ContractRow
     from worker.persistence.ledger import ContractSyncRow
@@ -205,10 +210,14 @@ def contracts(status: str | None) -> None:
         rows = session.execute(query).all()
     header = f"{'contract':26} {'market':6} {'status':9} {'mapping':9} {'subscription':26} {'units':>8} {'cost':>12}  last"
     click.echo(header)
+    now = datetime.now(timezone.utc)
     for contract, state in rows:
+        # A contract with consumption: what it includes now (only usage above it is reported).
+        included = ", ".join(f"{name} {units}" for name, units in hourly.included(contract, now).items())
         click.echo(f"{contract.id:26} {contract.marketplace:6} {contract.status:9} {contract.mapping_status:9} "
                    f"{(contract.subscription_id or '-'):26} {(state.units_reported if state else 0):>8} "
-                   f"{(state.last_cost if state else '0'):>12}  {(state.last_outcome if state else '')}")
+                   f"{(state.last_cost if state else '0'):>12}  {(state.last_outcome if state else '')}"
+                   + (f"  includes {included}" if included else ""))
     click.echo(f"{len(rows)} contract(s)")
     runtime.close()
 

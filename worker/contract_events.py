@@ -14,6 +14,7 @@ from billing_core import wire
 from billing_core.money import InvalidAmount, parse_unit_price
 from marketplaces import rules
 from marketplaces.base import ContractNotification
+from worker.entitlements import InvalidEntitlement, included_quantities
 
 EVENT_TYPES = ("contract.created", "contract.modified", "contract.canceled", "contract.renewed")
 IDENTIFIER_FIELDS = (
@@ -50,6 +51,9 @@ class ContractEvent:
     quantity: int | None = None
     action: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)  # marketplace specifics (Azure operation id, ...)
+    # Contracts with consumption: the included units per dimension read for this event, in effect
+    # from ``effective_at`` (None: not read, nothing changes; {}: includes nothing any more).
+    entitlements: Mapping[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Return a JSON-ready dict (instants as ISO-8601 UTC)."""
@@ -59,7 +63,7 @@ class ContractEvent:
         data["effective_at"] = self.effective_at.isoformat()
         data["identifiers"] = dict(self.identifiers)
         data["extra"] = dict(self.extra)
-        for name in ("pricing", "previous_pricing"):
+        for name in ("pricing", "previous_pricing", "entitlements"):
             if data[name] is not None:
                 data[name] = dict(data[name])
         return data
@@ -112,6 +116,20 @@ class _Data(_Strict):
     effective_at: datetime | None = None
     plan: str | None = Field(default=None, max_length=255)
     quantity: int | None = Field(default=None, ge=0)
+    # A contract with consumption: the units each dimension includes per period, from effective_at.
+    entitlements: dict[str, int] | None = None
+
+    @field_validator("entitlements", mode="before")
+    @classmethod
+    def _included(cls, value: object) -> object:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ValueError("must be an object of dimension: units")
+        try:
+            return included_quantities(value, "entitlements")
+        except InvalidEntitlement as exc:
+            raise ValueError(str(exc).removeprefix("entitlements.").removeprefix("entitlements: ")) from None
 
     @field_validator("cloud_identifiers", mode="before")
     @classmethod
@@ -187,6 +205,7 @@ def parse_normalized(body: bytes) -> tuple[str, ContractEvent | None]:
         plan=data.plan,
         quantity=data.quantity,
         action=envelope.type,
+        entitlements=data.entitlements,
     )
 
 

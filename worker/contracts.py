@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from billing_core import SubscriptionNotFound, get_for_update
 from marketplaces import rules
-from worker import ledger
+from worker import entitlements, ledger
 from worker.contract_events import ContractEvent
 from worker.errors import Conflict, Invalid, NotFound
 from worker.persistence.contracts import ContractRow, ListingRow
@@ -143,6 +143,11 @@ def apply_event(engine: Engine, event: ContractEvent, billing: BillingGateway, *
                 session.rollback()
                 row = _load(session, event.source, event.contract_key)
                 assert row is not None
+        if event.entitlements is not None:
+            # Stored first, on its own and locked (an operator's PATCH may write them too), so no
+            # run ever reports the contract without what it includes.
+            session.commit()
+            record_included(engine, row.id, event.entitlements, event.effective_at, source=event.source)
         with session.no_autoflush:
             _fill(row, event)
             handler = _HANDLERS[event.kind]
@@ -151,6 +156,24 @@ def apply_event(engine: Engine, event: ContractEvent, billing: BillingGateway, *
         session.add(row)
         session.commit()
         return Applied(InboxStatus.DONE, contract_id=row.id, detail=detail)
+
+
+def _include(row: ContractRow, included: Mapping[str, int], at: datetime, source: str) -> None:
+    """Put ``included`` in effect from ``at`` on the (locked) row: usage measured up to then keeps what it included."""
+    row.entitlements = entitlements.as_json(entitlements.with_change(
+        entitlements.history(row.entitlements), included, at, source))
+
+
+def record_included(engine: Engine, contract_id: str, included: Mapping[str, int], at: datetime, *,
+                    source: str) -> None:
+    """Store what a contract with consumption includes from ``at`` (one locked read-modify-write)."""
+    with Session(engine) as session:
+        row = get_for_update(session, ContractRow, contract_id)
+        if row is None:
+            raise ContractNotFound(f"no contract {contract_id!r}")
+        _include(row, included, at, source)
+        session.add(row)
+        session.commit()
 
 
 def _created(session: Session, row: ContractRow, event: ContractEvent, billing: BillingGateway,
@@ -295,6 +318,7 @@ def contract_as_dict(row: ContractRow) -> dict[str, Any]:
         "buyer": {"name": row.buyer_name, "email": row.buyer_email},
         "pricing": row.pricing, "previous_pricing": row.previous_pricing,
         "custom_properties": dict(row.custom_properties or {}),
+        "entitlements": list(row.entitlements or []),
         "mapping": {"status": row.mapping_status, "reason": row.mapping_reason or None,
                     "customer_id": row.customer_id, "subscription_id": row.subscription_id},
         # ``orb`` as Clazar's Orb integration reads it; ``billing`` is the older alias, kept for existing clients.
@@ -404,8 +428,10 @@ def get_contract(engine: Engine, contract_id: str) -> dict[str, Any]:
 
 
 def patch_contract(engine: Engine, contract_id: str, billing: BillingGateway, *, subscription_id: str | None,
-                   custom_properties: Mapping[str, Any] | None, now: datetime, unmap: bool = False) -> dict[str, Any]:
-    """Attach a subscription and/or merge custom properties (a None value removes the key).
+                   custom_properties: Mapping[str, Any] | None, now: datetime, unmap: bool = False,
+                   included: tuple[Mapping[str, int], datetime] | None = None) -> dict[str, Any]:
+    """Attach a subscription and/or merge custom properties (a None value removes the key); ``included``
+    (units per dimension, from an instant) sets what a contract with consumption includes from then.
 
     ``unmap`` detaches the contract from its subscription (nothing to do when it has none): the
     contract becomes unmapped and stops reporting (refused while it is canceled and owes its
@@ -462,6 +488,8 @@ def patch_contract(engine: Engine, contract_id: str, billing: BillingGateway, *,
                 raise InvalidProperties(f"custom_properties: a contract has at most {MAX_PROPERTIES} properties "
                                         f"({len(merged)} after this change)")
             row.custom_properties = merged
+        if included is not None:
+            _include(row, included[0], included[1], "operator")
         row.updated_at = now
         session.add(row)
         try:

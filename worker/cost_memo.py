@@ -5,7 +5,8 @@ listing (dimensions, fixed fees, metering start), the window, and the usage of i
 When a run computes a cost, it stores it with what it rested on (``CostMemoRow``):
 
 - ``basis``: a digest of the subscription revision, the listing and contract versions (and the
-  listing's price-to-dimension mapping and fixed-fee choice), the window's start and billing
+  listing's price-to-dimension mapping and fixed-fee choice, and the contract's entitlements —
+  what it includes per dimension, with their instants), the window's start and billing
   period, and the *structure* of the charges (each price interval's
   service and cadence periods; a fixed fee's accrued window when the listing reports it);
 - ``position``: the billing core's change-log watermark, read before the usage was;
@@ -71,9 +72,11 @@ def basis(window: Window) -> tuple[str, frozenset[str]]:
             charges.append([charge.interval.id, "usage", _period(charge.service), _period(charge.full),
                             charge.usage_window.start.isoformat()])
     mapping = [[d.name, sorted(d.prices) if d.prices is not None else None] for d in dimensions]
+    # A changed entitlement never carries a cost stored before it (docs/billing-rules.md §12.6).
+    included = contract.entitlements or []
     listed = [sub.id, len(sub.edits), contract.id, _stamp(contract.updated_at), listing.id,
               _stamp(listing.updated_at), mapping, bool(listing.include_fixed_fees), start.isoformat(),
-              period_start.isoformat(), charges]
+              period_start.isoformat(), charges, included]
     return hashlib.sha256(json.dumps(listed, separators=(",", ":")).encode()).hexdigest(), frozenset(metrics)
 
 

@@ -100,18 +100,25 @@ def load_listings(runtime: Runtime, *, now: datetime, gcp_product: str) -> None:
             pass
 
 
+INCLUDED = 500  # units of the demo dimension the contracts with consumption include per month
+
+
 def create_contracts(settings: Settings, per_marketplace: int) -> None:
     """Have each emulator create customers: they send real signed notifications to the web."""
     for i in range(per_marketplace):
+        # Every second buyer holds a contract with consumption: 500 units included, only the rest reported.
+        included = {DIMENSION: INCLUDED} if i % 2 else {}
         requests.post(f"{settings.emulator_url('aws')}/_emulator/customers",
-                      json={"product_code": AWS_PRODUCT, "dimensions": [DIMENSION]}, timeout=30).raise_for_status()
+                      json={"product_code": AWS_PRODUCT, "dimensions": [DIMENSION], "entitlements": included},
+                      timeout=30).raise_for_status()
         requests.post(f"{settings.emulator_url('azure')}/_emulator/subscriptions",
                       json={"offer_id": AZURE_OFFER, "plan_id": AZURE_PLAN, "dimensions": [DIMENSION],
-                            "name": f"Demo buyer {i + 1}"}, timeout=30).raise_for_status()
+                            "name": f"Demo buyer {i + 1}", "included": {AZURE_PLAN: included}},
+                      timeout=30).raise_for_status()
         requests.post(f"{settings.emulator_url('gcp')}/_emulator/metrics", json={"metrics": [DIMENSION]},
                       timeout=30).raise_for_status()
         requests.post(f"{settings.emulator_url('gcp')}/_emulator/entitlements",
-                      json={"plan": GCP_PLAN}, timeout=30).raise_for_status()
+                      json={"plan": GCP_PLAN, "included": included}, timeout=30).raise_for_status()
 
 
 def mapped_customers(base_url: str, api_key: str) -> dict[str, str]:

@@ -3,7 +3,8 @@
 Two steps, each safe to repeat and to run in several processes at once:
 
 1. ``prepare``: compute the contract's unrounded cost to date for its billing period, split
-   it over the listing's dimensions, convert each to whole units, and write each difference to
+   it over the listing's dimensions, convert each to whole units (above what a contract with
+   consumption includes at the window's end: ``included``), and write each difference to
    the usage ledger as a ``pending`` row keyed (contract, dimension, hour stamp) — ``ledger.record``, a compare-and-swap on the contract's
    sync state in the same transaction, so no two runs ever count the same units.
 2. ``send_pending``: expire the pending rows past the marketplace's window (never sent, their
@@ -37,7 +38,7 @@ from billing_core import (
 from billing_core.money import exact
 from marketplaces import rules
 from marketplaces.base import Marketplace, PermanentMarketplaceError, TransientMarketplaceError, UsageRecord
-from worker import allocations, cost_memo, ledger
+from worker import allocations, cost_memo, entitlements, ledger
 from worker.errors import Permanent, Transient
 from worker.ledger import COST_ERROR, Due, Part, Prepared, utc
 from worker.logs import get_logger
@@ -171,10 +172,17 @@ def _product(contract: ContractRow) -> str:
     return contract.product_code or contract.offer_id or str((contract.cloud_identifiers or {}).get("product_id", ""))
 
 
+def included(contract: ContractRow, at: datetime) -> dict[str, int]:
+    """Return the units each dimension of a contract with consumption includes at ``at`` (the end of the
+    usage measured: an entitlement change counts from its instant; docs/billing-rules.md §12.6)."""
+    return entitlements.included_at(entitlements.history(contract.entitlements), at)
+
+
 def _due(contract: ContractRow, listing: ListingRow, cost: dict[str, Decimal], period_start: datetime,
-         split: allocations.Split | None = None) -> Due:
+         window_end: datetime, split: allocations.Split | None = None) -> Due:
+    free = included(contract, window_end)
     parts = tuple(Part(d.name, d.unit_price, cost.get(d.name, Decimal(0)),
-                       None if split is None else split.get(d.name, ()))
+                       allocations=None if split is None else split.get(d.name, ()), included=free.get(d.name, 0))
                   for d in dimensions(contract, listing))
     return Due(contract_id=contract.id, marketplace=contract.marketplace, product=_product(contract), parts=parts,
                close_rounding=listing.close_rounding, period_start=period_start,
@@ -191,13 +199,14 @@ def prepare(engine: Engine, contract_id: str, stamp: datetime, *, now: datetime,
         return skipped
     try:
         cost, period_start = contract_cost(engine, sub, contract, listing, stamp=stamp, now=now)
-        split = _split((contract, listing, sub, *cost_window(sub, contract, listing, stamp=stamp, now=now)),
-                       usage_source(engine))
+        window = cost_window(sub, contract, listing, stamp=stamp, now=now)
+        split = _split((contract, listing, sub, *window), usage_source(engine))
     except (OutOfRange, UnmappedPrice) as exc:
         ledger.mark_cost_errors(engine, {contract_id: exc}, now=now)
         return Prepared(COST_ERROR, ledger.cost_error_text(exc))
-    result = ledger.record(engine, [_due(contract, listing, cost, period_start, split)], stamp, now=now, kind=kind,
-                           final=final)[contract_id]
+    window_end = window[1]
+    result = ledger.record(engine, [_due(contract, listing, cost, period_start, window_end, split)], stamp, now=now,
+                           kind=kind, final=final)[contract_id]
     if isinstance(result, Exception):
         raise result
     return result
@@ -269,9 +278,9 @@ def prepare_many(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *
     splits = _splits(todo, source, failed)
     ledger.mark_cost_errors(engine, failed, now=now)
     out.update({contract_id: Prepared(COST_ERROR, ledger.cost_error_text(exc)) for contract_id, exc in failed.items()})
-    dues = [_due(contract, listing, totals.get(contract.id) or _costs(None, contract, listing), period_start,
+    dues = [_due(contract, listing, totals.get(contract.id) or _costs(None, contract, listing), period_start, end,
                  splits.get(contract.id))
-            for contract, listing, _sub, _start, _end, period_start in todo if contract.id not in failed]
+            for contract, listing, _sub, _start, end, period_start in todo if contract.id not in failed]
     out.update(ledger.record(engine, dues, stamp, now=now, kind=kind))
     return out
 
@@ -346,19 +355,20 @@ def preview(engine: Engine, contract_id: str, stamp: datetime, *, now: datetime,
     stamp = hour_floor(stamp)
     contract, listing, sub = _load(engine, contract_id)
     cost, period_start = contract_cost(engine, sub, contract, listing, stamp=stamp, now=now)
-    split = _split((contract, listing, sub, *cost_window(sub, contract, listing, stamp=stamp, now=now)),
-                   usage_source(engine))
+    window = cost_window(sub, contract, listing, stamp=stamp, now=now)
+    split = _split((contract, listing, sub, *window), usage_source(engine))
     counts = {c["dimension"]: c for c in ledger.dimension_counts(engine, contract_id)}
     taken = ledger.stamp_taken(engine, contract_id, stamp)
+    window_end = window[1]
     lines = []
-    for part in _due(contract, listing, cost, period_start, split).parts:
+    for part in _due(contract, listing, cost, period_start, window_end, split).parts:
         count = counts.get(part.dimension)
         reported = count["units_reported"] if count and count["period_start"] == period_start else 0
         prior = ledger.allocated_before(count and count["period_start"], count and count["allocated"], period_start,
                                         reported)
         plan, _ = ledger.plan_part(part, prior, reported, final=final, close_policy=listing.close_rounding)
         lines.append({"dimension": part.dimension, "cost": str(part.cost), "unit_price": str(part.unit_price),
-                      "units_total": plan.units_total, "units_reported": reported,
+                      "included": part.included, "units_total": plan.units_total, "units_reported": reported,
                       "would_send": 0 if taken else plan.delta, "over_reported": plan.over_reported})
     with exact():
         total_cost = sum((Decimal(line["cost"]) for line in lines), Decimal(0))

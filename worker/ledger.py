@@ -60,6 +60,7 @@ class Part:
     cost: Decimal
     # Each tag combination's exact cost when the listing allocates usage (worker/allocations.py); None: off.
     allocations: tuple[tuple[str, Fraction], ...] | None = None
+    included: int = 0  # units the contract includes in this dimension and period (reported: only the rest)
 
 
 @dataclass(frozen=True)
@@ -287,8 +288,10 @@ def plan_part(part: Part, prior: Mapping[str, int], reported: int, *, final: boo
     """Return one dimension's plan from the units it counted (``reported``; per tag combination: ``prior``):
     over its whole cost, or per combination when the listing allocates usage (then the split too)."""
     if part.allocations is None:
-        return plan_report(part.cost, part.unit_price, reported, final=final, close_policy=close_policy), None
-    split = plan_allocations(dict(part.allocations), part.unit_price, prior, final=final, close_policy=close_policy)
+        return plan_report(part.cost, part.unit_price, reported, final=final, close_policy=close_policy,
+                           included=part.included), None
+    split = plan_allocations(dict(part.allocations), part.unit_price, prior, final=final, close_policy=close_policy,
+                             included=part.included)
     return ReportPlan(split.units_total, split.delta, split.over_reported), split
 
 
@@ -610,7 +613,7 @@ def ledger_rows(engine: Engine, contract_id: str) -> list[dict[str, Any]]:
                  "marketplace_record_id": r.marketplace_record_id, "attempts": r.attempts,
                  "sent_at": utc(r.sent_at), "unit_price": r.unit_price,
                  "amount": amount_of(r.quantity, r.unit_price), "held_until": utc(r.held_until),
-                 "allocations": r.allocations or []} for r in rows]
+                 "allocations": r.allocations or [], "created_at": utc(r.created_at)} for r in rows]
 
 
 def amount_of(quantity: int, unit_price: str | None) -> str | None:

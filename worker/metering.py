@@ -5,6 +5,11 @@ Pure functions over Decimal: each price's cost goes to one dimension of the list
 runs (the remainder below one unit carries forward), the listing's close policy at the final
 report, and ``delta = units_total - units_reported``: sent when positive, recorded as
 over-reported when negative, never sent negative.
+
+A contract with consumption includes some units per dimension and period
+(docs/billing-rules.md §12.6): they are drawn down first, so ``units_total`` is the overage,
+``max(0, units(cost) - included)``, with ``included`` the quantity in effect at the end of the
+usage measured (``worker/entitlements.py``). The cost stays exact; only whole units are compared.
 """
 
 from __future__ import annotations
@@ -36,15 +41,20 @@ def units_for(cost: Decimal, unit_price: Decimal, policy: str = "floor") -> int:
 class ReportPlan:
     """What one run should do for one contract and dimension."""
 
-    units_total: int
+    units_total: int  # units owed to date: above the included units, when the contract includes some
     delta: int  # units to send now (>= 0)
     over_reported: int  # units reported beyond the current total (>= 0)
 
 
+def overage(units: int, included: int) -> int:
+    """Return the units above what the contract includes (the included ones are drawn down first)."""
+    return max(units - included, 0)
+
+
 def plan_report(cost: Decimal, unit_price: Decimal, units_reported: int, *, final: bool = False,
-                close_policy: str = "floor") -> ReportPlan:
-    """Return the units to send given the cost to date and the units already reported."""
-    total = units_for(cost, unit_price, close_policy if final else "floor")
+                close_policy: str = "floor", included: int = 0) -> ReportPlan:
+    """Return the units to send given the cost to date, the units already reported and the units included."""
+    total = overage(units_for(cost, unit_price, close_policy if final else "floor"), included)
     difference = total - units_reported
     return ReportPlan(units_total=total, delta=max(difference, 0), over_reported=max(-difference, 0))
 
@@ -87,7 +97,7 @@ class AllocationPlan:
 
 
 def plan_allocations(costs: Mapping[str, Fraction], unit_price: Decimal, reported: Mapping[str, int], *,
-                     final: bool = False, close_policy: str = "floor") -> AllocationPlan:
+                     final: bool = False, close_policy: str = "floor", included: int = 0) -> AllocationPlan:
     """Return what to send per tag combination given each one's exact cost to date and units already counted.
 
     Per combination, ``units = floor(cost / unit_price)`` (the close policy at the final report)
@@ -98,6 +108,8 @@ def plan_allocations(costs: Mapping[str, Fraction], unit_price: Decimal, reporte
     if unit_price <= 0:
         raise ValueError("unit_price must be positive")
     policy = close_policy if final else "floor"
+    if included > 0:
+        return _plan_allocated_overage(costs, unit_price, reported, policy, included)
     deltas: dict[str, int] = {}
     counted: dict[str, int] = {}
     total = over = 0
@@ -111,6 +123,34 @@ def plan_allocations(costs: Mapping[str, Fraction], unit_price: Decimal, reporte
         counted[combo] = max(units, before)
     return AllocationPlan(units_total=total, delta=sum(deltas.values()), over_reported=over, deltas=deltas,
                           reported=counted)
+
+
+def _plan_allocated_overage(costs: Mapping[str, Fraction], unit_price: Decimal, reported: Mapping[str, int],
+                            policy: str, included: int) -> AllocationPlan:
+    """A contract with consumption whose listing allocates usage: the dimension's overage (its units over
+    every combination, less what the contract includes) is what the record reports, so the included
+    units are drawn down across combinations first; the units to send now are split over the
+    combinations in proportion to each one's units not yet reported (largest remainder, ties by key),
+    so the allocations sum to the record's quantity and the dimension never reports past its overage."""
+    units = {combo: _units_exact(Fraction(costs.get(combo, 0)), unit_price, policy)
+             for combo in set(costs) | set(reported)}
+    before = {combo: reported.get(combo, 0) for combo in units}
+    target = overage(sum(units.values()), included)
+    counted = sum(before.values())
+    delta = max(target - counted, 0)
+    weights = {combo: units[combo] - before[combo] for combo in sorted(units) if units[combo] > before[combo]}
+    deltas: dict[str, int] = {}
+    if delta:
+        whole = sum(weights.values())  # >= delta: the overage never exceeds every combination's units
+        shares = {combo: Fraction(delta * w, whole) for combo, w in weights.items()}
+        deltas = {combo: int(share) for combo, share in shares.items()}
+        short = delta - sum(deltas.values())
+        for combo in sorted(shares, key=lambda c: (-(shares[c] - int(shares[c])), c))[:short]:
+            deltas[combo] += 1
+        deltas = {combo: n for combo, n in deltas.items() if n > 0}
+    after = {combo: before[combo] + deltas.get(combo, 0) for combo in units}
+    return AllocationPlan(units_total=target, delta=delta, over_reported=max(counted - target, 0), deltas=deltas,
+                          reported=after)
 
 
 def split_by_usage(cost: Decimal, shares: Mapping[str, Decimal]) -> dict[str, Fraction]:

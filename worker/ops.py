@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from sqlalchemy import Engine, String, and_, cast, func, or_, select
 from sqlmodel import Session
@@ -315,7 +315,8 @@ def contract_detail(engine: Engine, contract_id: str, *, now: datetime) -> dict[
     dimensions = dimension_rows(row, listing, state, ledger.dimension_counts(engine, contract_id))
     # One chart per dimension: units of different unit prices are not added up.
     charts = [{"dimension": d["name"], "unit_price": d["unit_price"],
-               "chart": chart([e for e in reports if e["dimension"] == d["name"]], d["unit_price"])}
+               "chart": chart([e for e in reports if e["dimension"] == d["name"]], d["unit_price"],
+                              included=lambda at, name=d["name"]: hourly.included(row, at).get(name, 0))}
               for d in dimensions]
     current = hour_floor(now)
     deadline = cancellation.deadline_for(row) if row.status == ContractStatus.CANCELED else None
@@ -325,6 +326,8 @@ def contract_detail(engine: Engine, contract_id: str, *, now: datetime) -> dict[
         "invoice": invoice, "billing_error": billing_error, "unit_price": price,
         "ledger": reports, "chart": charts[0]["chart"] if charts else chart([], None), "charts": charts,
         "dimensions": dimensions,
+        # A contract with consumption: what it includes now, per dimension (only usage above is reported).
+        "included": hourly.included(row, now),
         "expired": revenue_lost(engine, contract_id=contract_id, by="dimension"),
         "held": sum(1 for e in reports if e["status"] == LedgerStatus.PENDING and e["held_until"] is not None),
         "deadline": deadline, "overdue": bool(deadline and now >= deadline),
@@ -349,11 +352,13 @@ def dimension_rows(contract: ContractRow, listing: ListingRow | None, state: Con
 
 
 def chart(entries: list[dict[str, Any]], unit_price: Decimal | None, *, width: int = 720,
-          height: int = 220) -> dict[str, Any]:
+          height: int = 220, included: Callable[[datetime], int] | None = None) -> dict[str, Any]:
     """Return an SVG-ready chart: units reported per hour (bars) vs computed cost in units (line).
 
     The computed cost is the period's cost to date each report was made from, divided by the
-    unit price: where the line stays above the bars' running total, units are still to come.
+    unit price, less what a contract with consumption included when the report was written
+    (``included``; never below 0): where the line stays above the bars' running total, units are
+    still to come.
     """
     points = []
     cumulative = 0
@@ -366,6 +371,8 @@ def chart(entries: list[dict[str, Any]], unit_price: Decimal | None, *, width: i
         except (InvalidOperation, TypeError):
             cost = Decimal(0)
         computed = float(cost / unit_price) if unit_price else 0.0
+        if included is not None and entry.get("created_at") is not None:
+            computed = max(computed - included(entry["created_at"]), 0.0)
         points.append({"hour": entry["hour"], "reported": reported, "cumulative": cumulative,
                        "computed": computed, "cost": str(cost), "status": entry["status"]})
     if not points:

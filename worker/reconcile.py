@@ -9,7 +9,8 @@ For a month (``YYYY-MM``, UTC) the reconciliation puts three records of the same
   answers the ledger recorded (an ``accepted`` or ``duplicate`` row) are all there is;
 - **computed**: per contract, dimension and billing period, the whole units the billing core's
   cost gives (``floor(cost / unit price)``, the listing's close rounding once the final report
-  was written), compared with the units the ledger counts as reported for that period. A period
+  was written; for a contract with consumption, only the units above what it included then,
+  docs/billing-rules.md §12.6), compared with the units the ledger counts as reported for that period. A period
   still open is computed as of the last run that wrote to it (what that run saw), a closed one
   as of now (usage that arrived after its last report shows up as a difference). A mapped
   contract with no report stamped in the month gets a period line too when its billing period,
@@ -44,7 +45,7 @@ from marketplaces.base import AcceptedUsage, Marketplace, MarketplaceError, read
 from worker import hourly
 from worker.ledger import COUNTED, TRUEUP, amount_of, utc
 from worker.logs import get_logger
-from worker.metering import UnmappedPrice, plan_allocations, units_for
+from worker.metering import UnmappedPrice, overage, plan_allocations, units_for
 from worker.persistence.contracts import ContractRow, ListingRow
 from worker.persistence.ledger import LedgerRow
 from worker.reports import month_bounds, safe_cell
@@ -384,12 +385,15 @@ def _period_lines(engine: Engine, rows: Sequence[LedgerRow], contracts: Mapping[
 
 def _units(window: Any, cost: Mapping[str, Decimal], source: Any, policy: str) -> dict[str, int]:
     """Return each dimension's whole units computed from its cost to date as the sync computes them: per tag
-    combination, summed, when the listing allocates usage (docs/marketplaces.md §1.12)."""
+    combination, summed, when the listing allocates usage (docs/marketplaces.md §1.12); above what the
+    contract includes at the window's end, for a contract with consumption."""
     contract, listing = window[0], window[1]
     split = hourly._split(window, source)
-    return {d.name: units_for(cost.get(d.name, Decimal(0)), d.unit_price, policy) if split is None
+    free = hourly.included(contract, window[4])
+    return {d.name: overage(units_for(cost.get(d.name, Decimal(0)), d.unit_price, policy), free.get(d.name, 0))
+            if split is None
             else plan_allocations(dict(split.get(d.name, ())), d.unit_price, {}, final=True,
-                                  close_policy=policy).units_total
+                                  close_policy=policy, included=free.get(d.name, 0)).units_total
             for d in hourly.dimensions(contract, listing)}
 
 
@@ -435,6 +439,7 @@ def _silent_lines(engine: Engine, reporting: set[str], start: datetime, end: dat
             out.append(Line(contract_id=contract.id, marketplace=contract.marketplace, dimension="",
                             period_start=None, causes=(f"cannot compute: {type(exc).__name__}: {_first_line(exc)}",)))
             continue
+        free = hourly.included(contract, window_end)
         for dim in sorted(hourly.dimensions(contract, listing), key=lambda d: d.name):
             computed = units[dim.name]
             count = reported[(contract.id, utc(period_start), dim.name)]  # type: ignore[index]

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from marketplaces.base import PermanentMarketplaceError
-from marketplaces.aws.wire import RecordLevelError
+from marketplaces.base import PermanentMarketplaceError, whole_units
+from marketplaces.aws.wire import RecordLevelError, license_id
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,42 @@ class Entitlements:
                 return out
             seen_tokens.add(token)
             params["NextToken"] = token
+
+
+    def purchase_entitlements(self, ids: Mapping[str, str]) -> list[AwsEntitlement]:
+        """Return one purchase's entitlement rows (filters: account id, else customer, else license)."""
+        product = ids.get("product_code")
+        if not product:
+            return []
+        # CUSTOMER_AWS_ACCOUNT_ID and CUSTOMER_IDENTIFIER are mutually exclusive filters; the account
+        # filter is matched on the license id here, so ARN spellings cannot hide a row.
+        if ids.get("customer_aws_account_id"):
+            rows = self.get_entitlements(product, customer_aws_account_id=ids["customer_aws_account_id"])
+        elif ids.get("customer_identifier"):
+            rows = self.get_entitlements(product, customer_identifier=ids["customer_identifier"])
+        elif ids.get("license_arn"):
+            rows = self.get_entitlements(product, license_arn=ids["license_arn"])
+        else:
+            return []
+        lid = ids.get("license_id")
+        return [row for row in rows if not lid or license_id(row.license_arn) == lid]
+
+    def included_quantities(self, identifiers: Mapping[str, str], plan: str | None = None) -> dict[str, int]:
+        """Return the purchase's entitled units per dimension (a contract with pay-as-you-go; §2.6)."""
+        return included_units(self.purchase_entitlements(identifiers))
+
+
+def included_units(rows: list[AwsEntitlement]) -> dict[str, int]:
+    """Return the dimensions a contract entitles a number of units of (IntegerValue), and how many.
+
+    Boolean and string entitlements (a feature on, a tier name) include no units.
+    """
+    out: dict[str, int] = {}
+    for row in rows:
+        units = whole_units(row.value) if isinstance(row.value, int) else None
+        if units is not None and row.dimension:
+            out[row.dimension] = units
+    return out
 
 
 def _entitlement(row: Mapping[str, Any]) -> AwsEntitlement:

@@ -14,7 +14,9 @@ by the customer identifier otherwise:
 
 ``entitlement-updated`` (and an amended agreement) says only "something changed": the current
 entitlement is read with GetEntitlements and put on the event (dimension values, expiration,
-the quantity of a single-dimension contract). An entitlement that has expired when the
+the quantity of a single-dimension contract, and the units each dimension includes: a contract
+with pay-as-you-go reports only usage above them, docs/billing-rules.md §12.6). A ``created``
+event reads them too. An entitlement that has expired when the
 notification was sent cancels the contract at its expiration date.
 
 Cancellations need nothing here: ``unsubscribe-pending``, ``Purchase Agreement Ended`` and
@@ -33,7 +35,8 @@ from typing import Any, Mapping
 
 import structlog
 
-from marketplaces.aws.entitlements import AwsEntitlement, entitlement_state
+from marketplaces.aws.entitlements import AwsEntitlement, entitlement_state, included_units
+from marketplaces.base import PermanentMarketplaceError
 from marketplaces.aws.wire import license_id
 from marketplaces.lifecycle import ContractLookup, ContractView, LifecycleContext
 
@@ -68,6 +71,8 @@ def before_apply(context: LifecycleContext, event: Any) -> Any:
     event = replace(event, contract_key=key, identifiers=ids)
     if event.kind == "modified":
         return _with_entitlement(context, event, entitlements)
+    if event.kind == "created":
+        return _with_included(context, event, entitlements)
     return event
 
 
@@ -110,22 +115,7 @@ def _normalized(identifiers: Mapping[str, str]) -> dict[str, str]:
 
 def _entitlements(context: LifecycleContext, ids: Mapping[str, str]) -> list[AwsEntitlement]:
     """Read the purchase's entitlement rows (filters: account id, else customer, else license)."""
-    product = ids.get("product_code")
-    if not product:
-        return []
-    adapter = context.adapter
-    # CUSTOMER_AWS_ACCOUNT_ID and CUSTOMER_IDENTIFIER are mutually exclusive filters; the account
-    # filter is matched on the license id here, so ARN spellings cannot hide a row.
-    if ids.get("customer_aws_account_id"):
-        rows = adapter.get_entitlements(product, customer_aws_account_id=ids["customer_aws_account_id"])
-    elif ids.get("customer_identifier"):
-        rows = adapter.get_entitlements(product, customer_identifier=ids["customer_identifier"])
-    elif ids.get("license_arn"):
-        rows = adapter.get_entitlements(product, license_arn=ids["license_arn"])
-    else:
-        return []
-    lid = ids.get("license_id")
-    return [row for row in rows if not lid or license_id(row.license_arn) == lid]
+    return context.adapter.purchase_entitlements(ids)
 
 
 def _license_of(entitlements: list[AwsEntitlement], ids: Mapping[str, str]) -> dict[str, str]:
@@ -154,4 +144,21 @@ def _with_entitlement(context: LifecycleContext, event: Any, rows: list[AwsEntit
     if state["expired"]:
         return replace(event, kind="canceled", effective_at=state["expires_at"], identifiers=ids)
     quantity = state["quantity"] if state["quantity"] is not None else event.quantity
-    return replace(event, identifiers=ids, quantity=quantity)
+    return replace(event, identifiers=ids, quantity=quantity, entitlements=included_units(rows))
+
+
+def _with_included(context: LifecycleContext, event: Any, rows: list[AwsEntitlement] | None) -> Any:
+    """Put what a new contract includes on its ``created`` event (a contract with pay-as-you-go, §2.6).
+
+    A purchase GetEntitlements cannot be asked about (no entitlement client, an unknown product)
+    is created pay-as-you-go, with the reason logged: its usage must not wait for a read that will
+    not succeed. A transient failure propagates, so the job retries.
+    """
+    try:
+        if rows is None:
+            rows = _entitlements(context, event.identifiers)
+    except PermanentMarketplaceError as exc:
+        log.warning("aws_entitlement_unread", contract_key=event.contract_key, error=str(exc))
+        return event
+    included = included_units(rows)
+    return replace(event, entitlements=included) if included else event

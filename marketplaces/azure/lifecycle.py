@@ -5,7 +5,8 @@ webhook's JWT authenticates Microsoft but does not cover the body, and short pay
 ChangeQuantity lack the offer and the buyer), and for ChangePlan / ChangeQuantity also the
 operation itself, which is what the publisher must answer. The event is rebuilt from those
 answers: offer, plan, quantity, buyer, subscription status (a Suspend or Reinstate becomes what the
-subscription's current status says, so a late delivery never undoes a newer one).
+subscription's current status says, so a late delivery never undoes a newer one), and for a
+creation or a change the plan's included base quantities (listAvailablePlans).
 
 ``after_apply`` does what Microsoft waits for once the change is stored:
 
@@ -82,6 +83,12 @@ def before_apply(context: LifecycleContext, event: Any) -> Any:
         # arrive in no guaranteed order) must not hold the contract's reports again.
         kind = "suspended" if extra["subscription_status"] == SUSPENDED else "reinstated"
 
+    included = event.entitlements
+    if kind in ("created", "modified") and plan:
+        # A plan with included base quantities: only usage above them is reported (§3.9); a plan
+        # change changes them from the change's instant.
+        included = adapter.included_quantities({**identifiers, "subscription_id": subscription_id}, plan)
+
     buyer = _lower(subscription.get("beneficiary") or {}) or _lower(subscription.get("purchaser") or {})
     purchaser = _lower(subscription.get("purchaser") or {})
     email = _text(buyer.get("emailid")) or _text(purchaser.get("emailid"))
@@ -95,6 +102,7 @@ def before_apply(context: LifecycleContext, event: Any) -> Any:
         buyer_name=_text(subscription.get("name")) or event.buyer_name or email,
         buyer_email=email or event.buyer_email,
         extra=extra,
+        entitlements=included,
     )
 
 

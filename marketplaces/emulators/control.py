@@ -9,6 +9,11 @@
     GET|POST receiver        {"url": ... (+ extras)}: only the keys given change; "" or null unsets
     GET      usage           {"totals": [{..., "dimension", "hour", "quantity"}], ...} accepted usage
     GET      notifications   {"notifications": [...]} every notification sent (credentials as ***)
+    GET|POST included        contracts with consumption (docs/marketplaces.md §1.13): POST {"contract":
+                             key, "included": {dimension: units}, "consumed": {dimension: units}}
+                             (either or both); GET -> {"included": [{"contract", "included",
+                             "consumed", "reported", "flags"}]}: a flag names a dimension whose
+                             reported usage dips into what the contract includes
 
 Every emulator's state implements ``ControlledState``; marketplace-specific controls (customers,
 subscriptions, entitlements, options, tokens, ...) stay on the emulator's own blueprint. Errors
@@ -71,6 +76,16 @@ class ControlledState(Protocol):
     def notification_log(self) -> list[dict[str, Any]]:
         ...
 
+    def set_included(self, contract: str, included: Mapping[str, int] | None) -> str:
+        """Set what the contract (license id or ARN, SaaS subscription id, entitlement id) includes per
+        dimension, served as the marketplace serves it (None: only find it); return its key in
+        ``included_view``. An unknown contract raises ``KeyError``."""
+        ...
+
+    def included_view(self) -> list[dict[str, Any]]:
+        """Return each contract's ``included`` units and the units ``reported`` per dimension (all hours)."""
+        ...
+
 
 def state() -> Any:
     """Return the current emulator app's state."""
@@ -114,6 +129,7 @@ def reset() -> Any:
     try:
         options = _body().get("options")
         state().reset(options or None)
+        _consumption(state()).clear()
     except (KeyError, TypeError, ValueError) as exc:
         return _bad(f"bad options: {exc}")
     return jsonify({"ok": True})
@@ -167,6 +183,67 @@ def receiver() -> Any:
 @control.get("/usage")
 def usage() -> Any:
     return jsonify(state().usage_report())
+
+
+@control.route("/included", methods=["GET", "POST"])
+def entitlements() -> Any:
+    emulator = state()
+    if request.method == "POST":
+        try:
+            body = _body()
+            contract = str(body.get("contract") or "")
+            if not contract:
+                raise ValueError("contract: required")
+            included = _units(body["included"], "included") if body.get("included") is not None else None
+            consumed = _units(body["consumed"], "consumed") if body.get("consumed") is not None else None
+            with emulator.lock:
+                key = emulator.set_included(contract, included)
+                if consumed is not None:
+                    _consumption(emulator)[key] = consumed
+        except KeyError as exc:
+            return _bad(f"contract: no such contract {exc.args[0]!r}")
+        except (TypeError, ValueError) as exc:
+            return _bad(str(exc))
+    with emulator.lock:
+        return jsonify({"included": overage_check(emulator.included_view(), _consumption(emulator))})
+
+
+def _consumption(emulator: Any) -> dict[str, dict[str, int]]:
+    """What the buyer consumed per contract and dimension, as a test tells the emulator (cleared by reset)."""
+    if not hasattr(emulator, "consumption"):
+        emulator.consumption = {}
+    return emulator.consumption
+
+
+def _units(values: Any, name: str) -> dict[str, int]:
+    if not isinstance(values, dict):
+        raise ValueError(f"{name}: must be an object of dimension: units")
+    out = {}
+    for dimension, units in values.items():
+        if isinstance(units, bool) or not isinstance(units, (int, str)) or not str(units).isdigit():
+            raise ValueError(f"{name}.{dimension}: must be a whole number of units")
+        out[str(dimension)] = int(units)
+    return out
+
+
+def overage_check(view: list[dict[str, Any]], consumed: Mapping[str, Mapping[str, int]]) -> list[dict[str, Any]]:
+    """Flag each dimension whose reported units exceed the overage, max(0, consumed - included).
+
+    No marketplace sees the usage a seller does not report, so none can refuse usage that dips
+    into the included quantity: the emulators flag it against what a test says was consumed.
+    """
+    out = []
+    for entry in view:
+        used = dict(consumed.get(entry["contract"], {}))
+        flags = []
+        for dimension, units in sorted(used.items()):
+            allowed = max(units - int(entry["included"].get(dimension, 0)), 0)
+            reported = entry["reported"].get(dimension, 0)
+            if reported > allowed:
+                flags.append({"dimension": dimension, "reported": reported, "overage": allowed,
+                              "problem": "reported usage dips into the included quantity"})
+        out.append({**entry, "consumed": used, "flags": flags})
+    return out
 
 
 @control.get("/notifications")

@@ -43,6 +43,7 @@ import structlog
 
 from marketplaces.base import TransientMarketplaceError
 from marketplaces.gcp.notifications import parse_rfc3339
+from marketplaces.gcp.procurement import commitments_of
 from marketplaces.lifecycle import LifecycleContext
 
 log = structlog.get_logger("marketsync.lifecycle.gcp")
@@ -70,7 +71,8 @@ def before_apply(context: LifecycleContext, event: Any) -> Any:
     state = str(entitlement.get("state") or "")
     identifiers = _identifiers(event, entitlement)
     plan = identifiers.get("plan_id") or None
-    filled = replace(event, identifiers=identifiers)
+    # Commitments (docs/billing-rules.md §12.6): read with every GET, in effect from the event's time.
+    filled = replace(event, identifiers=identifiers, entitlements=commitments_of(entitlement))
 
     if event.action in _CANCELLATIONS or (state == CANCELLED and event.kind != "created"):
         return replace(filled, kind="canceled", effective_at=_cancel_time(event, entitlement, state))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from marketplaces.base import PermanentMarketplaceError, TransientMarketplaceError
+from marketplaces.base import PermanentMarketplaceError, TransientMarketplaceError, whole_units
 
 
 class Procurement:
@@ -15,6 +15,12 @@ class Procurement:
             lambda p: p.entitlements().get(name=self._name("entitlements", entitlement_id)),
             none_on_404=True,
         )
+
+    def included_quantities(self, identifiers: Mapping[str, str], plan: str | None = None) -> dict[str, int]:
+        """Return the units of each metric the entitlement's commitment includes (§4.11)."""
+        entitlement_id = identifiers.get("gcp_entitlement_id") or identifiers.get("entitlement_id") or ""
+        entitlement = self.get_entitlement(entitlement_id) if entitlement_id else None
+        return commitments_of(entitlement or {})
 
     def list_entitlements(self, filter: str | None = None, page_size: int | None = None) -> list[dict[str, Any]]:
         """Return every entitlement matching ``filter`` (e.g. ``state=ENTITLEMENT_ACTIVE``)."""
@@ -113,3 +119,15 @@ class Procurement:
             if isinstance(exc, httplib2.HttpLib2Error):
                 raise TransientMarketplaceError(f"procurement call failed: {exc}") from exc
             raise
+
+
+def commitments_of(entitlement: Mapping[str, Any]) -> dict[str, int]:
+    """Return the entitlement's commitments as whole units per metric (docs/marketplaces.md §4.11:
+    modeled by the emulator as ``commitments: [{"metric", "quantity"}]``; the metric's short name,
+    as the listing's dimensions name it)."""
+    out: dict[str, int] = {}
+    for item in entitlement.get("commitments") or []:
+        units = whole_units(item.get("quantity")) if isinstance(item, Mapping) else None
+        if units is not None and item.get("metric"):
+            out[str(item["metric"]).rsplit("/", 1)[-1]] = units
+    return out

@@ -256,3 +256,21 @@ def test_cost_error_state_on_the_list_the_page_and_metrics(ops_client: Any, app:
     metrics = ops_client.get("/metrics").get_data(as_text=True)
     assert 'marketsync_contract_cost_errors{reason="usage_out_of_range"} 1' in metrics
     assert 'marketsync_contract_cost_errors{reason="inexact_amount"} 0' in metrics
+
+
+def test_contract_page_shows_what_a_contract_with_consumption_includes(ops_client: Any, seeded: Seeded, app: Any) -> None:
+    """The contract page lists each entitlement snapshot, its dimensions and units, and what holds now;
+    a pay-as-you-go contract says it includes nothing."""
+    engine = app.extensions["marketsync"].engine
+    with Session(engine) as session:
+        row = session.get(ContractRow, seeded.canceled)
+        row.entitlements = [{"effective_at": "2026-01-01T00:00:00+00:00", "included": {"usage_cost": 1000},
+                             "source": "aws"},
+                            {"effective_at": "2026-02-01T00:00:00+00:00", "included": {"usage_cost": 1500},
+                             "source": "aws"}]
+        session.add(row)
+        session.commit()
+    html = _html(ops_client.get(f"/ops/contracts/{seeded.canceled}"))
+    assert "Included usage" in html and "<td class=\"num\">1000</td>" in html
+    assert "Now: <span class=\"mono\">usage_cost</span> 1500" in html
+    assert "Pay-as-you-go" in _html(ops_client.get(f"/ops/contracts/{seeded.acme}"))

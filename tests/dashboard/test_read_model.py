@@ -39,3 +39,17 @@ def test_chart_counts_only_units_that_reached_the_marketplace() -> None:
     assert [p["cumulative"] for p in points] == [10, 10, 17]
     assert [p["computed"] for p in points] == [10.0, 15.0, 17.0]
     assert ops.chart([], Decimal("0.01"))["points"] == []
+
+
+def test_chart_of_a_contract_with_consumption_draws_the_units_above_what_it_includes() -> None:
+    """The computed line is the cost in units less what the contract included when each report was written."""
+    from datetime import UTC, datetime
+
+    ledger = [
+        {"hour": "2026-11-21T09:00:00+00:00", "quantity": 0, "cost_to_date": "0.70", "status": "accepted",
+         "created_at": datetime(2026, 11, 21, 10, 5, tzinfo=UTC)},
+        {"hour": "2026-11-21T10:00:00+00:00", "quantity": 50, "cost_to_date": "1.05", "status": "accepted",
+         "created_at": datetime(2026, 11, 21, 11, 5, tzinfo=UTC)},
+    ]
+    points = ops.chart(ledger, Decimal("0.001"), included=lambda at: 1000)["points"]
+    assert [p["computed"] for p in points] == [0.0, 50.0]

@@ -202,6 +202,26 @@ def test_full_lifecycle_over_sns(app: Any, aws: AwsEmulatorClient, live_server: 
     assert _count_contracts(engine) == 1
 
 
+def test_a_contract_with_pay_as_you_go_shows_what_it_includes(app: Any, aws: AwsEmulatorClient, live_server: Any,
+                                                              engine: Any, listing: dict[str, Any]) -> None:
+    """Through the receivers: subscribe-success reads GetEntitlements, and the contract includes its
+    integer entitlement of the metered dimension; entitlement-updated adds a snapshot from its time."""
+    customer = aws.create_customer(product_code=PRODUCT, dimensions=["usage_fee"], notify="sns",
+                                   entitlements={"usage_fee": 1000, "tier": "gold", "sso": True})
+    run_jobs(app)
+    ids = customer["identifiers"]
+    contract = _only_contract(live_server, license_arn=ids["license_arn"])
+    assert contract["mapping"]["status"] == "mapped"
+    assert [(e["included"], e["source"]) for e in contract["entitlements"]] == [({"usage_fee": 1000}, "aws")]
+    aws.update_entitlements(customer["id"], entitlements={"usage_fee": 1500, "tier": "gold", "sso": True},
+                            notify="sns")
+    updated_at = _sent_at(_sent(aws, "entitlement-updated"))
+    run_jobs(app)
+    contract = _only_contract(live_server, license_arn=ids["license_arn"])
+    assert [e["included"] for e in contract["entitlements"]] == [{"usage_fee": 1000}, {"usage_fee": 1500}]
+    assert _aware(contract["entitlements"][1]["effective_at"]) == updated_at
+
+
 def test_sns_and_eventbridge_land_on_one_contract(app: Any, aws: AwsEmulatorClient, live_server: Any,
                                                   engine: Any, listing: dict[str, Any]) -> None:
     """Both feeds of one purchase reach one contract; the first cancellation wins, the rest are no-ops."""

@@ -215,6 +215,26 @@ def test_full_lifecycle(app, client, auth_headers, sandbox, receiver, billing_pl
         "Subscribe", "ChangePlan", "ChangeQuantity", "Suspend", "Reinstate", "Unsubscribe"]
 
 
+def test_a_plan_with_included_quantities_is_read_and_a_plan_change_changes_them(app, client, auth_headers, sandbox, receiver, billing_plans) -> None:  # type: ignore[no-untyped-def]
+    """Through the webhook: Subscribe reads listAvailablePlans and the contract includes its plan's
+    base quantities; ChangePlan to a plan including more adds a snapshot from the change's time."""
+    _listing(client, auth_headers, "payg", "bplan_payg")
+    _listing(client, auth_headers, "pro", "bplan_pro")
+    created = _subscribe(sandbox, plan_id="payg", included={"payg": {"usage_fee": 1000}, "pro": {"usage_fee": 5000}})
+    _delivered(created)
+    sub_id = created["subscription"]["id"]
+    run_jobs(app)
+    contract = _contract(client, auth_headers, sub_id)
+    assert contract["mapping"]["status"] == "mapped", contract["mapping"]
+    assert [(e["included"], e["source"]) for e in contract["entitlements"]] == [({"usage_fee": 1000}, "azure")]
+    _at(sandbox, T_CHANGE_PLAN)
+    _delivered(sandbox.control("POST", f"subscriptions/{sub_id}/plan", {"plan_id": "pro"}))
+    run_jobs(app)
+    contract = _contract(client, auth_headers, sub_id)
+    assert [e["included"] for e in contract["entitlements"]] == [{"usage_fee": 1000}, {"usage_fee": 5000}]
+    assert contract["entitlements"][1]["effective_at"].startswith(T_CHANGE_PLAN.strftime("%Y-%m-%dT%H:%M"))
+
+
 def test_change_to_a_plan_without_listing_is_refused(app, client, auth_headers, sandbox, receiver, billing_plans) -> None:  # type: ignore[no-untyped-def]
     """A ChangePlan to a plan no listing bills is PATCHed Failure: Microsoft and the contract keep the old plan."""
     _listing(client, auth_headers, "payg", "bplan_payg")

@@ -238,6 +238,27 @@ def test_full_lifecycle(app, client, auth_headers, engine, plans, gcp) -> None: 
     ]
 
 
+def test_a_commitment_is_read_with_the_entitlement(app, client, auth_headers, engine, plans, gcp) -> None:  # type: ignore[no-untyped-def]
+    """Through the pushes: the activation reads the entitlement's commitments (modeled, §4.11) and the
+    contract includes them; a commitment changed before a plan change is read with that change."""
+    _listing(client, auth_headers, "standard-payg", "bplan_standard")
+    _listing(client, auth_headers, "enterprise-payg", "bplan_enterprise")
+    ids = gcp.control("POST", "entitlements", plan="standard-payg", included={"usage_fee": 1000})["identifiers"]
+    entitlement_id = ids["entitlement_id"]
+    gcp.at(T_ACTIVE)
+    run_jobs(app)
+    contract = _contract(client, auth_headers, entitlement_id)
+    assert contract["mapping"]["status"] == "mapped", contract["mapping"]
+    assert [(e["included"], e["source"]) for e in contract["entitlements"]] == [({"usage_fee": 1000}, "gcp")]
+    gcp.control("POST", "included", contract=entitlement_id, included={"usage_fee": 3000})
+    gcp.at(T_PLAN - timedelta(minutes=1))
+    gcp.control("POST", f"entitlements/{entitlement_id}/plan-change", plan="enterprise-payg")
+    gcp.at(T_PLAN)
+    run_jobs(app)
+    contract = _contract(client, auth_headers, entitlement_id)
+    assert [e["included"] for e in contract["entitlements"]] == [{"usage_fee": 1000}, {"usage_fee": 3000}]
+
+
 def test_plan_change_without_listing_is_rejected(app, client, auth_headers, engine, plans, gcp) -> None:  # type: ignore[no-untyped-def]
     """A plan change to a plan no listing bills is rejected at Google; the contract keeps its plan."""
     _listing(client, auth_headers, "standard-payg", "bplan_standard")

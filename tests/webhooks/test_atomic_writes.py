@@ -151,3 +151,18 @@ def test_parallel_plan_versions_get_one_winner(server: LiveServer) -> None:
     assert statuses == [201] + [409] * 7, statuses
     versions = requests.get(url, headers=HEADERS, timeout=10).json()["data"]
     assert [v["version"] for v in versions] == [1, 2]
+
+
+def test_parallel_entitlement_patches_all_survive(server: LiveServer) -> None:
+    """Twenty parallel PATCHes of what a contract includes, each from its own instant, all answer 200
+    and every snapshot is stored, oldest first."""
+    contract_id = _add_contract(server)
+    url = f"{server.url}/v1/contracts/{contract_id}"
+    answers = _parallel([
+        (lambda i=i: requests.patch(url, json={"entitlements": {
+            "included": {"api_calls": 1000 + i}, "effective_at": f"2026-11-{i + 1:02d}T00:00:00Z"}},
+            headers=HEADERS, timeout=30))
+        for i in range(PARALLEL)])
+    assert [a.status_code for a in answers] == [200] * PARALLEL, [a.text for a in answers if a.status_code != 200]
+    stored = requests.get(url, headers=HEADERS, timeout=10).json()["entitlements"]
+    assert [e["included"]["api_calls"] for e in stored] == [1000 + i for i in range(PARALLEL)]

@@ -267,3 +267,51 @@ def test_a_contract_an_operator_unmapped_stays_unmapped_through_lifecycle_events
     assert remapped.status_code == 200 and remapped.json["mapping"]["subscription_id"] == sub
     with Session(engine) as s:
         assert s.get(ContractRow, contract["id"]).operator_unmapped is False
+
+
+def test_a_contract_with_consumption_shows_its_entitlements(app, client, auth_headers, billing) -> None:  # type: ignore[no-untyped-def]
+    """``data.entitlements`` of the normalized webhook are stored from the event's instant and shown
+    in the contract JSON; a change adds a snapshot, the same one delivered again adds nothing, and a
+    bad quantity is a 400 naming the field that changes nothing."""
+    _add_listing(app.extensions["marketsync"].engine)
+    _post(client, _event(contract_id="ctr_cons", entitlements={"usage_cost": 1000}), delivery_id="c1")
+    _post(client, _event("contract.modified", contract_id="ctr_cons", entitlements={"usage_cost": 1500},
+                         effective_at="2026-11-25T00:00:00Z"), delivery_id="c2")
+    again = _event("contract.modified", contract_id="ctr_cons", entitlements={"usage_cost": 1500},
+                   effective_at="2026-11-26T00:00:00Z")
+    again["id"] = "evt_again"
+    _post(client, again, delivery_id="c3")
+    bad = _post(client, _event("contract.modified", contract_id="ctr_cons", entitlements={"usage_cost": "1.5"}),
+                delivery_id="c4")
+    assert bad.status_code == 400 and "data.entitlements" in bad.json["detail"], bad.json
+    _run_queue(app)
+    [contract] = [c for c in client.get("/v1/contracts", headers=auth_headers).json["results"]
+                  if c["external_id"] == "ctr_cons"]
+    assert contract["entitlements"] == [
+        {"effective_at": "2026-11-21T10:00:00+00:00", "included": {"usage_cost": 1000}, "source": "contracts"},
+        {"effective_at": "2026-11-25T00:00:00+00:00", "included": {"usage_cost": 1500}, "source": "contracts"},
+    ]
+
+
+def test_patch_sets_what_a_contract_includes(app, client, auth_headers, billing) -> None:  # type: ignore[no-untyped-def]
+    """An operator sets what a contract includes from an instant (e.g. a Google commitment the API
+    does not expose); a bad quantity or a naive instant is a 400 naming the field and changes nothing."""
+    _add_listing(app.extensions["marketsync"].engine)
+    _post(client, _event(contract_id="ctr_ops_incl"), delivery_id="oi1")
+    _run_queue(app)
+    [contract] = [c for c in client.get("/v1/contracts", headers=auth_headers).json["results"]
+                  if c["external_id"] == "ctr_ops_incl"]
+    url = f"/v1/contracts/{contract['id']}"
+    for body, field in (({"included": {"usage_cost": "1.5"}, "effective_at": "2026-11-22T00:00:00Z"},
+                         "entitlements.included"),
+                        ({"included": {"usage_cost": 10}, "effective_at": "2026-11-22T00:00:00"},
+                         "entitlements.effective_at"),
+                        ({"included": {"usage_cost": 10}}, "entitlements.effective_at")):
+        answer = client.patch(url, json={"entitlements": body}, headers=auth_headers)
+        assert answer.status_code == 400 and field in answer.json["detail"], answer.json
+    assert client.get(url, headers=auth_headers).json["entitlements"] == []
+    answer = client.patch(url, json={"entitlements": {"included": {"usage_cost": 1000},
+                                                      "effective_at": "2026-11-22T00:00:00Z"}}, headers=auth_headers)
+    assert answer.status_code == 200, answer.json
+    assert answer.json["entitlements"] == [{"effective_at": "2026-11-22T00:00:00+00:00",
+                                            "included": {"usage_cost": 1000}, "source": "operator"}]

@@ -143,6 +143,15 @@ def map_contract(env: SyncEnv, *, start: datetime, unit_price: str = "0.01", clo
     return contract_id, customer
 
 
+def mark_canceled(engine: Engine, contract_id: str, at: datetime) -> None:
+    """Record the contract as canceled at ``at`` (received then too), as the cancellation event would."""
+    with Session(engine) as session:
+        row = session.get(ContractRow, contract_id)
+        row.status, row.canceled_at, row.cancel_effective_at = "canceled", at, at
+        session.add(row)
+        session.commit()
+
+
 def ingest(engine: Engine, customer_id: str, tokens: int, at: datetime, key: str | None = None) -> None:
     """Store one api_call event of ``tokens`` for the customer."""
     with Session(engine) as session:

@@ -77,3 +77,32 @@ def test_ledger_shows_an_expired_report_and_the_revenue_lost(env, monkeypatch: p
     [line] = [line for line in output.splitlines() if " expired " in line and not line.startswith("revenue lost")]
     assert "432" in line and "lost 432 x 0.01 = 4.32" in line
     assert "revenue lost on usage_cost: 1 expired report(s), 432 units, amount 4.32" in output
+
+
+def test_contracts_and_dry_run_show_what_a_contract_includes(env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A contract with consumption: `marketsync contracts` prints what it includes, the dry run the
+    included units per dimension and only the overage to send, and the run sends only that."""
+    from sqlalchemy import update
+    from sqlmodel import Session
+
+    from worker import entitlements
+    from worker.persistence.contracts import ContractRow
+
+    environment, runtime = env
+    point_cli_at(monkeypatch, environment, runtime)
+    start = start_of_test_window()
+    contract, customer = map_contract(environment, start=start)
+    included = entitlements.with_change((), {"usage_cost": 400}, start)
+    with Session(environment.engine) as session:
+        session.execute(update(ContractRow).where(ContractRow.id == contract).values(
+            entitlements=entitlements.as_json(included)))
+        session.commit()
+    ingest(environment.engine, customer, 4321, start + timedelta(minutes=5))  # 432 units: 32 above the 400
+    runner = CliRunner()
+    table = runner.invoke(main, ["contracts"])
+    assert table.exit_code == 0 and "includes usage_cost 400" in table.output, table.output
+    dry = runner.invoke(main, ["sync", "--dry-run", "--contract", contract, "--hour", start.isoformat()])
+    assert "  usage_cost  cost 4.321  at 0.01  included 400  units 32  reported 0  would send 32" in dry.output, dry.output
+    real = runner.invoke(main, ["sync", "--contract", contract, "--hour", start.isoformat()])
+    assert real.exit_code == 0 and "sent 32" in real.output, real.output
+    assert environment.totals() == 32

@@ -1,7 +1,8 @@
 """A cost carried forward is the cost computed from scratch: random histories of usage, clocks,
 timeline and listing edits, with an hourly run (``prepare_many``) after any step, on SQLite and
 PostgreSQL. The run's costs (each dimension's ``last_cost``) must equal ``contract_cost`` every
-time, whether the run carried them (``worker/cost_memo.py``) or read usage."""
+time, whether the run carried them (``worker/cost_memo.py``) or read usage; with entitlement
+changes in the history, each dimension's units owed are the overage from scratch."""
 
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ from billing_core.pricing import BillingMode
 from billing_core.subscriptions import AddPrice
 from tests.billing_core.helpers import fixed, unit
 from tests.worker.sync_support import setup_billing, setup_two_dimension_billing
-from worker import hourly
+from worker import entitlements, hourly
 from worker.billing_gateway import CoreBillingGateway
 from worker.persistence.contracts import ContractRow, ListingRow
 from worker.persistence.cost_memo import CostMemoRow
+from worker.metering import overage, units_for
 from worker.persistence.ledger import DimensionSyncRow
 
 from .sync_support import TWO_DIMENSIONS
@@ -43,6 +45,9 @@ steps = st.lists(st.one_of(
     st.tuples(st.just("run")),
     st.tuples(st.just("price_later"), st.integers(0, 1), st.integers(60, 7200)),
     st.tuples(st.just("listing"), st.integers(0, 1)),
+    # (kind, contract, included api_calls, included usage_fee, seconds from the clock it takes effect)
+    st.tuples(st.just("entitle"), st.integers(0, 1), st.integers(0, 3000), st.integers(0, 50),
+              st.integers(-3 * 3600, 3600)),
 ), max_size=25)
 
 
@@ -175,6 +180,19 @@ def _replay(engine: Engine, history: list[tuple]) -> tuple[int, int]:
                 session.execute(update(ListingRow).where(ListingRow.id == listing_id).values(
                     include_fixed_fees=not listing.include_fixed_fees, updated_at=clock))
                 session.commit()
+        elif kind == "entitle":
+            # A contract with consumption's entitlement changed (the contract row's version unchanged:
+            # the memo's basis must see the entitlements themselves).
+            _, who, calls, fee, offset = step
+            contract_id = world["contracts"][who]
+            with Session(engine) as session:
+                row = session.get(ContractRow, contract_id)
+                changed = entitlements.with_change(entitlements.history(row.entitlements),
+                                                   {"api_calls": calls, "usage_fee": fee},
+                                                   clock + timedelta(seconds=offset))
+                session.execute(update(ContractRow).where(ContractRow.id == contract_id).values(
+                    entitlements=entitlements.as_json(changed)))
+                session.commit()
         elif kind == "run":
             stamp += timedelta(hours=1)
             with Session(engine) as session:
@@ -188,7 +206,24 @@ def _replay(engine: Engine, history: list[tuple]) -> tuple[int, int]:
             runs += len(world["contracts"])
             for contract_id in world["contracts"]:
                 assert _stored(engine, contract_id) == _fresh(engine, contract_id, stamp, clock), (contract_id, step)
+                assert _owed(engine, contract_id) == _owed_from_scratch(engine, contract_id, stamp, clock), contract_id
     return carried, runs
+
+
+def _owed(engine: Engine, contract_id: str) -> dict[str, int]:
+    with Session(engine) as session:
+        return {r.dimension: r.last_units_total for r in session.execute(
+            select(DimensionSyncRow).where(DimensionSyncRow.contract_id == contract_id)).scalars()}
+
+
+def _owed_from_scratch(engine: Engine, contract_id: str, stamp: datetime, now: datetime) -> dict[str, int]:
+    """Each dimension's units above what the contract includes at the end of the usage measured."""
+    contract, listing, sub = hourly._load(engine, contract_id)
+    end = hourly.cost_window(sub, contract, listing, stamp=stamp, now=now)[1]
+    free = entitlements.included_at(entitlements.history(contract.entitlements), end)
+    cost = _fresh(engine, contract_id, stamp, now)
+    return {d.name: overage(units_for(cost[d.name], d.unit_price), free.get(d.name, 0))
+            for d in hourly.dimensions(contract, listing)}
 
 
 def test_nothing_changed_no_usage_is_read(engine: Engine, monkeypatch: Any) -> None:

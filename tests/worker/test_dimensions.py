@@ -17,8 +17,8 @@ from sqlmodel import Session
 
 from marketplaces.emulators.server import EmulatorServer
 from tests.worker.sync_support import (
-    TWO_DIMENSIONS, SyncEnv, build_env, ingest, map_contract, setup_billing, setup_two_dimension_billing,
-    start_of_test_window,
+    TWO_DIMENSIONS, SyncEnv, build_env, ingest, map_contract, mark_canceled, setup_billing,
+    setup_two_dimension_billing, start_of_test_window,
 )
 from worker import cancellation, hourly, ledger, reports
 from worker.persistence.contracts import ContractRow, ListingRow
@@ -77,12 +77,7 @@ def test_two_dimensions_hourly_then_final_flush_exact_per_dimension(env: SyncEnv
     _calls(env, customer, start + timedelta(minutes=150), 1)
     # Canceled now, in the current hour: the three hours before it are taken by the hourly
     # reports, so a cancellation a minute ago at the top of an hour would find no free stamp.
-    canceled_at = now
-    with Session(env.engine) as session:
-        row = session.get(ContractRow, contract)
-        row.status, row.canceled_at, row.cancel_effective_at = "canceled", canceled_at, canceled_at
-        session.add(row)
-        session.commit()
+    mark_canceled(env.engine, contract, now)
     final = cancellation.flush(env.engine, env.adapter, contract, now=now, final=True)
     assert final["dimensions"] == {"api_calls": 2, "usage_fee": 1} and final["closed"] is True, final
     assert env.totals_by_dimension() == {"api_calls": 11, "usage_fee": 126}

@@ -14,6 +14,7 @@ from webhooks.api.openapi import documented
 from webhooks.api.schemas import Contract, ContractQuery, NumberedPage
 from webhooks.api.paging import page_envelope, page_params
 from worker import contracts
+from worker.entitlements import InvalidEntitlement, included_quantities
 
 bp = api_blueprint("contracts", __name__)
 
@@ -49,9 +50,35 @@ def _mapping(associations: _Associations) -> _Association:
     return orb if orb is not None else alias  # type: ignore[return-value]
 
 
+class _Entitlement(BaseModel):
+    """What a contract with consumption includes, set by an operator (docs/billing-rules.md §12.6)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    included: dict[str, Any] = Field(description="whole units each dimension includes per billing period ({} = none)")
+    effective_at: datetime = Field(description="from when (with a time zone); usage measured after it draws on it")
+
+    @field_validator("included")
+    @classmethod
+    def _units(cls, value: dict[str, Any]) -> dict[str, int]:
+        try:
+            return included_quantities(value, "included")
+        except InvalidEntitlement as exc:
+            raise ValueError(str(exc).removeprefix("included.").removeprefix("included: ")) from None
+
+    @field_validator("effective_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("must carry a time zone (e.g. 2026-11-21T10:00:00Z)")
+        return value.astimezone(timezone.utc)
+
+
 class ContractPatch(Body):
     external_associations: Optional[_Associations] = None
     custom_properties: Optional[dict[str, Any]] = None
+    entitlements: Optional[_Entitlement] = Field(
+        default=None, description="set what the contract includes from an instant (where the marketplace says "
+                                  "nothing the adapter can read, e.g. a Google commitment)")
 
     @field_validator("custom_properties")
     @classmethod
@@ -95,10 +122,11 @@ def fetch(contract_id: str) -> ResponseReturnValue:
 @bp.patch("/contracts/<contract_id>")
 @documented(body=ContractPatch, response=Contract)
 def patch(contract_id: str) -> ResponseReturnValue:
-    """Attach an existing subscription (or detach it with ``mapped_object: null``) and/or merge custom properties."""
+    """Attach an existing subscription (or detach it with ``mapped_object: null``), merge custom properties,
+    and/or set what a contract with consumption includes from an instant."""
     body = parse_body(ContractPatch)
-    if body.external_associations is None and body.custom_properties is None:
-        raise bad("body", "give external_associations and/or custom_properties")
+    if body.external_associations is None and body.custom_properties is None and body.entitlements is None:
+        raise bad("body", "give external_associations, custom_properties and/or entitlements")
     runtime = _runtime()
     subscription_id, unmap = None, False
     if body.external_associations is not None:
@@ -106,4 +134,6 @@ def patch(contract_id: str) -> ResponseReturnValue:
         subscription_id, unmap = (mapped.id, False) if mapped is not None else (None, True)
     return contracts.patch_contract(runtime.engine, contract_id, runtime.billing_gateway(),
                                     subscription_id=subscription_id, unmap=unmap,
-                                    custom_properties=body.custom_properties, now=datetime.now(timezone.utc))
+                                    custom_properties=body.custom_properties, now=datetime.now(timezone.utc),
+                                    included=(body.entitlements.included, body.entitlements.effective_at)
+                                    if body.entitlements is not None else None)

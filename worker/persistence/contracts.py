@@ -76,6 +76,9 @@ class ContractRow(SQLModel, table=True):
     pricing: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON))
     previous_pricing: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON))
     custom_properties: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # Contracts with consumption (worker/entitlements.py): [{"effective_at", "included": {dimension:
+    # units}, "source"}], oldest first; [] = pure pay-as-you-go.
+    entitlements: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     mapping_status: str = Field(default="unmapped", max_length=16)
     mapping_reason: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     # Unmapped by an operator: lifecycle events (a creation applied again, a modification) leave

@@ -202,6 +202,28 @@ class AwsEmulatorState(ControlDefaults):
         with self.lock:
             return list(self.sent)
 
+    def set_included(self, contract: str, included: Mapping[str, int] | None) -> str:
+        """Set the license's integer entitlements (GetEntitlements' IntegerValue per dimension)."""
+        sub = self.find_by_license(contract) or self.subscriptions.get(contract)
+        if sub is None:
+            raise KeyError(contract)
+        if included is not None:
+            sub.entitlements = {**{k: v for k, v in sub.entitlements.items() if not _units(v)}, **included}
+        return sub.id
+
+    def included_view(self) -> list[dict[str, Any]]:
+        out = []
+        for sub in self.subscriptions.values():
+            included = {k: v for k, v in sub.entitlements.items() if _units(v)}
+            if not included:
+                continue
+            reported: dict[str, int] = {}
+            for entry in self.usage.values():
+                if entry["subscription_id"] == sub.id:
+                    reported[entry["dimension"]] = reported.get(entry["dimension"], 0) + int(entry["quantity"])
+            out.append({"contract": sub.id, "included": included, "reported": reported})
+        return out
+
     # -- lookups --
 
     def find_by_license(self, license_arn: str) -> Subscription | None:
@@ -213,6 +235,11 @@ class AwsEmulatorState(ControlDefaults):
             if sub.customer_identifier == customer_identifier:
                 return sub
         return None
+
+
+def _units(value: Any) -> bool:
+    """Whether an entitlement value is a count of units (IntegerValue), not a flag or a text."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _license_id(arn: str) -> str | None:

@@ -21,6 +21,7 @@ from marketplaces.emulators.azure.wire import (
     _int_or_none,
     _wire_time,
     operation_json,
+    plans_json,
     subscription_json,
 )
 from marketplaces.emulators.control import EXTENSION
@@ -169,6 +170,14 @@ def get_subscription(sub_id: str) -> Any:
     return jsonify(subscription_json(_state().subscription(sub_id)))
 
 
+@api.get("/saas/subscriptions/<sub_id>/listAvailablePlans")
+def list_available_plans(sub_id: str) -> Any:
+    state = _state()
+    sub = state.subscription(sub_id)
+    with state.lock:
+        return jsonify(plans_json(sub))
+
+
 @api.patch("/saas/subscriptions/<sub_id>")
 def patch_subscription(sub_id: str) -> Any:
     body = _json_body()
@@ -287,6 +296,7 @@ def _control_subscription(sub: _Subscription) -> dict[str, Any]:
         return {
             "subscription": subscription_json(sub),
             "plans": sub.plans,
+            "included": sub.included,
             "canceled_at": _wire_time(sub.canceled_at) if sub.canceled_at else None,
             "marketplace_token": sub.landing_token,
             "operations": ops,

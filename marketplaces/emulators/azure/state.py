@@ -295,6 +295,28 @@ class AzureEmulatorState(ControlDefaults):
             ]
             return {"totals": totals, "events": [dict(e) for e in self.usage.values()]}
 
+    def set_included(self, contract: str, included: Mapping[str, int] | None) -> str:
+        """Set what the subscription's current plan includes per dimension (its listAvailablePlans)."""
+        sub = self.subscriptions.get(contract)
+        if sub is None:
+            raise KeyError(contract)
+        if included is not None:
+            sub.included[sub.plan_id] = dict(included)
+        return sub.id
+
+    def included_view(self) -> list[dict[str, Any]]:
+        out = []
+        for sub in self.subscriptions.values():
+            included = sub.included.get(sub.plan_id)
+            if not included:
+                continue
+            reported: dict[str, int] = {}
+            for (resource, dimension, _hour), event in self.usage.items():
+                if resource == sub.id:
+                    reported[dimension] = reported.get(dimension, 0) + int(event["quantity"])
+            out.append({"contract": sub.id, "included": dict(included), "reported": reported})
+        return out
+
     def usage_events(self, args: Mapping[str, str], app_id: str) -> list[dict[str, Any]]:
         """Answer ``GET /api/usageEvents``: the accepted events of hours in [usageStartDate, UsageEndDate).
 
@@ -375,6 +397,8 @@ class AzureEmulatorState(ControlDefaults):
             plan_id=plan_id,
             quantity=_int_or_none(body.get("quantity")),
             plans=plans,
+            included={str(plan): {str(k): int(v) for k, v in units.items()}
+                      for plan, units in (body.get("included") or {}).items()},
             status=SUBSCRIBED if auto else PENDING,
             app_id=str(body.get("app_id") or self.client_id),
             email=str(body.get("email") or "buyer@sandbox.example"),

@@ -54,6 +54,9 @@ class _Subscription:
     canceled_at: datetime | None = None
     # The buyer's Azure subscription the SaaS subscription bills to (usageEvents' azureSubscriptionId).
     azure_subscription_id: str = ""
+    # Plan id -> the units of each dimension its base fee includes per month (listAvailablePlans'
+    # meteredQuantityIncluded; docs/marketplaces.md §3.9).
+    included: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,6 +75,28 @@ class _Operation:
 
 
 # Wire helpers ------------------------------------------------------------------------------
+
+
+def plans_json(sub: _Subscription) -> dict[str, Any]:
+    """Return listAvailablePlans: the offer's plans with their metering dimensions and included quantities."""
+    plans = []
+    for plan_id, dimensions in sorted(sub.plans.items()):
+        included = sub.included.get(plan_id, {})
+        plans.append({
+            "planId": plan_id, "displayName": plan_id, "isPrivate": False, "description": "", "minQuantity": None,
+            "maxQuantity": None, "hasFreeTrials": False, "isPricePerSeat": False, "isStopSell": False,
+            "market": "US",
+            "planComponents": {
+                "recurrentBillingTerms": [{
+                    "currency": "USD", "price": 0.0, "termUnit": "P1M", "termDescription": "",
+                    "meteredQuantityIncluded": [{"dimensionId": name, "units": str(units)}
+                                                for name, units in sorted(included.items())],
+                }],
+                "meteringDimensions": [{"id": name, "currency": "USD", "pricePerUnit": 0.0,
+                                        "unitOfMeasure": "unit", "displayName": name} for name in dimensions],
+            },
+        })
+    return {"plans": plans}
 
 
 def subscription_json(sub: _Subscription) -> dict[str, Any]:

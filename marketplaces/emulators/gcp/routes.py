@@ -463,6 +463,9 @@ def create_entitlement() -> Any:
             usage_reporting_id=body.get("usage_reporting_id"),
             entitlement_id=body.get("id"),
         )
+        if body.get("included"):
+            state.set_included(entitlement["name"].rsplit("/", 1)[1],
+                               {str(k): int(v) for k, v in body["included"].items()})
         if body.get("approve"):
             state.transition(outbox, entitlement, {"ENTITLEMENT_ACTIVATION_REQUESTED"},
                              "ENTITLEMENT_ACTIVE", "ENTITLEMENT_ACTIVE")

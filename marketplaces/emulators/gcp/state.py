@@ -329,6 +329,32 @@ class GcpEmulatorState(ControlDefaults):
         self.checks.append({"operationId": operation.get("operationId"), "consumerId": operation.get("consumerId"),
                             "passed": problem is None, "at": _rfc3339(self.now())})
 
+    def set_included(self, contract: str, included: Mapping[str, int] | None) -> str:
+        """Set the entitlement's commitments: the units of each metric its order includes
+        (modeled; docs/marketplaces.md §4.11)."""
+        entitlement = self.entitlements.get(contract)
+        if entitlement is None:
+            raise KeyError(contract)
+        if included is None:
+            return contract
+        entitlement["commitments"] = [{"metric": name, "quantity": str(units)} for name, units in sorted(included.items())]
+        entitlement["updateTime"] = _rfc3339(self.now())
+        return contract
+
+    def included_view(self) -> list[dict[str, Any]]:
+        totals = self.usage()["totals"]
+        out = []
+        for entitlement_id, entitlement in self.entitlements.items():
+            included = {c["metric"]: int(c["quantity"]) for c in entitlement.get("commitments") or []}
+            if not included:
+                continue
+            reported: dict[str, int] = {}
+            for row in totals:
+                if row["consumer_id"] == entitlement["usageReportingId"]:
+                    reported[row["dimension"]] = reported.get(row["dimension"], 0) + int(row["quantity"])
+            out.append({"contract": entitlement_id, "included": included, "reported": reported})
+        return out
+
     def usage(self) -> dict[str, Any]:
         """Return the totals per (consumer, metric, hour) and the raw accepted operations."""
         totals: dict[tuple[str, str, str], float] = {}

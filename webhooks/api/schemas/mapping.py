@@ -73,6 +73,14 @@ class ExternalAssociations(Shape):
     billing: MappedObject = Field(description="alias of orb, same value (kept for existing clients)")
 
 
+class IncludedSnapshot(Shape):
+    effective_at: datetime = Field(description="from this instant on (until the next snapshot)")
+    included: dict[str, int] = Field(description="units each dimension includes per billing period; "
+                                                 "only usage above them is reported")
+    source: str = Field(description="where it was read: aws (GetEntitlements), azure (the plan's included "
+                                    "base quantities), gcp (commitments), contracts (the normalized webhook)")
+
+
 class Contract(Shape):
     id: str
     source: str
@@ -85,6 +93,8 @@ class Contract(Shape):
     pricing: Optional[dict[str, Any]]
     previous_pricing: Optional[dict[str, Any]]
     custom_properties: dict[str, Any]
+    entitlements: list[IncludedSnapshot] = Field(
+        description="a contract with consumption: what it includes, oldest first ([] = pay-as-you-go)")
     mapping: ContractMapping
     external_associations: ExternalAssociations
     started_at: Optional[datetime]
