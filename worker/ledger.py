@@ -11,7 +11,7 @@ pending rows (``claim``), and either ``settle``s the marketplace's answers, ``fa
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from fractions import Fraction
@@ -58,6 +58,7 @@ class Part:
     dimension: str
     unit_price: Decimal
     cost: Decimal
+    _: KW_ONLY
     # Each tag combination's exact cost when the listing allocates usage (worker/allocations.py); None: off.
     allocations: tuple[tuple[str, Fraction], ...] | None = None
     included: int = 0  # units the contract includes in this dimension and period (reported: only the rest)

@@ -439,7 +439,6 @@ def _silent_lines(engine: Engine, reporting: set[str], start: datetime, end: dat
             out.append(Line(contract_id=contract.id, marketplace=contract.marketplace, dimension="",
                             period_start=None, causes=(f"cannot compute: {type(exc).__name__}: {_first_line(exc)}",)))
             continue
-        free = hourly.included(contract, window_end)
         for dim in sorted(hourly.dimensions(contract, listing), key=lambda d: d.name):
             computed = units[dim.name]
             count = reported[(contract.id, utc(period_start), dim.name)]  # type: ignore[index]

@@ -287,3 +287,33 @@ class _Runtime:
 
     def adapter(self, marketplace: str) -> Any:
         return self._env.adapter
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(included=st.integers(min_value=1, max_value=60),
+       steps=st.lists(st.dictionaries(st.sampled_from(["a", "b", UNTAGGED]), st.integers(min_value=0, max_value=40),
+                                      max_size=3), min_size=1, max_size=6),
+       final=st.booleans())
+def test_allocated_overage_of_a_contract_with_consumption(included: int, steps: list[dict[str, int]],
+                                                         final: bool) -> None:
+    """A contract that includes units, on a listing that allocates usage: run after run, the dimension
+    reports exactly its overage over every combination (max(0, units − included), from scratch), and
+    each record's allocations sum to its quantity."""
+    price = Decimal("0.01")
+    cost: dict[str, Fraction] = {}
+    counted: dict[str, int] = {}
+    sent = 0
+    for i, grow in enumerate(steps):
+        for combo, cents in grow.items():  # usage only grows: each combination's cost never falls
+            cost[combo] = cost.get(combo, Fraction(0)) + Fraction(cents, 7)
+        last = final and i == len(steps) - 1
+        plan = plan_allocations(cost, price, counted, final=last, close_policy="ceil" if last else "floor",
+                                included=included)
+        assert sum(plan.deltas.values()) == plan.delta and all(n > 0 for n in plan.deltas.values())
+        assert plan.over_reported == 0
+        sent += plan.delta
+        counted = plan.reported
+        units = sum(plan_allocations(cost, price, {}, final=last, close_policy="ceil" if last else "floor")
+                    .reported.values())
+        assert sent == max(units - included, 0) == plan.units_total
+        assert sum(counted.values()) == sent

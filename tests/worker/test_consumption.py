@@ -113,7 +113,7 @@ def test_reported_overage_equals_the_overage_from_scratch(engine: Engine) -> Non
                 stamp += timedelta(hours=1)
                 free = included_at(snapshots, clock)
                 due = Due(contract_id=contract_id, marketplace="azure", product="p", close_rounding="ceil",
-                          period_start=T0, parts=tuple(Part(name, PRICES[name], cost[name], free.get(name, 0))
+                          period_start=T0, parts=tuple(Part(name, PRICES[name], cost[name], included=free.get(name, 0))
                                                        for name in sorted(PRICES)))
                 ledger.record(engine, [due], stamp, now=clock, kind="final" if final else "hourly", final=final)
                 with Session(engine) as session:

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import sqlmodel
 
 revision = 'sync_0010'
-down_revision = 'sync_0008'
+down_revision = "sync_0009"
 branch_labels = None
 depends_on = None
 
