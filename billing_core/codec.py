@@ -19,7 +19,7 @@ from billing_core.metric_definition import (
 )
 from billing_core.money import format_decimal
 from billing_core.periods import BillingAnchor, Cadence
-from billing_core.plans import PlanVersion
+from billing_core.plans import ChangeKind, Lineage, PlanVersion
 from billing_core.pricing import (
     BillingMode, BulkConfig, MatrixConfig, ModelType, PackageConfig, Price, SubLine, TieredConfig,
     TieredPackageConfig, UnitConfig, parse_config,
@@ -112,13 +112,17 @@ def adjustment_from_dict(data: dict[str, Any]) -> Adjustment:
 def version_to_dict(version: PlanVersion) -> dict[str, Any]:
     return {"version": version.version, "prices": [price_to_dict(p) for p in version.prices],
             "adjustments": [adjustment_to_dict(a) for a in version.adjustments],
-            "created_at": iso(version.created_at)}
+            "created_at": iso(version.created_at),
+            "lineage": [{"kind": e.kind, "key": e.key, "change": e.change.value, "id": e.id,
+                         "previous_id": e.previous_id} for e in version.lineage]}
 
 
 def version_from_dict(data: dict[str, Any]) -> PlanVersion:
     return PlanVersion(version=data["version"], prices=tuple(price_from_dict(p) for p in data["prices"]),
                        adjustments=tuple(adjustment_from_dict(a) for a in data["adjustments"]),
-                       created_at=instant(data.get("created_at")))
+                       created_at=instant(data.get("created_at")),
+                       lineage=tuple(Lineage(e["kind"], e["key"], ChangeKind(e["change"]), e["id"], e["previous_id"])
+                                     for e in data.get("lineage", ())))
 
 
 def subscription_to_dict(sub: Subscription) -> dict[str, Any]:

@@ -77,14 +77,15 @@ def create_plan_with_prices(session: Session, *, plan_id: str, name: str, curren
 
 
 def create_plan_version(session: Session, plan: Plan, *, version: int, prices: Sequence[Price],
-                        adjustments: Sequence[Adjustment], now: datetime, set_as_default: bool) -> Plan:
+                        adjustments: Sequence[Adjustment], now: datetime, set_as_default: bool,
+                        replaced_adjustments: dict[str, str] | None = None) -> Plan:
     """Add version n+1 to a plan (the requested number must be the next one)."""
     if version != plan.latest_version + 1:
         raise Conflict(f"version: the next version of plan {plan.id} is {plan.latest_version + 1}", field="version")
     catalog = SqlCatalog(session)
     _check_items_and_prices(catalog, prices)
     return catalog.save_plan(add_version(plan, prices=prices, adjustments=adjustments, now=now,
-                                         make_default=set_as_default))
+                                         make_default=set_as_default, replaced_adjustments=replaced_adjustments))
 
 
 def set_plan_default_version(session: Session, plan: Plan, version: int) -> Plan:

@@ -104,10 +104,16 @@ def plan_json(plan: Plan, version: int | None = None, item_names: Mapping[str, s
 
 
 def plan_version_json(plan: Plan, version: int, item_names: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Return Orb's plan version plus ``lineage``: each price and adjustment added, edited, removed or kept."""
     v = plan.version(version)
+    replaces = {e.id: e.previous_id for e in v.lineage if e.change == "edited"}
     return {"version": v.version, "created_at": iso(v.created_at), "plan_phases": None,
-            "prices": [price_json(p, item_names=item_names, created_at=v.created_at) for p in v.prices],
-            "adjustments": [adjustment_json(a) for a in v.adjustments]}
+            "prices": [{**price_json(p, item_names=item_names, created_at=v.created_at),
+                        "replaces_price_id": replaces.get(p.id)} for p in v.prices],
+            "adjustments": [{**adjustment_json(a), "replaces_adjustment_id": replaces.get(a.id)}
+                            for a in v.adjustments],
+            "lineage": [{"kind": e.kind, "key": e.key, "change": e.change.value, "id": e.id,
+                         "previous_id": e.previous_id} for e in v.lineage]}
 
 
 def customer_json(customer: Customer) -> dict[str, Any]:
