@@ -1,0 +1,341 @@
+"""Plan migrations: moving a subscription from an older plan version to a newer one.
+
+A migration is, per subscription, one timeline edit at the subscription's effective instant
+(docs/billing-rules.md §12). The edit follows the new version's lineage (``PlanVersion.lineage``):
+
+* an **edited** price ends where the subscription had it and its successor starts there, up to
+  where the predecessor would have ended (an interval the subscription ended ad hoc stays ended);
+* an **added** price starts; a **removed** price ends; a **kept** price is untouched;
+* a price the subscription removed ad hoc (no plan interval of its key at the instant) is not
+  re-added by an edit;
+* a subscription-level override (``replace_prices``) of a price the new version edits or
+  removes is kept and reported as a **conflict**, unless ``overrides`` is ``replace``, which
+  ends the override and starts the new plan price;
+* plan adjustments follow the same rules by their stable key; a subscription-level adjustment of
+  the same type over the same prices as a plan adjustment the new version edits is an override.
+
+Fixed fees are prorated across the instant as any plan change is (the intervals split there).
+An instant in the past edits the timeline from there, as backdated edits do. The edit records
+what it replaced (:class:`Undo`) so a migration canceled before its instant can revert it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+
+from billing_core.adjustments import Adjustment
+from billing_core.money import FieldError
+from billing_core.periods import ensure_utc, months_in, period_containing
+from billing_core.plans import ChangeKind, Plan, PlanVersion
+from billing_core.pricing import Price
+from billing_core.subscriptions import (
+    AdjustmentInterval, PlanPhase, PriceInterval, Subscription, billing_period, _log, _next_id,
+)
+
+__all__ = [
+    "MigrationError", "EffectiveTime", "Overrides", "Outcome", "Undo", "MigrationResult",
+    "parse_effective_time", "effective_instant", "migrate_subscription", "revert_migration",
+]
+
+
+class MigrationError(FieldError):
+    """A migration request breaks a rule (unknown version, bad effective time)."""
+
+
+class EffectiveTime(StrEnum):
+    """The per-subscription effective instants a migration may name instead of an instant."""
+
+    END_OF_INVOICE = "end_of_invoice"
+    END_OF_TERM = "end_of_term"
+
+
+class Overrides(StrEnum):
+    """What a migration does with subscription-level overrides of prices the new version edits."""
+
+    KEEP = "keep"
+    REPLACE = "replace"
+
+
+class Outcome(StrEnum):
+    """One subscription's outcome in a migration."""
+
+    MIGRATED = "migrated"
+    SKIPPED = "skipped"
+    CONFLICT = "conflict"      # migrated, with overrides kept that the new version edits
+    REVERTED = "reverted"      # migrated, then reverted by a cancel before its instant
+
+
+@dataclass(frozen=True)
+class Undo:
+    """What one migration edit changed: enough to revert it while its instant is in the future.
+
+    ``intervals``/``adjustments``/``phases`` are the objects as they were before the edit (each
+    was ended at the instant or, when it started there, dropped); ``added_*`` the ids it created.
+    """
+
+    instant: datetime
+    intervals: tuple[PriceInterval, ...] = ()
+    adjustments: tuple[AdjustmentInterval, ...] = ()
+    phases: tuple[PlanPhase, ...] = ()
+    added_intervals: tuple[str, ...] = ()
+    added_adjustments: tuple[str, ...] = ()
+    added_phase: PlanPhase | None = None
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """The migrated subscription (None when skipped), its outcome, instant, reasons and undo."""
+
+    subscription: Subscription | None
+    outcome: Outcome
+    effective_at: datetime | None
+    reasons: tuple[str, ...] = ()
+    undo: Undo | None = None
+
+
+def parse_effective_time(value: object, field: str = "effective_time") -> datetime | EffectiveTime:
+    """Return an instant or one of the named effective times; anything else is refused naming the field."""
+    if isinstance(value, datetime):
+        try:
+            return ensure_utc(value)
+        except ValueError:
+            raise MigrationError(f"{field}: must be an instant with a time zone") from None
+    if isinstance(value, str):
+        if value in {e.value for e in EffectiveTime}:
+            return EffectiveTime(value)
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return ensure_utc(parsed)
+    raise MigrationError(f"{field}: an ISO instant with a time zone, end_of_invoice or end_of_term is required")
+
+
+def effective_instant(sub: Subscription, effective_time: datetime | EffectiveTime, now: datetime) -> datetime:
+    """Return the instant a migration takes effect for one subscription.
+
+    ``end_of_invoice``: the subscription's next billing-period boundary; ``end_of_term``: the end
+    of its current term, the period of its longest recurring cadence (equal to the billing
+    period when every price bills on one cadence); an instant before the subscription's start
+    is its start.
+    """
+    if isinstance(effective_time, datetime):
+        return max(ensure_utc(effective_time), sub.start)
+    at = max(now, sub.start)
+    if effective_time is EffectiveTime.END_OF_INVOICE:
+        return billing_period(sub, at).end
+    cadences = [i.price.cadence for i in sub.intervals if i.overlaps(at, at + _TICK) and _recurring(i.price)]
+    if not cadences:
+        return billing_period(sub, at).end
+    longest = max(cadences, key=months_in)
+    end = period_containing(at, longest, sub.anchor).end
+    return end if sub.end is None else min(end, sub.end)
+
+
+_TICK = datetime.resolution
+
+
+def _recurring(price: Price) -> bool:
+    try:
+        months_in(price.cadence)
+    except ValueError:
+        return False
+    return True
+
+
+def _live(start: datetime, end: datetime | None, at: datetime) -> bool:
+    return start <= at and (end is None or at < end)
+
+
+def _same_prices(a: Adjustment, b: Adjustment, keys: dict[str, str]) -> bool:
+    def norm(adj: Adjustment) -> set[str]:
+        return {keys.get(name, name) for name in adj.applies_to_price_ids}
+    return a.adjustment_type == b.adjustment_type and norm(a) == norm(b)
+
+
+def migrate_subscription(sub: Subscription, plan: Plan, to_version: int, *, from_versions: Collection[int],
+                         effective_time: datetime | EffectiveTime, overrides: Overrides | str,
+                         now: datetime, migration_id: str) -> MigrationResult:
+    """Return one subscription moved to ``to_version`` at its effective instant (or why it is skipped)."""
+    overrides = Overrides(overrides)
+    target = plan.version(to_version)
+    at = effective_instant(sub, effective_time, now)
+    if sub.end is not None and at >= sub.end:
+        return MigrationResult(None, Outcome.SKIPPED, at, ("the subscription ends before the effective instant",))
+    if any(p.start > at for p in sub.phases):
+        return MigrationResult(None, Outcome.SKIPPED, at, ("a plan change is scheduled after the effective instant",))
+    phase = sub.phase_at(at)
+    if phase.plan_id != plan.id:
+        return MigrationResult(None, Outcome.SKIPPED, at, (f"on plan {phase.plan_id} at the effective instant",))
+    if phase.plan_version == target.version:
+        return MigrationResult(None, Outcome.SKIPPED, at, (f"already on version {target.version}",))
+    if phase.plan_version not in from_versions:
+        return MigrationResult(None, Outcome.SKIPPED, at, (f"on version {phase.plan_version}, not migrated from",))
+    source = plan.version(phase.plan_version)
+    return _apply(sub, plan, source, target, at, overrides, now, migration_id)
+
+
+def _chain(source: PlanVersion, target: PlanVersion) -> dict[str, dict[str, ChangeKind]]:
+    """Return, per kind and stable key, what ``target`` did relative to ``source`` (over every version between)."""
+    result: dict[str, dict[str, ChangeKind]] = {"price": {}, "adjustment": {}}
+    for kind in ("price", "adjustment"):
+        target_ids = {e.key: e.id for e in target.lineage if e.kind == kind and e.id is not None}
+        source_ids = {e.key: e.id for e in source.lineage if e.kind == kind and e.id is not None}
+        for key in set(source_ids) | set(target_ids):
+            if key not in source_ids:
+                result[kind][key] = ChangeKind.ADDED
+            elif key not in target_ids:
+                result[kind][key] = ChangeKind.REMOVED
+            else:
+                result[kind][key] = ChangeKind.KEPT if source_ids[key] == target_ids[key] else ChangeKind.EDITED
+    return result
+
+
+def _apply(sub: Subscription, plan: Plan, source: PlanVersion, target: PlanVersion, at: datetime,
+           overrides: Overrides, now: datetime, migration_id: str) -> MigrationResult:
+    changes = _chain(source, target)
+    reasons: list[str] = []
+    intervals = list(sub.intervals)
+    before_intervals: list[PriceInterval] = []
+    added: list[str] = []
+
+    def end_at(interval: PriceInterval) -> None:
+        before_intervals.append(interval)
+        index = intervals.index(interval)
+        if interval.start < at:
+            intervals[index] = replace(interval, end=at)
+        else:  # it starts at the instant: the successor takes its place
+            del intervals[index]
+
+    def start(price: Price, end: datetime | None) -> None:
+        new = PriceInterval(id=_next_id(sub.id, "pi", [i.id for i in intervals] + [i.id for i in sub.intervals]),
+                            price=price, start=at, end=end, plan_id=plan.id, plan_version=target.version,
+                            source="plan")
+        intervals.append(new)
+        added.append(new.id)
+
+    live = [i for i in sub.intervals if _live(i.start, i.end, at)]
+    for key, change in sorted(changes["price"].items()):
+        plan_interval = next((i for i in live if i.source == "plan" and i.plan_id == plan.id and i.price.key == key), None)
+        override = next((i for i in live if i.source == "replace_prices" and i.price.key == key), None)
+        new_price = target.price_by_key(key)
+        if change is ChangeKind.ADDED:
+            start(new_price, sub.end)  # type: ignore[arg-type]
+        elif change is ChangeKind.KEPT:
+            pass  # the same definition carries on uninterrupted (no split, no proration)
+        elif override is not None:
+            if overrides is Overrides.REPLACE:
+                end_at(override)
+                if change is ChangeKind.EDITED:
+                    start(new_price, override.end)  # type: ignore[arg-type]
+            else:
+                reasons.append(f"price {key}: the subscription's override {override.price.id} is kept; "
+                               f"version {target.version} {change.value} it")
+        elif plan_interval is not None:
+            end_at(plan_interval)
+            if change is ChangeKind.EDITED:
+                start(new_price, plan_interval.end)  # type: ignore[arg-type]
+        # else: removed ad hoc by the subscription; an edit does not bring it back.
+
+    adjustments = list(sub.adjustment_intervals)
+    before_adjustments: list[AdjustmentInterval] = []
+    added_adjustments: list[str] = []
+    price_keys = {p.id: p.key for v in plan.versions for p in v.prices}
+    live_adjustments = [a for a in sub.adjustment_intervals if _live(a.start, a.end, at)]
+
+    def end_adjustment(ai: AdjustmentInterval) -> None:
+        before_adjustments.append(ai)
+        index = adjustments.index(ai)
+        if ai.start < at:
+            adjustments[index] = replace(ai, end=at)
+        else:
+            del adjustments[index]
+
+    def start_adjustment(adjustment: Adjustment, end: datetime | None) -> None:
+        new = AdjustmentInterval(id=_next_id(sub.id, "ai", [a.id for a in adjustments] +
+                                             [a.id for a in sub.adjustment_intervals]),
+                                 adjustment=adjustment, start=at, end=end, plan_version=target.version)
+        adjustments.append(new)
+        added_adjustments.append(new.id)
+
+    target_adjustments = {target.adjustment_key(a.id): a for a in target.adjustments}
+    source_adjustments = {source.adjustment_key(a.id): a for a in source.adjustments}
+    for key, change in sorted(changes["adjustment"].items()):
+        planned = next((a for a in live_adjustments if a.plan_version is not None
+                        and a.adjustment.id == getattr(source_adjustments.get(key), "id", None)), None)
+        new_adjustment = target_adjustments.get(key)
+        old_adjustment = source_adjustments.get(key)
+        override = None
+        if old_adjustment is not None and planned is None:
+            override = next((a for a in live_adjustments if a.plan_version is None
+                             and _same_prices(a.adjustment, old_adjustment, price_keys)), None)
+        if change is ChangeKind.ADDED:
+            start_adjustment(new_adjustment, sub.end)  # type: ignore[arg-type]
+        elif change is ChangeKind.KEPT:
+            pass
+        elif override is not None:
+            if overrides is Overrides.REPLACE:
+                end_adjustment(override)
+                if change is ChangeKind.EDITED:
+                    start_adjustment(new_adjustment, override.end)  # type: ignore[arg-type]
+            else:
+                reasons.append(f"adjustment {key}: the subscription's adjustment {override.adjustment.id} is kept; "
+                               f"version {target.version} {change.value} it")
+        elif planned is not None:
+            end_adjustment(planned)
+            if change is ChangeKind.EDITED:
+                start_adjustment(new_adjustment, planned.end)  # type: ignore[arg-type]
+
+    phases = list(sub.phases)
+    current = sub.phase_at(at)
+    phases.remove(current)
+    if current.start < at:
+        phases.append(replace(current, end=at))
+    new_phase = PlanPhase(plan.id, target.version, at, current.end)
+    phases.append(new_phase)
+    phases.sort(key=lambda p: p.start)
+
+    undo = Undo(instant=at, intervals=tuple(before_intervals), adjustments=tuple(before_adjustments),
+                phases=(current,), added_intervals=tuple(added), added_adjustments=tuple(added_adjustments),
+                added_phase=new_phase)
+    migrated = replace(sub, intervals=tuple(intervals), adjustment_intervals=tuple(adjustments),
+                       phases=tuple(phases),
+                       edits=_log(sub, "plan_migration", at, now, migration_id=migration_id, plan_id=plan.id,
+                                  from_version=source.version, plan_version=target.version,
+                                  conflicts=len(reasons) or None))
+    outcome = Outcome.CONFLICT if reasons else Outcome.MIGRATED
+    return MigrationResult(migrated, outcome, at, tuple(reasons), undo)
+
+
+def revert_migration(sub: Subscription, undo: Undo, *, now: datetime, migration_id: str) -> Subscription:
+    """Return the subscription with a not-yet-effective migration edit reverted.
+
+    What the edit added is removed, what it ended or dropped is restored as it was; edits made
+    since to other intervals stay. Refused once the instant has passed (it has been billed from).
+    """
+    if undo.instant <= now:
+        raise MigrationError(f"migration {migration_id}: already effective for subscription {sub.id}")
+    added = set(undo.added_intervals)
+    restored = {i.id: i for i in undo.intervals}
+    intervals = [restored.pop(i.id, i) for i in sub.intervals if i.id not in added]
+    intervals.extend(restored.values())
+    added_adj = set(undo.added_adjustments)
+    restored_adj = {a.id: a for a in undo.adjustments}
+    adjustments = [restored_adj.pop(a.id, a) for a in sub.adjustment_intervals if a.id not in added_adj]
+    adjustments.extend(restored_adj.values())
+    phases = [p for p in sub.phases if p != undo.added_phase
+              and not any(p.plan_id == o.plan_id and p.plan_version == o.plan_version and p.start == o.start
+                          for o in undo.phases)]
+    phases = sorted(phases + list(undo.phases), key=lambda p: p.start)
+    return replace(sub, intervals=tuple(sorted(intervals, key=_order)),
+                   adjustment_intervals=tuple(sorted(adjustments, key=_order)),
+                   phases=tuple(phases),
+                   edits=_log(sub, "plan_migration_reverted", undo.instant, now, migration_id=migration_id))
+
+
+def _order(interval: PriceInterval | AdjustmentInterval) -> tuple[int, str]:
+    return (len(interval.id), interval.id)
