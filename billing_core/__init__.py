@@ -9,7 +9,7 @@ Rows (``table=True`` models) stay inside ``billing_core.persistence``.
 (strict JSON and the accepted instant range) are used as modules.
 """
 
-from billing_core import service_plans, wire
+from billing_core import service_migrations, service_plans, wire
 from billing_core.adjustments import Adjustment, AdjustmentType
 from billing_core.backfills import (
     Backfill, BackfillNotFound, close_backfill, create_backfill, ingest_into_backfill, revert_backfill,
@@ -41,6 +41,8 @@ from billing_core.persistence.catalog import SqlCatalog
 from billing_core.persistence.customers import SqlCustomerRepository
 from billing_core.persistence.events import GroupCommitWriter, SqlEventStore, count_customer_events_since
 from billing_core.persistence.metrics import SqlMetricRepository
+from billing_core.persistence.plan_migrations import Migration, MigrationNotFound, SqlPlanMigrations, SubscriptionOutcome
+from billing_core.plan_migrations import EffectiveTime, MigrationError, Outcome, Overrides, parse_effective_time
 from billing_core.persistence.subscriptions import SqlSubscriptions
 from billing_core.persistence.writes import GroupCommit, get_for_update, process_local, write_lock
 from billing_core.plans import Item, ItemNotFound, Plan, PlanNotFound, PriceNotFound, create_plan
@@ -58,7 +60,10 @@ from billing_core.subscriptions import (
 
 __all__ = [
     # modules used as namespaces
-    "service_plans", "wire",
+    "service_plans", "service_migrations", "wire",
+    # plan migrations
+    "Migration", "MigrationNotFound", "SqlPlanMigrations", "SubscriptionOutcome", "EffectiveTime", "MigrationError",
+    "Outcome", "Overrides", "parse_effective_time",
     # errors
     "BillingError", "NotFound", "Conflict", "InvalidInput", "UnsupportedMetricSql", "OutOfRange",
     "UsageOutOfRange", "InexactAmount", "InvalidAmount", "BatchTooLarge", "EventValidationFailed",

@@ -319,22 +319,33 @@ def revert_migration(sub: Subscription, undo: Undo, *, now: datetime, migration_
     """
     if undo.instant <= now:
         raise MigrationError(f"migration {migration_id}: already effective for subscription {sub.id}")
-    added = set(undo.added_intervals)
-    restored = {i.id: i for i in undo.intervals}
-    intervals = [restored.pop(i.id, i) for i in sub.intervals if i.id not in added]
-    intervals.extend(restored.values())
-    added_adj = set(undo.added_adjustments)
-    restored_adj = {a.id: a for a in undo.adjustments}
-    adjustments = [restored_adj.pop(a.id, a) for a in sub.adjustment_intervals if a.id not in added_adj]
-    adjustments.extend(restored_adj.values())
-    phases = [p for p in sub.phases if p != undo.added_phase
-              and not any(p.plan_id == o.plan_id and p.plan_version == o.plan_version and p.start == o.start
-                          for o in undo.phases)]
-    phases = sorted(phases + list(undo.phases), key=lambda p: p.start)
+    intervals = _restore(sub.intervals, undo.intervals, set(undo.added_intervals), undo.instant)
+    adjustments = _restore(sub.adjustment_intervals, undo.adjustments, set(undo.added_adjustments), undo.instant)
+    phases = [p for p in sub.phases if p != undo.added_phase]
+    for old in undo.phases:
+        match = next((p for p in phases if (p.plan_id, p.plan_version, p.start) == (old.plan_id, old.plan_version, old.start)), None)
+        if match is None:
+            phases.append(old)
+        elif match.end == undo.instant:
+            phases[phases.index(match)] = old
+    phases.sort(key=lambda p: p.start)
     return replace(sub, intervals=tuple(sorted(intervals, key=_order)),
                    adjustment_intervals=tuple(sorted(adjustments, key=_order)),
                    phases=tuple(phases),
                    edits=_log(sub, "plan_migration_reverted", undo.instant, now, migration_id=migration_id))
+
+
+def _restore(current: tuple, before: tuple, added: set[str], instant: datetime) -> list:
+    """Drop what the edit added; put back what it ended at ``instant`` or dropped, unless edited since."""
+    restored = {item.id: item for item in before}
+    result = []
+    for item in current:
+        if item.id in added:
+            continue
+        original = restored.pop(item.id, None)
+        result.append(original if original is not None and item.end == instant else item)
+    result.extend(restored.values())  # dropped because they started at the instant
+    return result
 
 
 def _order(interval: PriceInterval | AdjustmentInterval) -> tuple[int, str]:

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from billing_core import service_migrations
 from billing_core.adjustments import Adjustment
 from billing_core.costs import Costs, MetricDailyUsage, costs, costs_bulk, usage_by_day
 from billing_core.errors import Conflict, InvalidInput, NotFound
@@ -250,7 +251,14 @@ def draft_or_issued_invoice(session: Session, invoice_id: str, usage: UsageSourc
 
 
 def issue(session: Session, invoice_id: str, usage: UsageSource, *, now: datetime) -> Invoice:
-    """Issue a draft: store its immutable snapshot (issuing twice returns the first snapshot)."""
+    """Issue a draft: store its immutable snapshot (issuing twice returns the first snapshot).
+
+    Any plan migration still pending for the subscription is applied first, so an invoice is
+    never issued at the prices a running migration is about to replace.
+    """
+    parsed = _parse_invoice_id(invoice_id)
+    if parsed is not None:
+        service_migrations.apply_pending(session, parsed[1], now=now)
     invoice = draft_or_issued_invoice(session, invoice_id, usage, now=now)
     if invoice.status == "issued":
         return invoice
