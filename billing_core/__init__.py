@@ -43,6 +43,8 @@ from billing_core.persistence.events import GroupCommitWriter, SqlEventStore, co
 from billing_core.persistence.metrics import SqlMetricRepository
 from billing_core.persistence.plan_migrations import Migration, MigrationNotFound, SqlPlanMigrations, SubscriptionOutcome
 from billing_core.plan_migrations import EffectiveTime, MigrationError, Outcome, Overrides, parse_effective_time
+from billing_core.service_migrations import DryRunLine, MigrationRequest
+from billing_core.usage import UsageSource
 from billing_core.persistence.subscriptions import SqlSubscriptions
 from billing_core.persistence.writes import GroupCommit, get_for_update, process_local, write_lock
 from billing_core.plans import Item, ItemNotFound, Plan, PlanNotFound, PriceNotFound, create_plan
@@ -63,7 +65,7 @@ __all__ = [
     "service_plans", "service_migrations", "wire",
     # plan migrations
     "Migration", "MigrationNotFound", "SqlPlanMigrations", "SubscriptionOutcome", "EffectiveTime", "MigrationError",
-    "Outcome", "Overrides", "parse_effective_time",
+    "Outcome", "Overrides", "parse_effective_time", "MigrationRequest", "DryRunLine", "UsageSource",
     # errors
     "BillingError", "NotFound", "Conflict", "InvalidInput", "UnsupportedMetricSql", "OutOfRange",
     "UsageOutOfRange", "InexactAmount", "InvalidAmount", "BatchTooLarge", "EventValidationFailed",

@@ -159,11 +159,16 @@ def _same_prices(a: Adjustment, b: Adjustment, keys: dict[str, str]) -> bool:
 
 def migrate_subscription(sub: Subscription, plan: Plan, to_version: int, *, from_versions: Collection[int],
                          effective_time: datetime | EffectiveTime, overrides: Overrides | str,
-                         now: datetime, migration_id: str) -> MigrationResult:
-    """Return one subscription moved to ``to_version`` at its effective instant (or why it is skipped)."""
+                         now: datetime, migration_id: str, as_of: datetime | None = None) -> MigrationResult:
+    """Return one subscription moved to ``to_version`` at its effective instant (or why it is skipped).
+
+    ``as_of`` (default ``now``) is the instant ``end_of_invoice`` / ``end_of_term`` are resolved
+    from: the migration's creation, so a run that spans a period boundary moves every subscription
+    as of the same instant; ``now`` stamps the edit.
+    """
     overrides = Overrides(overrides)
     target = plan.version(to_version)
-    at = effective_instant(sub, effective_time, now)
+    at = effective_instant(sub, effective_time, now if as_of is None else as_of)
     if sub.end is not None and at >= sub.end:
         return MigrationResult(None, Outcome.SKIPPED, at, ("the subscription ends before the effective instant",))
     if any(p.start > at for p in sub.phases):

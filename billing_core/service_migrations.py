@@ -109,7 +109,7 @@ def _apply(session: Session, migration: Migration, plan: Plan, subscription_ids:
             continue
         result = migrate_subscription(sub, plan, migration.to_version, from_versions=migration.from_versions,
                                       effective_time=migration.effective_time, overrides=migration.overrides,
-                                      now=now, migration_id=migration.id)
+                                      now=now, migration_id=migration.id, as_of=migration.created_at)
         if result.subscription is not None:
             repo.save(result.subscription, expected_revision=len(sub.edits))
         migrations.record(migration.id, SubscriptionOutcome(sub_id, result.outcome.value, result.effective_at,

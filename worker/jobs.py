@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 from rq import get_current_job
 
-from worker import cancellation, delivery, hourly, queueing
+from worker import cancellation, delivery, hourly, plan_migrations, queueing
 from worker.errors import Permanent
 from worker.metering import hour_floor, previous_hour
 from worker.runtime import current
@@ -118,3 +118,23 @@ def watch_deadlines() -> list[dict]:
 def flag_unbillable_usage() -> dict[str, int]:
     """Flag usage that arrived for closed contracts (kept, billed nowhere)."""
     return cancellation.flag_unbillable(current().engine, now=_now())
+
+
+# --- plan migrations -------------------------------------------------------------------------------
+
+def run_plan_migration(migration_id: str, run: int = 1) -> dict:
+    """Run a plan migration's chunks for a while; enqueue the next run while subscriptions are pending."""
+    runtime = current()
+    migration = plan_migrations.run(runtime.engine, migration_id, now_fn=_now)
+    if migration.status in ("not_started", "in_progress"):
+        queueing.enqueue_plan_migration(runtime, migration_id, run=run)
+    return {"status": migration.status, **migration.counts}
+
+
+def resume_plan_migrations() -> list[str]:
+    """Enqueue a run of every migration still live (its job was lost or its worker died)."""
+    runtime = current()
+    ids = plan_migrations.live_migrations(runtime.engine)
+    for migration_id in ids:
+        queueing.enqueue_plan_migration(runtime, migration_id, run=int(_now().timestamp()))
+    return ids

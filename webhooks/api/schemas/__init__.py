@@ -40,6 +40,10 @@ from webhooks.api.schemas.events import (
     NewEvent, IngestBody, IngestQuery, IngestDebug, IngestResult, EventSearch, EventView, EventList,
     EventAmend, Amended, Deprecated, BackfillCreate, Backfill,
 )
+from webhooks.api.schemas.migrations import (
+    PlanMigrationCreate, MigrationCounts, PlanMigration, MigrationOutcome, PlanMigrationDetail, DryRunLine,
+    DryRunTotals, PlanMigrationDryRun, MigrationQuery,
+)
 from webhooks.api.schemas.mapping import (
     Listing, ListingQuery, Buyer, ContractMapping, MappedObject, ExternalAssociations, Contract,
     ContractQuery, SyncQueued, ReportRow, MeteringReport, ReportQuery, ContractWebhook,
@@ -66,5 +70,6 @@ __all__ = [
     "Amended", "Deprecated", "BackfillCreate", "Backfill", "Listing", "ListingQuery", "Buyer",
     "ContractMapping", "MappedObject", "ExternalAssociations", "Contract", "ContractQuery", "SyncQueued",
     "ReportRow", "MeteringReport", "ReportQuery", "ContractWebhook", "MarketplaceNotification",
-    "DeliveryAccepted",
+    "DeliveryAccepted", "PlanMigrationCreate", "MigrationCounts", "PlanMigration", "MigrationOutcome",
+    "PlanMigrationDetail", "DryRunLine", "DryRunTotals", "PlanMigrationDryRun", "MigrationQuery",
 ]
