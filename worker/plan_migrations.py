@@ -15,10 +15,10 @@ from datetime import datetime
 
 from sqlalchemy import Engine
 
-from billing_core import DryRunLine, Migration, MigrationRequest, SqlCatalog, SqlPlanMigrations, UsageSource, service_migrations
+from billing_core import DryRunLine, Migration, SubscriptionOutcome, MigrationRequest, SqlCatalog, SqlPlanMigrations, UsageSource, service_migrations
 from worker.db import session_scope
 
-__all__ = ["CHUNK", "start", "run", "dry_run", "cancel", "live_migrations", "get"]
+__all__ = ["CHUNK", "start", "run", "dry_run", "cancel", "live_migrations", "get", "outcomes"]
 
 CHUNK = 500          # subscriptions per transaction
 RUN_BUDGET = 20.0    # seconds of chunks per job before the next job takes over
@@ -74,3 +74,9 @@ def get(engine: Engine, plan_id: str | None, migration_id: str) -> Migration:
     """Return a migration with its counts."""
     with session_scope(engine) as session:
         return SqlPlanMigrations(session).get(plan_id, migration_id)
+
+
+def outcomes(engine: Engine, migration_id: str, kinds: set[str] | None = None) -> list[SubscriptionOutcome]:
+    """Return a migration's per-subscription outcomes (of some kinds)."""
+    with session_scope(engine) as session:
+        return SqlPlanMigrations(session).outcomes(migration_id, outcomes=kinds)
