@@ -1,7 +1,7 @@
 """Plan migrations: moving a subscription from an older plan version to a newer one.
 
 A migration is, per subscription, one timeline edit at the subscription's effective instant
-(docs/billing-rules.md §12). The edit follows the new version's lineage (``PlanVersion.lineage``):
+(docs/billing-rules.md §8.1). The edit follows the new version's lineage (``PlanVersion.lineage``):
 
 * an **edited** price ends where the subscription had it and its successor starts there, up to
   where the predecessor would have ended (an interval the subscription ended ad hoc stays ended);
