@@ -107,9 +107,14 @@ def _apply(session: Session, migration: Migration, plan: Plan, subscription_ids:
             migrations.record(migration.id, SubscriptionOutcome(sub_id, Outcome.SKIPPED, None,
                                                                 ("the subscription no longer exists",), None), now=now)
             continue
-        result = migrate_subscription(sub, plan, migration.to_version, from_versions=migration.from_versions,
-                                      effective_time=migration.effective_time, overrides=migration.overrides,
-                                      now=now, migration_id=migration.id, as_of=migration.created_at)
+        try:
+            result = migrate_subscription(sub, plan, migration.to_version, from_versions=migration.from_versions,
+                                          effective_time=migration.effective_time, overrides=migration.overrides,
+                                          now=now, migration_id=migration.id, as_of=migration.created_at)
+        except InvalidInput as exc:  # this timeline cannot take the edit: the others still move
+            migrations.record(migration.id, SubscriptionOutcome(sub_id, Outcome.SKIPPED, None, (str(exc),), None),
+                              now=now)
+            continue
         if result.subscription is not None:
             repo.save(result.subscription, expected_revision=len(sub.edits))
         migrations.record(migration.id, SubscriptionOutcome(sub_id, result.outcome.value, result.effective_at,

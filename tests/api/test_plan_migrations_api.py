@@ -98,15 +98,21 @@ def test_migrate_list_fetch_and_cancel(app, client, auth_headers, plan):  # type
         "2026-04-01T00:00:00Z", "2026-04-01T00:00:00Z", "2026-04-05T00:00:00Z"]
     listed = client.get(f"/v1/plans/{plan['id']}/migrations", headers=auth_headers).json["data"]
     assert [m["id"] for m in listed] == [migration["id"]]
-    sub_id = fetched["subscriptions"][0]["subscription_id"]
+    sub_id = next(o["subscription_id"] for o in fetched["subscriptions"] if o["effective_time"].startswith("2026-04-01"))
     sub = client.get(f"/v1/subscriptions/{sub_id}", headers=auth_headers).json
     assert sorted({i["plan_version"] for i in sub["price_intervals"]}) == [1, 2]
+    # Previews show the new pricing ahead of the effective date: April's fee in advance at 60.00 less 20 %.
+    def april_costs() -> str:
+        return client.get(f"/v1/subscriptions/{sub_id}/costs?timeframe_start=2026-04-01T00:00:00Z"
+                          "&timeframe_end=2026-04-02T00:00:00Z", headers=auth_headers).json["data"][0]["total"]
+    assert april_costs() == "48.00"
 
     canceled = client.post(f"/v1/plans/{plan['id']}/migrations/{migration['id']}/cancel", headers=auth_headers)
     assert canceled.status_code == 200, canceled.json
     assert canceled.json["status"] == "canceled" and canceled.json["counts"]["reverted"] == 3
     sub = client.get(f"/v1/subscriptions/{sub_id}", headers=auth_headers).json
     assert {i["plan_version"] for i in sub["price_intervals"]} == {1}
+    assert april_costs() == "27.00"
     again = client.post(f"/v1/plans/{plan['id']}/migrations/{migration['id']}/cancel", headers=auth_headers)
     assert again.status_code == 409
 

@@ -106,3 +106,20 @@ def test_marketsync_migrate_dry_run_then_real(engine: Engine, monkeypatch: pytes
     assert bad.exit_code != 0 and "--effective" in bad.output
     missing = runner.invoke(main, ["migrate", "plan1", "--to", "7"])
     assert missing.exit_code == 1 and "to_version" in missing.output
+
+
+@pytest.mark.postgres
+def test_two_runs_of_one_migration_at_once_move_each_subscription_once(many: Engine) -> None:
+    """Two workers running the same migration (a resume racing the original job) serialize on it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = _all(many)
+    plan_migrations.start(many, "plan1", MigrationRequest(to_version=2), now=NOW, migration_id="mig1")
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: plan_migrations.run(many, "mig1", now_fn=lambda: NOW, chunk=4,
+                                                              budget=None), range(2)))
+    assert {r.status for r in results} == {"action_needed"}
+    after = _all(many)
+    for sid in before:
+        assert [e.kind for e in after[sid].edits].count("plan_migration") <= 1
+    assert plan_migrations.get(many, "plan1", "mig1").counts == {"migrated": 32, "conflict": 1, "skipped": 2}
