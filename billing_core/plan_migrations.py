@@ -21,10 +21,11 @@ what it replaced (:class:`Undo`) so a migration canceled before its instant can 
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from billing_core.adjustments import Adjustment
 from billing_core.money import FieldError
@@ -200,100 +201,88 @@ def _chain(source: PlanVersion, target: PlanVersion) -> dict[str, dict[str, Chan
     return result
 
 
-def _apply(sub: Subscription, plan: Plan, source: PlanVersion, target: PlanVersion, at: datetime,
-           overrides: Overrides, now: datetime, migration_id: str) -> MigrationResult:
-    changes = _chain(source, target)
-    reasons: list[str] = []
-    intervals = list(sub.intervals)
-    before_intervals: list[PriceInterval] = []
-    added: list[str] = []
+class _Timeline:
+    """One kind of interval (price or adjustment intervals) being edited at the instant: what the
+    edit ended or dropped (as it was) and the ids it added, for the undo."""
 
-    def end_at(interval: PriceInterval) -> None:
-        before_intervals.append(interval)
-        index = intervals.index(interval)
-        if interval.start < at:
-            intervals[index] = replace(interval, end=at)
+    def __init__(self, items: tuple, at: datetime, prefix: str, sub_id: str, make: Callable[..., Any]):
+        self.items, self.original = list(items), items
+        self.at, self.prefix, self.sub_id, self.make = at, prefix, sub_id, make
+        self.before: list = []
+        self.added: list[str] = []
+
+    def end(self, item: Any) -> None:
+        self.before.append(item)
+        index = self.items.index(item)
+        if item.start < self.at:
+            self.items[index] = replace(item, end=self.at)
         else:  # it starts at the instant: the successor takes its place
-            del intervals[index]
+            del self.items[index]
 
-    def start(price: Price, end: datetime | None) -> None:
-        new = PriceInterval(id=_next_id(sub.id, "pi", [i.id for i in intervals] + [i.id for i in sub.intervals]),
-                            price=price, start=at, end=end, plan_id=plan.id, plan_version=target.version,
-                            source="plan")
-        intervals.append(new)
-        added.append(new.id)
+    def start(self, definition: Any, end: datetime | None) -> None:
+        new_id = _next_id(self.sub_id, self.prefix, [i.id for i in self.items] + [i.id for i in self.original])
+        self.items.append(self.make(new_id, definition, end))
+        self.added.append(new_id)
 
-    live = [i for i in sub.intervals if _live(i.start, i.end, at)]
-    for key, change in sorted(changes["price"].items()):
-        plan_interval = next((i for i in live if i.source == "plan" and i.plan_id == plan.id and i.price.key == key), None)
-        override = next((i for i in live if i.source == "replace_prices" and i.price.key == key), None)
-        new_price = target.price_by_key(key)
+    def follow(self, kind: str, key: str, change: ChangeKind, planned: Any, override: Any, successor: Any,
+               overrides: Overrides, sub_end: datetime | None, version: int) -> str | None:
+        """Apply one lineage entry; return the conflict it leaves, if any."""
         if change is ChangeKind.ADDED:
-            start(new_price, sub.end)  # type: ignore[arg-type]
+            self.start(successor, sub_end)
         elif change is ChangeKind.KEPT:
             pass  # the same definition carries on uninterrupted (no split, no proration)
         elif override is not None:
-            if overrides is Overrides.REPLACE:
-                end_at(override)
-                if change is ChangeKind.EDITED:
-                    start(new_price, override.end)  # type: ignore[arg-type]
-            else:
-                reasons.append(f"price {key}: the subscription's override {override.price.id} is kept; "
-                               f"version {target.version} {change.value} it")
-        elif plan_interval is not None:
-            end_at(plan_interval)
+            if overrides is not Overrides.REPLACE:
+                return (f"{kind} {key}: the subscription's override {override.definition_id} is kept; "
+                        f"version {version} {change.value} it")
+            self.end(override.interval)
             if change is ChangeKind.EDITED:
-                start(new_price, plan_interval.end)  # type: ignore[arg-type]
+                self.start(successor, override.interval.end)
+        elif planned is not None:
+            self.end(planned)
+            if change is ChangeKind.EDITED:
+                self.start(successor, planned.end)
         # else: removed ad hoc by the subscription; an edit does not bring it back.
+        return None
 
-    adjustments = list(sub.adjustment_intervals)
-    before_adjustments: list[AdjustmentInterval] = []
-    added_adjustments: list[str] = []
+
+@dataclass(frozen=True)
+class _Override:
+    interval: Any
+    definition_id: str
+
+
+def _apply(sub: Subscription, plan: Plan, source: PlanVersion, target: PlanVersion, at: datetime,
+           overrides: Overrides, now: datetime, migration_id: str) -> MigrationResult:
+    changes = _chain(source, target)
+    reasons: list[str | None] = []
+    prices = _Timeline(sub.intervals, at, "pi", sub.id, lambda id, price, end: PriceInterval(
+        id=id, price=price, start=at, end=end, plan_id=plan.id, plan_version=target.version, source="plan"))
+    live = [i for i in sub.intervals if _live(i.start, i.end, at)]
+    for key, change in sorted(changes["price"].items()):
+        planned = next((i for i in live if i.source == "plan" and i.plan_id == plan.id and i.price.key == key), None)
+        override = next((_Override(i, i.price.id) for i in live if i.source == "replace_prices" and i.price.key == key),
+                        None)
+        reasons.append(prices.follow("price", key, change, planned, override, target.price_by_key(key), overrides,
+                                     sub.end, target.version))
+
+    adjustments = _Timeline(sub.adjustment_intervals, at, "ai", sub.id, lambda id, adjustment, end: AdjustmentInterval(
+        id=id, adjustment=adjustment, start=at, end=end, plan_version=target.version))
     price_keys = {p.id: p.key for v in plan.versions for p in v.prices}
     live_adjustments = [a for a in sub.adjustment_intervals if _live(a.start, a.end, at)]
-
-    def end_adjustment(ai: AdjustmentInterval) -> None:
-        before_adjustments.append(ai)
-        index = adjustments.index(ai)
-        if ai.start < at:
-            adjustments[index] = replace(ai, end=at)
-        else:
-            del adjustments[index]
-
-    def start_adjustment(adjustment: Adjustment, end: datetime | None) -> None:
-        new = AdjustmentInterval(id=_next_id(sub.id, "ai", [a.id for a in adjustments] +
-                                             [a.id for a in sub.adjustment_intervals]),
-                                 adjustment=adjustment, start=at, end=end, plan_version=target.version)
-        adjustments.append(new)
-        added_adjustments.append(new.id)
-
     target_adjustments = {target.adjustment_key(a.id): a for a in target.adjustments}
     source_adjustments = {source.adjustment_key(a.id): a for a in source.adjustments}
     for key, change in sorted(changes["adjustment"].items()):
+        old = source_adjustments.get(key)
         planned = next((a for a in live_adjustments if a.plan_version is not None
-                        and a.adjustment.id == getattr(source_adjustments.get(key), "id", None)), None)
-        new_adjustment = target_adjustments.get(key)
-        old_adjustment = source_adjustments.get(key)
+                        and old is not None and a.adjustment.id == old.id), None)
         override = None
-        if old_adjustment is not None and planned is None:
-            override = next((a for a in live_adjustments if a.plan_version is None
-                             and _same_prices(a.adjustment, old_adjustment, price_keys)), None)
-        if change is ChangeKind.ADDED:
-            start_adjustment(new_adjustment, sub.end)  # type: ignore[arg-type]
-        elif change is ChangeKind.KEPT:
-            pass
-        elif override is not None:
-            if overrides is Overrides.REPLACE:
-                end_adjustment(override)
-                if change is ChangeKind.EDITED:
-                    start_adjustment(new_adjustment, override.end)  # type: ignore[arg-type]
-            else:
-                reasons.append(f"adjustment {key}: the subscription's adjustment {override.adjustment.id} is kept; "
-                               f"version {target.version} {change.value} it")
-        elif planned is not None:
-            end_adjustment(planned)
-            if change is ChangeKind.EDITED:
-                start_adjustment(new_adjustment, planned.end)  # type: ignore[arg-type]
+        if old is not None and planned is None:
+            override = next((_Override(a, a.adjustment.id) for a in live_adjustments if a.plan_version is None
+                             and _same_prices(a.adjustment, old, price_keys)), None)
+        reasons.append(adjustments.follow("adjustment", key, change, planned, override, target_adjustments.get(key),
+                                          overrides, sub.end, target.version))
+    conflicts = tuple(r for r in reasons if r)
 
     phases = list(sub.phases)
     current = sub.phase_at(at)
@@ -304,16 +293,16 @@ def _apply(sub: Subscription, plan: Plan, source: PlanVersion, target: PlanVersi
     phases.append(new_phase)
     phases.sort(key=lambda p: p.start)
 
-    undo = Undo(instant=at, intervals=tuple(before_intervals), adjustments=tuple(before_adjustments),
-                phases=(current,), added_intervals=tuple(added), added_adjustments=tuple(added_adjustments),
+    undo = Undo(instant=at, intervals=tuple(prices.before), adjustments=tuple(adjustments.before),
+                phases=(current,), added_intervals=tuple(prices.added), added_adjustments=tuple(adjustments.added),
                 added_phase=new_phase)
-    migrated = replace(sub, intervals=tuple(intervals), adjustment_intervals=tuple(adjustments),
+    migrated = replace(sub, intervals=tuple(prices.items), adjustment_intervals=tuple(adjustments.items),
                        phases=tuple(phases),
                        edits=_log(sub, "plan_migration", at, now, migration_id=migration_id, plan_id=plan.id,
                                   from_version=source.version, plan_version=target.version,
-                                  conflicts=len(reasons) or None))
-    outcome = Outcome.CONFLICT if reasons else Outcome.MIGRATED
-    return MigrationResult(migrated, outcome, at, tuple(reasons), undo)
+                                  conflicts=len(conflicts) or None))
+    outcome = Outcome.CONFLICT if conflicts else Outcome.MIGRATED
+    return MigrationResult(migrated, outcome, at, conflicts, undo)
 
 
 def revert_migration(sub: Subscription, undo: Undo, *, now: datetime, migration_id: str) -> Subscription:
