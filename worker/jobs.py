@@ -125,7 +125,8 @@ def flag_unbillable_usage() -> dict[str, int]:
 def run_plan_migration(migration_id: str, run: int = 1) -> dict:
     """Run a plan migration's chunks for a while; enqueue the next run while subscriptions are pending."""
     runtime = current()
-    migration = plan_migrations.run(runtime.engine, migration_id, now_fn=_now)
+    migration = plan_migrations.run(runtime.engine, migration_id, now_fn=_now, chunk=plan_migrations.CHUNK,
+                                    budget=plan_migrations.RUN_BUDGET)
     if migration.status in ("not_started", "in_progress"):
         queueing.enqueue_plan_migration(runtime, migration_id, run=run)
     return {"status": migration.status, **migration.counts}

@@ -13,6 +13,7 @@ from billing_core.metrics import create_metric
 from billing_core.persistence.customers import SqlCustomerRepository
 from billing_core.persistence.events import SqlEventStore
 from billing_core.persistence.metrics import SqlMetricRepository
+from billing_core import MigrationRequest
 from tests.conftest import run_jobs
 from worker.db import session_scope
 
@@ -115,6 +116,27 @@ def test_migrate_list_fetch_and_cancel(app, client, auth_headers, plan):  # type
     assert april_costs() == "27.00"
     again = client.post(f"/v1/plans/{plan['id']}/migrations/{migration['id']}/cancel", headers=auth_headers)
     assert again.status_code == 409
+
+
+def test_a_migration_runs_as_a_chain_of_short_jobs_and_the_cron_resumes_a_lost_one(  # type: ignore[no-untyped-def]
+        app, client, auth_headers, plan, monkeypatch):
+    from worker import jobs, plan_migrations
+
+    # Chunks of one subscription, one chunk per job: each job enqueues the next.
+    monkeypatch.setattr(plan_migrations, "CHUNK", 1)
+    monkeypatch.setattr(plan_migrations, "RUN_BUDGET", 0)
+    started = client.post(f"/v1/plans/{plan['id']}/migrations", headers=auth_headers, json={"to_version": 2}).json
+    run_jobs(app)
+    done = client.get(f"/v1/plans/{plan['id']}/migrations/{started['id']}", headers=auth_headers).json
+    assert done["status"] == "completed" and done["counts"]["migrated"] == 3
+    # A migration whose job never ran (Redis was down when it was started): the cron's sweep resumes it.
+    engine = app.extensions["marketsync"].engine
+    lost = plan_migrations.start(engine, plan["id"], MigrationRequest(to_version=1, from_versions=[2]), now=NOW,
+                                 migration_id="migration_lost")
+    assert lost.status == "not_started"
+    app.extensions["marketsync"].queue("sync").enqueue(jobs.resume_plan_migrations)
+    run_jobs(app)
+    assert plan_migrations.get(engine, plan["id"], "migration_lost").status == "completed"
 
 
 @pytest.mark.parametrize(("body", "field"), [

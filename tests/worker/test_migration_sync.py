@@ -45,6 +45,8 @@ def test_a_reporting_hour_across_the_effective_instant_reports_old_then_new_pric
     hour_one = hourly.report_contract(env.engine, env.adapter, contract, start + timedelta(hours=1), now=now)
     assert hour_one["quantity"] == 300, hour_one
     assert env.totals() == 400
+    # What the next hourly run would carry forward equals a computation from scratch (marketsync verify).
+    assert hourly.verify_carried(env.engine, now=datetime.now(UTC))[1] == []
 
 
 def test_a_listing_follows_the_default_version_for_new_contracts(env: SyncEnv) -> None:  # noqa: F811
