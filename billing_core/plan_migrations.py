@@ -37,7 +37,7 @@ from billing_core.subscriptions import (
 )
 
 __all__ = [
-    "MigrationError", "EffectiveTime", "Overrides", "Outcome", "Undo", "MigrationResult",
+    "LIVE", "MigrationError", "EffectiveTime", "Overrides", "Outcome", "Undo", "MigrationResult",
     "parse_effective_time", "effective_instant", "migrate_subscription", "revert_migration",
 ]
 
@@ -58,6 +58,9 @@ class Overrides(StrEnum):
 
     KEEP = "keep"
     REPLACE = "replace"
+
+
+LIVE = ("not_started", "in_progress")  # the statuses of a migration not finished (Orb's names)
 
 
 class Outcome(StrEnum):

@@ -22,7 +22,7 @@ from billing_core.persistence.catalog import SqlCatalog
 from billing_core.persistence.plan_migrations import PENDING, Migration, SqlPlanMigrations, SubscriptionOutcome
 from billing_core.persistence.subscriptions import SqlSubscriptions
 from billing_core.plan_migrations import (
-    EffectiveTime, MigrationError, Outcome, Overrides, migrate_subscription, revert_migration,
+    LIVE, EffectiveTime, MigrationError, Outcome, Overrides, migrate_subscription, revert_migration,
 )
 from billing_core.plans import Plan
 from billing_core.subscriptions import Subscription, billing_period
@@ -31,7 +31,6 @@ from billing_core.usage import UsageSource
 __all__ = ["MigrationRequest", "DryRunLine", "start_migration", "migrate_chunk", "apply_pending",
            "cancel_migration", "dry_run", "LIVE"]
 
-LIVE = ("not_started", "in_progress")
 CANCELED_OUTCOME = "canceled"
 
 

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 from rq import get_current_job
 
+from billing_core import service_migrations
 from worker import cancellation, delivery, hourly, plan_migrations, queueing
 from worker.errors import Permanent
 from worker.metering import hour_floor, previous_hour
@@ -127,7 +128,7 @@ def run_plan_migration(migration_id: str, run: int = 1) -> dict:
     runtime = current()
     migration = plan_migrations.run(runtime.engine, migration_id, now_fn=_now, chunk=plan_migrations.CHUNK,
                                     budget=plan_migrations.RUN_BUDGET)
-    if migration.status in ("not_started", "in_progress"):
+    if migration.status in service_migrations.LIVE:
         queueing.enqueue_plan_migration(runtime, migration_id, run=run)
     return {"status": migration.status, **migration.counts}
 

@@ -66,8 +66,7 @@ def cancel(engine: Engine, plan_id: str, migration_id: str, *, now: datetime) ->
 def live_migrations(engine: Engine) -> list[str]:
     """Return the ids of migrations not yet finished (to resume after a lost job)."""
     with session_scope(engine) as session:
-        migrations, _ = SqlPlanMigrations(session).list(plan_id=None, limit=1000)
-    return [m.id for m in migrations if m.status in service_migrations.LIVE]
+        return SqlPlanMigrations(session).live_ids()
 
 
 def get(engine: Engine, plan_id: str | None, migration_id: str) -> Migration:

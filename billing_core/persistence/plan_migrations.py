@@ -23,7 +23,7 @@ from billing_core.lines import iso
 from billing_core.persistence.catalog import page_rows
 from billing_core.persistence.rows import one_of, utc
 from billing_core.persistence.writes import begin_write
-from billing_core.plan_migrations import EffectiveTime, Undo, parse_effective_time
+from billing_core.plan_migrations import LIVE, EffectiveTime, Undo, parse_effective_time
 
 __all__ = ["PlanMigrationRow", "PlanMigrationOutcomeRow", "Migration", "SubscriptionOutcome",
            "MigrationNotFound", "SqlPlanMigrations", "PENDING"]
@@ -155,6 +155,12 @@ class SqlPlanMigrations:
         rows, nxt = page_rows(self.session, query, PlanMigrationRow.__table__, PlanMigrationRow, limit, cursor)
         return [self._migration(r) for r in rows], nxt
 
+    def live_ids(self) -> list[str]:
+        """Return the ids of every migration not finished (``not_started`` or ``in_progress``), oldest first."""
+        m = PlanMigrationRow.__table__
+        return list(self.session.execute(sa.select(m.c.id).where(m.c.status.in_(LIVE))
+                                         .order_by(m.c.created_at, m.c.id)).scalars())
+
     def set_status(self, migration_id: str, status: str, *, canceled_at: datetime | None = None) -> None:
         values: dict[str, object] = {"status": status}
         if canceled_at is not None:
@@ -195,7 +201,7 @@ class SqlPlanMigrations:
         return list(self.session.execute(
             sa.select(m.c.id).join(o, o.c.migration_id == m.c.id).where(
                 o.c.subscription_id == subscription_id, o.c.outcome == PENDING,
-                m.c.status.in_(("not_started", "in_progress"))).order_by(m.c.created_at, m.c.id)).scalars())
+                m.c.status.in_(LIVE)).order_by(m.c.created_at, m.c.id)).scalars())
 
     def for_subscription(self, subscription_id: str) -> list[tuple[str, SubscriptionOutcome]]:
         """Return every migration outcome of a subscription with its migration id, oldest first."""
