@@ -26,7 +26,7 @@ import argparse
 import shutil
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 

@@ -5,7 +5,8 @@ Everything outside ``billing_core`` imports from here: the errors (their tree is
 hand to the use cases (repositories on the caller's session, usage sources, the write lock).
 Rows (``table=True`` models) stay inside ``billing_core.persistence``.
 
-``service_plans`` (use cases on a session: plans, subscriptions, invoices, costs) and ``wire``
+``service_plans`` (use cases on a session: plans, subscriptions, invoices, costs),
+``service_migrations`` (plan migrations: start, run a chunk, apply pending, cancel, dry run) and ``wire``
 (strict JSON and the accepted instant range) are used as modules.
 """
 
