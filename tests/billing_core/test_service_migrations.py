@@ -2,9 +2,11 @@
 rolled back mid-way, cancel reverting not-yet-effective edits, backdating, issuing applies pending
 migrations, and a dry run that writes nothing."""
 
+from datetime import timedelta
 from decimal import Decimal as D
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import Engine
 
 from billing_core import service_migrations, service_plans
@@ -14,7 +16,7 @@ from billing_core.persistence.catalog import SqlCatalog
 from billing_core.persistence.customers import SqlCustomerRepository
 from billing_core.persistence.plan_migrations import SqlPlanMigrations
 from billing_core.persistence.subscriptions import SqlSubscriptions
-from billing_core.plan_migrations import EffectiveTime, Overrides, migrate_subscription
+from billing_core.plan_migrations import EffectiveTime, Overrides, migrate_subscription, parse_effective_time
 from billing_core.plans import Item, add_version
 from billing_core.service_migrations import MigrationRequest
 from billing_core.subscriptions import ReplacePrice, create_subscription
@@ -177,3 +179,53 @@ def test_bad_requests_name_the_field_and_store_nothing(engine, request_, field):
     assert error.value.field == field
     with session_scope(engine) as s:
         assert SqlPlanMigrations(s).list(plan_id="plan1", limit=10) == ([], None)
+
+
+_examples = iter(range(10_000))
+
+
+@pytest.mark.postgres
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(starts=st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=6),
+       removed=st.lists(st.booleans(), min_size=6, max_size=6),
+       effective=st.one_of(st.just("end_of_invoice"), st.just("end_of_term"),
+                           st.integers(min_value=-20, max_value=40)),
+       chunk=st.integers(min_value=1, max_value=4), killed=st.booleans(), overrides=st.sampled_from(["keep", "replace"]))
+def test_stored_migrations_equal_the_pure_edit_and_cancel_restores_what_is_not_yet_effective(
+        engine, starts, removed, effective, chunk, killed, overrides):
+    """Whatever the chunking and a rolled-back chunk, each stored timeline is the pure edit of its
+    original; a cancel gives back the original of every subscription whose instant is ahead."""
+    n = next(_examples)
+    ids, originals = [], {}
+    with session_scope(engine) as s:
+        for i, day in enumerate(starts):
+            sub = create_subscription(id=f"p{n}_{i}", customer_id="c1", plan=PLAN, version=1, now=t(2025, 1, 1),
+                                      start=t(2024, 12, 1) + timedelta(days=day),
+                                      remove_prices=["api"] if removed[i] else [])
+            SqlSubscriptions(s).add(sub)
+            ids.append(sub.id)
+            originals[sub.id] = sub
+    when = parse_effective_time(effective) if isinstance(effective, str) else NOW + timedelta(days=effective)
+    _start(engine, MigrationRequest(to_version=2, subscription_ids=ids, effective_time=when,
+                                    overrides=Overrides(overrides)), migration_id=f"mig_p{n}")
+    if killed:
+        with pytest.raises(RuntimeError), session_scope(engine) as s:
+            service_migrations.migrate_chunk(s, f"mig_p{n}", limit=chunk, now=NOW)
+            raise RuntimeError("killed")
+    _run(engine, f"mig_p{n}", limit=chunk)
+    with session_scope(engine) as s:
+        stored = SqlSubscriptions(s).get_many(ids)
+    for sid, sub in originals.items():
+        expected = migrate_subscription(sub, PLAN, 2, from_versions={1}, effective_time=when, overrides=overrides,
+                                        now=NOW, migration_id=f"mig_p{n}").subscription
+        assert stored[sid] == (expected or sub)
+    with session_scope(engine) as s:
+        service_migrations.cancel_migration(s, "plan1", f"mig_p{n}", now=NOW)
+        after = SqlSubscriptions(s).get_many(ids)
+        outcomes = {o.subscription_id: o for o in SqlPlanMigrations(s).outcomes(f"mig_p{n}")}
+    for sid, sub in originals.items():
+        if outcomes[sid].outcome == "reverted":
+            assert (after[sid].intervals, after[sid].phases) == (sub.intervals, sub.phases)
+        else:
+            assert after[sid] == stored[sid]
+            assert outcomes[sid].outcome == "skipped" or outcomes[sid].effective_at <= NOW
