@@ -123,3 +123,34 @@ def test_two_runs_of_one_migration_at_once_move_each_subscription_once(many: Eng
     for sid in before:
         assert [e.kind for e in after[sid].edits].count("plan_migration") <= 1
     assert plan_migrations.get(many, "plan1", "mig1").counts == {"migrated": 32, "conflict": 1, "skipped": 2}
+
+
+@pytest.mark.postgres
+def test_a_cancel_during_a_run_reverts_what_ran_and_stops_the_rest(many: Engine) -> None:
+    """A cancel between two chunks of a running worker: what ran is reverted, the worker's next chunk
+    sees the migration canceled and stops; no scheduled edit is left behind."""
+    import threading
+
+    before = _all(many)
+    plan_migrations.start(many, "plan1", MigrationRequest(to_version=2), now=NOW, migration_id="mig1")
+    first_chunk, canceled_event = threading.Event(), threading.Event()
+    result: list = []
+
+    def between_chunks(_migration) -> None:  # type: ignore[no-untyped-def]
+        first_chunk.set()
+        canceled_event.wait(30)
+
+    def worker() -> None:
+        result.append(plan_migrations.run(many, "mig1", now_fn=lambda: NOW, chunk=3, budget=None,
+                                          on_progress=between_chunks))
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert first_chunk.wait(30)
+    canceled = plan_migrations.cancel(many, "plan1", "mig1", now=NOW)
+    canceled_event.set()
+    thread.join(30)
+    assert result[0].status == "canceled"
+    assert canceled.counts == {"reverted": 3, "canceled": 32}
+    after = _all(many)
+    for sid, sub in before.items():
+        assert (after[sid].intervals, after[sid].phases) == (sub.intervals, sub.phases)
