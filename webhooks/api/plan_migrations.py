@@ -8,7 +8,7 @@ from typing import Any
 from flask import current_app
 
 from billing_core import (
-    EffectiveTime, MigrationError, MigrationRequest, Overrides, SqlCatalog, SqlPlanMigrations, format_decimal, iso,
+    EffectiveTime, MigrationRequest, Overrides, SqlCatalog, SqlPlanMigrations, format_decimal, iso,
     parse_effective_time, usage_source,
 )
 from webhooks.api.bodies import check_fields, require_list, require_object
@@ -62,10 +62,7 @@ def _total(values: list[Decimal]) -> str:
 @documented(body=PlanMigrationCreate, response=PlanMigration, status=201, also={200: PlanMigrationDryRun})
 def create_migration(plan_id: str):
     """Migrate subscriptions to a plan version (201 and a run enqueued), or price it (``dry_run``: 200, nothing written)."""
-    try:
-        request, dry = _request(json_body())
-    except MigrationError as exc:
-        raise bad("effective_time", str(exc).removeprefix("effective_time: ")) from None
+    request, dry = _request(json_body())  # a bad effective_time is a MigrationError: 400 naming the field
     at = now()
     if dry:
         with session_scope(engine()) as session:
