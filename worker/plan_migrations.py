@@ -20,7 +20,7 @@ from worker.db import session_scope
 
 __all__ = ["CHUNK", "start", "run", "dry_run", "cancel", "live_migrations", "get", "outcomes"]
 
-CHUNK = 500          # subscriptions per transaction
+CHUNK = 200          # subscriptions per transaction: SQLite's write lock is held a fraction of a second
 RUN_BUDGET = 20.0    # seconds of chunks per job before the next job takes over
 
 Progress = Callable[[Migration], None]
