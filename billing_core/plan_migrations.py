@@ -33,7 +33,7 @@ from billing_core.periods import ensure_utc, months_in, period_containing
 from billing_core.plans import ChangeKind, Plan, PlanVersion
 from billing_core.pricing import Price
 from billing_core.subscriptions import (
-    AdjustmentInterval, PlanPhase, PriceInterval, Subscription, billing_period, _log, _next_id,
+    AdjustmentInterval, PlanPhase, PriceInterval, Subscription, billing_period, log_edit, next_id,
 )
 
 __all__ = [
@@ -223,7 +223,7 @@ class _Timeline:
             del self.items[index]
 
     def start(self, definition: Any, end: datetime | None) -> None:
-        new_id = _next_id(self.sub_id, self.prefix, [i.id for i in self.items] + [i.id for i in self.original])
+        new_id = next_id(self.sub_id, self.prefix, [i.id for i in self.items] + [i.id for i in self.original])
         self.items.append(self.make(new_id, definition, end))
         self.added.append(new_id)
 
@@ -301,7 +301,7 @@ def _apply(sub: Subscription, plan: Plan, source: PlanVersion, target: PlanVersi
                 added_phase=new_phase)
     migrated = replace(sub, intervals=tuple(prices.items), adjustment_intervals=tuple(adjustments.items),
                        phases=tuple(phases),
-                       edits=_log(sub, "plan_migration", at, now, migration_id=migration_id, plan_id=plan.id,
+                       edits=log_edit(sub, "plan_migration", at, now, migration_id=migration_id, plan_id=plan.id,
                                   from_version=source.version, plan_version=target.version,
                                   conflicts=len(conflicts) or None))
     outcome = Outcome.CONFLICT if conflicts else Outcome.MIGRATED
@@ -329,7 +329,7 @@ def revert_migration(sub: Subscription, undo: Undo, *, now: datetime, migration_
     return replace(sub, intervals=tuple(sorted(intervals, key=_order)),
                    adjustment_intervals=tuple(sorted(adjustments, key=_order)),
                    phases=tuple(phases),
-                   edits=_log(sub, "plan_migration_reverted", undo.instant, now, migration_id=migration_id))
+                   edits=log_edit(sub, "plan_migration_reverted", undo.instant, now, migration_id=migration_id))
 
 
 def _restore(current: tuple, before: tuple, added: set[str], instant: datetime) -> list:

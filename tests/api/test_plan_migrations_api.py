@@ -64,6 +64,7 @@ def plan(app, client, auth_headers):  # type: ignore[no-untyped-def]
 
 
 def test_version_lineage_is_in_the_version_json(client, auth_headers, plan):  # type: ignore[no-untyped-def]
+    """The version JSON carries the lineage and the replaced price and adjustment ids."""
     v2 = client.get(f"/v1/plans/{plan['id']}/versions/2", headers=auth_headers).json
     assert sorted((e["kind"], e["change"]) for e in v2["lineage"]) == [
         ("adjustment", "edited"), ("price", "edited"), ("price", "edited")]
@@ -72,6 +73,7 @@ def test_version_lineage_is_in_the_version_json(client, auth_headers, plan):  # 
 
 
 def test_dry_run_prices_the_current_period_and_writes_nothing(client, auth_headers, plan):  # type: ignore[no-untyped-def]
+    """POST with dry_run answers 200 with per-subscription totals old vs new and their sums, and stores no migration."""
     answer = client.post(f"/v1/plans/{plan['id']}/migrations", headers=auth_headers, json={
         "to_version": 2, "effective_time": "2026-03-01T00:00:00Z", "dry_run": True})
     assert answer.status_code == 200, answer.json
@@ -86,6 +88,7 @@ def test_dry_run_prices_the_current_period_and_writes_nothing(client, auth_heade
 
 
 def test_migrate_list_fetch_and_cancel(app, client, auth_headers, plan):  # type: ignore[no-untyped-def]
+    """A migration starts (201), a real RQ worker runs it, list and fetch show it with outcomes, previews show new prices, cancel reverts."""
     started = client.post(f"/v1/plans/{plan['id']}/migrations", headers=auth_headers, json={
         "to_version": 2, "effective_time": "end_of_invoice"})
     assert started.status_code == 201, started.json
@@ -120,6 +123,7 @@ def test_migrate_list_fetch_and_cancel(app, client, auth_headers, plan):  # type
 
 def test_a_migration_runs_as_a_chain_of_short_jobs_and_the_cron_resumes_a_lost_one(  # type: ignore[no-untyped-def]
         app, client, auth_headers, plan, monkeypatch):
+    """A migration runs as a chain of jobs, each enqueuing the next; the cron's sweep resumes one whose job was lost."""
     from worker import jobs, plan_migrations
 
     # Chunks of one subscription, one chunk per job: each job enqueues the next.
@@ -150,6 +154,7 @@ def test_a_migration_runs_as_a_chain_of_short_jobs_and_the_cron_resumes_a_lost_o
     ({"to_version": 2, "colour": "red"}, "colour"),
 ])
 def test_bad_requests_are_400_naming_the_field(client, auth_headers, plan, body, field):  # type: ignore[no-untyped-def]
+    """Malformed migration requests are 400s naming the field and store nothing."""
     answer = client.post(f"/v1/plans/{plan['id']}/migrations", headers=auth_headers, json=body)
     assert answer.status_code == 400, answer.json
     assert field in answer.json["detail"] if "detail" in answer.json else field in str(answer.json)
@@ -157,6 +162,7 @@ def test_bad_requests_are_400_naming_the_field(client, auth_headers, plan, body,
 
 
 def test_unknown_plan_and_migration_are_404(client, auth_headers, plan):  # type: ignore[no-untyped-def]
+    """An unknown plan or migration is a 404 on list, fetch and cancel."""
     assert client.get("/v1/plans/plan_nope/migrations", headers=auth_headers).status_code == 404
     assert client.get(f"/v1/plans/{plan['id']}/migrations/nope", headers=auth_headers).status_code == 404
     assert client.post(f"/v1/plans/{plan['id']}/migrations/nope/cancel", headers=auth_headers).status_code == 404

@@ -22,6 +22,7 @@ def _lineage(version):
 
 
 def test_version_one_adds_everything():
+    """Version 1 lists every price and adjustment as added, keyed by price key and adjustment id."""
     plan = plan_of(API, FEE, adjustments=(OFF,))
     assert _lineage(plan.version(1)) == [
         ("adjustment", "off_v1", "added", "off_v1", None),
@@ -29,6 +30,7 @@ def test_version_one_adds_everything():
 
 
 def test_added_edited_removed_kept_prices_and_adjustments():
+    """Version 2's lineage names each price and adjustment added, edited, removed or kept; an adjustment keeps its key through edits."""
     plan = plan_of(API, FEE, SEATS, adjustments=(OFF, MIN))
     off2 = Adjustment("off_v2", AdjustmentType.PERCENTAGE_DISCOUNT, D("0.2"))
     v2 = add_version(plan, prices=[unit("0.12", id="api_v2", key="api"), FEE, unit("1", id="new", key="new")],
@@ -49,12 +51,14 @@ def test_added_edited_removed_kept_prices_and_adjustments():
 
 
 def test_replacing_an_unknown_adjustment_is_refused():
+    """replace_adjustments naming no adjustment of the latest version is refused naming the field."""
     plan = plan_of(API, adjustments=(OFF,))
     with pytest.raises(PlanError, match="replace_adjustments"):
         add_version(plan, prices=[API], adjustments=[MIN], replaced_adjustments={"min_v1": "nope"}, now=t(2025, 2, 1))
 
 
 def test_lineage_round_trips_and_is_derived_for_versions_stored_without_one():
+    """Lineage survives the storage encoding, and versions stored before it existed get the derived one."""
     plan = add_version(plan_of(API, FEE), prices=[unit("0.2", id="api_v2", key="api")], now=t(2025, 2, 1))
     stored = [version_to_dict(v) for v in plan.versions]
     assert tuple(version_from_dict(d) for d in stored) == plan.versions

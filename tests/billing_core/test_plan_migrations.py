@@ -49,6 +49,7 @@ def spans(s):
 
 
 def test_edited_added_removed_at_the_next_invoice_boundary():
+    """At end_of_invoice an edited price is replaced, an added one starts, a removed one ends, and the phase moves to version 2."""
     result = migrate(sub())
     assert result.outcome is Outcome.MIGRATED and result.effective_at == t(2025, 2, 1)
     assert spans(result.subscription) == [
@@ -63,6 +64,7 @@ def test_edited_added_removed_at_the_next_invoice_boundary():
 
 
 def test_a_price_removed_ad_hoc_is_not_re_added_by_an_edit():
+    """A price the subscription removed (at creation or by an interval edit) is not brought back by its edit."""
     result = migrate(sub(remove_prices=["api"]))
     assert "api_v2" not in {i.price.id for i in result.subscription.intervals}
     # Ended ad hoc later (an interval edit) counts the same from that instant.
@@ -73,6 +75,7 @@ def test_a_price_removed_ad_hoc_is_not_re_added_by_an_edit():
 
 
 def test_an_override_of_an_edited_price_is_kept_as_a_conflict_unless_replace():
+    """A replace_prices override of an edited price is kept and reported unless overrides is replace."""
     custom = unit("0.05", id="api_custom", key="api")
     s = sub(replace_prices=[ReplacePrice("api", custom)])
     kept = migrate(s)
@@ -85,6 +88,7 @@ def test_an_override_of_an_edited_price_is_kept_as_a_conflict_unless_replace():
 
 
 def test_adjustments_follow_the_same_rules():
+    """Plan adjustments follow the lineage; a subscription's own adjustment over the same prices is an override."""
     own = Adjustment("mine", AdjustmentType.AMOUNT_DISCOUNT, D("5"), applies_to_price_ids=("fee",))
     s = sub(remove_adjustments=["off_v1"], add_adjustments=[AddAdjustment(own)])
     kept = migrate(s)
@@ -99,6 +103,7 @@ def test_adjustments_follow_the_same_rules():
 
 
 def test_fixed_fees_are_prorated_across_a_mid_period_instant():
+    """A fixed fee edited mid-period bills each version for its share of the days."""
     s = sub(remove_prices=["api", "seats"], remove_adjustments=["off_v1"])
     migrated = migrate(s, t(2025, 1, 16)).subscription
     usage = InMemoryUsageSource(METRICS, [])
@@ -108,6 +113,7 @@ def test_fixed_fees_are_prorated_across_a_mid_period_instant():
 
 
 def test_backdated_migration_reprices_usage_from_its_instant():
+    """A backdated migration prices usage after its instant at the new version, before it at the old."""
     s = sub(remove_prices=["fee", "seats"], remove_adjustments=["off_v1"])
     usage = InMemoryUsageSource(METRICS, events("c1", *[(t(2025, 1, d), {}) for d in (3, 5, 12, 14)]))
     migrated = migrate(s, t(2025, 1, 10)).subscription
@@ -119,6 +125,7 @@ def test_backdated_migration_reprices_usage_from_its_instant():
     (t(2025, 3, 1), "ends before"),
 ])
 def test_skips(when, reason):
+    """A subscription ending before the instant, or already on the target version, is skipped with the reason."""
     s = sub(end=t(2025, 2, 15))
     result = migrate(s, when)
     assert result.outcome is Outcome.SKIPPED and reason in result.reasons[0]
@@ -127,6 +134,7 @@ def test_skips(when, reason):
 
 
 def test_effective_times():
+    """end_of_invoice and end_of_term resolve per subscription; an instant before the start is the start; bad values name the field."""
     s = sub()
     assert effective_instant(s, EffectiveTime.END_OF_INVOICE, NOW) == t(2025, 2, 1)
     assert effective_instant(s, EffectiveTime.END_OF_TERM, NOW) == t(2025, 2, 1)
@@ -138,6 +146,7 @@ def test_effective_times():
 
 
 def test_a_migration_at_the_subscription_start_replaces_the_intervals():
+    """A migration at the subscription's start leaves no zero-length interval: the new prices take the old ones' place."""
     result = migrate(sub(), t(2025, 1, 1))
     assert spans(result.subscription) == [("api_v2", t(2025, 1, 1), None), ("fee_v2", t(2025, 1, 1), None),
                                           ("new_v2", t(2025, 1, 1), None)]

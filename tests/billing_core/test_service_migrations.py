@@ -75,6 +75,7 @@ def _timelines(engine):
 
 @pytest.mark.postgres
 def test_a_migration_runs_in_chunks_to_the_same_timelines_as_a_from_scratch_edit(engine):
+    """Chunks migrate every targeted subscription once, each to the pure edit of its timeline, with outcomes and reasons."""
     before = _timelines(engine)
     started = _start(engine, MigrationRequest(to_version=2))
     assert (started.status, started.total, started.counts) == ("not_started", 5, {"pending": 5})
@@ -97,6 +98,7 @@ def test_a_migration_runs_in_chunks_to_the_same_timelines_as_a_from_scratch_edit
 
 @pytest.mark.postgres
 def test_a_chunk_rolled_back_mid_way_leaves_nothing_and_the_migration_resumes(engine):
+    """A chunk whose transaction dies leaves no edit and no outcome; the next run completes the migration."""
     before = _timelines(engine)
     _start(engine, MigrationRequest(to_version=2))
     with pytest.raises(RuntimeError):
@@ -111,6 +113,7 @@ def test_a_chunk_rolled_back_mid_way_leaves_nothing_and_the_migration_resumes(en
 
 @pytest.mark.postgres
 def test_cancel_reverts_not_yet_effective_edits_and_stops_the_rest(engine):
+    """Cancel restores every timeline whose instant is ahead and marks the pending subscriptions canceled; the job stops."""
     before = _timelines(engine)
     _start(engine, MigrationRequest(to_version=2, effective_time=t(2025, 1, 25)))
     with session_scope(engine) as s:
@@ -130,6 +133,7 @@ def test_cancel_reverts_not_yet_effective_edits_and_stops_the_rest(engine):
 
 @pytest.mark.postgres
 def test_cancel_keeps_edits_already_effective(engine):
+    """Cancel leaves an edit whose instant has passed in place."""
     _start(engine, MigrationRequest(to_version=2, effective_time=t(2025, 1, 10), subscription_ids=["s1"]))
     _run(engine)
     with session_scope(engine) as s:
@@ -140,6 +144,7 @@ def test_cancel_keeps_edits_already_effective(engine):
 
 @pytest.mark.postgres
 def test_issuing_an_invoice_applies_a_pending_backdated_migration_first(engine):
+    """Issuing an invoice applies the subscription's pending migration before pricing it."""
     _start(engine, MigrationRequest(to_version=2, effective_time=t(2025, 1, 1), subscription_ids=["s1", "s2"]),
            now=t(2025, 2, 1))
     usage = source(events("c1", (t(2025, 1, 3), {}), (t(2025, 1, 20), {})))
@@ -153,6 +158,7 @@ def test_issuing_an_invoice_applies_a_pending_backdated_migration_first(engine):
 
 @pytest.mark.postgres
 def test_dry_run_writes_nothing_and_prices_the_current_period_both_ways(engine):
+    """A dry run answers old and new current-period totals and stores nothing."""
     before = _timelines(engine)
     usage = source(events("c1", (t(2025, 1, 3), {}), (t(2025, 1, 12), {})))
     with session_scope(engine) as s:
@@ -174,6 +180,7 @@ def test_dry_run_writes_nothing_and_prices_the_current_period_both_ways(engine):
     (MigrationRequest(to_version=2, subscription_ids=["nope"]), "subscription_ids"),
 ])
 def test_bad_requests_name_the_field_and_store_nothing(engine, request_, field):
+    """An unknown version or subscription is refused naming the field, and nothing is stored."""
     with pytest.raises(InvalidInput) as error:
         _start(engine, request_)
     assert error.value.field == field

@@ -42,6 +42,7 @@ def _migrate(app: Any, seeded: Seeded) -> str:
 
 
 def test_migrations_page_shows_progress_conflicts_and_cancels(ops_client: Any, seeded: Seeded, app: Any) -> None:
+    """The migrations page shows status, progress and each conflict's reason, and its CSRF-protected button cancels."""
     migration_id = _migrate(app, seeded)
     html = _html(ops_client.get("/ops/migrations"))
     for text in (migration_id, "plan_sync", "action_needed", "end_of_invoice", "<progress",
@@ -61,6 +62,7 @@ def test_migrations_page_shows_progress_conflicts_and_cancels(ops_client: Any, s
 
 
 def test_a_contract_shows_its_subscription_version_history(ops_client: Any, seeded: Seeded, app: Any) -> None:
+    """A contract's page lists its subscription's plan versions and migration outcomes."""
     migration_id = _migrate(app, seeded)
     html = _html(ops_client.get(f"/ops/contracts/{seeded.acme}"))
     assert "Version history" in html and "version 1" in html and "version 2" in html

@@ -15,6 +15,7 @@ from tests.e2e.test_orb_client_plans import _unit, orb_client  # noqa: F401 - th
 
 
 def test_versions_and_migrations_through_the_official_client(app, orb_client: orb.Orb) -> None:  # noqa: F811
+    """The official client creates, reads and defaults a version, then lists, retrieves and cancels a migration of it."""
     now = datetime.now(timezone.utc).replace(microsecond=0)
     item = orb_client.items.create(name="API")
     calls = orb_client.metrics.create(name="Calls", description=None, item_id=item.id,

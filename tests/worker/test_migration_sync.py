@@ -29,6 +29,7 @@ def _version_two(env: SyncEnv, *, default: bool) -> None:  # noqa: F811
 
 
 def test_a_reporting_hour_across_the_effective_instant_reports_old_then_new_price(env: SyncEnv) -> None:  # noqa: F811
+    """An hour crossing the effective instant reports usage before it at the old price and after it at the new, exact at the emulator."""
     start = start_of_test_window()
     contract, customer = map_contract(env, start=start)
     now = datetime.now(UTC)
@@ -50,6 +51,7 @@ def test_a_reporting_hour_across_the_effective_instant_reports_old_then_new_pric
 
 
 def test_a_listing_follows_the_default_version_for_new_contracts(env: SyncEnv) -> None:  # noqa: F811
+    """A contract mapped after the plan's default version changed gets a subscription on the new default."""
     start = start_of_test_window()
     _, before = map_contract(env, start=start)
     _version_two(env, default=True)

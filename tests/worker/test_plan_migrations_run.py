@@ -60,6 +60,7 @@ _KILLED_WORKER = textwrap.dedent("""
 
 @pytest.mark.postgres
 def test_a_worker_killed_mid_chunk_leaves_nothing_and_the_migration_resumes(many: Engine) -> None:
+    """A worker SIGKILLed holding an applied, uncommitted chunk leaves nothing of it; the migration resumes to the pure edits."""
     before = _all(many)
     migration = plan_migrations.start(many, "plan1", MigrationRequest(to_version=2), now=NOW, migration_id="mig1")
     # One chunk commits, then a worker dies holding the next one.
@@ -86,6 +87,7 @@ def test_a_worker_killed_mid_chunk_leaves_nothing_and_the_migration_resumes(many
 
 @pytest.mark.postgres
 def test_marketsync_migrate_dry_run_then_real(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """marketsync migrate prints a dry run without writing, then migrates with a progress bar and lists conflicts."""
     monkeypatch.setenv("DATABASE_URL", engine.url.render_as_string(hide_password=False))
     with session_scope(engine) as s:
         create_metric(SqlMetricRepository(s), metric_id="m1", name="Calls", now=t(2024, 12, 1),
