@@ -5,11 +5,12 @@ Everything outside ``billing_core`` imports from here: the errors (their tree is
 hand to the use cases (repositories on the caller's session, usage sources, the write lock).
 Rows (``table=True`` models) stay inside ``billing_core.persistence``.
 
-``service_plans`` (use cases on a session: plans, subscriptions, invoices, costs) and ``wire``
+``service_plans`` (use cases on a session: plans, subscriptions, invoices, costs),
+``service_migrations`` (plan migrations: start, run a chunk, apply pending, cancel, dry run) and ``wire``
 (strict JSON and the accepted instant range) are used as modules.
 """
 
-from billing_core import service_plans, wire
+from billing_core import service_migrations, service_plans, wire
 from billing_core.adjustments import Adjustment, AdjustmentType
 from billing_core.backfills import (
     Backfill, BackfillNotFound, close_backfill, create_backfill, ingest_into_backfill, revert_backfill,
@@ -46,6 +47,10 @@ from billing_core.persistence.catalog import SqlCatalog
 from billing_core.persistence.customers import SqlCustomerRepository
 from billing_core.persistence.events import GroupCommitWriter, SqlEventStore, count_customer_events_since
 from billing_core.persistence.metrics import SqlMetricRepository
+from billing_core.persistence.plan_migrations import Migration, MigrationNotFound, SqlPlanMigrations, SubscriptionOutcome
+from billing_core.plan_migrations import EffectiveTime, MigrationError, Outcome, Overrides, parse_effective_time
+from billing_core.service_migrations import DryRunLine, MigrationRequest
+from billing_core.usage import UsageSource
 from billing_core.persistence.subscriptions import SqlSubscriptions
 from billing_core.persistence.writes import GroupCommit, get_for_update, process_local, write_lock
 from billing_core.plans import Item, ItemNotFound, Plan, PlanNotFound, PriceNotFound, create_plan
@@ -64,7 +69,10 @@ from billing_core.subscriptions import (
 
 __all__ = [
     # modules used as namespaces
-    "service_plans", "wire",
+    "service_plans", "service_migrations", "wire",
+    # plan migrations
+    "Migration", "MigrationNotFound", "SqlPlanMigrations", "SubscriptionOutcome", "EffectiveTime", "MigrationError",
+    "Outcome", "Overrides", "parse_effective_time", "MigrationRequest", "DryRunLine", "UsageSource",
     # errors
     "BillingError", "NotFound", "Conflict", "InvalidInput", "UnsupportedMetricSql", "OutOfRange",
     "UsageOutOfRange", "InexactAmount", "InvalidAmount", "BatchTooLarge", "EventValidationFailed",

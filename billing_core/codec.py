@@ -19,7 +19,8 @@ from billing_core.metric_definition import (
 )
 from billing_core.money import format_decimal
 from billing_core.periods import BillingAnchor, Cadence
-from billing_core.plans import PlanVersion
+from billing_core.plan_migrations import Undo
+from billing_core.plans import ChangeKind, Lineage, PlanVersion
 from billing_core.pricing import (
     BillingMode, BulkConfig, MatrixConfig, ModelType, PackageConfig, Price, SubLine, TieredConfig,
     TieredPackageConfig, UnitConfig, parse_config,
@@ -29,7 +30,7 @@ from billing_core.subscriptions import AdjustmentInterval, PlanPhase, PriceInter
 __all__ = [
     "price_to_dict", "price_from_dict", "adjustment_to_dict", "adjustment_from_dict",
     "version_to_dict", "version_from_dict", "subscription_to_dict", "subscription_from_dict",
-    "invoice_to_dict", "invoice_from_dict", "instant", "definition_to_dict", "definition_from_dict",
+    "invoice_to_dict", "invoice_from_dict", "undo_to_dict", "undo_from_dict", "instant", "definition_to_dict", "definition_from_dict",
 ]
 
 
@@ -112,13 +113,67 @@ def adjustment_from_dict(data: dict[str, Any]) -> Adjustment:
 def version_to_dict(version: PlanVersion) -> dict[str, Any]:
     return {"version": version.version, "prices": [price_to_dict(p) for p in version.prices],
             "adjustments": [adjustment_to_dict(a) for a in version.adjustments],
-            "created_at": iso(version.created_at)}
+            "created_at": iso(version.created_at),
+            "lineage": [{"kind": e.kind, "key": e.key, "change": e.change.value, "id": e.id,
+                         "previous_id": e.previous_id} for e in version.lineage]}
 
 
 def version_from_dict(data: dict[str, Any]) -> PlanVersion:
     return PlanVersion(version=data["version"], prices=tuple(price_from_dict(p) for p in data["prices"]),
                        adjustments=tuple(adjustment_from_dict(a) for a in data["adjustments"]),
-                       created_at=instant(data.get("created_at")))
+                       created_at=instant(data.get("created_at")),
+                       lineage=tuple(Lineage(e["kind"], e["key"], ChangeKind(e["change"]), e["id"], e["previous_id"])
+                                     for e in data.get("lineage", ())))
+
+
+def _phase_to_dict(p: PlanPhase) -> dict[str, Any]:
+    return {"plan_id": p.plan_id, "plan_version": p.plan_version, "start": iso(p.start), "end": iso(p.end)}
+
+
+def _phase_from_dict(p: dict[str, Any]) -> PlanPhase:
+    return PlanPhase(p["plan_id"], p["plan_version"], instant(p["start"]), instant(p["end"]))  # type: ignore[arg-type]
+
+
+def _interval_to_dict(i: PriceInterval) -> dict[str, Any]:
+    return {"id": i.id, "price": price_to_dict(i.price), "start": iso(i.start), "end": iso(i.end),
+            "plan_id": i.plan_id, "plan_version": i.plan_version, "source": i.source}
+
+
+def _interval_from_dict(i: dict[str, Any], price: Any = None) -> PriceInterval:
+    return PriceInterval(id=i["id"], price=(price or price_from_dict)(i["price"]), start=instant(i["start"]),  # type: ignore[arg-type]
+                         end=instant(i["end"]), plan_id=i["plan_id"], plan_version=i["plan_version"],
+                         source=i["source"])
+
+
+def _adjustment_interval_to_dict(a: AdjustmentInterval) -> dict[str, Any]:
+    return {"id": a.id, "adjustment": adjustment_to_dict(a.adjustment), "start": iso(a.start),
+            "end": iso(a.end), "plan_version": a.plan_version,
+            "applies_to_price_interval_ids": list(a.applies_to_price_interval_ids)}
+
+
+def _adjustment_interval_from_dict(a: dict[str, Any]) -> AdjustmentInterval:
+    return AdjustmentInterval(
+        id=a["id"], adjustment=adjustment_from_dict(a["adjustment"]), start=instant(a["start"]),  # type: ignore[arg-type]
+        end=instant(a["end"]), plan_version=a["plan_version"],
+        applies_to_price_interval_ids=tuple(a["applies_to_price_interval_ids"]))
+
+
+def undo_to_dict(undo: Undo) -> dict[str, Any]:
+    """Encode what one migration edit changed (see ``plan_migrations.Undo``)."""
+    return {"instant": iso(undo.instant), "intervals": [_interval_to_dict(i) for i in undo.intervals],
+            "adjustments": [_adjustment_interval_to_dict(a) for a in undo.adjustments],
+            "phases": [_phase_to_dict(p) for p in undo.phases],
+            "added_intervals": list(undo.added_intervals), "added_adjustments": list(undo.added_adjustments),
+            "added_phase": _phase_to_dict(undo.added_phase) if undo.added_phase else None}
+
+
+def undo_from_dict(data: dict[str, Any]) -> Undo:
+    return Undo(instant=instant(data["instant"]),  # type: ignore[arg-type]
+                intervals=tuple(_interval_from_dict(i) for i in data["intervals"]),
+                adjustments=tuple(_adjustment_interval_from_dict(a) for a in data["adjustments"]),
+                phases=tuple(_phase_from_dict(p) for p in data["phases"]),
+                added_intervals=tuple(data["added_intervals"]), added_adjustments=tuple(data["added_adjustments"]),
+                added_phase=_phase_from_dict(data["added_phase"]) if data.get("added_phase") else None)
 
 
 def subscription_to_dict(sub: Subscription) -> dict[str, Any]:
@@ -127,15 +182,9 @@ def subscription_to_dict(sub: Subscription) -> dict[str, Any]:
         "id": sub.id, "customer_id": sub.customer_id, "currency": sub.currency,
         "start": iso(sub.start), "end": iso(sub.end),
         "anchor": {"day": sub.anchor.day, "month": sub.anchor.month}, "cadence": sub.cadence.value,
-        "phases": [{"plan_id": p.plan_id, "plan_version": p.plan_version, "start": iso(p.start), "end": iso(p.end)}
-                   for p in sub.phases],
-        "intervals": [{"id": i.id, "price": price_to_dict(i.price), "start": iso(i.start), "end": iso(i.end),
-                       "plan_id": i.plan_id, "plan_version": i.plan_version, "source": i.source}
-                      for i in sub.intervals],
-        "adjustment_intervals": [{"id": a.id, "adjustment": adjustment_to_dict(a.adjustment), "start": iso(a.start),
-                                  "end": iso(a.end), "plan_version": a.plan_version,
-                                  "applies_to_price_interval_ids": list(a.applies_to_price_interval_ids)}
-                                 for a in sub.adjustment_intervals],
+        "phases": [_phase_to_dict(p) for p in sub.phases],
+        "intervals": [_interval_to_dict(i) for i in sub.intervals],
+        "adjustment_intervals": [_adjustment_interval_to_dict(a) for a in sub.adjustment_intervals],
         "edits": [{"sequence": e.sequence, "kind": e.kind, "effective_at": iso(e.effective_at),
                    "recorded_at": iso(e.recorded_at), "details": [list(d) for d in e.details]} for e in sub.edits],
         "external_marketplace": sub.external_marketplace,
@@ -163,15 +212,9 @@ def subscription_from_dict(data: dict[str, Any], price_cache: dict[tuple[str, st
         id=data["id"], customer_id=data["customer_id"], currency=data["currency"],
         start=instant(data["start"]), end=instant(data.get("end")),  # type: ignore[arg-type]
         anchor=BillingAnchor(**data["anchor"]), cadence=Cadence(data["cadence"]),
-        phases=tuple(PlanPhase(p["plan_id"], p["plan_version"], instant(p["start"]), instant(p["end"]))  # type: ignore[arg-type]
-                     for p in data["phases"]),
-        intervals=tuple(PriceInterval(id=i["id"], price=price(i["price"]), start=instant(i["start"]),  # type: ignore[arg-type]
-                                      end=instant(i["end"]), plan_id=i["plan_id"], plan_version=i["plan_version"],
-                                      source=i["source"]) for i in data["intervals"]),
-        adjustment_intervals=tuple(AdjustmentInterval(
-            id=a["id"], adjustment=adjustment_from_dict(a["adjustment"]), start=instant(a["start"]),  # type: ignore[arg-type]
-            end=instant(a["end"]), plan_version=a["plan_version"],
-            applies_to_price_interval_ids=tuple(a["applies_to_price_interval_ids"])) for a in data["adjustment_intervals"]),
+        phases=tuple(_phase_from_dict(p) for p in data["phases"]),
+        intervals=tuple(_interval_from_dict(i, price) for i in data["intervals"]),
+        adjustment_intervals=tuple(_adjustment_interval_from_dict(a) for a in data["adjustment_intervals"]),
         edits=tuple(TimelineEdit(e["sequence"], e["kind"], instant(e["effective_at"]), instant(e["recorded_at"]),  # type: ignore[arg-type]
                                  tuple(tuple(d) for d in e["details"])) for e in data["edits"]),
         external_marketplace=data.get("external_marketplace"),

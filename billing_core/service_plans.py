@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from billing_core import service_migrations
 from billing_core.adjustments import Adjustment
 from billing_core.costs import Costs, MetricDailyUsage, costs, costs_bulk, usage_by_day
 from billing_core.errors import Conflict, InvalidInput, NotFound
@@ -78,14 +79,15 @@ def create_plan_with_prices(session: Session, *, plan_id: str, name: str, curren
 
 
 def create_plan_version(session: Session, plan: Plan, *, version: int, prices: Sequence[Price],
-                        adjustments: Sequence[Adjustment], now: datetime, set_as_default: bool) -> Plan:
+                        adjustments: Sequence[Adjustment], now: datetime, set_as_default: bool,
+                        replaced_adjustments: dict[str, str] | None = None) -> Plan:
     """Add version n+1 to a plan (the requested number must be the next one)."""
     if version != plan.latest_version + 1:
         raise Conflict(f"version: the next version of plan {plan.id} is {plan.latest_version + 1}", field="version")
     catalog = SqlCatalog(session)
     _check_items_and_prices(catalog, prices)
     return catalog.save_plan(add_version(plan, prices=prices, adjustments=adjustments, now=now,
-                                         make_default=set_as_default))
+                                         make_default=set_as_default, replaced_adjustments=replaced_adjustments))
 
 
 def set_plan_default_version(session: Session, plan: Plan, version: int) -> Plan:
@@ -250,7 +252,14 @@ def draft_or_issued_invoice(session: Session, invoice_id: str, usage: UsageSourc
 
 
 def issue(session: Session, invoice_id: str, usage: UsageSource, *, now: datetime) -> Invoice:
-    """Issue a draft: store its immutable snapshot (issuing twice returns the first snapshot)."""
+    """Issue a draft: store its immutable snapshot (issuing twice returns the first snapshot).
+
+    Any plan migration still pending for the subscription is applied first, so an invoice is
+    never issued at the prices a running migration is about to replace.
+    """
+    parsed = _parse_invoice_id(invoice_id)
+    if parsed is not None:
+        service_migrations.apply_pending(session, parsed[1], now=now)
     invoice = draft_or_issued_invoice(session, invoice_id, usage, now=now)
     if invoice.status == "issued":
         return invoice

@@ -41,6 +41,8 @@ __all__ = [
     "edit_price_intervals",
     "billing_period",
     "billing_cadence",
+    "log_edit",
+    "next_id",
 ]
 
 
@@ -227,7 +229,8 @@ def _check_instant(value: datetime, field_name: str) -> datetime:
         raise SubscriptionError(f"{field_name}: must be an instant with a time zone") from None
 
 
-def _next_id(sub_id: str, prefix: str, existing: Iterable[str]) -> str:
+def next_id(sub_id: str, prefix: str, existing: Iterable[str]) -> str:
+    """Return the next free interval id of a subscription (``<sub>_pi<n>``, ``<sub>_ai<n>``)."""
     taken = set(existing)
     n = len(taken) + 1
     while f"{sub_id}_{prefix}{n}" in taken:
@@ -235,8 +238,9 @@ def _next_id(sub_id: str, prefix: str, existing: Iterable[str]) -> str:
     return f"{sub_id}_{prefix}{n}"
 
 
-def _log(sub: Subscription, kind: str, effective_at: datetime, now: datetime,
-         **details: object) -> tuple[TimelineEdit, ...]:
+def log_edit(sub: Subscription, kind: str, effective_at: datetime, now: datetime,
+             **details: object) -> tuple[TimelineEdit, ...]:
+    """Return the edit log with one more entry (details without None values, sorted)."""
     entry = TimelineEdit(
         sequence=len(sub.edits) + 1, kind=kind, effective_at=effective_at, recorded_at=now,
         details=tuple(sorted((k, str(v)) for k, v in details.items() if v is not None)),
@@ -273,7 +277,7 @@ def _open_plan(sub: Subscription, plan: Plan, version: int | None, start: dateti
         if hi is not None and hi <= lo:
             raise SubscriptionError(f"price {price.id}: end_date must be after start_date")
         intervals.append(PriceInterval(
-            id=_next_id(sub.id, "pi", (i.id for i in intervals)), price=price, start=lo, end=hi,
+            id=next_id(sub.id, "pi", (i.id for i in intervals)), price=price, start=lo, end=hi,
             plan_id=plan.id if pv is not None else None, plan_version=pv, source=source,
         ))
 
@@ -295,13 +299,13 @@ def _open_plan(sub: Subscription, plan: Plan, version: int | None, start: dateti
         if adjustment.id in remove_adjustments:
             continue
         adjustments.append(AdjustmentInterval(
-            id=_next_id(sub.id, "ai", (a.id for a in adjustments)), adjustment=adjustment,
+            id=next_id(sub.id, "ai", (a.id for a in adjustments)), adjustment=adjustment,
             start=start, end=end, plan_version=plan_version.version))
     for aa in add_adjustments:
         lo = start if aa.start is None else max(_check_instant(aa.start, "add_adjustments.start_date"), start)
         hi = end if aa.end is None else aa.end
         adjustments.append(AdjustmentInterval(
-            id=_next_id(sub.id, "ai", (a.id for a in adjustments)), adjustment=aa.adjustment,
+            id=next_id(sub.id, "ai", (a.id for a in adjustments)), adjustment=aa.adjustment,
             start=lo, end=hi, plan_version=None))
 
     phases = sub.phases + (PlanPhase(plan.id, plan_version.version, start, end),)
@@ -370,7 +374,7 @@ def create_subscription(*, id: str, customer_id: str, plan: Plan, version: int |
     sub = _open_plan(base, plan, version, start, end, add_prices=add_prices, remove_prices=remove_prices,
                      replace_prices=replace_prices, add_adjustments=add_adjustments,
                      remove_adjustments=remove_adjustments)
-    return replace(sub, edits=_log(sub, "create", start, now, plan_id=plan.id, plan_version=plan_version.version))
+    return replace(sub, edits=log_edit(sub, "create", start, now, plan_id=plan.id, plan_version=plan_version.version))
 
 
 def cancel(sub: Subscription, *, cancel_option: ChangeOption | str, now: datetime,
@@ -381,7 +385,7 @@ def cancel(sub: Subscription, *, cancel_option: ChangeOption | str, now: datetim
         raise SubscriptionError(f"cancellation_date: the subscription already ends at {sub.end.isoformat()}")
     closed = _close_at(sub, instant)
     return replace(closed, end=instant,
-                   edits=_log(sub, "cancel", instant, now, cancel_option=ChangeOption(cancel_option).value))
+                   edits=log_edit(sub, "cancel", instant, now, cancel_option=ChangeOption(cancel_option).value))
 
 
 def schedule_plan_change(sub: Subscription, plan: Plan, *, change_option: ChangeOption | str, now: datetime,
@@ -405,7 +409,7 @@ def schedule_plan_change(sub: Subscription, plan: Plan, *, change_option: Change
                          remove_prices=remove_prices, replace_prices=replace_prices,
                          add_adjustments=add_adjustments, remove_adjustments=remove_adjustments)
     number = plan.version(version).version
-    return replace(changed, edits=_log(sub, "plan_change", instant, now, plan_id=plan.id, plan_version=number,
+    return replace(changed, edits=log_edit(sub, "plan_change", instant, now, plan_id=plan.id, plan_version=number,
                                        change_option=ChangeOption(change_option).value))
 
 
@@ -434,17 +438,17 @@ def edit_price_intervals(sub: Subscription, *, now: datetime, add: Sequence[AddP
             raise SubscriptionError(f"add: price {ap.price.id} interval must lie within the subscription")
         if ap.price.currency != sub.currency:
             raise SubscriptionError(f"add: price {ap.price.id} is in {ap.price.currency}, the subscription in {sub.currency}")
-        new.append(PriceInterval(id=_next_id(sub.id, "pi", (i.id for i in new)), price=ap.price,
+        new.append(PriceInterval(id=next_id(sub.id, "pi", (i.id for i in new)), price=ap.price,
                                  start=lo, end=hi, source="price_intervals"))
     adjustments = list(sub.adjustment_intervals)
     for aa in add_adjustments:
         if aa.start is None:
             raise SubscriptionError("add_adjustments.start_date: is required")
         adjustments.append(AdjustmentInterval(
-            id=_next_id(sub.id, "ai", (a.id for a in adjustments)), adjustment=aa.adjustment,
+            id=next_id(sub.id, "ai", (a.id for a in adjustments)), adjustment=aa.adjustment,
             start=_check_instant(aa.start, "add_adjustments.start_date"), end=aa.end))
     effective = min([c.start or c.end or now for c in edit] + [a.start for a in add if a.start] +
                     [a.start for a in add_adjustments if a.start] + [now])
     return replace(sub, intervals=tuple(new), adjustment_intervals=tuple(adjustments),
-                   edits=_log(sub, "price_intervals", effective, now, added=len(add), edited=len(edit),
+                   edits=log_edit(sub, "price_intervals", effective, now, added=len(add), edited=len(edit),
                               adjustments_added=len(add_adjustments)))

@@ -26,7 +26,7 @@ from flask import (
 from flask.typing import ResponseReturnValue
 
 from webhooks import sessions, throttle
-from worker import contracts, jobs, ledger, ops, reconcile, reporting, trueups
+from worker import contracts, jobs, ledger, ops, plan_migrations, reconcile, reporting, trueups
 from worker.runtime import QUEUE_NAMES
 
 bp = Blueprint("ops", __name__, url_prefix="/ops", template_folder="templates",
@@ -420,6 +420,31 @@ def sync_now(contract_id: str) -> ResponseReturnValue:
 def listing_list() -> ResponseReturnValue:
     """Every listing: product and plan, billing plan, dimension, unit price, close rounding."""
     return render_template("ops/listings.html", listings=ops.listing_rows(_runtime().engine))
+
+
+@bp.get("/migrations")
+def migration_list() -> ResponseReturnValue:
+    """Plan migrations: status, progress, counts, the subscriptions in conflict or skipped (with why), cancel."""
+    return render_template("ops/migrations.html", rows=ops.migration_rows(_runtime().engine))
+
+
+@bp.post("/migrations/<migration_id>/cancel")
+def cancel_migration(migration_id: str) -> ResponseReturnValue:
+    """Cancel a migration: revert its edits not yet effective, stop the rest."""
+    from billing_core import BillingError, MigrationNotFound
+
+    engine = _runtime().engine
+    try:
+        migration = plan_migrations.get(engine, None, migration_id)
+        canceled = plan_migrations.cancel(engine, migration.plan_id, migration_id, now=_now())
+    except MigrationNotFound:
+        return _page_error(404, f"There is no migration {migration_id}.")
+    except BillingError as exc:  # already canceled
+        flash(_sentence(exc), "error")
+    else:
+        flash(f"Migration {migration_id} canceled: {canceled.counts.get('reverted', 0)} edit(s) reverted, "
+              f"{canceled.counts.get('canceled', 0)} subscription(s) stopped.", "ok")
+    return redirect(url_for("ops.migration_list"))
 
 
 @bp.get("/reconciliation")

@@ -188,6 +188,70 @@ def sync(contract_ids: tuple[str, ...], hour: str | None, dry_run: bool) -> None
 
 
 @main.command()
+@click.argument("plan_id")
+@click.option("--to", "to_version", type=int, required=True, help="The plan version to migrate to.")
+@click.option("--effective", default="end_of_invoice", show_default=True,
+              help="ISO instant (may be past: backdated), end_of_invoice or end_of_term.")
+@click.option("--from", "from_versions", type=int, multiple=True, help="Only from this version (repeatable; default: every older).")
+@click.option("--subscription", "subscription_ids", multiple=True, help="Only this subscription (repeatable).")
+@click.option("--overrides", type=click.Choice(["keep", "replace"]), default="keep", show_default=True,
+              help="keep: report overrides of edited prices as conflicts; replace: replace them.")
+@click.option("--dry-run", is_flag=True, help="Print each subscription's current invoice total old vs new; write nothing.")
+def migrate(plan_id: str, to_version: int, effective: str, from_versions: tuple[int, ...],
+            subscription_ids: tuple[str, ...], overrides: str, dry_run: bool) -> None:
+    """Migrate PLAN's subscriptions to version --to, here and now, with a progress bar."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from billing_core import BillingError, MigrationRequest, Overrides, parse_effective_time, usage_source
+    from worker import plan_migrations
+
+    try:
+        effective_time = parse_effective_time(effective, "--effective")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--effective") from None
+    request = MigrationRequest(to_version=to_version, from_versions=list(from_versions) or None,
+                               subscription_ids=list(subscription_ids) or None, effective_time=effective_time,
+                               overrides=Overrides(overrides))
+    runtime = _runtime()
+    try:
+        now = datetime.now(UTC)
+        if dry_run:
+            lines = plan_migrations.dry_run(runtime.engine, plan_id, request, usage_source(runtime.engine), now=now)
+            for line in lines:
+                click.echo(f"{line.subscription_id}  {line.outcome:9}  old {line.old_total}  new {line.new_total}"
+                           f"  difference {line.difference}" + (f"  ({'; '.join(line.reasons)})" if line.reasons else ""))
+            from decimal import Decimal
+            click.echo(f"{len(lines)} subscription(s): old {sum((l.old_total for l in lines), Decimal('0.00'))}"
+                       f"  new {sum((l.new_total for l in lines), Decimal('0.00'))}"
+                       f"  difference {sum((l.difference for l in lines), Decimal('0.00'))}")
+            return
+        migration = plan_migrations.start(runtime.engine, plan_id, request, now=now,
+                                          migration_id=f"migration_{uuid.uuid4().hex[:20]}")
+        with click.progressbar(length=migration.total, label=f"migrating to version {to_version}",
+                               file=sys.stderr) as bar:
+            seen = [0]
+
+            def progress(m) -> None:  # type: ignore[no-untyped-def]
+                bar.update(m.done - seen[0])
+                seen[0] = m.done
+            migration = plan_migrations.run(runtime.engine, migration.id, now_fn=lambda: datetime.now(UTC),
+                                            budget=None, on_progress=progress)
+        outcomes = plan_migrations.outcomes(runtime.engine, migration.id, {"conflict", "skipped"})
+    except BillingError as exc:
+        click.echo(f"marketsync: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        runtime.close()
+    for outcome in outcomes:
+        click.echo(f"{outcome.subscription_id}  {outcome.outcome:9}  {'; '.join(outcome.reasons)}")
+    counts = migration.counts
+    click.echo(f"migration {migration.id}: {migration.status}; {migration.total} subscription(s), "
+               f"{counts.get('migrated', 0)} migrated, {counts.get('conflict', 0)} conflict(s), "
+               f"{counts.get('skipped', 0)} skipped")
+
+
+@main.command()
 @click.option("--status", default=None, help="Filter on contract status.")
 def contracts(status: str | None) -> None:
     """Print the contracts as a table: mapping, status, units reported, last outcome, what they include."""

@@ -10,7 +10,8 @@ from datetime import datetime, timezone
 
 from rq import get_current_job
 
-from worker import cancellation, delivery, hourly, queueing
+from billing_core import service_migrations
+from worker import cancellation, delivery, hourly, plan_migrations, queueing
 from worker.errors import Permanent
 from worker.metering import hour_floor, previous_hour
 from worker.runtime import current
@@ -118,3 +119,24 @@ def watch_deadlines() -> list[dict]:
 def flag_unbillable_usage() -> dict[str, int]:
     """Flag usage that arrived for closed contracts (kept, billed nowhere)."""
     return cancellation.flag_unbillable(current().engine, now=_now())
+
+
+# --- plan migrations -------------------------------------------------------------------------------
+
+def run_plan_migration(migration_id: str, run: int = 1) -> dict:
+    """Run a plan migration's chunks for a while; enqueue the next run while subscriptions are pending."""
+    runtime = current()
+    migration = plan_migrations.run(runtime.engine, migration_id, now_fn=_now, chunk=plan_migrations.CHUNK,
+                                    budget=plan_migrations.RUN_BUDGET)
+    if migration.status in service_migrations.LIVE:
+        queueing.enqueue_plan_migration(runtime, migration_id, run=run)
+    return {"status": migration.status, **migration.counts}
+
+
+def resume_plan_migrations() -> list[str]:
+    """Enqueue a run of every migration still live (its job was lost or its worker died)."""
+    runtime = current()
+    ids = plan_migrations.live_migrations(runtime.engine)
+    for migration_id in ids:
+        queueing.enqueue_plan_migration(runtime, migration_id, run=int(_now().timestamp()))
+    return ids

@@ -331,9 +331,35 @@ def contract_detail(engine: Engine, contract_id: str, *, now: datetime) -> dict[
         "expired": revenue_lost(engine, contract_id=contract_id, by="dimension"),
         "held": sum(1 for e in reports if e["status"] == LedgerStatus.PENDING and e["held_until"] is not None),
         "deadline": deadline, "overdue": bool(deadline and now >= deadline),
+        "migrations": version_history(engine, subscription.id) if subscription is not None else [],
         "current_stamp_used": current.isoformat() in used, "current_stamp": current,
         "next_stamp": current + timedelta(hours=1),
     }
+
+
+def migration_rows(engine: Engine, *, limit: int = 50) -> list[dict[str, Any]]:
+    """Return the newest plan migrations with progress and the subscriptions needing attention
+    (conflicts and skips, each with its reasons)."""
+    from billing_core import SqlPlanMigrations
+
+    with Session(engine) as session:
+        repo = SqlPlanMigrations(session)
+        migrations, _ = repo.list(plan_id=None, limit=limit)
+        rows = []
+        for m in migrations:
+            attention = repo.outcomes(m.id, outcomes={"conflict", "skipped"}, limit=200)
+            rows.append({"migration": m, "progress": 100 if not m.total else math.floor(100 * m.done / m.total),
+                         "attention": attention, "cancelable": m.status != "canceled"})
+        return rows
+
+
+def version_history(engine: Engine, subscription_id: str) -> list[dict[str, Any]]:
+    """Return a subscription's plan-migration outcomes, oldest first (its phases show the versions)."""
+    from billing_core import SqlPlanMigrations
+
+    with Session(engine) as session:
+        return [{"migration_id": mid, "outcome": o.outcome, "effective_at": o.effective_at, "reasons": o.reasons}
+                for mid, o in SqlPlanMigrations(session).for_subscription(subscription_id)]
 
 
 def dimension_rows(contract: ContractRow, listing: ListingRow | None, state: ContractSyncRow | None,

@@ -244,3 +244,19 @@ class DrainSignal:
 def drain_signal(runtime: Any) -> DrainSignal:
     """Return the runtime's drain signal in this process."""
     return process_local(runtime, "drain_signal", lambda: DrainSignal(runtime))
+
+
+# --- plan migrations -------------------------------------------------------------------------------
+
+MIGRATION_RETRY = Retry(max=5, interval=[5, 30, 120, 300, 900])
+
+
+def enqueue_plan_migration(runtime: Any, migration_id: str, *, run: int = 0) -> bool:
+    """Enqueue the next run of a plan migration on ``sync``; False when Redis is down (the sweep resumes it)."""
+    try:
+        runtime.queue("sync").enqueue(_JOBS + "run_plan_migration", migration_id, run + 1, retry=MIGRATION_RETRY,
+                                      job_id=f"plan-migration-{migration_id}-{run + 1}", result_ttl=86400)
+        return True
+    except Exception as exc:  # noqa: BLE001 - resume_plan_migrations enqueues it again within minutes
+        log.warning("enqueue_failed", migration_id=migration_id, error=type(exc).__name__)
+        return False

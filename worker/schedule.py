@@ -28,6 +28,8 @@ def register_jobs(settings: Settings) -> None:
     cron.register(jobs.sweep_ledger, queue_name="urgent", interval=120)
     # Canceled contracts not closed 15 minutes before the marketplace's deadline raise an alert.
     cron.register(jobs.watch_deadlines, queue_name="urgent", interval=60)
+    # Plan migrations whose job was lost (Redis down, a worker killed) resume.
+    cron.register(jobs.resume_plan_migrations, queue_name="sync", interval=300)
     # Usage that arrives for closed contracts is kept and flagged as unbillable.
     cron.register(jobs.flag_unbillable_usage, queue_name="sync", interval=300)
 

@@ -19,7 +19,7 @@ from billing_core.codec import price_from_dict, price_to_dict, version_from_dict
 from billing_core.errors import Conflict
 from billing_core.persistence.rows import utc
 from billing_core.persistence.writes import begin_write
-from billing_core.plans import Item, ItemNotFound, Plan, PlanNotFound, PriceNotFound
+from billing_core.plans import Item, ItemNotFound, Plan, PlanNotFound, PriceNotFound, fill_lineage
 from billing_core.pricing import Price
 
 __all__ = ["ItemRow", "PriceRow", "PlanRow", "PlanVersionRow", "SqlCatalog", "page_rows"]
@@ -204,7 +204,7 @@ class SqlCatalog:
             sa.select(PlanVersionRow).where(PlanVersionRow.plan_id == row.id).order_by(PlanVersionRow.version)
         ).scalars()
         return Plan(id=row.id, name=row.name, currency=row.currency,
-                    versions=tuple(version_from_dict(json.loads(v.body)) for v in versions),
+                    versions=fill_lineage(version_from_dict(json.loads(v.body)) for v in versions),
                     default_version=row.default_version, external_plan_id=row.external_plan_id,
                     description=row.description, status=row.status,
                     metadata=json.loads(row.metadata_json), created_at=utc(row.created_at))

@@ -178,10 +178,13 @@ class SqlSubscriptions:
         rows, nxt = page_rows(self.session, query, SubscriptionRow.__table__, SubscriptionRow, limit, cursor)
         return [r.to_domain() for r in rows], nxt
 
-    def get_many(self, subscription_ids: Collection[str]) -> dict[str, Subscription]:
-        """Return the named subscriptions that exist, by id, in one query."""
-        rows = self.session.execute(sa.select(SubscriptionRow).where(
-            one_of(SubscriptionRow.id, sorted(set(subscription_ids))))).scalars()
+    def get_many(self, subscription_ids: Collection[str], *, for_update: bool = False) -> dict[str, Subscription]:
+        """Return the named subscriptions that exist, by id, in one query (``for_update``: locked, as ``get``)."""
+        query = sa.select(SubscriptionRow).where(one_of(SubscriptionRow.id, sorted(set(subscription_ids))))
+        if for_update:
+            begin_write(self.session)
+            query = query.order_by(SubscriptionRow.id).with_for_update().execution_options(populate_existing=True)
+        rows = self.session.execute(query).scalars()
         cache: dict = {}
         return {row.id: row.to_domain(cache) for row in rows}
 
@@ -190,6 +193,12 @@ class SqlSubscriptions:
                                     .order_by(SubscriptionRow.created_at, SubscriptionRow.id)).scalars()
         cache: dict = {}
         return [r.to_domain(cache) for r in rows]
+
+    def ids_on_plan(self, plan_id: str, *, active_after: datetime) -> list[str]:
+        """Return the ids of subscriptions currently on a plan that have not ended by an instant."""
+        t = SubscriptionRow.__table__
+        return list(self.session.execute(sa.select(t.c.id).where(
+            t.c.plan_id == plan_id, sa.or_(t.c.end_date.is_(None), t.c.end_date > active_after)).order_by(t.c.id)).scalars())
 
     def all_active(self, at: datetime) -> list[Subscription]:
         """Return every subscription whose window contains the instant."""

@@ -10,13 +10,13 @@ from __future__ import annotations
 from flask import Flask
 
 from webhooks.api import (
-    contracts, customers, events, invoices, items, listings, metering, metrics, openapi, plans, prices,
-    simulations, subscriptions, trueups,
+    contracts, customers, events, invoices, items, listings, metering, metrics, openapi, plan_migrations, plans,
+    prices, simulations, subscriptions, trueups,
 )
 
 BLUEPRINTS = (
     contracts.bp, customers.bp, events.bp, invoices.bp, items.bp, listings.bp, metering.bp, metrics.bp,
-    openapi.bp, plans.bp, prices.bp, simulations.bp, subscriptions.bp, trueups.bp,
+    openapi.bp, plan_migrations.bp, plans.bp, prices.bp, simulations.bp, subscriptions.bp, trueups.bp,
 )
 
 

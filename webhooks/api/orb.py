@@ -17,14 +17,15 @@ from typing import Any
 
 from billing_core import (
     Adjustment, AdjustmentInterval, AdjustmentType, Backfill, Cadence, Costs, Customer, Event, ExactNumber, Invoice,
-    Item, LineItem, MatrixConfig, Metric, Plan, Price, PriceCost, PriceInterval, Subscription, billing_period,
+    Item, LineItem, MatrixConfig, Metric, Migration, Plan, Price, PriceCost, PriceInterval, Subscription,
+    SubscriptionOutcome, billing_period,
     config_to_dict, exact_number, format_decimal, iso, properties_json, round_money,
 )
 
 __all__ = [
     "ADJUSTMENT_VALUE_FIELD", "adjustment_json", "backfill_json", "costs_json", "customer_json",
     "customer_minified_json", "event_json", "invoice_json", "item_json", "line_item_json", "metric_json",
-    "plan_json", "plan_version_json", "price_json", "subscription_json",
+    "plan_json", "plan_version_json", "price_json", "subscription_json", "migration_json",
 ]
 
 # The field that carries an adjustment's value, by adjustment type.
@@ -104,10 +105,16 @@ def plan_json(plan: Plan, version: int | None = None, item_names: Mapping[str, s
 
 
 def plan_version_json(plan: Plan, version: int, item_names: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Return Orb's plan version plus ``lineage``: each price and adjustment added, edited, removed or kept."""
     v = plan.version(version)
+    replaces = {e.id: e.previous_id for e in v.lineage if e.change == "edited"}
     return {"version": v.version, "created_at": iso(v.created_at), "plan_phases": None,
-            "prices": [price_json(p, item_names=item_names, created_at=v.created_at) for p in v.prices],
-            "adjustments": [adjustment_json(a) for a in v.adjustments]}
+            "prices": [{**price_json(p, item_names=item_names, created_at=v.created_at),
+                        "replaces_price_id": replaces.get(p.id)} for p in v.prices],
+            "adjustments": [{**adjustment_json(a), "replaces_adjustment_id": replaces.get(a.id)}
+                            for a in v.adjustments],
+            "lineage": [{"kind": e.kind, "key": e.key, "change": e.change.value, "id": e.id,
+                         "previous_id": e.previous_id} for e in v.lineage]}
 
 
 def customer_json(customer: Customer) -> dict[str, Any]:
@@ -333,3 +340,26 @@ def event_json(event: Event) -> str:
     }
     # Numbers keep their exact text, so properties are serialized by the billing core.
     return json.dumps(head)[:-1] + ',"properties":' + properties_json(event.properties) + "}"
+
+
+def migration_json(migration: Migration, outcomes: list[SubscriptionOutcome] | None = None) -> dict[str, Any]:
+    """Return Orb's plan migration (id, plan_id, effective_time, status) with our counts; with ``outcomes``
+    (the single read) each subscription's outcome and reasons."""
+    counts = migration.counts
+    effective = migration.effective_time
+    body: dict[str, Any] = {
+        "id": migration.id, "plan_id": migration.plan_id,
+        "effective_time": effective if isinstance(effective, str) else iso(effective),
+        "status": migration.status, "to_version": migration.to_version,
+        "from_versions": list(migration.from_versions), "overrides": migration.overrides,
+        "created_at": iso(migration.created_at), "canceled_at": iso(migration.canceled_at),
+        "counts": {"total": migration.total, "migrated": counts.get("migrated", 0),
+                   "conflicts": counts.get("conflict", 0), "skipped": counts.get("skipped", 0),
+                   "pending": counts.get("pending", 0), "reverted": counts.get("reverted", 0),
+                   "canceled": counts.get("canceled", 0)},
+    }
+    if outcomes is not None:
+        body["subscriptions"] = [{"subscription_id": o.subscription_id, "outcome": o.outcome,
+                                  "effective_time": iso(o.effective_at), "reasons": list(o.reasons)}
+                                 for o in outcomes]
+    return body

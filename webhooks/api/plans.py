@@ -124,8 +124,8 @@ def create_plan_version(plan_id: str):
     """Create version n+1 from the latest version with add / remove / replace of prices and adjustments."""
     body = require_object(json_body(), "body")
     check_fields(body, {"version", "add_prices", "remove_prices", "replace_prices", "add_adjustments",
-                        "remove_adjustments", "set_as_default"}, "",
-                 {"replace_adjustments", "plan_phases"})
+                        "remove_adjustments", "replace_adjustments", "set_as_default"}, "",
+                 {"plan_phases"})
     if not isinstance(body.get("version"), int):
         raise bad("version", "an integer is required")
     with session_scope(engine()) as session:
@@ -151,13 +151,27 @@ def create_plan_version(plan_id: str):
         adjustments = list(latest.adjustments)
         for i, raw in enumerate(require_list(body.get("remove_adjustments"), "remove_adjustments")):
             adj_id = require_object(raw, f"remove_adjustments[{i}]").get("adjustment_id")
+            if not any(a.id == adj_id for a in adjustments):
+                raise bad(f"remove_adjustments[{i}].adjustment_id", f"adjustment {adj_id} is not in version {latest.version}")
             adjustments = [a for a in adjustments if a.id != adj_id]
+        replaced: dict[str, str] = {}
+        for i, raw in enumerate(require_list(body.get("replace_adjustments"), "replace_adjustments")):
+            raw = require_object(raw, f"replace_adjustments[{i}]")
+            check_fields(raw, {"adjustment", "replaces_adjustment_id", "plan_phase_order"}, f"replace_adjustments[{i}]")
+            old_id = raw.get("replaces_adjustment_id")
+            if not any(a.id == old_id for a in adjustments):
+                raise bad(f"replace_adjustments[{i}].replaces_adjustment_id",
+                          f"is not an adjustment of version {latest.version}")
+            new = parse_adjustment(raw.get("adjustment"), f"replace_adjustments[{i}].adjustment")
+            replaced[new.id] = old_id
+            adjustments = [new if a.id == old_id else a for a in adjustments]
         for i, raw in enumerate(require_list(body.get("add_adjustments"), "add_adjustments")):
             raw = require_object(raw, f"add_adjustments[{i}]")
             adjustments.append(parse_adjustment(raw.get("adjustment"), f"add_adjustments[{i}].adjustment"))
         plan = service_plans.create_plan_version(session, plan, version=body["version"], prices=prices,
                                                  adjustments=adjustments, now=now(),
-                                                 set_as_default=bool(body.get("set_as_default")))
+                                                 set_as_default=bool(body.get("set_as_default")),
+                                                 replaced_adjustments=replaced)
         return plan_json(plan, body["version"], _item_names(session)), 201
 
 

@@ -45,6 +45,10 @@ from webhooks.api.schemas.prices import (
     PriceEvaluations, SinglePriceEvaluate, PriceGroups, DraftPrice, SimulationCreate, Bucket, PriceRevenue, CustomerRevenue, SimulationFailure,
     SimulationResult,
 )
+from webhooks.api.schemas.migrations import (
+    PlanMigrationCreate, MigrationCounts, PlanMigration, MigrationOutcome, PlanMigrationDetail, DryRunLine,
+    DryRunTotals, PlanMigrationDryRun, MigrationQuery,
+)
 from webhooks.api.schemas.mapping import (
     Listing, ListingQuery, Buyer, ContractMapping, MappedObject, ExternalAssociations, Contract,
     ContractQuery, SyncQueued, ReportRow, MeteringReport, ReportQuery, ContractWebhook,
@@ -76,4 +80,6 @@ __all__ = [
     "DeliveryAccepted", "PriceEvaluationInput", "PriceEvaluate", "PreviewEvent", "PriceEvaluatePreview",
     "PriceGroup", "EvaluatedPrice", "PriceEvaluations", "SinglePriceEvaluate", "PriceGroups", "DraftPrice", "SimulationCreate", "Bucket",
     "PriceRevenue", "CustomerRevenue", "SimulationFailure", "SimulationResult",
+    "PlanMigrationCreate", "MigrationCounts", "PlanMigration", "MigrationOutcome",
+    "PlanMigrationDetail", "DryRunLine", "DryRunTotals", "PlanMigrationDryRun", "MigrationQuery",
 ]

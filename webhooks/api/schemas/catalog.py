@@ -142,7 +142,7 @@ class Price(Shape):
     conversion_rate_config: None
     credit_allocation: None
     plan_phase_order: None
-    replaces_price_id: None
+    replaces_price_id: Optional[str]
     dimensional_price_configuration: None
     composite_price_filters: None
     invoice_grouping_key: None
@@ -160,7 +160,7 @@ class Adjustment(Shape):
     is_invoice_level: bool
     plan_phase_order: None
     reason: Optional[str]
-    replaces_adjustment_id: None
+    replaces_adjustment_id: Optional[str]
     usage_discount: Optional[Quantity] = None
     percentage_discount: Optional[Quantity] = None
     amount_discount: Optional[Money] = None
@@ -208,12 +208,21 @@ class Plan(Shape):
     trial_config: TrialConfig
 
 
+class LineageEntry(Shape):
+    kind: Literal["price", "adjustment"]
+    key: str
+    change: Literal["added", "edited", "removed", "kept"]
+    id: Optional[str]
+    previous_id: Optional[str]
+
+
 class PlanVersion(Shape):
     version: int
     created_at: datetime
     plan_phases: None
     prices: list[Price]
     adjustments: list[Adjustment]
+    lineage: list[LineageEntry]
 
 
 class UnitConfigInput(Body):
@@ -299,6 +308,12 @@ class AdjustmentIdRef(Body):
     adjustment_id: str
 
 
+class ReplacePlanAdjustment(Body):
+    replaces_adjustment_id: str
+    adjustment: NewAdjustment
+    plan_phase_order: Optional[int] = None
+
+
 class ReplacePlanPrice(Body):
     replaces_price_id: str
     price: NewPrice
@@ -311,6 +326,7 @@ class PlanVersionCreate(Body):
     replace_prices: Optional[list[ReplacePlanPrice]] = None
     add_adjustments: Optional[list[PlanAdjustmentInput]] = None
     remove_adjustments: Optional[list[AdjustmentIdRef]] = None
+    replace_adjustments: Optional[list[ReplacePlanAdjustment]] = None
     set_as_default: Optional[bool] = None
 
 

@@ -1,0 +1,207 @@
+"""Use cases for plan migrations: start, run a chunk, apply what is pending, cancel, dry run.
+
+A migration is created with one pending outcome per targeted subscription and then run in
+chunks (``migrate_chunk``, each one transaction): every subscription's timeline edit and its
+outcome are written together, so a chunk killed mid-way leaves nothing half-applied and the
+next run resumes with what is still pending. The migration row is locked for the duration of a
+chunk, so a cancel waits for the running chunk and then reverts what it did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy.orm import Session
+
+from billing_core.errors import Conflict, InvalidInput
+from billing_core.invoices import compute_invoice
+from billing_core.persistence.catalog import SqlCatalog
+from billing_core.persistence.plan_migrations import PENDING, Migration, SqlPlanMigrations, SubscriptionOutcome
+from billing_core.persistence.subscriptions import SqlSubscriptions
+from billing_core.plan_migrations import (
+    LIVE, EffectiveTime, MigrationError, Outcome, Overrides, migrate_subscription, revert_migration,
+)
+from billing_core.plans import Plan
+from billing_core.subscriptions import Subscription, billing_period
+from billing_core.usage import UsageSource
+
+__all__ = ["MigrationRequest", "DryRunLine", "start_migration", "migrate_chunk", "apply_pending",
+           "cancel_migration", "dry_run", "LIVE"]
+
+CANCELED_OUTCOME = "canceled"
+
+
+@dataclass(frozen=True)
+class MigrationRequest:
+    """What to migrate: to which version, from which, whom, when, and what to do with overrides."""
+
+    to_version: int
+    from_versions: Sequence[int] | None = None      # default: every older version
+    subscription_ids: Sequence[str] | None = None   # default: every subscription on the plan
+    effective_time: datetime | EffectiveTime = EffectiveTime.END_OF_INVOICE
+    overrides: Overrides = Overrides.KEEP
+
+
+@dataclass(frozen=True)
+class DryRunLine:
+    """One subscription in a dry run: its current period's invoice total under the old and new version."""
+
+    subscription_id: str
+    outcome: str
+    effective_at: datetime | None
+    reasons: tuple[str, ...]
+    old_total: Decimal
+    new_total: Decimal
+
+    @property
+    def difference(self) -> Decimal:
+        return self.new_total - self.old_total
+
+
+def _checked(session: Session, plan: Plan, request: MigrationRequest, now: datetime) -> tuple[list[int], list[str]]:
+    versions = {v.version for v in plan.versions}
+    if request.to_version not in versions:
+        raise InvalidInput(f"to_version: plan {plan.id} has no version {request.to_version}", field="to_version")
+    if request.from_versions is None:
+        from_versions = sorted(v for v in versions if v < request.to_version)
+    else:
+        from_versions = sorted(set(request.from_versions))
+        for v in from_versions:
+            if v not in versions or v == request.to_version:
+                raise InvalidInput(f"from_versions: {v} is not another version of plan {plan.id}", field="from_versions")
+    if not from_versions:
+        raise InvalidInput(f"from_versions: plan {plan.id} has no version to migrate from", field="from_versions")
+    repo = SqlSubscriptions(session)
+    if request.subscription_ids is None:
+        ids = repo.ids_on_plan(plan.id, active_after=now)
+    else:
+        ids = sorted(set(request.subscription_ids))
+        found = repo.get_many(ids)
+        missing = [s for s in ids if s not in found]
+        if missing:
+            raise InvalidInput(f"subscription_ids: subscription {missing[0]} not found", field="subscription_ids")
+    return from_versions, ids
+
+
+def start_migration(session: Session, plan: Plan, request: MigrationRequest, *, now: datetime,
+                    migration_id: str) -> Migration:
+    """Store a migration with every targeted subscription pending (nothing is edited yet)."""
+    from_versions, ids = _checked(session, plan, request, now)
+    return SqlPlanMigrations(session).add(
+        id=migration_id, plan_id=plan.id, to_version=request.to_version, from_versions=from_versions,
+        effective_time=request.effective_time, overrides=Overrides(request.overrides).value,
+        subscription_ids=ids, now=now)
+
+
+def _apply(session: Session, migration: Migration, plan: Plan, subscription_ids: Sequence[str],
+           now: datetime) -> None:
+    repo, migrations = SqlSubscriptions(session), SqlPlanMigrations(session)
+    subs = repo.get_many(subscription_ids, for_update=True)
+    for sub_id in subscription_ids:
+        sub = subs.get(sub_id)
+        if sub is None:
+            migrations.record(migration.id, SubscriptionOutcome(sub_id, Outcome.SKIPPED, None,
+                                                                ("the subscription no longer exists",), None), now=now)
+            continue
+        try:
+            result = migrate_subscription(sub, plan, migration.to_version, from_versions=migration.from_versions,
+                                          effective_time=migration.effective_time, overrides=migration.overrides,
+                                          now=now, migration_id=migration.id, as_of=migration.created_at)
+        except InvalidInput as exc:  # this timeline cannot take the edit: the others still move
+            migrations.record(migration.id, SubscriptionOutcome(sub_id, Outcome.SKIPPED, None, (str(exc),), None),
+                              now=now)
+            continue
+        if result.subscription is not None:
+            repo.save(result.subscription, expected_revision=len(sub.edits))
+        migrations.record(migration.id, SubscriptionOutcome(sub_id, result.outcome.value, result.effective_at,
+                                                            result.reasons, result.undo), now=now)
+
+
+def _finish_if_done(migrations: SqlPlanMigrations, migration: Migration) -> Migration:
+    migration = migrations.get(None, migration.id)
+    if migration.counts.get(PENDING, 0) == 0 and migration.status in LIVE:
+        migrations.set_status(migration.id, "action_needed" if migration.counts.get(Outcome.CONFLICT, 0)
+                              else "completed")
+        migration = migrations.get(None, migration.id)
+    return migration
+
+
+def migrate_chunk(session: Session, migration_id: str, *, limit: int, now: datetime) -> Migration:
+    """Migrate up to ``limit`` pending subscriptions in this transaction; the migration as it then is."""
+    migrations = SqlPlanMigrations(session)
+    migration = migrations.get(None, migration_id, for_update=True)
+    if migration.status not in LIVE:
+        return migration
+    if migration.status == "not_started":
+        migrations.set_status(migration_id, "in_progress")
+    pending = [o.subscription_id for o in migrations.outcomes(migration_id, outcomes={PENDING}, limit=limit)]
+    if pending:
+        _apply(session, migration, SqlCatalog(session).get_plan(migration.plan_id), pending, now)
+    return _finish_if_done(migrations, migration)
+
+
+def apply_pending(session: Session, subscription_id: str, *, now: datetime) -> int:
+    """Apply every live migration still pending for a subscription (before issuing its invoice)."""
+    migrations = SqlPlanMigrations(session)
+    applied = 0
+    for migration_id in migrations.pending_for(subscription_id):
+        migration = migrations.get(None, migration_id, for_update=True)
+        if migration.status not in LIVE or not migrations.outcomes(
+                migration_id, outcomes={PENDING}, subscription_ids=[subscription_id]):
+            continue
+        _apply(session, migration, SqlCatalog(session).get_plan(migration.plan_id), [subscription_id], now)
+        _finish_if_done(migrations, migration)
+        applied += 1
+    return applied
+
+
+def cancel_migration(session: Session, plan_id: str, migration_id: str, *, now: datetime) -> Migration:
+    """Cancel a migration: revert every edit not yet effective, stop the subscriptions still pending."""
+    migrations, repo = SqlPlanMigrations(session), SqlSubscriptions(session)
+    migration = migrations.get(plan_id, migration_id, for_update=True)
+    if migration.status == "canceled":
+        raise Conflict(f"migration {migration_id} is already canceled", field="migration_id")
+    done = [o for o in migrations.outcomes(migration_id, outcomes={Outcome.MIGRATED, Outcome.CONFLICT})
+            if o.effective_at is not None and o.effective_at > now and o.undo is not None]
+    subs = repo.get_many([o.subscription_id for o in done], for_update=True)
+    for outcome in done:
+        sub = subs.get(outcome.subscription_id)
+        if sub is None:
+            continue
+        try:
+            reverted = revert_migration(sub, outcome.undo, now=now, migration_id=migration_id)  # type: ignore[arg-type]
+        except MigrationError:
+            continue
+        repo.save(reverted, expected_revision=len(sub.edits))
+        migrations.record(migration_id, SubscriptionOutcome(outcome.subscription_id, Outcome.REVERTED,
+                                                            outcome.effective_at, outcome.reasons, None),
+                          now=now, expected=outcome.outcome)
+    for outcome in migrations.outcomes(migration_id, outcomes={PENDING}):
+        migrations.record(migration_id, SubscriptionOutcome(outcome.subscription_id, CANCELED_OUTCOME, None,
+                                                            ("the migration was canceled",), None), now=now)
+    migrations.set_status(migration_id, "canceled", canceled_at=now)
+    return migrations.get(plan_id, migration_id)
+
+
+def dry_run(session: Session, plan: Plan, request: MigrationRequest, usage: UsageSource, *,
+            now: datetime) -> list[DryRunLine]:
+    """Return, per targeted subscription, the current period's invoice total before and after; writes nothing."""
+    from_versions, ids = _checked(session, plan, request, now)
+    repo = SqlSubscriptions(session)
+    subs = repo.get_many(ids)
+    lines = []
+    for sub_id in ids:
+        sub: Subscription = subs[sub_id]
+        result = migrate_subscription(sub, plan, request.to_version, from_versions=from_versions,
+                                      effective_time=request.effective_time, overrides=request.overrides,
+                                      now=now, migration_id="dry_run")
+        period = billing_period(sub, now)
+        issued = repo.issued_for(sub_id)
+        old = compute_invoice(sub, period, usage, now=now, issued=issued).total
+        new = old if result.subscription is None else compute_invoice(
+            result.subscription, period, usage, now=now, issued=issued).total
+        lines.append(DryRunLine(sub_id, result.outcome.value, result.effective_at, result.reasons, old, new))
+    return lines

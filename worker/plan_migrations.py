@@ -1,0 +1,81 @@
+"""Running plan migrations: start one (stored, then enqueued), run it in chunks, resume, cancel.
+
+The semantics are billing_core's (``service_migrations``); this module drives them. A run takes
+chunks of ``CHUNK`` subscriptions, each one transaction (a worker killed mid-chunk leaves nothing
+of it), until nothing is pending or its time budget is spent — then the caller enqueues the
+next run, so one long migration never holds a worker. ``resume`` re-enqueues every live
+migration (the cron sweep after a lost job or a dead worker).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import Engine
+
+from billing_core import DryRunLine, Migration, SubscriptionOutcome, MigrationRequest, SqlCatalog, SqlPlanMigrations, UsageSource, service_migrations
+from worker.db import session_scope
+
+__all__ = ["CHUNK", "start", "run", "dry_run", "cancel", "live_migrations", "get", "outcomes"]
+
+CHUNK = 200          # subscriptions per transaction: SQLite's write lock is held a fraction of a second
+RUN_BUDGET = 20.0    # seconds of chunks per job before the next job takes over
+
+Progress = Callable[[Migration], None]
+
+
+def start(engine: Engine, plan_id: str, request: MigrationRequest, *, now: datetime, migration_id: str) -> Migration:
+    """Store a migration (every targeted subscription pending); the caller enqueues its run."""
+    with session_scope(engine) as session:
+        plan = SqlCatalog(session).get_plan(plan_id, for_update=True)
+        return service_migrations.start_migration(session, plan, request, now=now, migration_id=migration_id)
+
+
+def run(engine: Engine, migration_id: str, *, now_fn: Callable[[], datetime], chunk: int = CHUNK,
+        budget: float | None = RUN_BUDGET, on_progress: Progress | None = None) -> Migration:
+    """Migrate chunk after chunk until done, canceled or over ``budget`` seconds (None: no budget)."""
+    deadline = None if budget is None else time.monotonic() + budget
+    while True:
+        with session_scope(engine) as session:
+            migration = service_migrations.migrate_chunk(session, migration_id, limit=chunk, now=now_fn())
+        if on_progress is not None:
+            on_progress(migration)
+        if migration.status not in service_migrations.LIVE:
+            return migration
+        if deadline is not None and time.monotonic() >= deadline:
+            return migration
+
+
+def dry_run(engine: Engine, plan_id: str, request: MigrationRequest, usage: UsageSource, *,
+            now: datetime) -> list[DryRunLine]:
+    """Price every targeted subscription's current period before and after; writes nothing."""
+    with session_scope(engine) as session:
+        lines = service_migrations.dry_run(session, SqlCatalog(session).get_plan(plan_id), request, usage, now=now)
+        session.rollback()
+    return lines
+
+
+def cancel(engine: Engine, plan_id: str, migration_id: str, *, now: datetime) -> Migration:
+    """Cancel a migration: revert its not-yet-effective edits and stop the rest."""
+    with session_scope(engine) as session:
+        return service_migrations.cancel_migration(session, plan_id, migration_id, now=now)
+
+
+def live_migrations(engine: Engine) -> list[str]:
+    """Return the ids of migrations not yet finished (to resume after a lost job)."""
+    with session_scope(engine) as session:
+        return SqlPlanMigrations(session).live_ids()
+
+
+def get(engine: Engine, plan_id: str | None, migration_id: str) -> Migration:
+    """Return a migration with its counts."""
+    with session_scope(engine) as session:
+        return SqlPlanMigrations(session).get(plan_id, migration_id)
+
+
+def outcomes(engine: Engine, migration_id: str, kinds: set[str] | None = None) -> list[SubscriptionOutcome]:
+    """Return a migration's per-subscription outcomes (of some kinds)."""
+    with session_scope(engine) as session:
+        return SqlPlanMigrations(session).outcomes(migration_id, outcomes=kinds)
