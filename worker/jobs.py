@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 from rq import get_current_job
 
-from worker import cancellation, delivery, hourly, queueing
+from worker import alerting, cancellation, delivery, hourly, outbound, queueing
 from worker.errors import Permanent
 from worker.metering import hour_floor, previous_hour
 from worker.runtime import current
@@ -118,3 +118,20 @@ def watch_deadlines() -> list[dict]:
 def flag_unbillable_usage() -> dict[str, int]:
     """Flag usage that arrived for closed contracts (kept, billed nowhere)."""
     return cancellation.flag_unbillable(current().engine, now=_now())
+
+
+# --- outbound webhooks and alerts --------------------------------------------------------------------
+
+def send_webhooks() -> dict[str, int]:
+    """Send every due outbound webhook delivery, one thread per endpoint."""
+    return outbound.send_due(current(), now_fn=_now)
+
+
+def sweep_webhooks() -> int:
+    """Signal a send when deliveries are due (Redis was down, a worker died, a retry came due)."""
+    return outbound.sweep(current(), now=_now())
+
+
+def evaluate_alerts() -> dict[str, int]:
+    """Fire the alert thresholds reached by usage that changed since the last evaluation."""
+    return alerting.evaluate(current(), now=_now())

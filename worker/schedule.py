@@ -28,6 +28,10 @@ def register_jobs(settings: Settings) -> None:
     cron.register(jobs.sweep_ledger, queue_name="urgent", interval=120)
     # Canceled contracts not closed 15 minutes before the marketplace's deadline raise an alert.
     cron.register(jobs.watch_deadlines, queue_name="urgent", interval=60)
+    # Outbound webhooks whose retry came due, or whose signal was lost with Redis or a worker.
+    cron.register(jobs.sweep_webhooks, queue_name="webhooks", interval=30)
+    # Alerts over usage that changed another way than ingest (amendments, backfills), or whose signal was lost.
+    cron.register(jobs.evaluate_alerts, queue_name="webhooks", interval=60)
     # Usage that arrives for closed contracts is kept and flagged as unbillable.
     cron.register(jobs.flag_unbillable_usage, queue_name="sync", interval=300)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from flask import Response, request
+from flask import Response, current_app, request
 from flask.typing import ResponseReturnValue
 
 from billing_core import (
@@ -26,6 +26,7 @@ from webhooks.api.schemas import (
     IngestBody, IngestQuery, IngestResult, Page,
 )
 from webhooks.errors import error_response
+from worker import queueing
 from worker.db import session_scope
 
 bp = api_blueprint("events", __name__)
@@ -70,6 +71,11 @@ def _writer(db: Any) -> GroupCommitWriter:
     return process_local(db, "events_writer", lambda: GroupCommitWriter(db))
 
 
+def _usage_arrived() -> None:
+    """Ask for an alert evaluation over the usage just stored (from a background thread: no wait here)."""
+    queueing.alert_signal(current_app.extensions["marketsync"]).request()
+
+
 def _failed(exc: EventValidationFailed | IdempotencyConflict) -> Response:
     if isinstance(exc, IdempotencyConflict):
         failures = [{"idempotency_key": exc.key, "validation_errors": [str(exc)]}]
@@ -96,6 +102,7 @@ def ingest() -> ResponseReturnValue:
         records = validate_batch(events, now=now())
         if db.dialect.name == "sqlite" and backfill_id is None and not debug:
             _writer(db).submit(records, sent=len(events))
+            _usage_arrived()
             return {"validation_failed": []}
         with write_lock(db), session_scope(db) as session:
             store = SqlEventStore(session)
@@ -107,6 +114,7 @@ def ingest() -> ResponseReturnValue:
                                               sent=len(events))
     except (EventValidationFailed, IdempotencyConflict) as exc:
         return _failed(exc)
+    _usage_arrived()
     body: dict[str, Any] = {"validation_failed": []}
     if debug:
         body["debug"] = {
