@@ -2,8 +2,8 @@
 written to the outbox in the transaction of the change that caused it.
 
 ``emit`` fans the event out at once to the endpoints that want its type (a pending delivery
-each; enabled, or disabled after sustained failure) and marks the session (``OUTBOX_FLAG`` in ``session.info``) so the process, after
-the commit, signals the sender (``worker/outbound.py``). Bodies follow the client's standard
+each; enabled, or disabled after sustained failure) and marks the connection (``OUTBOX_FLAG``) so the process, at the
+commit, signals the sender (``worker/outbound.py``). Bodies follow the client's standard
 webhook event types (``types/webhooks/*_standard_webhook_event.py``): a subscription's own fields
 with its customer and plan as references, an invoice without its line items.
 """
@@ -57,7 +57,7 @@ def emit(session: Session, event_type: str, body: Mapping[str, Any], *, now: dat
     outbox.append(OutboxEvent(seq=0, id=event_id, type=event_type, ordering_key=ordering_key,
                               body=dict(body), created_at=now), targets)
     if targets:
-        session.info[OUTBOX_FLAG] = True
+        session.connection().info[OUTBOX_FLAG] = True  # the connection's commit signals the sender
     return event_id
 
 

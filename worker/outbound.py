@@ -33,7 +33,6 @@ from typing import Any, Callable
 
 import requests
 from sqlalchemy import event as sa_event
-from sqlalchemy.orm import Session
 
 from billing_core import OUTBOX_FLAG, Delivery, Endpoint, OutboxEvent, SqlOutbox, emit, iso
 from worker import queueing
@@ -196,29 +195,26 @@ def sweep(runtime: Any, *, now: datetime) -> int:
 
 # --- signalling the sender after a commit that emitted ---------------------------------------------------
 
-_WATCHED: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
-_LISTENING: list[bool] = []
-
-
 def watch_commits(engine: Any, runtime: Any) -> None:
-    """Signal ``runtime``'s sender after every commit on ``engine`` that emitted an event.
+    """Signal ``runtime``'s sender at every commit on ``engine`` of a transaction that emitted an event.
 
-    ``emit`` marks its session; this listener (one per process, on every Session) asks the
-    runtime's background signal after the commit, so no request or job waits on Redis for it.
+    ``emit`` marks its connection; the commit hands the signal to the runtime's background thread
+    (``queueing.webhook_signal``), which sends it a moment later, so no request or job waits on
+    Redis for it. A signal lost anyway (Redis down) is the cron sweep's.
     """
-    if not _LISTENING:
-        sa_event.listen(Session, "after_commit", _after_commit)
-        _LISTENING.append(True)
-    _WATCHED[engine] = weakref.ref(runtime)
+    ref = weakref.ref(runtime)
 
+    def committed(conn: Any) -> None:
+        if conn.info.pop(OUTBOX_FLAG, False):
+            live = ref()
+            if live is not None:
+                queueing.webhook_signal(live).request()
 
-def _after_commit(session: Session) -> None:
-    if not session.info.pop(OUTBOX_FLAG, False):
-        return
-    ref = _WATCHED.get(session.bind)
-    runtime = ref() if ref is not None else None
-    if runtime is not None:
-        queueing.webhook_signal(runtime).request()
+    def rolled_back(conn: Any) -> None:
+        conn.info.pop(OUTBOX_FLAG, None)
+
+    sa_event.listen(engine, "commit", committed)
+    sa_event.listen(engine, "rollback", rolled_back)
 
 
 __all__ = ["backoff", "payload", "post", "send_due", "send_endpoint", "sign", "sweep", "watch_commits"]
