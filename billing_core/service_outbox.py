@@ -40,11 +40,12 @@ _UNSET: Any = object()
 
 
 def emit(session: Session, event_type: str, body: Mapping[str, Any], *, now: datetime,
-         ordering_key: str | None = None) -> str:
+         ordering_key: str | None = None, skip_endpoint: str | None = None) -> str:
     """Write one event (``body``: its resources and ``properties``) to the outbox; return its id.
 
     Call it inside the transaction of the change: both commit, or neither. Events with the same
     ``ordering_key`` (a subscription, a contract) reach each endpoint in the order they were written.
+    ``skip_endpoint``: an endpoint the event is about and must not go to (the one just disabled).
     """
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown webhook event type {event_type!r}")
@@ -52,7 +53,8 @@ def emit(session: Session, event_type: str, body: Mapping[str, Any], *, now: dat
     # An endpoint disabled after sustained failure keeps its events (sent once it is enabled again);
     # one its owner disabled gets none.
     targets = [e.id for e in outbox.endpoints()
-               if (e.enabled or e.disabled_reason == "sustained_failure") and e.wants(event_type)]
+               if (e.enabled or e.disabled_reason == "sustained_failure") and e.wants(event_type)
+               and e.id != skip_endpoint]
     event_id = f"whe_{uuid.uuid4().hex[:20]}"
     outbox.append(OutboxEvent(seq=0, id=event_id, type=event_type, ordering_key=ordering_key,
                               body=dict(body), created_at=now), targets)

@@ -179,7 +179,7 @@ def _failed(runtime: Any, endpoint: Endpoint, *, now: datetime) -> Endpoint:
             "type": "webhook_endpoint.disabled",
             "webhook_endpoint": {"id": stored.id, "url": stored.url},
             "properties": {"reason": "sustained_failure", "failing_since": iso(stored.failing_since)},
-        }, now=now)
+        }, now=now, skip_endpoint=stored.id)
     log.warning("webhook_endpoint_disabled", endpoint=endpoint.id, failing_since=iso(stored.failing_since))
     return disabled
 
