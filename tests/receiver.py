@@ -31,9 +31,12 @@ class Receiver:
                     receiver.failures -= int(failing)
                     if not failing:
                         receiver.received.append(({k: v for k, v in self.headers.items()}, body))
-                self.send_response(500 if failing else 200)
-                self.end_headers()
-                self.wfile.write(b"{}")
+                try:
+                    self.send_response(500 if failing else 200)
+                    self.end_headers()
+                    self.wfile.write(b"{}")
+                except OSError:
+                    pass  # the sender went away (a worker killed mid-request)
 
             def log_message(self, *args: Any) -> None:
                 return None

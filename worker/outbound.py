@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable
 
 import requests
+from redis.exceptions import LockError
 from sqlalchemy import event as sa_event
 
 from billing_core import OUTBOX_FLAG, Delivery, Endpoint, OutboxEvent, SqlOutbox, emit, iso
@@ -48,6 +49,9 @@ TIMEOUT = (3.05, 5.0)  # connect, read: a slow endpoint costs its own thread at 
 BATCH = 200  # deliveries per endpoint per round
 MAX_THREADS = 16
 _LOCK = "marketsync:webhooks:endpoint:"
+# An endpoint's lock lives this long and is renewed before each attempt (each takes at most about
+# 8 s: TIMEOUT), so a killed worker holds its endpoint back for seconds, not for a whole batch.
+LOCK_SECONDS = 15
 
 
 def backoff(attempts: int) -> timedelta:
@@ -104,7 +108,7 @@ def send_due(runtime: Any, *, now_fn: Callable[[], datetime]) -> dict[str, int]:
 def send_endpoint(runtime: Any, endpoint_id: str, *, now_fn: Callable[[], datetime]) -> dict[str, int]:
     """Send one endpoint's due deliveries in order (under its lock); return counts."""
     counts = {"delivered": 0, "failed": 0, "more": 0}
-    lock = runtime.redis.lock(_LOCK + endpoint_id, timeout=300, blocking=False)
+    lock = runtime.redis.lock(_LOCK + endpoint_id, timeout=LOCK_SECONDS, blocking=False)
     if not lock.acquire():
         return counts  # another round sends this endpoint now
     try:
@@ -126,6 +130,10 @@ def send_endpoint(runtime: Any, endpoint_id: str, *, now_fn: Callable[[], dateti
                 if key is not None:
                     held.add(key)
                 continue
+            try:
+                lock.reacquire()
+            except LockError:
+                break  # the lock lapsed and another round has the endpoint now
             code, error = post(endpoint, payload(endpoint, events[delivery.event_seq]), now=now)
             _record(runtime, endpoint, delivery, events[delivery.event_seq], code, error, now=now_fn())
             if error is None:
