@@ -12,7 +12,7 @@ from tests.dashboard.conftest import Seeded, csrf_of
 from worker import ledger, ops
 from worker.persistence.contracts import ContractRow
 
-PAGES = ["/ops/", "/ops/contracts", "/ops/listings", "/ops/jobs/failed"]
+PAGES = ["/ops/", "/ops/contracts", "/ops/listings", "/ops/jobs/failed", "/ops/webhooks", "/ops/alerts"]
 
 
 def _html(response: Any) -> str:
