@@ -31,6 +31,19 @@ def _emit_all(bed) -> list[str]:  # type: ignore[no-untyped-def]
     return ids
 
 
+def _start_sending(bed, receiver: Receiver) -> list[str]:  # type: ignore[no-untyped-def]
+    """Point a slow endpoint at ``receiver``, emit every event, and wait until the sending is under way."""
+    receiver.delay = 0.02
+    with session_scope(bed.engine) as session:
+        service_outbox.create_endpoint(session, url=receiver.url, now=datetime.now(UTC), endpoint_id="we_faults")
+    ids = _emit_all(bed)
+    deadline = time.monotonic() + 30
+    while len(receiver.received) < 10:
+        assert time.monotonic() < deadline, bed.fleet.logs()
+        time.sleep(0.02)
+    return ids
+
+
 def _undelivered(bed) -> int:  # type: ignore[no-untyped-def]
     with Session(bed.engine) as session:
         return int(session.execute(select(func.count()).select_from(WebhookDeliveryRow).where(
@@ -66,14 +79,7 @@ def _assert_all_received(receiver: Receiver, ids: list[str]) -> int:
 @BOTH_DATABASES
 def test_worker_killed_while_sending(bed, receiver: Receiver) -> None:  # type: ignore[no-untyped-def]
     """A worker SIGKILLed in the middle of a send loses no event; a replacement finishes it."""
-    receiver.delay = 0.02
-    with session_scope(bed.engine) as session:
-        service_outbox.create_endpoint(session, url=receiver.url, now=datetime.now(UTC), endpoint_id="we_faults")
-    ids = _emit_all(bed)
-    deadline = time.monotonic() + 30
-    while len(receiver.received) < 10:
-        assert time.monotonic() < deadline, bed.fleet.logs()
-        time.sleep(0.02)
+    ids = _start_sending(bed, receiver)
     for name in bed.fleet.live:
         bed.fleet.kill(name)  # whichever held the send
     bed.fleet.start(2)
@@ -84,14 +90,7 @@ def test_worker_killed_while_sending(bed, receiver: Receiver) -> None:  # type: 
 
 def test_redis_restarted_while_sending(bed, receiver: Receiver) -> None:  # type: ignore[no-untyped-def]
     """Redis stopped mid-send and started again empty: the sweep finds what is due; nothing is lost."""
-    receiver.delay = 0.02
-    with session_scope(bed.engine) as session:
-        service_outbox.create_endpoint(session, url=receiver.url, now=datetime.now(UTC), endpoint_id="we_faults")
-    ids = _emit_all(bed)
-    deadline = time.monotonic() + 30
-    while len(receiver.received) < 10:
-        assert time.monotonic() < deadline, bed.fleet.logs()
-        time.sleep(0.02)
+    ids = _start_sending(bed, receiver)
     bed.redis_server.stop()
     time.sleep(1.0)
     bed.redis_server.start()

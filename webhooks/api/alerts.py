@@ -13,8 +13,10 @@ from flask import request
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
 
-from billing_core import Alert, InvalidInput, SqlAlerts, SqlCustomerRepository, exact_number, service_alerts
-from webhooks.api.common import api_blueprint, bad, engine, json_body, list_filters, new_id, now, page_limit, paginated
+from billing_core import Alert, SqlAlerts, SqlCustomerRepository, exact_number, service_alerts
+from webhooks.api.common import (
+    api_blueprint, bad, engine, json_body, json_object, list_filters, new_id, now, page_limit, paginated,
+)
 from webhooks.api.openapi import documented
 from webhooks.api.schemas import Alert as AlertShape, AlertCreate, AlertQuery, AlertToggle, AlertUpdate, Page
 from worker.db import session_scope
@@ -32,28 +34,15 @@ def alert_json(session: Session, alert: Alert, last_fired: Any = None) -> dict[s
     return body
 
 
-def _object() -> dict[str, Any]:
-    payload = json_body()
-    if not isinstance(payload, dict):
-        raise bad("body", "must be a JSON object")
-    return payload
-
-
 def _create(scope: str, scope_id: str) -> ResponseReturnValue:
-    payload = _object()
-    unknown = sorted(set(payload) - _CREATE_FIELDS)
-    if unknown:
-        raise bad(unknown[0], "unknown field")
+    payload = json_object(json_body(), _CREATE_FIELDS)
     for name in ("grouping_keys", "price_filters", "threshold_overrides"):
         if payload.get(name) not in (None, []):
             raise bad(name, "grouped and filtered alerts are not supported")
-    try:
-        with session_scope(engine()) as session:
-            alert = service_alerts.create_alert(session, scope=scope, scope_id=scope_id, body=payload, now=now(),
-                                                alert_id=new_id("alert"))
-            return alert_json(session, alert), 201
-    except InvalidInput as exc:
-        raise bad(exc.field or "body", exc.message.split(": ", 1)[-1]) from None
+    with session_scope(engine()) as session:
+        alert = service_alerts.create_alert(session, scope=scope, scope_id=scope_id, body=payload, now=now(),
+                                            alert_id=new_id("alert"))
+        return alert_json(session, alert), 201
 
 
 @bp.post("/alerts/customer_id/<customer_id>")
@@ -99,18 +88,15 @@ def fetch(alert_id: str) -> ResponseReturnValue:
 @documented(body=AlertUpdate, response=AlertShape)
 def update(alert_id: str) -> ResponseReturnValue:
     """Replace an alert's thresholds (thresholds already reached this period stay reached)."""
-    payload = _object()
-    unknown = sorted(set(payload) - {"thresholds", "price_filters", "threshold_overrides"})
-    if unknown:
-        raise bad(unknown[0], "unknown field")
+    payload = json_object(json_body(), {"thresholds", "price_filters", "threshold_overrides"})
     if "thresholds" not in payload:
         raise bad("thresholds", "required")
-    try:
-        with session_scope(engine()) as session:
-            alert = service_alerts.update_thresholds(session, alert_id, payload["thresholds"])
-            return alert_json(session, alert, SqlAlerts(session).last_fired([alert.id]).get(alert.id))
-    except InvalidInput as exc:
-        raise bad(exc.field or "body", exc.message.split(": ", 1)[-1]) from None
+    for name in ("price_filters", "threshold_overrides"):
+        if payload.get(name) not in (None, []):
+            raise bad(name, "grouped and filtered alerts are not supported")
+    with session_scope(engine()) as session:
+        alert = service_alerts.update_thresholds(session, alert_id, payload["thresholds"])
+        return alert_json(session, alert, SqlAlerts(session).last_fired([alert.id]).get(alert.id))
 
 
 def _toggle(alert_id: str, enabled: bool) -> ResponseReturnValue:
@@ -157,12 +143,9 @@ def index() -> ResponseReturnValue:
         if external:
             customer_id = SqlCustomerRepository(session).get_by_external_id(external).id
         repo = SqlAlerts(session)
-        try:
-            alerts, cursor = repo.list(limit=limit, cursor=request.args.get("cursor") or None, created_at=created,
-                                       subscription_id=request.args.get("subscription_id") or None,
-                                       customer_id=customer_id)
-        except InvalidInput as exc:
-            raise bad("cursor", exc.message.split(": ", 1)[-1]) from None
+        alerts, cursor = repo.list(limit=limit, cursor=request.args.get("cursor") or None, created_at=created,
+                                   subscription_id=request.args.get("subscription_id") or None,
+                                   customer_id=customer_id)
         fired = repo.last_fired([a.id for a in alerts])
         data = [alert_json(session, a, fired.get(a.id)) for a in alerts]
     return paginated(data, has_more=cursor is not None, next_cursor=cursor)

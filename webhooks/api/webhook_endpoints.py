@@ -12,9 +12,10 @@ from typing import Any
 from flask import current_app, request
 from flask.typing import ResponseReturnValue
 
-from billing_core import Delivery, Endpoint, InvalidInput, OutboxEvent, SqlOutbox, iso, service_outbox
+from billing_core import Delivery, Endpoint, OutboxEvent, SqlOutbox, iso, service_outbox
 from webhooks.api.common import (
-    api_blueprint, bad, cursor_id, engine, json_body, list_filters, new_id, now, page_json, page_limit, paginated,
+    api_blueprint, bad, cursor_id, engine, json_body, json_object, list_filters, new_id, now, page_json, page_limit,
+    paginated,
 )
 from webhooks.api.openapi import documented
 from webhooks.api.schemas import (
@@ -44,20 +45,6 @@ def delivery_json(delivery: Delivery, event: OutboxEvent) -> dict[str, Any]:
             "last_error": delivery.last_error, "delivered_at": iso(delivery.delivered_at)}
 
 
-def _payload() -> dict[str, Any]:
-    payload = json_body()
-    if not isinstance(payload, dict):
-        raise bad("body", "must be a JSON object")
-    unknown = sorted(set(payload) - _FIELDS)
-    if unknown:
-        raise bad(unknown[0], "unknown field")
-    return payload
-
-
-def _refused(exc: InvalidInput) -> Exception:
-    return bad(exc.field or "body", exc.message.split(": ", 1)[-1])
-
-
 def _signal() -> None:
     queueing.webhook_signal(current_app.extensions["marketsync"]).request()
 
@@ -68,16 +55,13 @@ def _signal() -> None:
     for endpoint in ("fetch", "update", "remove", "enable", "disable", "deliveries")})
 def create() -> ResponseReturnValue:
     """Create an endpoint; the answer carries its signing secret, shown this once."""
-    payload = _payload()
+    payload = json_object(json_body(), _FIELDS)
     if "url" not in payload:
         raise bad("url", "required")
-    try:
-        with session_scope(engine()) as session:
-            endpoint = service_outbox.create_endpoint(
-                session, url=payload["url"], enabled_event_types=payload.get("enabled_event_types"),
-                payload_style=payload.get("payload_style"), now=now(), endpoint_id=new_id("we"))
-    except InvalidInput as exc:
-        raise _refused(exc) from None
+    with session_scope(engine()) as session:
+        endpoint = service_outbox.create_endpoint(
+            session, url=payload["url"], enabled_event_types=payload.get("enabled_event_types"),
+            payload_style=payload.get("payload_style"), now=now(), endpoint_id=new_id("we"))
     return {**endpoint_json(endpoint), "secret": endpoint.secret}, 201
 
 
@@ -93,15 +77,12 @@ def fetch(webhook_endpoint_id: str) -> ResponseReturnValue:
 @documented(body=WebhookEndpointUpdate, response=EndpointShape)
 def update(webhook_endpoint_id: str) -> ResponseReturnValue:
     """Change an endpoint's url, event types (null: every type) or payload style; omitted fields stay."""
-    payload = _payload()
+    payload = json_object(json_body(), _FIELDS)
     changes = {k: payload[k] for k in ("url", "enabled_event_types", "payload_style") if k in payload}
     if "url" in changes and changes["url"] is None:
         raise bad("url", "must be an http(s) URL")
-    try:
-        with session_scope(engine()) as session:
-            return endpoint_json(service_outbox.update_endpoint(session, webhook_endpoint_id, **changes))
-    except InvalidInput as exc:
-        raise _refused(exc) from None
+    with session_scope(engine()) as session:
+        return endpoint_json(service_outbox.update_endpoint(session, webhook_endpoint_id, **changes))
 
 
 @bp.get("/webhook_endpoints")
@@ -111,10 +92,7 @@ def index() -> ResponseReturnValue:
     list_filters()
     limit = page_limit()
     with session_scope(engine()) as session:
-        try:
-            endpoints, cursor = SqlOutbox(session).list_endpoints(limit=limit, cursor=request.args.get("cursor") or None)
-        except InvalidInput as exc:
-            raise _refused(exc) from None
+        endpoints, cursor = SqlOutbox(session).list_endpoints(limit=limit, cursor=request.args.get("cursor") or None)
     return paginated([endpoint_json(e) for e in endpoints], has_more=cursor is not None, next_cursor=cursor)
 
 
