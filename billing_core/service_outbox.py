@@ -27,11 +27,12 @@ from billing_core.outbox import EVENT_TYPES, PAYLOAD_STYLES, Endpoint, OutboxEve
 from billing_core.persistence.catalog import SqlCatalog
 from billing_core.persistence.customers import SqlCustomerRepository
 from billing_core.persistence.outbox import SqlOutbox
+from billing_core.persistence.subscriptions import SqlSubscriptions
 from billing_core.plans import PlanNotFound
 from billing_core.subscriptions import Subscription
 
 __all__ = [
-    "OUTBOX_FLAG", "create_endpoint", "emit", "emit_invoice_issued", "emit_subscription", "subscription_summary",
+    "OUTBOX_FLAG", "create_endpoint", "emit", "emit_ended", "emit_invoice_issued", "emit_subscription", "subscription_summary",
     "update_endpoint",
 ]
 
@@ -89,6 +90,20 @@ def emit_subscription(session: Session, event_type: str, sub: Subscription, *, n
     body = {"type": event_type, "subscription": subscription_summary(session, sub, at=now),
             "properties": dict(properties or {})}
     return emit(session, event_type, body, now=now, ordering_key=f"subscription:{sub.id}")
+
+
+def emit_ended(session: Session, *, since: datetime, now: datetime) -> int:
+    """Emit ``subscription.ended`` for each subscription whose end fell in ``(since, now]`` and has none yet.
+
+    An edit that ends a subscription at once emits it with the edit; one that ends it later (at the
+    end of its term, a marketplace's cancellation instant) is told here, by a sweep. Returns how many.
+    """
+    outbox, emitted = SqlOutbox(session), 0
+    for sub in SqlSubscriptions(session).ended_between(since, now):
+        if not outbox.has_event("subscription.ended", f"subscription:{sub.id}"):
+            emit_subscription(session, "subscription.ended", sub, now=now)
+            emitted += 1
+    return emitted
 
 
 def _money(value: Decimal) -> str:

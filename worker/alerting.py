@@ -18,7 +18,7 @@ from typing import Any
 
 from billing_core import (
     OutOfRange, SqlAlerts, SqlSubscriptions, billing_period, changed_customers, costs_each, service_alerts,
-    usage_source, write_lock,
+    usage_source, watermark, write_lock,
 )
 from worker import queueing
 from worker.db import session_scope
@@ -51,6 +51,10 @@ def evaluate_changes(engine: Any, *, now: datetime) -> dict[str, int]:
         alerts_repo = SqlAlerts(session)
         position = alerts_repo.position()
         sub_ids, plan_ids = alerts_repo.scoped()
+    if not sub_ids and not plan_ids:  # nothing watches usage: move on without reading the changes
+        with session_scope(engine) as session:
+            SqlAlerts(session).set_position(max(watermark(engine), position or 0))
+        return {"evaluated": 0, "fired": 0}
     newest, changed = changed_customers(engine, position or 0)
     if position is None:
         changed = None  # the first evaluation looks at every watched subscription

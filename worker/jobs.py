@@ -132,6 +132,11 @@ def sweep_webhooks() -> int:
     return outbound.sweep(current(), now=_now())
 
 
+def note_ended_subscriptions() -> int:
+    """Emit ``subscription.ended`` for subscriptions whose scheduled end has passed."""
+    return outbound.note_ended(current(), now=_now())
+
+
 def evaluate_alerts() -> dict[str, int]:
     """Fire the alert thresholds reached by usage that changed since the last evaluation."""
     return alerting.evaluate(current(), now=_now())

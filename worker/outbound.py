@@ -35,7 +35,10 @@ import requests
 from redis.exceptions import LockError
 from sqlalchemy import event as sa_event
 
-from billing_core import OUTBOX_FLAG, Delivery, Endpoint, OutboxEvent, SqlOutbox, emit, iso
+from billing_core import (
+    OUTBOX_FLAG, Delivery, Endpoint, OutboxEvent, SqlAlerts, SqlOutbox, emit, from_micros, iso, service_outbox,
+    to_micros, write_lock,
+)
 from worker import queueing
 from worker.db import session_scope
 from worker.logs import get_logger
@@ -52,6 +55,8 @@ _LOCK = "marketsync:webhooks:endpoint:"
 # An endpoint's lock lives this long and is renewed before each attempt (each takes at most about
 # 8 s: TIMEOUT), so a killed worker holds its endpoint back for seconds, not for a whole batch.
 LOCK_SECONDS = 15
+ENDED_LOOKBACK = timedelta(hours=1)  # the first sweep looks this far back
+_ENDED = "subscription_ended"
 
 
 def backoff(attempts: int) -> timedelta:
@@ -199,6 +204,17 @@ def sweep(runtime: Any, *, now: datetime) -> int:
     if due:
         queueing.signal_webhooks(runtime)
     return len(due)
+
+
+def note_ended(runtime: Any, *, now: datetime) -> int:
+    """Emit ``subscription.ended`` for subscriptions whose scheduled end has passed since the last sweep."""
+    with write_lock(runtime.engine), session_scope(runtime.engine) as session:
+        cursors = SqlAlerts(session)
+        since = cursors.position(_ENDED)
+        start = from_micros(since) if since is not None else now - ENDED_LOOKBACK
+        emitted = service_outbox.emit_ended(session, since=start, now=now)
+        cursors.set_position(to_micros(now), _ENDED)
+    return emitted
 
 
 # --- signalling the sender after a commit that emitted ---------------------------------------------------

@@ -45,6 +45,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("id"),
     )
     op.create_index("ix_webhook_events_created_at", "webhook_events", ["created_at"])
+    op.create_index("ix_webhook_events_key_type", "webhook_events", ["ordering_key", "type"])
     op.create_table(
         "webhook_deliveries",
         sa.Column("id", _ID, autoincrement=True, nullable=False),

@@ -189,16 +189,16 @@ class SqlAlerts:
             out[alert_id] = (utc(at), sub, threshold)
         return out
 
-    def position(self) -> int | None:
-        """Return the evaluator's change-log position (None before its first run)."""
-        row = self.session.get(AlertCursorRow, "usage", with_for_update=True)
+    def position(self, name: str = "usage") -> int | None:
+        """Return a cursor: the evaluator's change-log position (``usage``), or another sweep's (None before its first run)."""
+        row = self.session.get(AlertCursorRow, name, with_for_update=True)
         return None if row is None else int(row.position)
 
-    def set_position(self, position: int) -> None:
-        """Store the evaluator's change-log position."""
-        row = self.session.get(AlertCursorRow, "usage")
+    def set_position(self, position: int, name: str = "usage") -> None:
+        """Store a cursor (see ``position``)."""
+        row = self.session.get(AlertCursorRow, name)
         if row is None:
-            self.session.add(AlertCursorRow(name="usage", position=position))
+            self.session.add(AlertCursorRow(name=name, position=position))
         else:
             row.position = position
         self.session.flush()

@@ -59,6 +59,7 @@ class WebhookEventRow(SQLModel, table=True):
     """One event in the outbox: its type, the resources and properties of its body, its ordering key."""
 
     __tablename__ = "webhook_events"
+    __table_args__ = (sa.Index("ix_webhook_events_key_type", "ordering_key", "type"),)
 
     seq: int | None = Field(default=None, sa_column=sa.Column(
         sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True))
@@ -183,6 +184,12 @@ class SqlOutbox:
                  "attempts": 0, "next_attempt_at": event.created_at, "created_at": event.created_at}
                 for e in endpoint_ids])
         return int(seq)
+
+    def has_event(self, event_type: str, ordering_key: str) -> bool:
+        """Tell whether an event of this type was written under this ordering key."""
+        e = events_table
+        return self.session.execute(sa.select(e.c.seq).where(
+            e.c.ordering_key == ordering_key, e.c.type == event_type).limit(1)).first() is not None
 
     def events(self, seqs: Sequence[int]) -> dict[int, OutboxEvent]:
         """Return the events at these positions."""

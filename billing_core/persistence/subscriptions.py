@@ -191,6 +191,14 @@ class SqlSubscriptions:
         cache: dict = {}
         return [r.to_domain(cache) for r in rows]
 
+    def ended_between(self, since: datetime, until: datetime) -> list[Subscription]:
+        """Return the subscriptions whose end falls in ``(since, until]``."""
+        t = SubscriptionRow.__table__
+        timelines = self.session.execute(sa.select(t.c.timeline).where(
+            t.c.end_date > since, t.c.end_date <= until).order_by(t.c.end_date, t.c.id)).scalars()
+        cache: dict = {}
+        return [from_snapshot(timeline, cache) for timeline in timelines]
+
     def all_active(self, at: datetime) -> list[Subscription]:
         """Return every subscription whose window contains the instant."""
         t = SubscriptionRow.__table__

@@ -106,3 +106,36 @@ def test_retries_for_a_day_then_the_endpoint_is_disabled(app, receiver: Receiver
     outbound.send_due(runtime, now_fn=lambda: attempts[-1] + timedelta(minutes=1))
     assert receiver.types() == ["webhook_endpoint.disabled"]
     assert json.loads(receiver.received[0][1])["webhook_endpoint"]["id"] == "we_dead"
+
+
+def test_scheduled_end_is_told_once(app) -> None:  # type: ignore[no-untyped-def]
+    """A subscription canceled for a later date gets subscription.ended when that date passes, once; one
+    ended at once by its edit is not told twice."""
+    from billing_core import service_plans
+    from billing_core.persistence.outbox import WebhookEventRow
+    from tests.worker.sync_support import setup_billing
+    from worker.billing_gateway import CoreBillingGateway
+
+    runtime, now = app.extensions["marketsync"], datetime.now(UTC)
+    setup_billing(runtime.engine)
+    _endpoint(runtime, "https://hooks.example.test/in", "we_end")
+    gateway = CoreBillingGateway(runtime.engine)
+    customer = gateway.ensure_customer(external_customer_id="end-c", name="C", email="c@x.test", currency="USD")
+    later, at_once = (gateway.create_subscription(idempotency_key=key, customer_id=customer, plan_id="plan_sync",
+                                                  start=now - timedelta(days=1), external_marketplace="aws",
+                                                  reporting_id=key) for key in ("end-later", "end-now"))
+    with session_scope(runtime.engine) as session:
+        service_plans.cancel_subscription(session, later, option="requested_date",
+                                          cancellation_date=now + timedelta(minutes=1), now=now)
+        service_plans.cancel_subscription(session, at_once, option="immediate", cancellation_date=None, now=now)
+
+    def ended() -> list[str]:
+        with Session(runtime.engine) as session:
+            return sorted(r.ordering_key for r in session.execute(select(WebhookEventRow).where(
+                WebhookEventRow.type == "subscription.ended")).scalars())
+
+    assert ended() == [f"subscription:{at_once}"]
+    assert outbound.note_ended(runtime, now=now + timedelta(seconds=30)) == 0
+    assert outbound.note_ended(runtime, now=now + timedelta(minutes=2)) == 1
+    assert outbound.note_ended(runtime, now=now + timedelta(minutes=3)) == 0
+    assert ended() == sorted([f"subscription:{at_once}", f"subscription:{later}"])
