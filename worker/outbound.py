@@ -36,7 +36,7 @@ from redis.exceptions import LockError
 from sqlalchemy import event as sa_event
 
 from billing_core import (
-    OUTBOX_FLAG, Delivery, Endpoint, OutboxEvent, SqlAlerts, SqlOutbox, emit, from_micros, iso, service_outbox,
+    OUTBOX_FLAG, Delivery, Endpoint, NotFound, OutboxEvent, SqlAlerts, SqlOutbox, emit, from_micros, iso, service_outbox,
     to_micros, write_lock,
 )
 from worker import queueing
@@ -119,7 +119,10 @@ def send_endpoint(runtime: Any, endpoint_id: str, *, now_fn: Callable[[], dateti
     try:
         with session_scope(runtime.engine) as session:
             outbox = SqlOutbox(session)
-            endpoint = outbox.get_endpoint(endpoint_id)
+            try:
+                endpoint = outbox.get_endpoint(endpoint_id)
+            except NotFound:
+                return counts  # deleted since the round listed it
             pending = outbox.pending(endpoint_id, limit=BATCH)
             events = outbox.events([d.event_seq for d in pending])
         if not endpoint.enabled:

@@ -139,3 +139,29 @@ def test_scheduled_end_is_told_once(app) -> None:  # type: ignore[no-untyped-def
     assert outbound.note_ended(runtime, now=now + timedelta(minutes=2)) == 1
     assert outbound.note_ended(runtime, now=now + timedelta(minutes=3)) == 0
     assert ended() == sorted([f"subscription:{at_once}", f"subscription:{later}"])
+
+
+def test_cli_lists_logs_replays_and_sends(app, receiver: Receiver, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``marketsync webhooks list|log|replay|send`` over the same database and Redis (no secret printed)."""
+    from click.testing import CliRunner
+
+    from worker.cli import main
+
+    runtime, now = app.extensions["marketsync"], datetime.now(UTC)
+    monkeypatch.setenv("DATABASE_URL", runtime.settings.database_url)
+    monkeypatch.setenv("REDIS_URL", runtime.settings.REDIS_URL)
+    with session_scope(runtime.engine) as session:
+        secret = service_outbox.create_endpoint(session, url=receiver.url, now=now, endpoint_id="we_cli").secret
+    _emit(runtime, "A", 1, now)
+    runner = CliRunner()
+    sent = runner.invoke(main, ["webhooks", "send"])
+    assert sent.exit_code == 0 and "'delivered': 1" in sent.output, sent.output
+    listed = runner.invoke(main, ["webhooks", "list"]).output
+    assert "we_cli" in listed and "delivered 1" in listed and secret not in listed
+    log = runner.invoke(main, ["webhooks", "log", "we_cli"]).output
+    delivery_id = log.split()[0]
+    assert "contract.mapped" in log and "delivered" in log
+    assert runner.invoke(main, ["webhooks", "replay", "we_cli", delivery_id]).exit_code == 0
+    runner.invoke(main, ["webhooks", "send"])
+    assert receiver.types() == ["contract.mapped", "contract.mapped"]
+    assert runner.invoke(main, ["webhooks", "log", "we_missing"]).exit_code == 1
