@@ -2,8 +2,8 @@
 written to the outbox in the transaction of the change that caused it.
 
 ``emit`` fans the event out at once to the endpoints that want its type (a pending delivery
-each; enabled, or disabled after sustained failure) and marks the connection (``OUTBOX_FLAG``) so the process, at the
-commit, signals the sender (``worker/outbound.py``). Bodies follow the client's standard
+each; enabled, or disabled after sustained failure) and marks the connection (``OUTBOX_FLAG``),
+so the process signals the sender at the commit (``worker/outbound.py``). Bodies follow the client's standard
 webhook event types (``types/webhooks/*_standard_webhook_event.py``): a subscription's own fields
 with its customer and plan as references, an invoice without its line items.
 """
@@ -32,8 +32,8 @@ from billing_core.plans import PlanNotFound
 from billing_core.subscriptions import Subscription
 
 __all__ = [
-    "OUTBOX_FLAG", "create_endpoint", "emit", "emit_ended", "emit_invoice_issued", "emit_subscription", "subscription_summary",
-    "update_endpoint",
+    "OUTBOX_FLAG", "create_endpoint", "emit", "emit_ended", "emit_invoice_issued", "emit_subscription",
+    "subscription_summary", "update_endpoint",
 ]
 
 OUTBOX_FLAG = "marketsync.outbox_emitted"
