@@ -59,14 +59,15 @@ def evaluate_changes(engine: Any, *, now: datetime) -> dict[str, int]:
     if position is None:
         changed = None  # the first evaluation looks at every watched subscription
     subs: list[Any] = []
-    if (sub_ids or plan_ids) and changed != set():
+    if changed != set():
         with session_scope(engine) as session:
             repo = SqlSubscriptions(session)
-            found = dict(repo.get_many(sub_ids)) if sub_ids else {}
-            if plan_ids:
-                found.update({s.id: s for s in repo.all_active(now) if s.phase_at(now).plan_id in plan_ids})
-        subs = [s for s in found.values() if s.status(now) == "active"
-                and (changed is None or s.customer_id in changed)]
+            if changed is None:
+                candidates = list(repo.get_many(sub_ids).values()) + (repo.all_active(now) if plan_ids else [])
+            else:  # only the changed customers' subscriptions are read
+                candidates = repo.active_of_customers(changed, now)
+        subs = list({s.id: s for s in candidates if s.status(now) == "active"
+                     and (s.id in sub_ids or s.phase_at(now).plan_id in plan_ids)}.values())
     costs = {}
     if subs:
         results = costs_each([(s, billing_period(s, now).start, now) for s in subs], usage_source(engine))

@@ -191,6 +191,18 @@ class SqlSubscriptions:
         cache: dict = {}
         return [r.to_domain(cache) for r in rows]
 
+    def active_of_customers(self, customer_ids: Collection[str], at: datetime) -> list[Subscription]:
+        """Return the subscriptions of these customers whose window contains the instant (500 customers a query)."""
+        t = SubscriptionRow.__table__
+        ids = sorted(set(customer_ids))
+        cache: dict = {}
+        out: list[Subscription] = []
+        for chunk in range(0, len(ids), 500):
+            out += [from_snapshot(timeline, cache) for timeline in self.session.execute(sa.select(t.c.timeline).where(
+                one_of(t.c.customer_id, ids[chunk:chunk + 500]), t.c.start_date <= at,
+                sa.or_(t.c.end_date.is_(None), t.c.end_date > at)).order_by(t.c.id)).scalars()]
+        return out
+
     def ended_between(self, since: datetime, until: datetime) -> list[Subscription]:
         """Return the subscriptions whose end falls in ``(since, until]``."""
         t = SubscriptionRow.__table__
