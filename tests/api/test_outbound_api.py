@@ -90,3 +90,43 @@ def test_alert_bad_input_names_the_field(client: Any, auth_headers: dict[str, st
         answer = getattr(client, method)(f"/v1/alerts/alert_missing{path}", json={"thresholds": [{"value": 1}]},
                                          headers=auth_headers)
         assert answer.status_code == 404, (method, path)
+
+
+def test_parallel_changes_all_survive(live_server: Any, auth_headers: dict[str, str]) -> None:
+    """Concurrent changes of different fields of one endpoint, and of one alert, are all kept (locked read-modify-write)."""
+    import threading
+
+    import requests
+
+    base = f"{live_server.url}/v1"
+    endpoint = requests.post(f"{base}/webhook_endpoints", json={"url": "https://hooks.example.test/a"},
+                             headers=auth_headers, timeout=10).json()
+    customer = requests.post(f"{base}/customers", json={"name": "A", "email": "a@x.test"}, headers=auth_headers,
+                             timeout=10).json()
+    alert = requests.post(f"{base}/alerts/customer_id/{customer['id']}", json={
+        "type": "credit_balance_dropped", "currency": "USD", "thresholds": [{"value": 1}]},
+        headers=auth_headers, timeout=10).json()
+    calls = [("put", f"/webhook_endpoints/{endpoint['id']}", {"payload_style": "standard"}),
+             ("put", f"/webhook_endpoints/{endpoint['id']}", {"enabled_event_types": ["invoice.issued"]}),
+             ("put", f"/webhook_endpoints/{endpoint['id']}", {"url": "https://hooks.example.test/b"}),
+             ("post", f"/webhook_endpoints/{endpoint['id']}/disable", None),
+             ("put", f"/alerts/{alert['id']}", {"thresholds": [{"value": 2}, {"value": 3}]}),
+             ("post", f"/alerts/{alert['id']}/disable", None)] * 3
+    barrier = threading.Barrier(len(calls))
+    codes: list[int] = []
+
+    def call(method: str, path: str, body: Any) -> None:
+        barrier.wait()
+        codes.append(requests.request(method, base + path, json=body, headers=auth_headers, timeout=30).status_code)
+
+    threads = [threading.Thread(target=call, args=c) for c in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [200] * len(calls)
+    final = requests.get(f"{base}/webhook_endpoints/{endpoint['id']}", headers=auth_headers, timeout=10).json()
+    assert (final["payload_style"], final["enabled_event_types"], final["url"], final["enabled"]) == (
+        "standard", ["invoice.issued"], "https://hooks.example.test/b", False)
+    got = requests.get(f"{base}/alerts/{alert['id']}", headers=auth_headers, timeout=10).json()
+    assert ([t["value"] for t in got["thresholds"]], got["enabled"]) == ([2, 3], False)
