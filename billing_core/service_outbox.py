@@ -125,6 +125,9 @@ def emit_invoice_issued(session: Session, invoice: Invoice, *, now: datetime) ->
             "invoice_date": iso(invoice.period_end), "issued_at": iso(invoice.issued_at),
             "created_at": iso(invoice.issued_at or now), "due_date": None, "paid_at": None, "voided_at": None,
             "invoice_source": "subscription", "metadata": {}, "memo": None, "payment_attempts": [],
+            "auto_collection": {"enabled": False, "next_attempt_at": None, "num_attempts": None,
+                                "previously_attempted_at": None},
+            "credit_notes": [], "customer_balance_transactions": [],
             "will_auto_issue": False, "hosted_invoice_url": None, "invoice_pdf": None,
         },
     }

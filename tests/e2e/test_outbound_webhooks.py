@@ -23,6 +23,16 @@ def orb_client(live_server) -> orb.Orb:  # type: ignore[no-untyped-def]
     return orb.Orb(base_url=f"{live_server.url}/v1", api_key=TEST_API_KEY, max_retries=0)
 
 
+def _validate(body: bytes) -> Any:
+    """Validate a received body strictly against the client's standard event type for its ``type``."""
+    import importlib
+
+    kind = json.loads(body)["type"]
+    module = importlib.import_module(f"orb.types.webhooks.{kind.replace('.', '_')}_standard_webhook_event")
+    name = "".join(part.capitalize() for part in kind.replace(".", "_").split("_")) + "StandardWebhookEvent"
+    return getattr(module, name).model_validate_json(body)
+
+
 def _subscription(orb_client: orb.Orb, now: datetime) -> tuple[Any, Any]:
     item = orb_client.items.create(name="API")
     calls = orb_client.metrics.create(name="Calls", description=None, item_id=item.id,
@@ -65,6 +75,7 @@ def test_alert_fires_a_signed_standard_webhook(app, orb_client: orb.Orb, receive
     assert sorted(receiver.types()) == ["subscription.cost_exceeded", "subscription.created",
                                         "subscription.usage_exceeded"]
     for headers, body in receiver.received:
+        _validate(body)
         orb_client.webhooks.verify_signature(body, headers, secret=endpoint.secret)
         event = orb_client.webhooks.unwrap_standard(body, headers, secret=endpoint.secret)
         assert event.payload_style == "standard" and event.subscription.id == sub.id
@@ -124,6 +135,16 @@ def test_retry_then_replay(app, orb_client: orb.Orb, receiver: Receiver, client,
     assert receiver.types()[2:] == ["subscription.edited", "subscription.ended"]
     orb_client.webhook_endpoints.update(endpoint.id, enabled_event_types=["invoice.issued"])
     assert orb_client.webhook_endpoints.retrieve(endpoint.id).enabled_event_types == ["invoice.issued"]
+    invoice = orb_client.invoices.list(subscription_id=sub.id).data[0]
+    orb_client.invoices.issue(invoice.id)
+    orb_client.invoices.issue(invoice.id)  # issuing twice returns the first snapshot: one event
+    run_jobs(app)
+    assert receiver.types()[4:] == ["invoice.issued"]
+    for _, body in receiver.received:
+        _validate(body)
+    issued = orb_client.webhooks.unwrap_standard(receiver.received[-1][1], receiver.received[-1][0],
+                                                 secret=endpoint.secret)
+    assert issued.invoice.id == invoice.id and issued.invoice.status == "issued"
     orb_client.webhook_endpoints.delete(endpoint.id)
     with pytest.raises(orb.NotFoundError):
         orb_client.webhook_endpoints.retrieve(endpoint.id)
