@@ -72,8 +72,12 @@ def _plans(item_id: str):  # type: ignore[no-untyped-def]
             for n, p in (("a", a), ("b", b), ("c", c))]
 
 
-def build(path: Path, subscriptions: int, events: int) -> None:
-    """Create the database: catalog, customers, subscriptions and events (not timed)."""
+def build(path: Path, subscriptions: int, events: int, *, plans_used: int = 3,
+          events_from: datetime = PERIOD_START, events_to: datetime = NOW - timedelta(hours=1)) -> None:
+    """Create the database: catalog, customers, subscriptions and events (not timed).
+
+    Subscription ``i`` is on plan ``i % plans_used`` (of a, b, c); events fall in ``[events_from, events_to)``.
+    """
     from sqlalchemy import insert
 
     from billing_core.metrics import create_metric
@@ -109,10 +113,10 @@ def build(path: Path, subscriptions: int, events: int) -> None:
     raw.commit()
     subs_rows, edit_rows = [], []
     for i in range(subscriptions):
-        sub = create_subscription(id=f"sub_{i:05d}", customer_id=f"cus_{i:05d}", plan=plans[i % 3],
-                                  start=created, now=created)
+        plan = plans[i % plans_used]
+        sub = create_subscription(id=f"sub_{i:05d}", customer_id=f"cus_{i:05d}", plan=plan, start=created, now=created)
         snapshot = json.dumps(subscription_to_dict(sub), sort_keys=True, separators=(",", ":"))
-        subs_rows.append({"id": sub.id, "customer_id": sub.customer_id, "plan_id": plans[i % 3].id,
+        subs_rows.append({"id": sub.id, "customer_id": sub.customer_id, "plan_id": plan.id,
                           "start_date": sub.start, "end_date": None, "revision": 1, "timeline": snapshot,
                           "created_at": created})
         edit_rows.append({"subscription_id": sub.id, "sequence": 1, "kind": "create", "effective_at": sub.start,
@@ -122,8 +126,8 @@ def build(path: Path, subscriptions: int, events: int) -> None:
         conn.execute(insert(SubscriptionEditRow.__table__), edit_rows)  # type: ignore[attr-defined]
     engine.dispose()
     rng = random.Random(11)
-    lo = int(PERIOD_START.timestamp() * 1_000_000)
-    hi = int((NOW - timedelta(hours=1)).timestamp() * 1_000_000)
+    lo = int(events_from.timestamp() * 1_000_000)
+    hi = int(events_to.timestamp() * 1_000_000)
     batch = []
     for n in range(events):
         props = {"tokens": rng.randrange(1, 400), "region": REGIONS[rng.randrange(4)]}

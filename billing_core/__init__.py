@@ -27,13 +27,18 @@ from billing_core.errors import (
     BillingError, Conflict, InexactAmount, InvalidInput, NotFound, OutOfRange, UnsupportedMetricSql,
     UsageOutOfRange,
 )
+from billing_core.evaluation import (
+    MAX_PREVIEW_EVENTS, MAX_PRICE_EVALUATIONS, EvaluatedPrice, PriceEvaluation, PriceGroup, evaluate_prices,
+    preview_usage_source,
+)
 from billing_core.events import (
     BatchTooLarge, Event, EventNotFound, EventValidationFailed, IdempotencyConflict, amend_event,
     deprecate_event, from_micros, ingest_events, properties_json, store_records, to_micros, validate_batch,
 )
 from billing_core.invoices import Invoice, InvoiceNotFound
 from billing_core.lines import Charge, LineItem, charges_for_timeframe, iso
-from billing_core.metric_definition import Condition, MetricDefinition
+from billing_core.metric_definition import Condition, InvalidMetric, MetricDefinition
+from billing_core.metric_sql import filter_from_sql
 from billing_core.metrics import Metric, MetricNotFound, create_metric, update_metric
 from billing_core.money import (
     ExactNumber, InvalidAmount, divide_to_integral, exact_number, format_decimal, parse_decimal,
@@ -53,6 +58,7 @@ from billing_core.pricing import (
     BillingMode, BulkConfig, BulkTier, MatrixConfig, MatrixValue, ModelType, PackageConfig, Price, Tier,
     TieredConfig, TieredPackageConfig, TieredPackageTier, UnitConfig, config_to_dict, parse_config,
 )
+from billing_core.simulations import Simulation
 from billing_core.sql_usage import SqlUsageSource
 from billing_core.sql_fragments import FragmentUsageSource, use_fragments, usage_source
 from billing_core.sql_usage_batch import BatchSqlUsageSource
@@ -78,12 +84,14 @@ __all__ = [
     "BulkConfig", "PackageConfig", "TieredPackageTier", "TieredPackageConfig", "MatrixValue", "MatrixConfig",
     "Cadence", "BillingAnchor", "Period", "Subscription", "PriceInterval", "AdjustmentInterval", "AddPrice",
     "AddAdjustment", "ReplacePrice", "IntervalEdit", "Invoice", "LineItem", "Costs", "PriceCost",
-    "ExactNumber",
+    "ExactNumber", "PriceEvaluation", "PriceGroup", "EvaluatedPrice", "InvalidMetric",
+    "MAX_PREVIEW_EVENTS", "MAX_PRICE_EVALUATIONS", "Simulation",
     # use cases and pure functions
     "create_customer", "update_customer", "create_metric", "update_metric", "validate_batch",
     "store_records", "ingest_events", "amend_event", "deprecate_event", "create_backfill",
     "ingest_into_backfill", "close_backfill", "revert_backfill", "create_plan", "create_subscription",
     "cancel", "schedule_plan_change", "billing_period", "costs", "costs_each", "count_customer_events_since",
+    "evaluate_prices", "preview_usage_source", "filter_from_sql",
     # conversions at the edge
     "definition_from_dict", "parse_config", "config_to_dict", "properties_json", "to_micros", "from_micros",
     "iso", "format_decimal", "parse_decimal", "parse_optional_decimal", "parse_unit_price", "exact_number",

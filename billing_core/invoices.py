@@ -12,19 +12,19 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, DecimalException
 from typing import Any
 
-from billing_core.errors import NotFound
+from billing_core.errors import NotFound, OutOfRange
 from billing_core.lines import (
     LineItem, charges_for_period, decimal_text, fetch_usage, iso, line_order, rate_all, usage_key,
 )
-from billing_core.money import ZERO, exact, round_money
+from billing_core.money import ZERO, exact, inexact, round_money
 from billing_core.periods import Period
 from billing_core.subscriptions import Subscription, billing_period
 from billing_core.usage import UsageSource
 
-__all__ = ["InvoiceNotFound", "Invoice", "compute_invoice", "upcoming_invoice", "issue_invoice"]
+__all__ = ["InvoiceNotFound", "Invoice", "compute_invoice", "compute_invoices", "upcoming_invoice", "issue_invoice"]
 
 
 # --- invoices ---------------------------------------------------------------------------------
@@ -133,12 +133,42 @@ def compute_invoice(sub: Subscription, period: Period, usage_source: UsageSource
     """Compute the invoice of a billing period, with corrections of earlier issued invoices."""
     lines = _charge_lines(sub, period, usage_source)
     lines += _corrections(sub, period, issued, usage_source)
+    return _invoice(sub, period, lines, now)
+
+
+def _invoice(sub: Subscription, period: Period, lines: Sequence[LineItem], now: datetime) -> Invoice:
     return Invoice(
         subscription_id=sub.id, customer_id=sub.customer_id, currency=sub.currency,
         period_start=period.start, period_end=period.end,
         line_items=tuple(sorted(lines, key=line_order)),
         status="upcoming" if now < period.end else "draft",
     )
+
+
+@exact()
+def compute_invoices(requests: Sequence[tuple[Subscription, Period]], usage_source: UsageSource, *,
+                     now: datetime) -> list[Invoice | OutOfRange]:
+    """Compute many invoices from scratch (no corrections), reading usage in bulk.
+
+    Each invoice equals ``compute_invoice(sub, period, source, now=now)`` without issued invoices;
+    usage is read once for all of them (one batch per usage window, ``lines.fetch_usage``), and a
+    subscription whose usage is beyond the range gets its ``OutOfRange`` in place of its invoice.
+    """
+    planned = [(sub, period, charges_for_period(sub, period)) for sub, period in requests]
+    keys = [k for sub, _, charges in planned for k in (usage_key(sub, c) for c in charges) if k is not None]
+    usage = fetch_usage(keys, usage_source)
+    out: list[Invoice | OutOfRange] = []
+    for sub, period, charges in planned:
+        try:
+            lines = rate_all(sub, charges, usage)
+        except OutOfRange as exc:
+            out.append(exc)
+            continue
+        except DecimalException as exc:
+            out.append(inexact(exc))
+            continue
+        out.append(_invoice(sub, period, lines, now))
+    return out
 
 
 def upcoming_invoice(sub: Subscription, usage_source: UsageSource, *, now: datetime,

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from billing_core.adjustments import (
@@ -24,7 +25,7 @@ from billing_core.adjustments import (
 )
 from billing_core.errors import UsageOutOfRange
 from billing_core.money import ZERO, divide, format_decimal, round_money
-from billing_core.periods import Cadence, Period, period_containing
+from billing_core.periods import BillingAnchor, Cadence, Period, period_containing
 from billing_core.pricing import BillingMode, Price, SubLine, rate
 from billing_core.subscriptions import PriceInterval, Subscription
 from billing_core.usage import EMPTY_USAGE, BatchUsageSource, MetricUsage, UsageRequest, UsageSource
@@ -83,13 +84,23 @@ def _service_periods(sub: Subscription, interval: PriceInterval,
             window = Period(svc_lo, svc_hi)
             yield window, window
         return
-    cursor = period_containing(max(lo, svc_lo), price.cadence, sub.anchor)
+    yield from _grid_periods(svc_lo, svc_hi, price.cadence, sub.anchor, lo, hi)
+
+
+@lru_cache(maxsize=65536)
+def _grid_periods(svc_lo: datetime, svc_hi: datetime, cadence: Cadence, anchor: BillingAnchor,
+                  lo: datetime, hi: datetime) -> tuple[tuple[Period, Period], ...]:
+    # Pure and hot (every charge of every invoice asks it; subscriptions started together and a
+    # simulation's two timelines ask the same): memoized.
+    found = []
+    cursor = period_containing(max(lo, svc_lo), cadence, anchor)
     stop = min(hi, svc_hi)
     while cursor.start < stop:
         service = cursor.clip(svc_lo, svc_hi)
         if service is not None:
-            yield cursor, service
-        cursor = period_containing(cursor.end, price.cadence, sub.anchor)
+            found.append((cursor, service))
+        cursor = period_containing(cursor.end, cadence, anchor)
+    return tuple(found)
 
 
 def charges_for_period(sub: Subscription, period: Period) -> list[Charge]:
@@ -97,9 +108,9 @@ def charges_for_period(sub: Subscription, period: Period) -> list[Charge]:
     result: list[Charge] = []
     for interval in sub.intervals:
         price = interval.price
-        # Look one cadence back and forward so periods billing in this invoice are found.
-        for full, service in _service_periods(sub, interval, period.start - timedelta(days=370),
-                                              period.end + timedelta(days=1)):
+        # A service period billed here ends after period.start, so its cadence period contains
+        # period.start or starts later: the walk starts there (not a year back; it ran per charge).
+        for full, service in _service_periods(sub, interval, period.start, period.end + timedelta(days=1)):
             if price.cadence == Cadence.ONE_TIME:
                 billed = period.start <= service.start < period.end
             elif price.is_fixed and price.billing_mode == BillingMode.IN_ADVANCE:

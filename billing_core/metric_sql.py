@@ -51,7 +51,7 @@ from billing_core.metric_definition import (
     to_decimal,
 )
 
-__all__ = ["MAX_SQL_NESTING", "metric_from_sql", "render_sql"]
+__all__ = ["MAX_SQL_NESTING", "filter_from_sql", "metric_from_sql", "render_sql"]
 
 _SIMPLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KEYWORDS = frozenset(k.upper() for k in Tokenizer.KEYWORDS)
@@ -238,6 +238,24 @@ def metric_from_sql(text: str) -> MetricDefinition:
         return _metric_from_sql(text)
     except RecursionError:  # nesting the count above does not see (e.g. long operator chains)
         raise InvalidMetric(_NESTED) from None
+
+
+_FILTER_PROBE = "__filter__"
+
+
+def filter_from_sql(text: str) -> tuple[Filter, ...]:
+    """Parse a boolean filter (the conditions of a WHERE clause, as in Orb's price ``filter``).
+
+    The same subset as a metric's WHERE conditions; ``event_name`` cannot be filtered on.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidMetric("filter must be a non-empty string", field="filter")
+    # Parsed as the conditions of a metric, so the one parser decides what is accepted; the text
+    # stays data (an attempt to close the parenthesis and name another event fails the check below).
+    definition = metric_from_sql(f"SELECT COUNT(*) FROM events WHERE event_name = '{_FILTER_PROBE}' AND ({text})")
+    if definition.event_name != _FILTER_PROBE or definition.group_by:
+        raise InvalidMetric("filter must be a boolean condition on event properties", field="filter")
+    return definition.filters
 
 
 def _metric_from_sql(text: str) -> MetricDefinition:

@@ -23,6 +23,7 @@ from billing_core.persistence.subscriptions import SqlSubscriptions
 from billing_core.plans import Item, Plan, add_version, create_plan, set_default_version
 from billing_core.pricing import Price
 from billing_core.service_outbox import emit_invoice_issued, emit_subscription
+from billing_core.simulations import Progress, Simulation, draft_version, simulate
 from billing_core.subscriptions import (
     AddAdjustment, AddPrice, ChangeOption, IntervalEdit, ReplacePrice, Subscription, billing_period, cancel,
     create_subscription, edit_price_intervals, schedule_plan_change,
@@ -34,7 +35,7 @@ __all__ = [
     "create_item", "create_plan_with_prices", "create_plan_version", "set_plan_default_version",
     "subscribe", "cancel_subscription", "change_plan", "edit_intervals",
     "subscription_costs", "customer_costs", "subscription_usage", "upcoming", "invoice_id_for",
-    "draft_or_issued_invoice", "issue", "period_invoices", "all_costs",
+    "draft_or_issued_invoice", "issue", "period_invoices", "all_costs", "simulation",
 ]
 
 NewId = Callable[[str], str]
@@ -275,3 +276,26 @@ def issue(session: Session, invoice_id: str, usage: UsageSource, *, now: datetim
     issued = SqlSubscriptions(session).add_invoice(issue_invoice(invoice, id=invoice_id, now=now))
     emit_invoice_issued(session, issued, now=now)
     return issued
+
+
+# --- simulations -------------------------------------------------------------------------------------
+
+def simulation(session: Session, usage: UsageSource, *, plan_id: str, version: int | None,
+               draft: Sequence[tuple[Price, str | None]] | None, customer_ids: Sequence[str] | None,
+               start: datetime, end: datetime, now: datetime, progress: Progress | None = None) -> Simulation:
+    """Replay past periods of a plan's subscriptions (or some customers') under a version or draft prices.
+
+    Exactly one of ``version`` and ``draft`` (prices with the plan price each replaces, if any).
+    Reads only: nothing is written to timelines or invoices.
+    """
+    if (version is None) == (draft is None):
+        raise InvalidInput("version: give exactly one of version and prices", field="version")
+    plan = SqlCatalog(session).get_plan(plan_id)
+    if version is not None:
+        if version not in {v.version for v in plan.versions}:
+            raise InvalidInput(f"version: plan {plan_id} has no version {version}", field="version")
+        prices = plan.version(version)
+    else:
+        prices = draft_version(plan, draft or (), now=now)
+    subs = SqlSubscriptions(session).overlapping(start, end, customer_ids=customer_ids)
+    return simulate(plan, prices, subs, usage, start=start, end=end, now=now, progress=progress)

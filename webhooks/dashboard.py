@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import secrets
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -473,6 +474,64 @@ def replay_delivery(endpoint_id: str, delivery_id: int) -> ResponseReturnValue:
 def alert_list() -> ResponseReturnValue:
     """Alerts per subscription (or plan): type, metric, thresholds, enabled, when one last fired."""
     return render_template("ops/alerts.html", groups=ops.alerts_by_subscription(_runtime().engine))
+
+
+# --- simulations -----------------------------------------------------------------------------------
+
+CHART_WIDTH, CHART_HEIGHT, CHART_LABELS = 720, 220, 40
+SIMULATION_ROWS = 50
+
+
+def histogram_bars(buckets: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the SVG geometry of one bar per bucket (height by customers, tallest bar full height)."""
+    tallest = max((b["customers"] for b in buckets), default=0) or 1
+    width = CHART_WIDTH / max(len(buckets), 1)
+    bars = []
+    for i, bucket in enumerate(buckets):
+        height = round((CHART_HEIGHT - CHART_LABELS) * bucket["customers"] / tallest)
+        bars.append({"x": round(i * width + 4), "width": round(width - 8), "height": height,
+                     "y": CHART_HEIGHT - CHART_LABELS - height, "label": bucket["label"],
+                     "customers": bucket["customers"], "center": round(i * width + width / 2)})
+    return bars
+
+
+@bp.get("/simulations")
+def simulations() -> ResponseReturnValue:
+    """Replay past periods of a plan's subscriptions under another version: totals, a histogram of the
+    customers' % change and the customers that move most (``?plan_id=&version=&since=&until=&customers=``)."""
+    from billing_core import InvalidInput, NotFound, SqlCatalog, service_plans, usage_source, wire
+    from worker.db import session_scope
+
+    engine = _runtime().engine
+    now = _now()
+    args = {k: (request.args.get(k) or "").strip()[:200] for k in ("plan_id", "version", "since", "until", "customers")}
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    args["since"] = args["since"] or (month_start - timedelta(days=85)).replace(day=1).strftime("%Y-%m-%d")
+    args["until"] = args["until"] or month_start.strftime("%Y-%m-%d")
+    with session_scope(engine) as session:
+        plans, _ = SqlCatalog(session).list_plans(limit=100)
+    result, error = None, ""
+    if args["plan_id"]:
+        try:
+            if not args["version"].isdigit():
+                raise InvalidInput("version: a version number is required", field="version")
+            start = wire.parse_instant(args["since"], "since")
+            end = wire.parse_instant(args["until"], "until")
+            customers = [c.strip() for c in args["customers"].split(",") if c.strip()] or None
+            with session_scope(engine) as session:
+                result = service_plans.simulation(
+                    session, usage_source(engine), plan_id=args["plan_id"], version=int(args["version"]), draft=None,
+                    customer_ids=customers, start=start, end=end, now=now).to_dict(int(args["version"]))
+        except (InvalidInput, NotFound, ValueError) as exc:
+            error = str(exc)
+    rows = []
+    if result:
+        rows = sorted(result["customers"], key=lambda c: abs(Decimal(c["simulated_total"]) - Decimal(c["current_total"])),
+                      reverse=True)[:SIMULATION_ROWS]
+    bars = histogram_bars(result["distribution"]) if result else []
+    return render_template("ops/simulations.html", plans=plans, args=args, result=result, rows=rows, bars=bars,
+                           error=error, chart={"width": CHART_WIDTH, "height": CHART_HEIGHT, "labels": CHART_LABELS}), (
+        400 if error else 200)
 
 
 @bp.get("/jobs/failed")

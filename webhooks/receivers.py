@@ -76,7 +76,7 @@ def aws_sns() -> ResponseReturnValue:
 
 
 @bp.post("/aws/events")
-@documented(body=MarketplaceNotification, response=DeliveryAccepted, status=202)
+@documented(body=MarketplaceNotification, response=DeliveryAccepted, status=202, security="AwsEventBridgeSecret")
 def aws_events() -> ResponseReturnValue:
     """Receive an EventBridge agreement/license event from an API destination (shared-secret header).
 

@@ -328,6 +328,76 @@ def verify(customer_id: str | None, since: str | None) -> None:
 
 
 @main.command()
+@click.option("--plan", "plan_id", required=True, help="The plan whose subscriptions are replayed.")
+@click.option("--version", "version", required=True, type=int, help="The plan version to simulate.")
+@click.option("--customer", "customer_ids", multiple=True, help="Only this customer's subscriptions (repeatable).")
+@click.option("--months", default=3, show_default=True, type=click.IntRange(1, 120),
+              help="Calendar months before the current one to replay.")
+@click.option("--since", default=None, help="ISO-8601 start instead of --months (periods wholly inside are replayed).")
+@click.option("--until", default=None, help="ISO-8601 end (default: the start of the current month, or now with --since).")
+@click.option("--top", default=10, show_default=True, help="Customers with the largest changes to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON (the API's answer).")
+def simulate(plan_id: str, version: int, customer_ids: tuple[str, ...], months: int, since: str | None,
+             until: str | None, top: int, as_json: bool) -> None:
+    """Replay past billing periods of a plan's subscriptions under another of its versions (writes nothing).
+
+    Draft prices that are not a stored version are simulated through POST /v1/simulations.
+    """
+    import json
+    from datetime import UTC, datetime
+
+    from billing_core import InvalidInput, NotFound, service_plans, usage_source, wire
+    from worker.db import session_scope
+
+    now = datetime.now(UTC)
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    try:
+        start = wire.parse_instant(since, "--since") if since else _months_back(month_start, months)
+        end = wire.parse_instant(until, "--until") if until else (now if since else month_start)
+    except ValueError as exc:  # wire.InvalidInstant
+        raise click.BadParameter(str(exc)) from None
+    runtime = _runtime()
+    bar = click.progressbar(length=1, label=f"simulating {plan_id} v{version}", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.length = max(total, 1)
+        bar.update(done - bar.pos)
+
+    try:
+        with bar, session_scope(runtime.engine) as session:
+            result = service_plans.simulation(
+                session, usage_source(runtime.engine), plan_id=plan_id, version=version, draft=None,
+                customer_ids=list(customer_ids) or None, start=start, end=end, now=now, progress=progress)
+    except (InvalidInput, NotFound) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        runtime.close()
+    answer = result.to_dict(version)
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    click.echo(f"plan {plan_id} v{version}, {answer['timeframe_start']} to {answer['timeframe_end']}: "
+               f"{answer['subscriptions']} subscription(s), {answer['periods']} period(s)")
+    click.echo(f"revenue {answer['current_total']} -> {answer['simulated_total']} {answer['currency']} "
+               f"(change {answer['change_total']}, {answer['change_percent'] or '-'}%)")
+    widest = max((b["customers"] for b in answer["distribution"]), default=0) or 1
+    for bucket in answer["distribution"]:
+        click.echo(f"  {bucket['label']:>14}  {bucket['customers']:>7}  {'#' * round(40 * bucket['customers'] / widest)}")
+    moved = sorted(result.customers, key=lambda c: abs(c.simulated - c.current), reverse=True)[:top]
+    for customer in moved:
+        click.echo(f"  {customer.customer_id}  {customer.current} -> {customer.simulated}"
+                   f"  ({customer.change_percent if customer.change_percent is not None else 'new'}%)")
+    for failure in result.failures:
+        click.echo(f"  {failure.subscription_id}  NOT REPLAYED  {failure.reason}")
+
+
+def _months_back(month_start, months: int):  # type: ignore[no-untyped-def]
+    """Return the first instant of the month ``months`` before ``month_start``."""
+    index = month_start.year * 12 + month_start.month - 1 - months
+    return month_start.replace(year=index // 12, month=index % 12 + 1)
+
+
+@main.command()
 @click.option("--before", required=True,
               help="ISO-8601 instant: drop fragments of 5 minutes to 12 hours that end before it.")
 @click.option("--all", "everything", is_flag=True, help="Drop those of 1 to 8 days too (every level).")

@@ -221,6 +221,18 @@ class SqlSubscriptions:
         cache: dict = {}
         return [from_snapshot(timeline, cache) for timeline in timelines]
 
+    def overlapping(self, start: datetime, end: datetime, *,
+                    customer_ids: Collection[str] | None = None) -> list[Subscription]:
+        """Return every subscription whose window shares time with ``[start, end)`` (of some customers)."""
+        t = SubscriptionRow.__table__
+        query = sa.select(t.c.timeline).where(t.c.start_date < end, sa.or_(t.c.end_date.is_(None), t.c.end_date > start))
+        if customer_ids is not None:
+            if not customer_ids:
+                return []
+            query = query.where(one_of(t.c.customer_id, sorted(set(customer_ids))))
+        cache: dict = {}
+        return [from_snapshot(timeline, cache) for timeline in self.session.execute(query.order_by(t.c.id)).scalars()]
+
     # invoices
     def add_invoice(self, invoice: Invoice) -> Invoice:
         if invoice.status != "issued" or invoice.id is None or invoice.issued_at is None:

@@ -103,6 +103,8 @@ def test_errors_share_one_schema(client, auth_headers) -> None:  # type: ignore[
             assert error == {"$ref": "#/components/schemas/Error"}, (method, path)
             if path.startswith("/v1/"):
                 assert operation["security"] == [{"ApiKey": []}], (method, path)
+    # EventBridge deliveries carry their own shared secret, not an API key.
+    assert document["paths"]["/webhooks/aws/events"]["post"]["security"] == [{"AwsEventBridgeSecret": []}]
 
 
 def _operations(schema):  # type: ignore[no-untyped-def]

@@ -10,13 +10,13 @@ from __future__ import annotations
 from flask import Flask
 
 from webhooks.api import (
-    alerts, contracts, customers, events, invoices, items, listings, metering, metrics, openapi, plans, subscriptions,
-    webhook_endpoints,
+    alerts, contracts, customers, events, invoices, items, listings, metering, metrics, openapi, plans, prices,
+    simulations, subscriptions, webhook_endpoints,
 )
 
 BLUEPRINTS = (
     alerts.bp, contracts.bp, customers.bp, events.bp, invoices.bp, items.bp, listings.bp, metering.bp, metrics.bp,
-    openapi.bp, plans.bp, subscriptions.bp, webhook_endpoints.bp,
+    openapi.bp, plans.bp, prices.bp, simulations.bp, subscriptions.bp, webhook_endpoints.bp,
 )
 
 

@@ -36,11 +36,15 @@ REF = "#/components/schemas/{model}"
 _RULE_ARG = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
 _JSON = "application/json"
 
-# Security schemes: /v1 and EventBridge use the API key; each marketplace receiver verifies
-# its own signature (the receivers' docstrings say how), so they are named for clients to read.
+# Security schemes: /v1 uses the API key, EventBridge its own shared secret; each marketplace
+# receiver verifies its own signature (the receivers' docstrings say how), named for clients to read.
 SECURITY_SCHEMES: dict[str, dict[str, Any]] = {
     "ApiKey": {"type": "http", "scheme": "bearer",
                "description": "An API key from the API_KEYS setting: `Authorization: Bearer <key>`."},
+    "AwsEventBridgeSecret": {"type": "http", "scheme": "bearer",
+                             "description": "A shared secret from AWS_EVENTBRIDGE_SECRETS (any of API_KEYS when "
+                                            "that is unset), added by the EventBridge API destination's "
+                                            "connection: `Authorization: Bearer <secret>`."},
     "StandardWebhooks": {"type": "apiKey", "in": "header", "name": "webhook-signature",
                          "description": "Standard Webhooks HMAC signature over webhook-id, webhook-timestamp "
                                         "and the body, with a secret from WEBHOOK_SECRETS."},

@@ -8,7 +8,7 @@ pagination) describe what those parsers accept; bodies validated with pydantic (
 metrics, listings, contracts) are documented with their own models instead.
 
 One module per resource family: ``base`` (bases, field types, errors, envelopes, health),
-``catalog``, ``subscriptions``, ``invoices``, ``events``, ``mapping``.
+``catalog``, ``subscriptions``, ``invoices``, ``events``, ``mapping``, ``prices`` (evaluation, simulations).
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ from webhooks.api.schemas.outbound import (
     WebhookEndpoint, WebhookEndpointWithSecret, WebhookEndpointCreate, WebhookEndpointUpdate, WebhookDelivery,
     DeliveryQuery, Alert, AlertCreate, AlertUpdate, AlertToggle, AlertQuery,
 )
+from webhooks.api.schemas.prices import (
+    PriceEvaluationInput, PriceEvaluate, PreviewEvent, PriceEvaluatePreview, PriceGroup, EvaluatedPrice,
+    PriceEvaluations, SinglePriceEvaluate, PriceGroups, DraftPrice, SimulationCreate, Bucket, PriceRevenue, CustomerRevenue, SimulationFailure,
+    SimulationResult,
+)
 from webhooks.api.schemas.mapping import (
     Listing, ListingQuery, Buyer, ContractMapping, MappedObject, ExternalAssociations, Contract,
     ContractQuery, SyncQueued, ReportRow, MeteringReport, ReportQuery, ContractWebhook,
@@ -72,5 +77,7 @@ __all__ = [
     "Amended", "Deprecated", "BackfillCreate", "Backfill", "Listing", "ListingQuery", "Buyer",
     "ContractMapping", "MappedObject", "ExternalAssociations", "Contract", "ContractQuery", "SyncQueued",
     "ReportRow", "MeteringReport", "ReportQuery", "ContractWebhook", "MarketplaceNotification",
-    "DeliveryAccepted",
+    "DeliveryAccepted", "PriceEvaluationInput", "PriceEvaluate", "PreviewEvent", "PriceEvaluatePreview",
+    "PriceGroup", "EvaluatedPrice", "PriceEvaluations", "SinglePriceEvaluate", "PriceGroups", "DraftPrice", "SimulationCreate", "Bucket",
+    "PriceRevenue", "CustomerRevenue", "SimulationFailure", "SimulationResult",
 ]

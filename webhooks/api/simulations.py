@@ -1,0 +1,94 @@
+"""``/v1/simulations``: replay past periods of a plan's subscriptions under a version or draft prices.
+
+Synchronous: the answer is the result (``billing_core.simulations``); nothing is stored. A plan's
+10,000 subscriptions over three months take seconds (``bench.simulate``); ``marketsync simulate``
+runs the same use case from the command line with a progress bar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from billing_core import CustomerNotFound, Price, SqlCatalog, SqlCustomerRepository, service_plans, usage_source
+from webhooks.api.bodies import check_fields, parse_instant, parse_price, require_list, require_object
+from webhooks.api.common import api_blueprint, bad, engine, json_body, now
+from webhooks.api.openapi import documented
+from webhooks.api.schemas import SimulationCreate, SimulationResult
+from worker.db import session_scope
+
+bp = api_blueprint("billing_simulations", __name__)
+
+_FIELDS = {"plan_id", "version", "prices", "customer_ids", "external_customer_ids", "timeframe_start", "timeframe_end"}
+MAX_CUSTOMERS = 10_000
+
+
+def _draft(raw_prices: list[Any], currency: str) -> list[tuple[Price, str | None]]:
+    """Read draft prices: Orb's new-price objects, bare or ``{"price": ..., "replaces_price_id": ...}``."""
+    draft = []
+    for i, raw in enumerate(raw_prices):
+        raw = require_object(raw, f"prices[{i}]")
+        replaces = None
+        field = f"prices[{i}]"
+        if "price" in raw:
+            check_fields(raw, {"price", "replaces_price_id"}, field)
+            replaces = raw.get("replaces_price_id")
+            if replaces is not None and (not isinstance(replaces, str) or not replaces):
+                raise bad(f"{field}.replaces_price_id", "expected a price id")
+            raw, field = require_object(raw["price"], f"{field}.price"), f"{field}.price"
+        draft.append((parse_price(raw, currency=currency, field=field), replaces))
+    if not draft:
+        raise bad("prices", "at least one price is required")
+    return draft
+
+
+def _customers(session: Session, body: Mapping[str, Any]) -> list[str] | None:
+    ids = require_list(body.get("customer_ids"), "customer_ids")
+    external = require_list(body.get("external_customer_ids"), "external_customer_ids")
+    if body.get("customer_ids") is None and body.get("external_customer_ids") is None:
+        return None  # every subscription on the plan
+    if len(ids) + len(external) > MAX_CUSTOMERS:
+        raise bad("customer_ids", f"at most {MAX_CUSTOMERS} customers (leave both lists out for every subscription)")
+    repo = SqlCustomerRepository(session)
+    found = []
+    for name, values, lookup in (("customer_ids", ids, repo.get), ("external_customer_ids", external, repo.get_by_external_id)):
+        for i, value in enumerate(values):
+            if not isinstance(value, str) or not value:
+                raise bad(f"{name}[{i}]", "expected a non-empty string")
+            try:
+                found.append(lookup(value).id)
+            except CustomerNotFound:
+                raise bad(f"{name}[{i}]", f"no customer {value!r}") from None
+    return found
+
+
+@bp.post("/simulations")
+@documented(body=SimulationCreate, response=SimulationResult)
+def create_simulation():
+    """Replay ended billing periods under a plan version or draft prices (nothing is written)."""
+    body = require_object(json_body(), "body")
+    check_fields(body, _FIELDS, "")
+    plan_id = body.get("plan_id")
+    if not isinstance(plan_id, str) or not plan_id:
+        raise bad("plan_id", "is required")
+    version = body.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        raise bad("version", "expected an integer")
+    if (version is None) == (body.get("prices") is None):
+        raise bad("version", "give exactly one of version and prices")
+    at = now()
+    start = parse_instant(body.get("timeframe_start"), "timeframe_start")
+    end = at if body.get("timeframe_end") is None else parse_instant(body["timeframe_end"], "timeframe_end")
+    if end <= start:
+        raise bad("timeframe_end", "must be after timeframe_start")
+    if start >= at:
+        raise bad("timeframe_start", "must be in the past (simulations replay ended periods)")
+    with session_scope(engine()) as session:
+        plan = SqlCatalog(session).get_plan(plan_id)
+        draft = None if body.get("prices") is None else _draft(require_list(body["prices"], "prices"), plan.currency)
+        result = service_plans.simulation(session, usage_source(engine()), plan_id=plan.id, version=version,
+                                          draft=draft, customer_ids=_customers(session, body), start=start,
+                                          end=end, now=at)
+    return result.to_dict(version)
