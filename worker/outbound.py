@@ -123,7 +123,7 @@ def send_endpoint(runtime: Any, endpoint_id: str, *, now_fn: Callable[[], dateti
                 endpoint = outbox.get_endpoint(endpoint_id)
             except NotFound:
                 return counts  # deleted since the round listed it
-            pending = outbox.pending(endpoint_id, limit=BATCH)
+            pending = outbox.pending(endpoint_id, now=now_fn(), limit=BATCH)
             events = outbox.events([d.event_seq for d in pending])
         if not endpoint.enabled:
             return counts

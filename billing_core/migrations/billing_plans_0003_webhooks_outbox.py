@@ -64,6 +64,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("endpoint_id", "event_seq", name="uq_webhook_deliveries_endpoint_event"),
     )
     op.create_index("ix_webhook_deliveries_due", "webhook_deliveries", ["status", "next_attempt_at"])
+    op.create_index("ix_webhook_deliveries_key", "webhook_deliveries", ["endpoint_id", "ordering_key", "event_seq"])
 
 
 def downgrade() -> None:

@@ -82,6 +82,7 @@ class WebhookDeliveryRow(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("endpoint_id", "event_seq", name="uq_webhook_deliveries_endpoint_event"),
         sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        sa.Index("ix_webhook_deliveries_key", "endpoint_id", "ordering_key", "event_seq"),
     )
 
     id: int | None = Field(default=None, sa_column=sa.Column(
@@ -205,11 +206,17 @@ class SqlOutbox:
             sa.select(d.c.endpoint_id).distinct().join(e, e.c.id == d.c.endpoint_id)
             .where(d.c.status == "pending", d.c.next_attempt_at <= now, e.c.enabled.is_(True))).scalars())
 
-    def pending(self, endpoint_id: str, *, limit: int) -> list[Delivery]:
-        """Return an endpoint's pending deliveries in event order."""
-        d = deliveries_table
+    def pending(self, endpoint_id: str, *, now: datetime, limit: int) -> list[Delivery]:
+        """Return an endpoint's pending deliveries in event order, leaving out those held back: a
+        delivery waiting for its retry holds back the later ones of its ordering key, so a key stuck
+        on a failing event never crowds the others out of a batch."""
+        d, held = deliveries_table, deliveries_table.alias("held")
+        waiting = sa.exists().where(
+            held.c.endpoint_id == d.c.endpoint_id, held.c.ordering_key == d.c.ordering_key,
+            held.c.status == "pending", held.c.event_seq <= d.c.event_seq, held.c.next_attempt_at > now)
         rows = self.session.execute(
-            sa.select(WebhookDeliveryRow).where(d.c.endpoint_id == endpoint_id, d.c.status == "pending")
+            sa.select(WebhookDeliveryRow).where(d.c.endpoint_id == endpoint_id, d.c.status == "pending",
+                                                d.c.next_attempt_at <= now, ~waiting)
             .order_by(d.c.event_seq).limit(limit)).scalars()
         return [r.to_domain() for r in rows]
 

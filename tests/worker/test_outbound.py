@@ -50,6 +50,20 @@ def test_a_failed_delivery_holds_back_its_key_only(app, receiver: Receiver) -> N
     assert _sent(receiver) == [("B", 1), ("A", 1), ("A", 2), ("A", 3)]
 
 
+def test_a_stuck_key_never_crowds_others_out_of_a_batch(app, receiver: Receiver, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With more held deliveries of one contract than a batch takes, another contract's events still go."""
+    runtime, now = app.extensions["marketsync"], datetime.now(UTC)
+    monkeypatch.setattr(outbound, "BATCH", 2)
+    _endpoint(runtime, receiver.url, "we_k")
+    for n in (1, 2, 3):
+        _emit(runtime, "A", n, now)
+    _emit(runtime, "B", 1, now)
+    receiver.failures = 1
+    assert outbound.send_endpoint(runtime, "we_k", now_fn=lambda: now)["more"] == 1  # A1 failed: A is held
+    outbound.send_endpoint(runtime, "we_k", now_fn=lambda: now)
+    assert _sent(receiver) == [("B", 1)]
+
+
 def test_a_slow_endpoint_does_not_delay_another(app, receiver: Receiver) -> None:  # type: ignore[no-untyped-def]
     """Each endpoint is sent on its own thread: a fast one gets its events while a slow one still answers."""
     runtime, now = app.extensions["marketsync"], datetime.now(UTC)
