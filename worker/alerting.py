@@ -18,7 +18,7 @@ from typing import Any
 
 from billing_core import (
     OutOfRange, SqlAlerts, SqlSubscriptions, billing_period, changed_customers, costs_each, service_alerts,
-    usage_source, watermark, write_lock,
+    usage_source, write_lock,
 )
 from worker import queueing
 from worker.db import session_scope
@@ -51,9 +51,13 @@ def evaluate_changes(engine: Any, *, now: datetime) -> dict[str, int]:
         alerts_repo = SqlAlerts(session)
         position = alerts_repo.position()
         sub_ids, plan_ids = alerts_repo.scoped()
-    if not sub_ids and not plan_ids:  # nothing watches usage: move on without reading the changes
-        with session_scope(engine) as session:
-            SqlAlerts(session).set_position(max(watermark(engine), position or 0))
+    if not sub_ids and not plan_ids:
+        # Nothing watches usage: no read, and no write under ingest's feet. The position is
+        # forgotten (once), so the first evaluation after an alert appears looks at every watched
+        # subscription rather than at every change since.
+        if position is not None:
+            with session_scope(engine) as session:
+                SqlAlerts(session).set_position(None)
         return {"evaluated": 0, "fired": 0}
     newest, changed = changed_customers(engine, position or 0)
     if position is None:

@@ -194,9 +194,14 @@ class SqlAlerts:
         row = self.session.get(AlertCursorRow, name, with_for_update=True)
         return None if row is None else int(row.position)
 
-    def set_position(self, position: int, name: str = "usage") -> None:
-        """Store a cursor (see ``position``)."""
+    def set_position(self, position: int | None, name: str = "usage") -> None:
+        """Store a cursor (see ``position``); None forgets it."""
         row = self.session.get(AlertCursorRow, name)
+        if position is None:
+            if row is not None:
+                self.session.delete(row)
+                self.session.flush()
+            return
         if row is None:
             self.session.add(AlertCursorRow(name=name, position=position))
         else:

@@ -155,3 +155,14 @@ def test_fired_thresholds_equal_those_a_fresh_total_reaches(billing: Engine, ste
     evaluate_changes(billing, now=now)
     fired = sorted(Decimal(v) for _, _, v in _fired(billing, sub))
     assert fired == sorted(Decimal(t) for t in thresholds if total >= t)
+
+
+def test_an_alert_created_after_the_usage_fires_at_the_next_evaluation(billing: Engine) -> None:
+    """Usage evaluated while no alert existed still counts for an alert created later, at once."""
+    now = datetime.now(UTC)
+    customer, sub = _subscription(billing, now - timedelta(days=1))
+    ingest(billing, customer, 700, now - timedelta(minutes=5))
+    assert evaluate_changes(billing, now=now) == {"evaluated": 0, "fired": 0}
+    _alert(billing, "subscription", sub, type="usage_exceeded", metric_id="m_tokens", thresholds=[{"value": 500}])
+    assert evaluate_changes(billing, now=now)["fired"] == 1
+    assert evaluate_changes(billing, now=now)["fired"] == 0
