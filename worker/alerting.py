@@ -18,7 +18,7 @@ from typing import Any
 
 from billing_core import (
     OutOfRange, SqlAlerts, SqlSubscriptions, billing_period, changed_customers, costs_each, service_alerts,
-    usage_source, write_lock,
+    usage_source, watermark, write_lock,
 )
 from worker import queueing
 from worker.db import session_scope
@@ -59,9 +59,11 @@ def evaluate_changes(engine: Any, *, now: datetime) -> dict[str, int]:
             with session_scope(engine) as session:
                 SqlAlerts(session).set_position(None)
         return {"evaluated": 0, "fired": 0}
-    newest, changed = changed_customers(engine, position or 0)
-    if position is None:
-        changed = None  # the first evaluation looks at every watched subscription
+    changed: set[str] | None
+    if position is None:  # the first evaluation looks at every watched subscription
+        newest, changed = watermark(engine), None
+    else:
+        newest, changed = changed_customers(engine, position)
     subs: list[Any] = []
     if changed != set():
         with session_scope(engine) as session:
