@@ -117,7 +117,7 @@ def start_workers(count: int, env: dict[str, str], log_dir: Path, *, name: str =
         log = open(log_dir / f"worker{n}.log", "wb")
         procs.append(subprocess.Popen(
             [rq, "worker", "--url", env["REDIS_URL"], "--with-scheduler", "--worker-class", "worker.rq_worker.MarketsyncWorker",
-             "--name", f"{name}-worker-{n}-{os.getpid()}", "--logging_level", "WARNING", "urgent", "contracts", "sync"],
+             "--name", f"{name}-worker-{n}-{os.getpid()}", "--logging_level", "WARNING", "urgent", "webhooks", "contracts", "sync"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         log.close()
     return procs

@@ -10,12 +10,17 @@ Rows (``table=True`` models) stay inside ``billing_core.persistence``.
 (strict JSON and the accepted instant range) are used as modules.
 """
 
-from billing_core import service_migrations, service_plans, wire
+from billing_core import service_alerts, service_migrations, service_outbox, service_plans, wire
+from billing_core.alerts import CREDIT_TYPES, SUBSCRIPTION_TYPES, Alert, AlertNotFound
+from billing_core.outbox import EVENT_TYPES, Delivery, Endpoint, OutboxEvent
+from billing_core.persistence.alerts import SqlAlerts
+from billing_core.persistence.outbox import SqlOutbox
+from billing_core.service_outbox import OUTBOX_FLAG, emit, emit_subscription
 from billing_core.adjustments import Adjustment, AdjustmentType
 from billing_core.backfills import (
     Backfill, BackfillNotFound, close_backfill, create_backfill, ingest_into_backfill, revert_backfill,
 )
-from billing_core.changes import Mark, unchanged_usage, watermark
+from billing_core.changes import Mark, changed_customers, unchanged_usage, watermark
 from billing_core.codec import definition_from_dict
 from billing_core.costs import Costs, PriceCost, costs, costs_each
 from billing_core.customers import Customer, CustomerNotFound, create_customer, update_customer
@@ -69,10 +74,13 @@ from billing_core.subscriptions import (
 
 __all__ = [
     # modules used as namespaces
-    "service_plans", "service_migrations", "wire",
+    "service_alerts", "service_migrations", "service_outbox", "service_plans", "wire",
     # plan migrations
     "Migration", "MigrationNotFound", "SqlPlanMigrations", "SubscriptionOutcome", "EffectiveTime", "MigrationError",
     "Outcome", "Overrides", "parse_effective_time", "MigrationRequest", "DryRunLine", "UsageSource",
+    # outbound webhooks and alerts
+    "EVENT_TYPES", "Delivery", "Endpoint", "OutboxEvent", "SqlOutbox", "OUTBOX_FLAG", "emit", "emit_subscription",
+    "Alert", "AlertNotFound", "CREDIT_TYPES", "SUBSCRIPTION_TYPES", "SqlAlerts", "changed_customers",
     # errors
     "BillingError", "NotFound", "Conflict", "InvalidInput", "UnsupportedMetricSql", "OutOfRange",
     "UsageOutOfRange", "InexactAmount", "InvalidAmount", "BatchTooLarge", "EventValidationFailed",

@@ -27,12 +27,12 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from billing_core.events import to_micros
-from billing_core.persistence.customers import external_ids
+from billing_core.persistence.customers import customers_table, external_ids
 from billing_core.persistence.events import events_table
 from billing_core.persistence.fragments import changes_table, newest_change
 from billing_core.persistence.rows import one_of
 
-__all__ = ["Mark", "unchanged_usage", "watermark"]
+__all__ = ["Mark", "changed_customers", "unchanged_usage", "watermark"]
 
 _CHUNK = 500
 
@@ -114,3 +114,24 @@ def unchanged_usage(engine: sa.Engine, marks: Mapping[str, Mark], until: datetim
 
 def _chunks(values: list[str]) -> list[list[str]]:
     return [values[i:i + _CHUNK] for i in range(0, len(values), _CHUNK)]
+
+
+def changed_customers(engine: sa.Engine, after: int) -> tuple[int, set[str] | None]:
+    """Return the newest change-log position and the customers whose usage changed after ``after``
+    up to it (None: a change named no one, so anyone's may have). Two indexed reads."""
+    c = changes_table
+    with engine.connect() as conn:
+        with conn.begin():
+            newest = newest_change(conn)
+            if newest <= after:
+                return newest, set()
+            rows = conn.execute(sa.select(c.c.customer_id, c.c.external_customer_id).distinct().where(
+                c.c.id > after, c.c.id <= newest)).all()
+            if any(cid is None and ext is None for cid, ext in rows):
+                return newest, None
+            found = {cid for cid, _ in rows if cid is not None}
+            aliases = sorted({ext for cid, ext in rows if cid is None and ext is not None})
+            for chunk in _chunks(aliases):
+                found.update(conn.execute(sa.select(customers_table.c.id).where(
+                    one_of(customers_table.c.external_customer_id, chunk))).scalars())
+    return newest, found

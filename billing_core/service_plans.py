@@ -23,6 +23,7 @@ from billing_core.persistence.catalog import SqlCatalog
 from billing_core.persistence.subscriptions import SqlSubscriptions
 from billing_core.plans import Item, Plan, add_version, create_plan, set_default_version
 from billing_core.pricing import Price
+from billing_core.service_outbox import emit_invoice_issued, emit_subscription
 from billing_core.simulations import Progress, Simulation, draft_version, simulate
 from billing_core.subscriptions import (
     AddAdjustment, AddPrice, ChangeOption, IntervalEdit, ReplacePrice, Subscription, billing_period, cancel,
@@ -112,7 +113,9 @@ def subscribe(session: Session, *, customer_id: str, currency: str | None, plan:
         replace_prices=changes.replace_prices, add_adjustments=changes.add_adjustments,
         remove_adjustments=changes.remove_adjustments, external_marketplace=external_marketplace,
         external_marketplace_reporting_id=external_marketplace_reporting_id, metadata=metadata)
-    return SqlSubscriptions(session).add(sub)
+    stored = SqlSubscriptions(session).add(sub)
+    emit_subscription(session, "subscription.created", stored, now=now)
+    return stored
 
 
 def cancel_subscription(session: Session, subscription_id: str, *, option: ChangeOption | str,
@@ -120,8 +123,10 @@ def cancel_subscription(session: Session, subscription_id: str, *, option: Chang
     """Cancel a subscription (a timeline edit)."""
     repo = SqlSubscriptions(session)
     sub = repo.get(subscription_id, for_update=True)  # concurrent edits queue, none is refused
-    return repo.save(cancel(sub, cancel_option=option, cancellation_date=cancellation_date, now=now),
-                     expected_revision=len(sub.edits))
+    canceled = repo.save(cancel(sub, cancel_option=option, cancellation_date=cancellation_date, now=now),
+                         expected_revision=len(sub.edits))
+    _edited(session, sub, canceled, now=now)
+    return canceled
 
 
 def change_plan(session: Session, subscription_id: str, plan: Plan, *, version: int | None,
@@ -134,7 +139,9 @@ def change_plan(session: Session, subscription_id: str, plan: Plan, *, version: 
         sub, plan, change_option=option, now=now, version=version, change_date=change_date,
         add_prices=changes.add_prices, remove_prices=changes.remove_prices, replace_prices=changes.replace_prices,
         add_adjustments=changes.add_adjustments, remove_adjustments=changes.remove_adjustments)
-    return repo.save(changed, expected_revision=len(sub.edits))
+    saved = repo.save(changed, expected_revision=len(sub.edits))
+    _edited(session, sub, saved, now=now)
+    return saved
 
 
 def edit_intervals(session: Session, subscription_id: str, *, add: Sequence[AddPrice],
@@ -144,7 +151,17 @@ def edit_intervals(session: Session, subscription_id: str, *, add: Sequence[AddP
     repo = SqlSubscriptions(session)
     sub = repo.get(subscription_id, for_update=True)  # concurrent edits queue, none is refused
     changed = edit_price_intervals(sub, now=now, add=add, edit=edit, add_adjustments=add_adjustments)
-    return repo.save(changed, expected_revision=len(sub.edits))
+    saved = repo.save(changed, expected_revision=len(sub.edits))
+    _edited(session, sub, saved, now=now)
+    return saved
+
+
+def _edited(session: Session, before: Subscription, after: Subscription, *, now: datetime) -> None:
+    """Emit ``subscription.edited`` for a timeline edit (and ``subscription.ended`` when it ended it now)."""
+    # Orb's previous_attributes name subscription fields a timeline edit never changes: none here.
+    emit_subscription(session, "subscription.edited", after, now=now, properties={"previous_attributes": {}})
+    if before.status(now) != "ended" and after.status(now) == "ended":
+        emit_subscription(session, "subscription.ended", after, now=now)
 
 
 # --- costs, usage, invoices --------------------------------------------------------------------------
@@ -265,8 +282,9 @@ def issue(session: Session, invoice_id: str, usage: UsageSource, *, now: datetim
         return invoice
     if now < invoice.period_start:
         raise Conflict(f"invoice {invoice_id} is for a period that has not started", field="invoice_id")
-    issued = issue_invoice(invoice, id=invoice_id, now=now)
-    return SqlSubscriptions(session).add_invoice(issued)
+    issued = SqlSubscriptions(session).add_invoice(issue_invoice(invoice, id=invoice_id, now=now))
+    emit_invoice_issued(session, issued, now=now)
+    return issued
 
 
 # --- simulations -------------------------------------------------------------------------------------

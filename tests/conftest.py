@@ -319,7 +319,7 @@ def run_jobs(app) -> None:  # type: ignore[no-untyped-def]
 
     runtime = app.extensions["marketsync"]
     runtime_module.install(runtime)
-    queues = [runtime.queue(name) for name in ("urgent", "contracts", "sync")]
+    queues = [runtime.queue(name) for name in runtime_module.QUEUE_NAMES]
     settle_jobs(runtime, queues, burst_worker_class())
 
 
@@ -329,11 +329,12 @@ def settle_jobs(runtime, queues, worker_class) -> None:  # type: ignore[no-untyp
     Receivers signal the drain job from a background thread just after answering, and a job
     can make an emulator send a notification that enqueues more: run until it all settles.
     """
-    from worker.queueing import drain_signal
+    from worker.queueing import alert_signal, drain_signal, webhook_signal
 
-    signal = drain_signal(runtime)
+    signals = [drain_signal(runtime), alert_signal(runtime), webhook_signal(runtime)]
     for _ in range(20):
-        signal.wait()
+        for signal in signals:
+            signal.wait()
         worker_class(queues, connection=runtime.redis).work(burst=True)
-        if signal.wait(0) and not any(q.count for q in queues):
+        if all(signal.wait(0) for signal in signals) and not any(q.count for q in queues):
             return

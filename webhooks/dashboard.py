@@ -26,7 +26,8 @@ from flask import (
 from flask.typing import ResponseReturnValue
 
 from webhooks import sessions, throttle
-from worker import contracts, jobs, ledger, ops, plan_migrations, reconcile, reporting, trueups
+from billing_core import NotFound
+from worker import contracts, jobs, ledger, ops, plan_migrations, queueing, reconcile, reporting, trueups
 from worker.runtime import QUEUE_NAMES
 
 bp = Blueprint("ops", __name__, url_prefix="/ops", template_folder="templates",
@@ -510,6 +511,42 @@ def trueup_confirm() -> ResponseReturnValue:
     flash(f"Applied {counts['applied']} adjustment(s) under the hour {fmt_time(result.stamp)}"
           + (f"; {counts['already_applied']} were already applied." if counts["already_applied"] else "."), "ok")
     return redirect(url_for("ops.trueup_page"))
+
+
+# --- outbound webhooks and alerts ------------------------------------------------------------------
+
+@bp.get("/webhooks")
+def webhook_list() -> ResponseReturnValue:
+    """Every webhook endpoint: url, state, event types, deliveries by status (never a secret)."""
+    return render_template("ops/webhooks.html", endpoints=ops.webhook_endpoints(_runtime().engine))
+
+
+@bp.get("/webhooks/<endpoint_id>")
+def webhook_detail(endpoint_id: str) -> ResponseReturnValue:
+    """One endpoint's delivery log: attempts, status codes, last error, and a replay button each."""
+    try:
+        detail = ops.webhook_endpoint_detail(_runtime().engine, endpoint_id)
+    except NotFound:
+        return _page_error(404, f"There is no webhook endpoint {endpoint_id}.")
+    return render_template("ops/webhook.html", d=detail, e=detail["endpoint"])
+
+
+@bp.post("/webhooks/<endpoint_id>/deliveries/<int:delivery_id>/replay")
+def replay_delivery(endpoint_id: str, delivery_id: int) -> ResponseReturnValue:
+    """Send one delivery again now."""
+    try:
+        ops.replay_delivery(_runtime().engine, endpoint_id, delivery_id, now=_now())
+    except NotFound:
+        return _page_error(404, f"Webhook endpoint {endpoint_id} has no delivery {delivery_id}.")
+    queueing.webhook_signal(_runtime()).request()
+    flash(f"Delivery {delivery_id} queued to be sent again.", "ok")
+    return redirect(url_for("ops.webhook_detail", endpoint_id=endpoint_id))
+
+
+@bp.get("/alerts")
+def alert_list() -> ResponseReturnValue:
+    """Alerts per subscription (or plan): type, metric, thresholds, enabled, when one last fired."""
+    return render_template("ops/alerts.html", groups=ops.alerts_by_subscription(_runtime().engine))
 
 
 # --- simulations -----------------------------------------------------------------------------------

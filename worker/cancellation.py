@@ -21,7 +21,7 @@ from sqlmodel import Session
 from billing_core import count_customer_events_since
 from marketplaces import rules
 from marketplaces.base import FlushPlan
-from worker import hourly, ledger
+from worker import hourly, ledger, notices
 from worker.ledger import COST_ERROR, utc
 from worker.logs import get_logger
 from worker.metering import hour_floor
@@ -70,6 +70,9 @@ def close_if_settled(engine: Engine, contract_id: str, *, now: datetime) -> bool
         closed = session.execute(update(ContractRow).where(
             ContractRow.id == contract_id, ContractRow.status == ContractStatus.CANCELED,
         ).values(status=ContractStatus.CLOSED.value, closed_at=now, updated_at=now)).rowcount
+        if closed:
+            row = session.get(ContractRow, contract_id, populate_existing=True)
+            notices.contract_event(session, "contract.closed", row, now=now)
         session.commit()
     return bool(closed)
 
@@ -147,11 +150,22 @@ def flag_alert(engine: Engine, contract_id: str, *, deadline: datetime, now: dat
         return True
 
 
+def at_risk(engine: Engine, item: dict[str, Any], *, now: datetime) -> None:
+    """Emit ``marketplace_report.deadline_at_risk`` for a canceled contract whose final report is late."""
+    with Session(engine) as session:
+        row = session.get(ContractRow, item["contract_id"])
+        if row is not None:
+            notices.contract_event(session, "marketplace_report.deadline_at_risk", row, now=now, properties={
+                "deadline": item["deadline"].isoformat(), "missed": item["missed"]})
+            session.commit()
+
+
 def watch_deadlines(engine: Engine, counters: Counters, *, now: datetime) -> list[dict[str, Any]]:
     """Alert once (log, counter, dashboard flag) per canceled contract close to its deadline; return them."""
     overdue = overdue_contracts(engine, now=now)
     for item in overdue:
         if flag_alert(engine, item["contract_id"], deadline=item["deadline"], now=now):
+            at_risk(engine, item, now=now)
             counters.incr(DEADLINE_ALERTS)
             if item["missed"]:
                 counters.incr(DEADLINE_MISSES)

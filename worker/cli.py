@@ -187,6 +187,88 @@ def sync(contract_ids: tuple[str, ...], hour: str | None, dry_run: bool) -> None
     runtime.close()
 
 
+@main.group()
+def webhooks() -> None:
+    """Outbound webhooks: endpoints, their delivery log, a send round, a replay."""
+
+
+@webhooks.command("list")
+def webhooks_list() -> None:
+    """Print every webhook endpoint (never its secret) with its deliveries by status."""
+    from worker import ops
+
+    runtime = _runtime()
+    for item in ops.webhook_endpoints(runtime.engine):
+        e, counts = item["endpoint"], item["counts"]
+        state = "enabled" if e.enabled else f"disabled ({e.disabled_reason or 'user'})"
+        click.echo(f"{e.id}  {state:30} {e.payload_style:8} {e.url}  "
+                   + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    runtime.close()
+
+
+@webhooks.command("log")
+@click.argument("endpoint_id")
+def webhooks_log(endpoint_id: str) -> None:
+    """Print an endpoint's latest deliveries: event, status, attempts, last code and error."""
+    from billing_core import NotFound
+    from worker import ops
+
+    runtime = _runtime()
+    try:
+        detail = ops.webhook_endpoint_detail(runtime.engine, endpoint_id)
+    except NotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    for item in detail["deliveries"]:
+        d, e = item["delivery"], item["event"]
+        click.echo(f"{d.id:>8}  {e.type:40} {d.status:9} attempts {d.attempts:<3} "
+                   f"code {d.last_status_code or '-':<4} {item['error']}")
+    runtime.close()
+
+
+@webhooks.command("send")
+def webhooks_send() -> None:
+    """Send every due delivery now, in this process (what the webhooks queue's job does)."""
+    from datetime import datetime, timezone
+
+    from worker import outbound
+
+    runtime = _runtime()
+    click.echo(outbound.send_due(runtime, now_fn=lambda: datetime.now(timezone.utc)))
+    runtime.close()
+
+
+@webhooks.command("replay")
+@click.argument("endpoint_id")
+@click.argument("delivery_id", type=int)
+def webhooks_replay(endpoint_id: str, delivery_id: int) -> None:
+    """Make one delivery pending again, due now (the next send round sends it)."""
+    from datetime import datetime, timezone
+
+    from billing_core import NotFound
+    from worker import ops, queueing
+
+    runtime = _runtime()
+    try:
+        ops.replay_delivery(runtime.engine, endpoint_id, delivery_id, now=datetime.now(timezone.utc))
+    except NotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    queueing.signal_webhooks(runtime)
+    click.echo(f"delivery {delivery_id} of {endpoint_id} is due now")
+    runtime.close()
+
+
+@main.command("evaluate-alerts")
+def evaluate_alerts() -> None:
+    """Evaluate the alerts over the usage changed since the last evaluation, in this process."""
+    from datetime import datetime, timezone
+
+    from worker import alerting
+
+    runtime = _runtime()
+    click.echo(alerting.evaluate_changes(runtime.engine, now=datetime.now(timezone.utc)))
+    runtime.close()
+
+
 @main.command()
 @click.argument("plan_id")
 @click.option("--to", "to_version", type=int, required=True, help="The plan version to migrate to.")

@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from billing_core import SubscriptionNotFound, get_for_update
 from marketplaces import rules
-from worker import entitlements, ledger
+from worker import entitlements, ledger, notices
 from worker.contract_events import ContractEvent
 from worker.errors import Conflict, Invalid, NotFound
 from worker.persistence.contracts import ContractRow, ListingRow
@@ -125,6 +125,7 @@ def apply_event(engine: Engine, event: ContractEvent, billing: BillingGateway, *
         return Applied(InboxStatus.IGNORED, detail="the event names no contract")
     with Session(engine, expire_on_commit=False) as session:
         row = _load(session, event.source, event.contract_key)
+        before = (row.status, row.mapping_status) if row is not None else (None, None)
         if row is None and event.kind != "created":
             # Out of order: applied once the contract exists (see process_deferred).
             return Applied(InboxStatus.DEFERRED, detail=f"{event.kind} before created")
@@ -154,6 +155,7 @@ def apply_event(engine: Engine, event: ContractEvent, billing: BillingGateway, *
             detail = handler(session, row, event, billing, now)
         row.updated_at = now
         session.add(row)
+        notices.contract_changed(session, row, before, now=now)
         session.commit()
         return Applied(InboxStatus.DONE, contract_id=row.id, detail=detail)
 
@@ -449,6 +451,7 @@ def patch_contract(engine: Engine, contract_id: str, billing: BillingGateway, *,
         row = get_for_update(session, ContractRow, contract_id)
         if row is None:
             raise ContractNotFound(f"no contract {contract_id!r}")
+        before = (row.status, row.mapping_status)
         if unmap and row.subscription_id and row.status == ContractStatus.CANCELED:
             # Its final usage is still owed to the marketplace, and only a mapped contract reports.
             raise MappingConflict(
@@ -493,6 +496,7 @@ def patch_contract(engine: Engine, contract_id: str, billing: BillingGateway, *,
         row.updated_at = now
         session.add(row)
         try:
+            notices.contract_changed(session, row, before, now=now)
             session.commit()
         except IntegrityError:
             raise MappingConflict(f"subscription {subscription_id!r} is already mapped to another contract") from None

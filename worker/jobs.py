@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from rq import get_current_job
 
 from billing_core import service_migrations
-from worker import cancellation, delivery, hourly, plan_migrations, queueing
+from worker import alerting, cancellation, delivery, hourly, outbound, plan_migrations, queueing
 from worker.errors import Permanent
 from worker.metering import hour_floor, previous_hour
 from worker.runtime import current
@@ -140,3 +140,25 @@ def resume_plan_migrations() -> list[str]:
     for migration_id in ids:
         queueing.enqueue_plan_migration(runtime, migration_id, run=int(_now().timestamp()))
     return ids
+
+
+# --- outbound webhooks and alerts --------------------------------------------------------------------
+
+def send_webhooks() -> dict[str, int]:
+    """Send every due outbound webhook delivery, one thread per endpoint."""
+    return outbound.send_due(current(), now_fn=_now)
+
+
+def sweep_webhooks() -> int:
+    """Signal a send when deliveries are due (Redis was down, a worker died, a retry came due)."""
+    return outbound.sweep(current(), now=_now())
+
+
+def note_ended_subscriptions() -> int:
+    """Emit ``subscription.ended`` for subscriptions whose scheduled end has passed."""
+    return outbound.note_ended(current(), now=_now())
+
+
+def evaluate_alerts() -> dict[str, int]:
+    """Fire the alert thresholds reached by usage that changed since the last evaluation."""
+    return alerting.evaluate(current(), now=_now())

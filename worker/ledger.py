@@ -24,6 +24,7 @@ from sqlmodel import Session
 from billing_core.errors import OutOfRange
 from billing_core.money import exact
 from marketplaces.base import OutcomeStatus
+from worker import notices
 from worker.errors import Contention
 from worker.logs import get_logger
 from worker.metering import (
@@ -395,7 +396,8 @@ def expire(engine: Engine, marketplace: str, *, now: datetime, window: timedelta
             status=LedgerStatus.EXPIRED, settled_at=now, claim_token=None,
             detail=case((table.c.held_until.is_not(None), detail + " (it was held: the subscription was not active)"),
                         else_=detail),
-        ).returning(table.c.id, table.c.contract_id, table.c.quantity)).all()
+        ).returning(*table.c)).all()
+        notices.reports_settled(conn, [(row, row.detail) for row in done], "expired", now=now)
         contracts = sorted({r.contract_id for r in done})
         if contracts:
             conn.execute(update(ContractSyncRow.__table__).where(
@@ -495,6 +497,7 @@ def fail(engine: Engine, rows: Sequence[LedgerRow], detail: str, *, now: datetim
             _uncount(session, row)
             session.execute(update(ContractSyncRow).where(ContractSyncRow.contract_id == row.contract_id)
                             .values(last_outcome=LedgerStatus.FAILED.value, last_error=detail[:2000]))
+        notices.reports_settled(session, [(row, detail[:2000]) for row in rows], "failed", now=now)
         session.commit()
 
 
@@ -506,6 +509,7 @@ def settle(engine: Engine, rows: Sequence[LedgerRow], outcomes: dict[str, Any], 
     settled: list[dict[str, Any]] = []
     last: dict[str, dict[str, Any]] = {}  # contract -> its sync state's last outcome (the batch's last row wins)
     rejected: list[LedgerRow] = []
+    lost: dict[str, list[tuple[LedgerRow, str]]] = {}  # rejected and expired rows: their events
     held: list[dict[str, Any]] = []
     for row in rows:
         outcome = outcomes.get(row.key)
@@ -541,6 +545,8 @@ def settle(engine: Engine, rows: Sequence[LedgerRow], outcomes: dict[str, Any], 
                                                                             LedgerStatus.EXPIRED) else ""}
             if status == LedgerStatus.REJECTED:
                 rejected.append(row)
+            if status in (LedgerStatus.REJECTED, LedgerStatus.EXPIRED):
+                lost.setdefault(status.value, []).append((row, detail[:2000]))
         counts[status.value] = counts.get(status.value, 0) + 1
     with engine.begin() as conn:
         if unanswered:
@@ -555,6 +561,8 @@ def settle(engine: Engine, rows: Sequence[LedgerRow], outcomes: dict[str, Any], 
                 claim_token=None, marketplace_record_id=bindparam("b_record_id")), settled)
         for row in rejected:
             _uncount(conn, row)
+        for status_name, items in lost.items():
+            notices.reports_settled(conn, items, status_name, now=now)
         if last:
             conn.execute(update(sync_t).where(sync_t.c.contract_id == bindparam("b_contract")).values(
                 last_outcome=bindparam("b_outcome"), last_error=bindparam("b_error")), list(last.values()))

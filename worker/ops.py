@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 from sqlalchemy import Engine, String, and_, cast, func, or_, select
 from sqlmodel import Session
 
+from billing_core import SqlAlerts, SqlOutbox
 from billing_core.money import exact
 from marketplaces.base import Marketplace
 from worker import cancellation, hourly, ledger
@@ -443,3 +444,50 @@ def listing_rows(engine: Engine) -> list[dict[str, Any]]:
         rows = session.execute(select(ListingRow).order_by(ListingRow.marketplace, ListingRow.product_id,
                                                            ListingRow.plan_id)).scalars().all()
         return [{"row": r, "contracts": counts.get(r.id, 0)} for r in rows]
+
+
+# --- outbound webhooks and alerts ------------------------------------------------------------------
+
+def webhook_endpoints(engine: Engine) -> list[dict[str, Any]]:
+    """Every webhook endpoint (never its secret) with its deliveries counted by status."""
+    with Session(engine) as session:
+        outbox = SqlOutbox(session)
+        endpoints = outbox.endpoints()
+        counts = outbox.counts([e.id for e in endpoints])
+    return [{"endpoint": e, "counts": counts.get(e.id, {})} for e in reversed(endpoints)]
+
+
+def webhook_endpoint_detail(engine: Engine, endpoint_id: str, *, limit: int = 100) -> dict[str, Any]:
+    """One endpoint and its latest deliveries, each with its event (NotFound when there is none)."""
+    with Session(engine) as session:
+        outbox = SqlOutbox(session)
+        endpoint = outbox.get_endpoint(endpoint_id)
+        rows = outbox.deliveries(endpoint_id, limit=limit)
+        counts = outbox.counts([endpoint_id]).get(endpoint_id, {})
+    return {"endpoint": endpoint, "counts": counts,
+            "deliveries": [{"delivery": d, "event": e, "error": public_error(d.last_error)} for d, e in rows]}
+
+
+def replay_delivery(engine: Engine, endpoint_id: str, delivery_id: int, *, now: datetime) -> None:
+    """Make one delivery pending again, due now (the caller signals the sender)."""
+    with Session(engine) as session:
+        SqlOutbox(session).replay(endpoint_id, delivery_id, now)
+        session.commit()
+
+
+def alerts_by_subscription(engine: Engine) -> list[dict[str, Any]]:
+    """Usage and cost alerts grouped by what they watch (a subscription, or a plan), with when each last fired."""
+    with Session(engine) as session:
+        repo = SqlAlerts(session)
+        alerts, _ = repo.list(limit=1000)
+        fired = repo.last_fired([a.id for a in alerts])
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for alert in alerts:
+        scope = (f"subscription {alert.subscription_id}" if alert.subscription_id
+                 else f"plan {alert.plan_id}" + (f" v{alert.plan_version}" if alert.plan_version else "")
+                 if alert.plan_id else f"customer {alert.customer_id}")
+        last = fired.get(alert.id)
+        groups[scope].append({"alert": alert, "last_fired_at": last[0] if last else None,
+                              "last_fired_subscription": last[1] if last else None,
+                              "last_fired_threshold": last[2] if last else None})
+    return [{"scope": scope, "alerts": items} for scope, items in sorted(groups.items())]

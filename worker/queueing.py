@@ -11,7 +11,7 @@ import threading
 import uuid
 import weakref
 from datetime import datetime, timedelta, timezone
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from rq import Retry
 
@@ -202,8 +202,9 @@ class DrainSignal:
 
     IDLE_SECONDS = 5.0
 
-    def __init__(self, runtime: Any):
+    def __init__(self, runtime: Any, send: Callable[[Any], bool] | None = None):
         self._runtime = weakref.ref(runtime)  # process_local keys the signal weakly on the runtime
+        self._send = send or signal_drain
         self._wanted = threading.Event()
         self._settled = threading.Event()
         self._settled.set()
@@ -234,7 +235,7 @@ class DrainSignal:
             self._wanted.clear()
             runtime = self._runtime()
             if runtime is not None:
-                signal_drain(runtime)
+                self._send(runtime)
             del runtime
             with self._lock:
                 if not self._wanted.is_set():
@@ -260,3 +261,49 @@ def enqueue_plan_migration(runtime: Any, migration_id: str, *, run: int = 0) -> 
     except Exception as exc:  # noqa: BLE001 - resume_plan_migrations enqueues it again within minutes
         log.warning("enqueue_failed", migration_id=migration_id, error=type(exc).__name__)
         return False
+
+
+# --- outbound webhooks and alerts --------------------------------------------------------------------
+
+WEBHOOKS_FLAG = "marketsync:webhooks:send-pending"
+ALERTS_FLAG = "marketsync:alerts:evaluate-pending"
+# The sender and the evaluator keep their state in the database: a lost job is found again by the
+# cron sweep within a minute, so these retry briefly.
+OUTBOUND_RETRY = Retry(max=3, interval=[2, 10, 60])
+
+
+def _signal_once(runtime: Any, flag: str, job: str) -> bool:
+    """Enqueue ``job`` on ``webhooks`` unless its flag says one is queued; False when Redis is down."""
+    try:
+        if runtime.redis.set(flag, "1", nx=True, ex=60):
+            runtime.queue("webhooks").enqueue(_JOBS + job, job_id=f"{job}-{uuid.uuid4().hex}",
+                                              retry=OUTBOUND_RETRY, result_ttl=600, failure_ttl=86400)
+        return True
+    except Exception as exc:  # noqa: BLE001 - the cron sweep runs them within a minute anyway
+        log.warning("enqueue_failed", job=job, error=type(exc).__name__)
+        return False
+
+
+def signal_webhooks(runtime: Any) -> bool:
+    """Make sure a send of due webhook deliveries is queued (one Redis round trip)."""
+    return _signal_once(runtime, WEBHOOKS_FLAG, "send_webhooks")
+
+
+def signal_alerts(runtime: Any) -> bool:
+    """Make sure an alert evaluation over the usage changed since the last one is queued."""
+    return _signal_once(runtime, ALERTS_FLAG, "evaluate_alerts")
+
+
+def clear_signal(runtime: Any, flag: str) -> None:
+    """Let the next change signal again (the job calls it before it reads the database)."""
+    runtime.redis.delete(flag)
+
+
+def webhook_signal(runtime: Any) -> DrainSignal:
+    """Return the runtime's background signal of the webhook sender in this process."""
+    return process_local(runtime, "webhook_signal", lambda: DrainSignal(runtime, signal_webhooks))
+
+
+def alert_signal(runtime: Any) -> DrainSignal:
+    """Return the runtime's background signal of the alert evaluator in this process."""
+    return process_local(runtime, "alert_signal", lambda: DrainSignal(runtime, signal_alerts))

@@ -14,7 +14,7 @@ from billing_core import use_fragments
 from config import Settings
 from worker import db
 
-QUEUE_NAMES = ("urgent", "contracts", "sync")
+QUEUE_NAMES = ("urgent", "webhooks", "contracts", "sync")
 
 
 class Runtime:
@@ -32,6 +32,9 @@ class Runtime:
             self.settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
         engine = db.build_engine(self.settings.database_url)
         use_fragments(engine, self.settings.USAGE_FRAGMENTS)
+        from worker.outbound import watch_commits  # the sender is signalled after commits that emitted
+
+        watch_commits(engine, self)
         return engine
 
     @cached_property

@@ -30,6 +30,12 @@ def register_jobs(settings: Settings) -> None:
     cron.register(jobs.watch_deadlines, queue_name="urgent", interval=60)
     # Plan migrations whose job was lost (Redis down, a worker killed) resume.
     cron.register(jobs.resume_plan_migrations, queue_name="sync", interval=300)
+    # Outbound webhooks whose retry came due, or whose signal was lost with Redis or a worker.
+    cron.register(jobs.sweep_webhooks, queue_name="webhooks", interval=30)
+    # Subscriptions whose scheduled end has passed: subscription.ended.
+    cron.register(jobs.note_ended_subscriptions, queue_name="webhooks", interval=60)
+    # Alerts over usage that changed another way than ingest (amendments, backfills), or whose signal was lost.
+    cron.register(jobs.evaluate_alerts, queue_name="webhooks", interval=60)
     # Usage that arrives for closed contracts is kept and flagged as unbillable.
     cron.register(jobs.flag_unbillable_usage, queue_name="sync", interval=300)
 

@@ -200,6 +200,26 @@ class SqlSubscriptions:
         return list(self.session.execute(sa.select(t.c.id).where(
             t.c.plan_id == plan_id, sa.or_(t.c.end_date.is_(None), t.c.end_date > active_after)).order_by(t.c.id)).scalars())
 
+    def active_of_customers(self, customer_ids: Collection[str], at: datetime) -> list[Subscription]:
+        """Return the subscriptions of these customers whose window contains the instant (500 customers a query)."""
+        t = SubscriptionRow.__table__
+        ids = sorted(set(customer_ids))
+        cache: dict = {}
+        out: list[Subscription] = []
+        for chunk in range(0, len(ids), 500):
+            out += [from_snapshot(timeline, cache) for timeline in self.session.execute(sa.select(t.c.timeline).where(
+                one_of(t.c.customer_id, ids[chunk:chunk + 500]), t.c.start_date <= at,
+                sa.or_(t.c.end_date.is_(None), t.c.end_date > at)).order_by(t.c.id)).scalars()]
+        return out
+
+    def ended_between(self, since: datetime, until: datetime) -> list[Subscription]:
+        """Return the subscriptions whose end falls in ``(since, until]``."""
+        t = SubscriptionRow.__table__
+        timelines = self.session.execute(sa.select(t.c.timeline).where(
+            t.c.end_date > since, t.c.end_date <= until).order_by(t.c.end_date, t.c.id)).scalars()
+        cache: dict = {}
+        return [from_snapshot(timeline, cache) for timeline in timelines]
+
     def all_active(self, at: datetime) -> list[Subscription]:
         """Return every subscription whose window contains the instant."""
         t = SubscriptionRow.__table__

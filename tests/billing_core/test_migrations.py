@@ -26,7 +26,7 @@ from worker import db
 ROOT = Path(__file__).resolve().parents[2]
 # The last commit whose migrations all lived in worker/migrations/versions.
 PREVIOUS_LAYOUT = "a67da12"
-HEADS = {"billing_events_0004", "billing_plans_0002", "sync_0010"}
+HEADS = {"billing_events_0004", "billing_plans_0004", "sync_0010"}
 PREVIOUS_HEADS = {"billing_events_0002", "billing_plans_0001", "sync_0003"}  # the layout of git a67da12
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
 

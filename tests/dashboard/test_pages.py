@@ -12,7 +12,8 @@ from tests.dashboard.conftest import Seeded, csrf_of
 from worker import ledger, ops
 from worker.persistence.contracts import ContractRow
 
-PAGES = ["/ops/", "/ops/contracts", "/ops/listings", "/ops/migrations", "/ops/jobs/failed", "/ops/trueups"]
+PAGES = ["/ops/", "/ops/contracts", "/ops/listings", "/ops/migrations", "/ops/jobs/failed", "/ops/trueups",
+         "/ops/webhooks", "/ops/alerts"]
 
 
 def _html(response: Any) -> str:

@@ -42,11 +42,11 @@ def test_wrong_settings_fail_at_start(tmp_path: Path) -> None:
 
 
 def test_procfile_has_the_three_processes() -> None:
-    """The Procfile declares web (gunicorn app factory), worker (three queues) and cron."""
+    """The Procfile declares web (gunicorn app factory), worker (four queues) and cron."""
     commands = procfile_commands()
     assert set(commands) == {"web", "worker", "cron"}
     assert '"webhooks:create_app()"' in commands["web"]
-    assert commands["worker"].endswith("urgent contracts sync")
+    assert commands["worker"].endswith("urgent webhooks contracts sync")
     assert "rq cron" in commands["cron"] and "worker/schedule.py" in commands["cron"]
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 from flask import Flask
 
 from webhooks.api import (
-    contracts, customers, events, invoices, items, listings, metering, metrics, openapi, plan_migrations, plans,
-    prices, simulations, subscriptions, trueups,
+    alerts, contracts, customers, events, invoices, items, listings, metering, metrics, openapi, plan_migrations,
+    plans, prices, simulations, subscriptions, trueups, webhook_endpoints,
 )
 
 BLUEPRINTS = (
-    contracts.bp, customers.bp, events.bp, invoices.bp, items.bp, listings.bp, metering.bp, metrics.bp,
+    alerts.bp, contracts.bp, customers.bp, events.bp, invoices.bp, items.bp, listings.bp, metering.bp, metrics.bp,
     openapi.bp, plan_migrations.bp, plans.bp, prices.bp, simulations.bp, subscriptions.bp, trueups.bp,
+    webhook_endpoints.bp,
 )
 
 

@@ -14,7 +14,7 @@ import secrets
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Sequence, TypeVar
+from typing import Any, Collection, Sequence, TypeVar
 
 from flask import Blueprint, abort, current_app, g, request
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -106,6 +106,16 @@ def parse_json(data: bytes, *, exact: bool = False, field: str = "body") -> Any:
         raise bad(field, "JSON nested too deeply") from None
 
 
+def json_object(payload: Any, allowed: Collection[str]) -> dict[str, Any]:
+    """Return ``payload`` when it is a JSON object of ``allowed`` fields, else the 400 naming what is wrong."""
+    if not isinstance(payload, dict):
+        raise bad("body", "must be a JSON object")
+    unknown = sorted(set(payload) - set(allowed))
+    if unknown:
+        raise bad(unknown[0], "unknown field")
+    return payload
+
+
 def parse_body(model: type[M]) -> M:
     """Validate the JSON body against ``model`` (400 naming every offending field)."""
     payload = json_body()
@@ -182,6 +192,6 @@ def list_filters(allowed: tuple[str, ...] = ()) -> dict[str, datetime]:
 
 __all__ = [
     "ApiError", "Body", "NewId", "ValidationError", "api_blueprint", "bad", "check_api_key", "cursor_id",
-    "decode_cursor", "encode_cursor", "engine", "json_body", "list_filters", "new_id", "now", "page_json",
+    "decode_cursor", "encode_cursor", "engine", "json_body", "json_object", "list_filters", "new_id", "now", "page_json",
     "page_limit", "paginated", "parse_body", "parse_json", "parse_query",
 ]

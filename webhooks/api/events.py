@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from flask import Response, request
+from flask import Response, current_app, request
 from flask.typing import ResponseReturnValue
 
 from billing_core import (
@@ -18,7 +18,7 @@ from billing_core import (
     SqlEventStore, amend_event, close_backfill, create_backfill, deprecate_event, ingest_into_backfill,
     process_local, revert_backfill, store_records, to_micros, validate_batch, wire, write_lock,
 )
-from webhooks.api.common import api_blueprint, bad, engine, new_id, now, page_limit, paginated
+from webhooks.api.common import api_blueprint, bad, engine, json_object, new_id, now, page_limit, paginated
 from webhooks.api.openapi import documented
 from webhooks.api.orb import backfill_json, event_json
 from webhooks.api.schemas import (
@@ -26,6 +26,7 @@ from webhooks.api.schemas import (
     IngestBody, IngestQuery, IngestResult, Page,
 )
 from webhooks.errors import error_response
+from worker import queueing
 from worker.db import session_scope
 
 bp = api_blueprint("events", __name__)
@@ -45,15 +46,6 @@ def _exact_json() -> Any:
         raise bad("body", f"not valid JSON: {exc}") from None
 
 
-def _object(payload: Any, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(payload, dict):
-        raise bad("body", "must be a JSON object")
-    unknown = sorted(set(payload) - allowed)
-    if unknown:
-        raise bad(unknown[0], "unknown field")
-    return payload
-
-
 def _flag(name: str) -> bool:
     raw = request.args.get(name)
     if raw is None:
@@ -68,6 +60,11 @@ def _flag(name: str) -> bool:
 def _writer(db: Any) -> GroupCommitWriter:
     """Return this process's group-commit writer for ``db`` (built on first use)."""
     return process_local(db, "events_writer", lambda: GroupCommitWriter(db))
+
+
+def _usage_arrived() -> None:
+    """Ask for an alert evaluation over the usage just stored (from a background thread: no wait here)."""
+    queueing.alert_signal(current_app.extensions["marketsync"]).request()
 
 
 def _failed(exc: EventValidationFailed | IdempotencyConflict) -> Response:
@@ -87,7 +84,7 @@ def ingest() -> ResponseReturnValue:
             raise bad(name, "unknown query parameter")
     backfill_id = request.args.get("backfill_id") or None
     debug = _flag("debug")
-    payload = _object(_exact_json(), {"events"})
+    payload = json_object(_exact_json(), {"events"})
     events = payload.get("events")
     if not isinstance(events, list):
         raise bad("events", "must be a list")
@@ -96,6 +93,7 @@ def ingest() -> ResponseReturnValue:
         records = validate_batch(events, now=now())
         if db.dialect.name == "sqlite" and backfill_id is None and not debug:
             _writer(db).submit(records, sent=len(events))
+            _usage_arrived()
             return {"validation_failed": []}
         with write_lock(db), session_scope(db) as session:
             store = SqlEventStore(session)
@@ -107,6 +105,7 @@ def ingest() -> ResponseReturnValue:
                                               sent=len(events))
     except (EventValidationFailed, IdempotencyConflict) as exc:
         return _failed(exc)
+    _usage_arrived()
     body: dict[str, Any] = {"validation_failed": []}
     if debug:
         body["debug"] = {
@@ -122,7 +121,7 @@ def ingest() -> ResponseReturnValue:
     for endpoint in ("fetch_backfill", "close_backfill_view", "revert_backfill_view")})
 def create_backfill_view() -> ResponseReturnValue:
     """Open a backfill: events ingested with its id count only once it is closed."""
-    payload = _object(_exact_json(), {"timeframe_start", "timeframe_end", "customer_id", "external_customer_id",
+    payload = json_object(_exact_json(), {"timeframe_start", "timeframe_end", "customer_id", "external_customer_id",
                                       "replace_existing_events", "close_time", "deprecation_filter"})
     for name in ("close_time", "deprecation_filter"):
         if payload.get(name) is not None:
@@ -205,7 +204,7 @@ def _instant(payload: dict[str, Any], name: str) -> datetime | None:
 @documented(body=EventSearch, response=EventList)
 def search() -> ResponseReturnValue:
     """Return the current version of the named events inside the timeframe (default: the last week)."""
-    payload = _object(_exact_json(), {"event_ids", "timeframe_start", "timeframe_end"})
+    payload = json_object(_exact_json(), {"event_ids", "timeframe_start", "timeframe_end"})
     ids = payload.get("event_ids")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise bad("event_ids", "must be a list of strings")
@@ -225,7 +224,7 @@ def amend(event_id: str) -> ResponseReturnValue:
     """Amend an event: its new body replaces the old one in every metric (the original is kept)."""
     if event_id.endswith("/deprecate"):
         return deprecate(event_id[: -len("/deprecate")])
-    payload = _object(
+    payload = json_object(
         _exact_json(), {"event_name", "properties", "timestamp", "customer_id", "external_customer_id"}
     )
     db = engine()

@@ -40,6 +40,10 @@ from webhooks.api.schemas.events import (
     NewEvent, IngestBody, IngestQuery, IngestDebug, IngestResult, EventSearch, EventView, EventList,
     EventAmend, Amended, Deprecated, BackfillCreate, Backfill,
 )
+from webhooks.api.schemas.outbound import (
+    WebhookEndpoint, WebhookEndpointWithSecret, WebhookEndpointCreate, WebhookEndpointUpdate, WebhookDelivery,
+    DeliveryQuery, Alert, AlertCreate, AlertUpdate, AlertToggle, AlertQuery,
+)
 from webhooks.api.schemas.prices import (
     PriceEvaluationInput, PriceEvaluate, PreviewEvent, PriceEvaluatePreview, PriceGroup, EvaluatedPrice,
     PriceEvaluations, SinglePriceEvaluate, PriceGroups, DraftPrice, SimulationCreate, Bucket, PriceRevenue, CustomerRevenue, SimulationFailure,
@@ -57,6 +61,8 @@ from webhooks.api.schemas.mapping import (
 )
 
 __all__ = [
+    "WebhookEndpoint", "WebhookEndpointWithSecret", "WebhookEndpointCreate", "WebhookEndpointUpdate",
+    "WebhookDelivery", "DeliveryQuery", "Alert", "AlertCreate", "AlertUpdate", "AlertToggle", "AlertQuery",
     "Money", "Quantity", "DecimalInput", "Metadata", "MetadataInput", "Shape", "Query", "FieldError",
     "EventFailure", "Error", "PaginationMetadata", "Page", "NumberedPage", "CursorQuery",
     "CreatedAtQuery", "NumberedQuery", "Liveness", "Readiness", "OpenApiDocument", "Item", "ItemCreate",

@@ -1,0 +1,178 @@
+"""Use cases of outbound webhooks on the caller's session: endpoints, and ``emit`` — an event
+written to the outbox in the transaction of the change that caused it.
+
+``emit`` fans the event out at once to the endpoints that want its type (a pending delivery
+each; enabled, or disabled after sustained failure) and marks the connection (``OUTBOX_FLAG``),
+so the process signals the sender at the commit (``worker/outbound.py``). Bodies follow the client's standard
+webhook event types (``types/webhooks/*_standard_webhook_event.py``): a subscription's own fields
+with its customer and plan as references, an invoice without its line items.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Mapping
+
+from sqlalchemy.orm import Session
+
+from billing_core.errors import InvalidInput
+from billing_core.invoices import Invoice
+from billing_core.lines import iso
+from billing_core.money import format_decimal
+from billing_core.outbox import EVENT_TYPES, PAYLOAD_STYLES, Endpoint, OutboxEvent, check_event_types
+from billing_core.persistence.catalog import SqlCatalog
+from billing_core.persistence.customers import SqlCustomerRepository
+from billing_core.persistence.outbox import SqlOutbox
+from billing_core.persistence.subscriptions import SqlSubscriptions
+from billing_core.plans import PlanNotFound
+from billing_core.subscriptions import Subscription
+
+__all__ = [
+    "OUTBOX_FLAG", "create_endpoint", "emit", "emit_ended", "emit_invoice_issued", "emit_subscription",
+    "subscription_summary", "update_endpoint",
+]
+
+OUTBOX_FLAG = "marketsync.outbox_emitted"
+_UNSET: Any = object()
+
+
+def emit(session: Session, event_type: str, body: Mapping[str, Any], *, now: datetime,
+         ordering_key: str | None = None, skip_endpoint: str | None = None) -> str:
+    """Write one event (``body``: its resources and ``properties``) to the outbox; return its id.
+
+    Call it inside the transaction of the change: both commit, or neither. Events with the same
+    ``ordering_key`` (a subscription, a contract) reach each endpoint in the order they were written.
+    ``skip_endpoint``: an endpoint the event is about and must not go to (the one just disabled).
+    """
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"unknown webhook event type {event_type!r}")
+    outbox = SqlOutbox(session)
+    # An endpoint disabled after sustained failure keeps its events (sent once it is enabled again);
+    # one its owner disabled gets none.
+    targets = [e.id for e in outbox.endpoints()
+               if (e.enabled or e.disabled_reason == "sustained_failure") and e.wants(event_type)
+               and e.id != skip_endpoint]
+    event_id = f"whe_{uuid.uuid4().hex[:20]}"
+    outbox.append(OutboxEvent(seq=0, id=event_id, type=event_type, ordering_key=ordering_key,
+                              body=dict(body), created_at=now), targets)
+    if targets:
+        session.connection().info[OUTBOX_FLAG] = True  # the connection's commit signals the sender
+    return event_id
+
+
+# --- bodies ------------------------------------------------------------------------------------------
+
+def subscription_summary(session: Session, sub: Subscription, *, at: datetime) -> dict[str, Any]:
+    """Return a subscription as standard payloads carry it: its own fields, customer and plan as references."""
+    customer = SqlCustomerRepository(session).get(sub.customer_id)
+    phase = sub.phase_at(at)
+    try:
+        plan = SqlCatalog(session).get_plan(phase.plan_id)
+        plan_ref = {"id": plan.id, "external_plan_id": plan.external_plan_id, "name": plan.name}
+        name = plan.name
+    except PlanNotFound:
+        plan_ref, name = {"id": phase.plan_id, "external_plan_id": None, "name": None}, ""
+    return {
+        "id": sub.id, "created_at": iso(sub.created_at or sub.start),
+        "customer": {"id": customer.id, "external_customer_id": customer.external_customer_id},
+        "start_date": iso(sub.start), "end_date": iso(sub.end), "metadata": dict(sub.metadata),
+        "name": name, "plan": plan_ref, "status": sub.status(at),
+    }
+
+
+def emit_subscription(session: Session, event_type: str, sub: Subscription, *, now: datetime,
+                      properties: Mapping[str, Any] | None = None) -> str:
+    """Emit a ``subscription.*`` event for ``sub`` (ordered per subscription)."""
+    body = {"type": event_type, "subscription": subscription_summary(session, sub, at=now),
+            "properties": dict(properties or {})}
+    return emit(session, event_type, body, now=now, ordering_key=f"subscription:{sub.id}")
+
+
+def emit_ended(session: Session, *, since: datetime, now: datetime) -> int:
+    """Emit ``subscription.ended`` for each subscription whose end fell in ``(since, now]`` and has none yet.
+
+    An edit that ends a subscription at once emits it with the edit; one that ends it later (at the
+    end of its term, a marketplace's cancellation instant) is told here, by a sweep. Returns how many.
+    """
+    outbox, emitted = SqlOutbox(session), 0
+    for sub in SqlSubscriptions(session).ended_between(since, now):
+        if not outbox.has_event("subscription.ended", f"subscription:{sub.id}"):
+            emit_subscription(session, "subscription.ended", sub, now=now)
+            emitted += 1
+    return emitted
+
+
+def _money(value: Decimal) -> str:
+    return format_decimal(value)
+
+
+def emit_invoice_issued(session: Session, invoice: Invoice, *, now: datetime) -> str:
+    """Emit ``invoice.issued`` for a just-issued invoice (its own fields, without line items)."""
+    customer = SqlCustomerRepository(session).get(invoice.customer_id)
+    total = _money(invoice.total)
+    body = {
+        "type": "invoice.issued",
+        "properties": {"automatically_marked_as_paid": False},
+        "invoice": {
+            "id": invoice.id, "invoice_number": invoice.invoice_number or invoice.id, "status": "issued",
+            "currency": invoice.currency, "total": total, "amount_due": total,
+            "customer": {"id": customer.id, "external_customer_id": customer.external_customer_id},
+            "subscription": {"id": invoice.subscription_id},
+            "invoice_date": iso(invoice.period_end), "issued_at": iso(invoice.issued_at),
+            "created_at": iso(invoice.issued_at or now), "due_date": None, "paid_at": None, "voided_at": None,
+            "invoice_source": "subscription", "metadata": {}, "memo": None, "payment_attempts": [],
+            "auto_collection": {"enabled": False, "next_attempt_at": None, "num_attempts": None,
+                                "previously_attempted_at": None},
+            "credit_notes": [], "customer_balance_transactions": [],
+            "will_auto_issue": False, "hosted_invoice_url": None, "invoice_pdf": None,
+        },
+    }
+    return emit(session, "invoice.issued", body, now=now, ordering_key=f"subscription:{invoice.subscription_id}")
+
+
+# --- endpoints ----------------------------------------------------------------------------------------
+
+def _style(value: Any) -> str:
+    if value not in PAYLOAD_STYLES:
+        raise InvalidInput("payload_style: use expanded or standard", field="payload_style")
+    return str(value)
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(("https://", "http://")) or len(value) > 2000:
+        raise InvalidInput("url: must be an http(s) URL of at most 2000 characters", field="url")
+    return value
+
+
+def create_endpoint(session: Session, *, url: Any, enabled_event_types: Any = None, payload_style: Any = None,
+                    now: datetime, endpoint_id: str) -> Endpoint:
+    """Create an endpoint with a fresh signing secret (the caller returns it once, never again)."""
+    endpoint = Endpoint(
+        id=endpoint_id, url=_url(url), secret="whsec_" + secrets.token_urlsafe(32), enabled=True,
+        enabled_event_types=check_event_types(enabled_event_types),
+        payload_style=_style(payload_style if payload_style is not None else "expanded"), created_at=now)
+    return SqlOutbox(session).add_endpoint(endpoint)
+
+
+def update_endpoint(session: Session, endpoint_id: str, *, url: Any = _UNSET, enabled_event_types: Any = _UNSET,
+                    payload_style: Any = _UNSET, enabled: bool | None = None) -> Endpoint:
+    """Change an endpoint's url, event types, payload style or enabled state (locked read-modify-write).
+
+    Enabling clears the failure streak that disabled it, so its pending deliveries go out again.
+    """
+    outbox = SqlOutbox(session)
+    endpoint = outbox.get_endpoint(endpoint_id, for_update=True)
+    if url is not _UNSET and url is not None:
+        endpoint = replace(endpoint, url=_url(url))
+    if enabled_event_types is not _UNSET:
+        endpoint = replace(endpoint, enabled_event_types=check_event_types(enabled_event_types))
+    if payload_style is not _UNSET and payload_style is not None:
+        endpoint = replace(endpoint, payload_style=_style(payload_style))
+    if enabled is not None and enabled != endpoint.enabled:
+        endpoint = replace(endpoint, enabled=enabled, failing_since=None,
+                           disabled_reason=None if enabled else "user")
+    return outbox.save_endpoint(endpoint)

@@ -1,0 +1,181 @@
+"""The webhook sender: order per subscription, one endpoint never slowing another, backoff past a
+day, and an endpoint disabled (with an event saying so) after a day of failures."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from billing_core import SqlOutbox, emit, service_outbox
+from billing_core.persistence.outbox import WebhookDeliveryRow
+from tests.receiver import Receiver, receiver  # noqa: F401 - the fixture
+from worker import outbound
+from worker.db import session_scope
+
+DEAD_URL = "http://127.0.0.1:9/hooks"  # the discard port: connection refused
+
+
+def _endpoint(runtime: Any, url: str, endpoint_id: str) -> None:
+    with session_scope(runtime.engine) as session:
+        service_outbox.create_endpoint(session, url=url, now=datetime.now(UTC), endpoint_id=endpoint_id,
+                                       payload_style="standard")
+
+
+def _emit(runtime: Any, key: str, n: int, at: datetime) -> None:
+    with session_scope(runtime.engine) as session:
+        emit(session, "contract.mapped", {"type": "contract.mapped", "contract": {"id": key}, "properties": {"n": n}},
+             now=at, ordering_key=f"contract:{key}")
+
+
+def _sent(receiver: Receiver) -> list[tuple[str, int]]:
+    return [(json.loads(b)["contract"]["id"], json.loads(b)["properties"]["n"]) for _, b in receiver.received]
+
+
+def test_a_failed_delivery_holds_back_its_key_only(app, receiver: Receiver) -> None:  # type: ignore[no-untyped-def]
+    """While the first event of a contract waits for its retry, that contract's later events wait; others go."""
+    runtime, now = app.extensions["marketsync"], datetime.now(UTC)
+    _endpoint(runtime, receiver.url, "we_a")
+    for n in (1, 2, 3):
+        _emit(runtime, "A", n, now)
+    _emit(runtime, "B", 1, now)
+    receiver.failures = 1
+    outbound.send_endpoint(runtime, "we_a", now_fn=lambda: now)
+    assert _sent(receiver) == [("B", 1)]
+    outbound.send_endpoint(runtime, "we_a", now_fn=lambda: now + timedelta(seconds=11))
+    assert _sent(receiver) == [("B", 1), ("A", 1), ("A", 2), ("A", 3)]
+
+
+def test_a_stuck_key_never_crowds_others_out_of_a_batch(app, receiver: Receiver, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """With more held deliveries of one contract than a batch takes, another contract's events still go."""
+    runtime, now = app.extensions["marketsync"], datetime.now(UTC)
+    monkeypatch.setattr(outbound, "BATCH", 2)
+    _endpoint(runtime, receiver.url, "we_k")
+    for n in (1, 2, 3):
+        _emit(runtime, "A", n, now)
+    _emit(runtime, "B", 1, now)
+    receiver.failures = 1
+    assert outbound.send_endpoint(runtime, "we_k", now_fn=lambda: now)["more"] == 1  # A1 failed: A is held
+    outbound.send_endpoint(runtime, "we_k", now_fn=lambda: now)
+    assert _sent(receiver) == [("B", 1)]
+
+
+def test_a_slow_endpoint_does_not_delay_another(app, receiver: Receiver) -> None:  # type: ignore[no-untyped-def]
+    """Each endpoint is sent on its own thread: a fast one gets its events while a slow one still answers."""
+    runtime, now = app.extensions["marketsync"], datetime.now(UTC)
+    slow = Receiver()
+    try:
+        slow.delay = 2.0
+        _endpoint(runtime, slow.url, "we_slow")
+        _endpoint(runtime, receiver.url, "we_fast")
+        for n in range(3):
+            _emit(runtime, f"K{n}", n, now)
+        arrivals: list[float] = []
+        started = time.monotonic()
+        original = receiver.server.RequestHandlerClass.do_POST
+
+        def timed(handler: Any) -> None:
+            original(handler)
+            arrivals.append(time.monotonic() - started)
+
+        receiver.server.RequestHandlerClass.do_POST = timed  # type: ignore[method-assign]
+        result = outbound.send_due(runtime, now_fn=lambda: now)
+        assert result["delivered"] == 6 and len(arrivals) == 3
+        assert max(arrivals) < 1.5  # the slow endpoint takes 2 s per event, 6 s in all
+    finally:
+        slow.stop()
+
+
+def test_retries_for_a_day_then_the_endpoint_is_disabled(app, receiver: Receiver) -> None:  # type: ignore[no-untyped-def]
+    """A dead endpoint is retried with growing waits for 24 hours, then disabled, and another endpoint is told."""
+    runtime, start = app.extensions["marketsync"], datetime.now(UTC)
+    _endpoint(runtime, DEAD_URL, "we_dead")
+    _emit(runtime, "A", 1, start)
+    _endpoint(runtime, receiver.url, "we_ops")  # created after the event: it gets only what follows
+    attempts: list[datetime] = []
+    with Session(runtime.engine) as session:
+        for _ in range(60):
+            delivery = session.execute(select(WebhookDeliveryRow).where(
+                WebhookDeliveryRow.endpoint_id == "we_dead")).scalar_one()
+            session.refresh(delivery)
+            if not SqlOutbox(session).get_endpoint("we_dead").enabled:
+                break
+            at = delivery.next_attempt_at.replace(tzinfo=UTC)
+            attempts.append(at)
+            outbound.send_endpoint(runtime, "we_dead", now_fn=lambda at=at: at)
+            session.expire_all()
+    waits = [(b - a).total_seconds() for a, b in zip(attempts, attempts[1:])]
+    assert waits[:4] == [10, 20, 40, 80] and max(waits) == 7200
+    assert attempts[-1] - attempts[0] >= timedelta(hours=24)
+    with Session(runtime.engine) as session:
+        endpoint = SqlOutbox(session).get_endpoint("we_dead")
+        delivery = session.execute(select(WebhookDeliveryRow).where(
+            WebhookDeliveryRow.endpoint_id == "we_dead")).scalar_one()
+    assert (endpoint.enabled, endpoint.disabled_reason) == (False, "sustained_failure")
+    assert delivery.status == "pending" and delivery.last_error.startswith("ConnectionError")  # kept for later
+    outbound.send_due(runtime, now_fn=lambda: attempts[-1] + timedelta(minutes=1))
+    assert receiver.types() == ["webhook_endpoint.disabled"]
+    assert json.loads(receiver.received[0][1])["webhook_endpoint"]["id"] == "we_dead"
+
+
+def test_scheduled_end_is_told_once(app) -> None:  # type: ignore[no-untyped-def]
+    """A subscription canceled for a later date gets subscription.ended when that date passes, once; one
+    ended at once by its edit is not told twice."""
+    from billing_core import service_plans
+    from billing_core.persistence.outbox import WebhookEventRow
+    from tests.worker.sync_support import setup_billing
+    from worker.billing_gateway import CoreBillingGateway
+
+    runtime, now = app.extensions["marketsync"], datetime.now(UTC)
+    setup_billing(runtime.engine)
+    _endpoint(runtime, "https://hooks.example.test/in", "we_end")
+    gateway = CoreBillingGateway(runtime.engine)
+    customer = gateway.ensure_customer(external_customer_id="end-c", name="C", email="c@x.test", currency="USD")
+    later, at_once = (gateway.create_subscription(idempotency_key=key, customer_id=customer, plan_id="plan_sync",
+                                                  start=now - timedelta(days=1), external_marketplace="aws",
+                                                  reporting_id=key) for key in ("end-later", "end-now"))
+    with session_scope(runtime.engine) as session:
+        service_plans.cancel_subscription(session, later, option="requested_date",
+                                          cancellation_date=now + timedelta(minutes=1), now=now)
+        service_plans.cancel_subscription(session, at_once, option="immediate", cancellation_date=None, now=now)
+
+    def ended() -> list[str]:
+        with Session(runtime.engine) as session:
+            return sorted(r.ordering_key for r in session.execute(select(WebhookEventRow).where(
+                WebhookEventRow.type == "subscription.ended")).scalars())
+
+    assert ended() == [f"subscription:{at_once}"]
+    assert outbound.note_ended(runtime, now=now + timedelta(seconds=30)) == 0
+    assert outbound.note_ended(runtime, now=now + timedelta(minutes=2)) == 1
+    assert outbound.note_ended(runtime, now=now + timedelta(minutes=3)) == 0
+    assert ended() == sorted([f"subscription:{at_once}", f"subscription:{later}"])
+
+
+def test_cli_lists_logs_replays_and_sends(app, receiver: Receiver, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``marketsync webhooks list|log|replay|send`` over the same database and Redis (no secret printed)."""
+    from click.testing import CliRunner
+
+    from worker.cli import main
+
+    runtime, now = app.extensions["marketsync"], datetime.now(UTC)
+    monkeypatch.setenv("DATABASE_URL", runtime.settings.database_url)
+    monkeypatch.setenv("REDIS_URL", runtime.settings.REDIS_URL)
+    with session_scope(runtime.engine) as session:
+        secret = service_outbox.create_endpoint(session, url=receiver.url, now=now, endpoint_id="we_cli").secret
+    _emit(runtime, "A", 1, now)
+    runner = CliRunner()
+    sent = runner.invoke(main, ["webhooks", "send"])
+    assert sent.exit_code == 0 and "'delivered': 1" in sent.output, sent.output
+    listed = runner.invoke(main, ["webhooks", "list"]).output
+    assert "we_cli" in listed and "delivered 1" in listed and secret not in listed
+    log = runner.invoke(main, ["webhooks", "log", "we_cli"]).output
+    delivery_id = log.split()[0]
+    assert "contract.mapped" in log and "delivered" in log
+    assert runner.invoke(main, ["webhooks", "replay", "we_cli", delivery_id]).exit_code == 0
+    runner.invoke(main, ["webhooks", "send"])
+    assert receiver.types() == ["contract.mapped", "contract.mapped"]
+    assert runner.invoke(main, ["webhooks", "log", "we_missing"]).exit_code == 1

@@ -1,0 +1,247 @@
+"""Outbound webhooks: send the outbox's due deliveries, signed as Orb signs them, at least once.
+
+Events and their deliveries are written by ``billing_core.service_outbox.emit`` in the
+transaction of the change; this module only sends. A round (``send_due``) takes every enabled
+endpoint with a delivery due and gives each its own thread, so a slow or dead endpoint never holds
+another's deliveries back; an endpoint is sent by one round at a time across workers (a Redis lock).
+
+- **Signature**: headers ``X-Orb-Timestamp`` (ISO instant, taken at each attempt: the client refuses
+  one older than five minutes) and ``X-Orb-Signature: v1=<hex HMAC-SHA256 of "v1:{timestamp}:{body}">``
+  with the endpoint's secret — what the official client's ``webhooks.verify_signature`` checks.
+- **Order**: deliveries of one ordering key (a subscription, a contract) go out in event order; one
+  that is waiting for its retry holds back the later ones of its key, never those of other keys.
+- **Retries**: a non-2xx answer or a transport error is retried after ``BACKOFF`` (10 s doubling
+  up to two hours) until the event is ``RETRY_WINDOW`` (26 h) old; then the delivery is ``failed``.
+- **Auto-disable**: an endpoint that has failed without a single success for ``DISABLE_AFTER``
+  (24 h) is disabled and ``webhook_endpoint.disabled`` is emitted (to the other endpoints); enabling
+  it again sends what is pending. A manual replay makes a delivery pending and due now.
+- **Crash safety**: every attempt is recorded in its own transaction after the answer; a worker
+  killed in between sends that one again (at least once). Redis lost: the cron sweep
+  (``sweep_webhooks``) finds due deliveries in the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+import requests
+from redis.exceptions import LockError
+from sqlalchemy import event as sa_event
+
+from billing_core import (
+    OUTBOX_FLAG, Delivery, Endpoint, NotFound, OutboxEvent, SqlAlerts, SqlOutbox, emit, from_micros, iso, service_outbox,
+    to_micros, write_lock,
+)
+from worker import queueing
+from worker.db import session_scope
+from worker.logs import get_logger
+
+log = get_logger("marketsync.outbound")
+
+BACKOFF = (10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5120, 7200)
+RETRY_WINDOW = timedelta(hours=26)
+DISABLE_AFTER = timedelta(hours=24)
+TIMEOUT = (3.05, 5.0)  # connect, read: a slow endpoint costs its own thread at most this per attempt
+BATCH = 200  # deliveries per endpoint per round
+MAX_THREADS = 16
+_LOCK = "marketsync:webhooks:endpoint:"
+# An endpoint's lock lives this long and is renewed before each attempt (each takes at most about
+# 8 s: TIMEOUT), so a killed worker holds its endpoint back for seconds, not for a whole batch.
+LOCK_SECONDS = 15
+ENDED_LOOKBACK = timedelta(hours=1)  # the first sweep looks this far back
+_ENDED = "subscription_ended"
+
+
+def backoff(attempts: int) -> timedelta:
+    """Return the wait after the ``attempts``-th failed attempt (10 s doubling, at most 2 h)."""
+    return timedelta(seconds=BACKOFF[min(attempts, len(BACKOFF)) - 1])
+
+
+def payload(endpoint: Endpoint, event: OutboxEvent) -> str:
+    """Return the JSON body sent to ``endpoint`` for ``event``."""
+    body = {"id": event.id, "created_at": iso(event.created_at), "payload_style": endpoint.payload_style,
+            **event.body}
+    return json.dumps(body, separators=(",", ":"))
+
+
+def sign(secret: str, body: str, timestamp: str) -> str:
+    """Return the ``X-Orb-Signature`` value for ``body`` sent at ``timestamp``."""
+    digest = hmac.new(secret.encode(), f"v1:{timestamp}:{body}".encode(), hashlib.sha256).hexdigest()
+    return f"v1={digest}"
+
+
+def post(endpoint: Endpoint, body: str, *, now: datetime) -> tuple[int | None, str | None]:
+    """POST ``body`` to the endpoint, signed; return (status code, error) — error None on a 2xx."""
+    timestamp = now.isoformat()
+    headers = {"Content-Type": "application/json", "User-Agent": "marketsync-webhooks",
+               "X-Orb-Timestamp": timestamp, "X-Orb-Signature": sign(endpoint.secret, body, timestamp)}
+    try:
+        answer = requests.post(endpoint.url, data=body.encode(), headers=headers, timeout=TIMEOUT,
+                               allow_redirects=False)
+    except requests.RequestException as exc:
+        return None, f"{type(exc).__name__}: {str(exc)[:300]}"
+    if 200 <= answer.status_code < 300:
+        return answer.status_code, None
+    return answer.status_code, f"HTTP {answer.status_code}: {answer.text[:300]}"
+
+
+def send_due(runtime: Any, *, now_fn: Callable[[], datetime]) -> dict[str, int]:
+    """Send every due delivery of every enabled endpoint, one thread per endpoint."""
+    queueing.clear_signal(runtime, queueing.WEBHOOKS_FLAG)
+    with session_scope(runtime.engine) as session:
+        endpoint_ids = SqlOutbox(session).due_endpoints(now_fn())
+    totals = {"endpoints": len(endpoint_ids), "delivered": 0, "failed": 0, "more": 0}
+    if not endpoint_ids:
+        return totals
+    with ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(endpoint_ids)),
+                            thread_name_prefix="marketsync-webhooks") as pool:
+        for result in pool.map(lambda e: send_endpoint(runtime, e, now_fn=now_fn), endpoint_ids):
+            for key in ("delivered", "failed", "more"):
+                totals[key] += result[key]
+    if totals["more"]:
+        queueing.signal_webhooks(runtime)  # a full batch went out: the rest in the next round
+    return totals
+
+
+def send_endpoint(runtime: Any, endpoint_id: str, *, now_fn: Callable[[], datetime]) -> dict[str, int]:
+    """Send one endpoint's due deliveries in order (under its lock); return counts."""
+    counts = {"delivered": 0, "failed": 0, "more": 0}
+    lock = runtime.redis.lock(_LOCK + endpoint_id, timeout=LOCK_SECONDS, blocking=False)
+    if not lock.acquire():
+        return counts  # another round sends this endpoint now
+    try:
+        with session_scope(runtime.engine) as session:
+            outbox = SqlOutbox(session)
+            try:
+                endpoint = outbox.get_endpoint(endpoint_id)
+            except NotFound:
+                return counts  # deleted since the round listed it
+            pending = outbox.pending(endpoint_id, now=now_fn(), limit=BATCH)
+            events = outbox.events([d.event_seq for d in pending])
+        if not endpoint.enabled:
+            return counts
+        counts["more"] = int(len(pending) == BATCH)
+        held: set[str] = set()
+        for delivery in pending:
+            key = delivery.ordering_key
+            if key is not None and key in held:
+                continue
+            now = now_fn()
+            if delivery.next_attempt_at > now:
+                if key is not None:
+                    held.add(key)
+                continue
+            try:
+                lock.reacquire()
+            except LockError:
+                break  # the lock lapsed and another round has the endpoint now
+            code, error = post(endpoint, payload(endpoint, events[delivery.event_seq]), now=now)
+            _record(runtime, endpoint, delivery, events[delivery.event_seq], code, error, now=now_fn())
+            if error is None:
+                counts["delivered"] += 1
+                endpoint = replace(endpoint, failing_since=None)
+                continue
+            counts["failed"] += 1
+            if key is not None:
+                held.add(key)
+            endpoint = _failed(runtime, endpoint, now=now_fn())
+            if code is None or not endpoint.enabled:
+                break  # unreachable or disabled: the rest waits for the next round
+    finally:
+        try:
+            lock.release()
+        except Exception:  # noqa: BLE001 - the lock expired: nothing to release
+            pass
+    return counts
+
+
+def _record(runtime: Any, endpoint: Endpoint, delivery: Delivery, event: OutboxEvent, code: int | None,
+            error: str | None, *, now: datetime) -> None:
+    values: dict[str, Any] = {"last_attempt_at": now, "last_status_code": code, "last_error": error}
+    if error is None:
+        values.update(status="delivered", delivered_at=now)
+    elif now - event.created_at >= RETRY_WINDOW:
+        values.update(status="failed")
+    else:
+        values.update(next_attempt_at=now + backoff(delivery.attempts + 1))
+    with session_scope(runtime.engine) as session:
+        outbox = SqlOutbox(session)
+        outbox.record_attempt(delivery.id, **values)
+        if error is None and endpoint.failing_since is not None:
+            stored = outbox.get_endpoint(endpoint.id, for_update=True)
+            outbox.save_endpoint(replace(stored, failing_since=None))
+    log.info("webhook_attempt", endpoint=endpoint.id, event_id=event.id, type=event.type, status_code=code,
+             delivered=error is None)
+
+
+def _failed(runtime: Any, endpoint: Endpoint, *, now: datetime) -> Endpoint:
+    """Note a failure on the endpoint; disable it (and say so) after ``DISABLE_AFTER`` without a success."""
+    with session_scope(runtime.engine) as session:
+        outbox = SqlOutbox(session)
+        stored = outbox.get_endpoint(endpoint.id, for_update=True)
+        if stored.failing_since is None:
+            return outbox.save_endpoint(replace(stored, failing_since=now))
+        if not stored.enabled or now - stored.failing_since < DISABLE_AFTER:
+            return stored
+        disabled = outbox.save_endpoint(replace(stored, enabled=False, disabled_reason="sustained_failure"))
+        emit(session, "webhook_endpoint.disabled", {
+            "type": "webhook_endpoint.disabled",
+            "webhook_endpoint": {"id": stored.id, "url": stored.url},
+            "properties": {"reason": "sustained_failure", "failing_since": iso(stored.failing_since)},
+        }, now=now, skip_endpoint=stored.id)
+    log.warning("webhook_endpoint_disabled", endpoint=endpoint.id, failing_since=iso(stored.failing_since))
+    return disabled
+
+
+def sweep(runtime: Any, *, now: datetime) -> int:
+    """Signal a send when any delivery is due (the cron's second line after Redis or a worker was lost)."""
+    with session_scope(runtime.engine) as session:
+        due = SqlOutbox(session).due_endpoints(now)
+    if due:
+        queueing.signal_webhooks(runtime)
+    return len(due)
+
+
+def note_ended(runtime: Any, *, now: datetime) -> int:
+    """Emit ``subscription.ended`` for subscriptions whose scheduled end has passed since the last sweep."""
+    with write_lock(runtime.engine), session_scope(runtime.engine) as session:
+        cursors = SqlAlerts(session)
+        since = cursors.position(_ENDED)
+        start = from_micros(since) if since is not None else now - ENDED_LOOKBACK
+        emitted = service_outbox.emit_ended(session, since=start, now=now)
+        cursors.set_position(to_micros(now), _ENDED)
+    return emitted
+
+
+# --- signalling the sender after a commit that emitted ---------------------------------------------------
+
+def watch_commits(engine: Any, runtime: Any) -> None:
+    """Signal ``runtime``'s sender at every commit on ``engine`` of a transaction that emitted an event.
+
+    ``emit`` marks its connection; the commit hands the signal to the runtime's background thread
+    (``queueing.webhook_signal``), which sends it a moment later, so no request or job waits on
+    Redis for it. A signal lost anyway (Redis down) is the cron sweep's.
+    """
+    ref = weakref.ref(runtime)
+
+    def committed(conn: Any) -> None:
+        if conn.info.pop(OUTBOX_FLAG, False):
+            live = ref()
+            if live is not None:
+                queueing.webhook_signal(live).request()
+
+    def rolled_back(conn: Any) -> None:
+        conn.info.pop(OUTBOX_FLAG, None)
+
+    sa_event.listen(engine, "commit", committed)
+    sa_event.listen(engine, "rollback", rolled_back)
+
+
+__all__ = ["backoff", "payload", "post", "send_due", "send_endpoint", "sign", "sweep", "watch_commits"]
