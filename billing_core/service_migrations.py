@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy.orm import Session
 
-from billing_core.errors import Conflict, InvalidInput
+from billing_core.errors import Conflict, InvalidInput, NotFound
 from billing_core.invoices import compute_invoice
 from billing_core.persistence.catalog import SqlCatalog
 from billing_core.persistence.plan_migrations import PENDING, Migration, SqlPlanMigrations, SubscriptionOutcome
 from billing_core.persistence.subscriptions import SqlSubscriptions
+from billing_core.service_outbox import emit_subscription
 from billing_core.plan_migrations import (
     LIVE, EffectiveTime, MigrationError, Outcome, Overrides, migrate_subscription, revert_migration,
 )
@@ -116,8 +117,43 @@ def _apply(session: Session, migration: Migration, plan: Plan, subscription_ids:
             continue
         if result.subscription is not None:
             repo.save(result.subscription, expected_revision=len(sub.edits))
+            if result.effective_at is not None:
+                _tell(session, sub, result.subscription, migration.to_version, result.effective_at, now=now)
         migrations.record(migration.id, SubscriptionOutcome(sub_id, result.outcome.value, result.effective_at,
                                                             result.reasons, result.undo), now=now)
+
+
+def _version_change(before: Subscription, effective_at: datetime, to_version: int) -> dict[str, object]:
+    """The properties of Orb's ``subscription.plan_version_change*`` events."""
+    previous = before.phase_at(effective_at).plan_version if before.phases else to_version
+    return {"effective_date": effective_at.isoformat().replace("+00:00", "Z"),
+            "new_plan_version_number": to_version, "previous_plan_version_number": previous}
+
+
+def _tell(session: Session, before: Subscription, after: Subscription, to_version: int, effective_at: datetime,
+          *, now: datetime) -> None:
+    """Emit ``subscription.plan_version_changed`` for an instant already reached, else
+    ``..._change_scheduled`` (the sweep, ``note_effective``, tells the change when its instant comes)."""
+    kind = "subscription.plan_version_changed" if effective_at <= now else "subscription.plan_version_change_scheduled"
+    emit_subscription(session, kind, after, now=now, properties=_version_change(before, effective_at, to_version))
+
+
+def note_effective(session: Session, *, since: datetime, now: datetime) -> int:
+    """Emit ``subscription.plan_version_changed`` for each scheduled migration edit whose instant fell in
+    ``(since, now]`` (written ahead of it: ``_tell`` announced it as scheduled). Returns how many."""
+    repo, told = SqlSubscriptions(session), 0
+    for migration_id, outcome in SqlPlanMigrations(session).scheduled_effective_between(since, now):
+        migration = SqlPlanMigrations(session).get(None, migration_id)
+        try:
+            sub = repo.get(outcome.subscription_id)
+        except NotFound:  # deleted since: nothing to tell
+            continue
+        assert outcome.effective_at is not None  # the query selected it by its instant
+        properties = _version_change(sub, outcome.effective_at - timedelta(microseconds=1), migration.to_version)
+        properties["effective_date"] = outcome.effective_at.isoformat().replace("+00:00", "Z")
+        emit_subscription(session, "subscription.plan_version_changed", sub, now=now, properties=properties)
+        told += 1
+    return told
 
 
 def _finish_if_done(migrations: SqlPlanMigrations, migration: Migration) -> Migration:

@@ -37,7 +37,7 @@ from sqlalchemy import event as sa_event
 
 from billing_core import (
     OUTBOX_FLAG, Delivery, Endpoint, NotFound, OutboxEvent, SqlAlerts, SqlOutbox, emit, from_micros, iso, service_outbox,
-    to_micros, write_lock,
+    service_migrations, to_micros, write_lock,
 )
 from worker import queueing
 from worker.db import session_scope
@@ -210,12 +210,14 @@ def sweep(runtime: Any, *, now: datetime) -> int:
 
 
 def note_ended(runtime: Any, *, now: datetime) -> int:
-    """Emit ``subscription.ended`` for subscriptions whose scheduled end has passed since the last sweep."""
+    """Emit ``subscription.ended`` for subscriptions whose scheduled end has passed since the last sweep, and
+    ``subscription.plan_version_changed`` for scheduled migration edits whose instant has."""
     with write_lock(runtime.engine), session_scope(runtime.engine) as session:
         cursors = SqlAlerts(session)
         since = cursors.position(_ENDED)
         start = from_micros(since) if since is not None else now - ENDED_LOOKBACK
         emitted = service_outbox.emit_ended(session, since=start, now=now)
+        emitted += service_migrations.note_effective(session, since=start, now=now)
         cursors.set_position(to_micros(now), _ENDED)
     return emitted
 

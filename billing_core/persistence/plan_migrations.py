@@ -23,12 +23,13 @@ from billing_core.lines import iso
 from billing_core.persistence.catalog import page_rows
 from billing_core.persistence.rows import one_of, utc
 from billing_core.persistence.writes import begin_write
-from billing_core.plan_migrations import LIVE, EffectiveTime, Undo, parse_effective_time
+from billing_core.plan_migrations import LIVE, EffectiveTime, Outcome, Undo, parse_effective_time
 
 __all__ = ["PlanMigrationRow", "PlanMigrationOutcomeRow", "Migration", "SubscriptionOutcome",
            "MigrationNotFound", "SqlPlanMigrations", "PENDING"]
 
 PENDING = "pending"
+APPLIED = (Outcome.MIGRATED.value, Outcome.CONFLICT.value)  # outcomes whose edit is in the timeline
 
 
 class MigrationNotFound(NotFound):
@@ -202,6 +203,16 @@ class SqlPlanMigrations:
             sa.select(m.c.id).join(o, o.c.migration_id == m.c.id).where(
                 o.c.subscription_id == subscription_id, o.c.outcome == PENDING,
                 m.c.status.in_(LIVE)).order_by(m.c.created_at, m.c.id)).scalars())
+
+    def scheduled_effective_between(self, since: datetime, until: datetime) -> list[tuple[str, SubscriptionOutcome]]:
+        """Return the applied outcomes (migrated or in conflict) written ahead of their instant whose
+        instant falls in ``(since, until]``, with their migration ids, by instant."""
+        o = PlanMigrationOutcomeRow.__table__
+        rows = self.session.execute(sa.select(PlanMigrationOutcomeRow).where(
+            o.c.effective_at > since, o.c.effective_at <= until, o.c.outcome.in_(APPLIED),
+            o.c.recorded_at < o.c.effective_at,
+        ).order_by(o.c.effective_at, o.c.subscription_id)).scalars()
+        return [(r.migration_id, _outcome(r)) for r in rows]
 
     def for_subscription(self, subscription_id: str) -> list[tuple[str, SubscriptionOutcome]]:
         """Return every migration outcome of a subscription with its migration id, oldest first."""

@@ -236,3 +236,49 @@ def test_stored_migrations_equal_the_pure_edit_and_cancel_restores_what_is_not_y
         else:
             assert after[sid] == stored[sid]
             assert outcomes[sid].outcome == "skipped" or outcomes[sid].effective_at <= NOW
+
+
+def _version_events(engine):
+    from sqlalchemy import select
+
+    from billing_core.persistence.outbox import WebhookEventRow
+    with session_scope(engine) as s:
+        rows = s.execute(select(WebhookEventRow).where(WebhookEventRow.type.like("subscription.plan_version%"))
+                         .order_by(WebhookEventRow.seq)).scalars()
+        return [(r.type, r.ordering_key, r.to_domain().body["properties"]) for r in rows]
+
+
+@pytest.mark.postgres
+def test_a_scheduled_migration_is_told_when_written_and_again_when_its_instant_passes(engine):
+    """Orb's events: plan_version_change_scheduled as each edit is written ahead of its instant,
+    plan_version_changed once when the instant passes (the sweep), never for a reverted edit; a
+    backdated migration is told as changed at once."""
+    _start(engine, MigrationRequest(to_version=2, effective_time=t(2025, 1, 25)))
+    _run(engine)
+    scheduled = _version_events(engine)
+    assert {(kind, key) for kind, key, _ in scheduled} == {
+        ("subscription.plan_version_change_scheduled", f"subscription:{sid}") for sid in ("s1", "s2", "s3")}
+    assert scheduled[0][2] == {"effective_date": "2025-01-25T00:00:00Z", "new_plan_version_number": 2,
+                               "previous_plan_version_number": 1}
+    with session_scope(engine) as s:
+        assert service_migrations.note_effective(s, since=NOW, now=t(2025, 1, 24)) == 0
+        assert service_migrations.note_effective(s, since=t(2025, 1, 24), now=t(2025, 1, 26)) == 3
+        assert service_migrations.note_effective(s, since=t(2025, 1, 26), now=t(2025, 1, 27)) == 0
+    changed = _version_events(engine)[3:]
+    assert {(kind, key) for kind, key, _ in changed} == {
+        ("subscription.plan_version_changed", f"subscription:{sid}") for sid in ("s1", "s2", "s3")}
+    assert all(p["previous_plan_version_number"] == 1 and p["new_plan_version_number"] == 2 for *_, p in changed)
+
+
+@pytest.mark.postgres
+def test_a_canceled_or_backdated_migration_is_told_as_it_is(engine):
+    """A canceled scheduled migration's edits are never told as changed; a backdated one is changed at once."""
+    _start(engine, MigrationRequest(to_version=2, effective_time=t(2025, 1, 25)))
+    _run(engine)
+    with session_scope(engine) as s:
+        service_migrations.cancel_migration(s, "plan1", "mig1", now=NOW)
+        assert service_migrations.note_effective(s, since=NOW, now=t(2025, 1, 26)) == 0
+    _start(engine, MigrationRequest(to_version=2, effective_time=t(2025, 1, 10)), migration_id="mig2")
+    done = _run(engine, "mig2")
+    kinds = [kind for kind, _, _ in _version_events(engine)]
+    assert kinds.count("subscription.plan_version_changed") == done.counts["migrated"] + done.counts["conflict"] > 0
