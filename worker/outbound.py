@@ -10,13 +10,15 @@ another's deliveries back; an endpoint is sent by one round at a time across wor
   with the endpoint's secret — what the official client's ``webhooks.verify_signature`` checks.
 - **Order**: deliveries of one ordering key (a subscription, a contract) go out in event order; one
   that is waiting for its retry holds back the later ones of its key, never those of other keys.
+  An endpoint's deliveries go in waves of up to ``WAVE``, one after another, no two of one key in a
+  wave (a failure holds back the key's later ones), each wave's answers recorded in one transaction.
 - **Retries**: a non-2xx answer or a transport error is retried after ``BACKOFF`` (10 s doubling
   up to two hours) until the event is ``RETRY_WINDOW`` (26 h) old; then the delivery is ``failed``.
 - **Auto-disable**: an endpoint that has failed without a single success for ``DISABLE_AFTER``
   (24 h) is disabled and ``webhook_endpoint.disabled`` is emitted (to the other endpoints); enabling
   it again sends what is pending. A manual replay makes a delivery pending and due now.
-- **Crash safety**: every attempt is recorded in its own transaction after the answer; a worker
-  killed in between sends that one again (at least once). Redis lost: the cron sweep
+- **Crash safety**: every attempt is recorded after its answer (a wave's in one transaction: one
+  commit per wave, not per delivery); a worker killed in between sends that wave again (at least once). Redis lost: the cron sweep
   (``sweep_webhooks``) finds due deliveries in the database.
 """
 
@@ -49,8 +51,9 @@ BACKOFF = (10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5120, 7200)
 RETRY_WINDOW = timedelta(hours=26)
 DISABLE_AFTER = timedelta(hours=24)
 TIMEOUT = (3.05, 5.0)  # connect, read: a slow endpoint costs its own thread at most this per attempt
-BATCH = 200  # deliveries per endpoint per round
+BATCH = 500  # deliveries per endpoint per round
 MAX_THREADS = 16
+WAVE = 50  # deliveries of distinct ordering keys sent one after another, then recorded in one transaction
 _LOCK = "marketsync:webhooks:endpoint:"
 # An endpoint's lock lives this long and is renewed before each attempt (each takes at most about
 # 8 s: TIMEOUT), so a killed worker holds its endpoint back for seconds, not for a whole batch.
@@ -77,14 +80,16 @@ def sign(secret: str, body: str, timestamp: str) -> str:
     return f"v1={digest}"
 
 
-def post(endpoint: Endpoint, body: str, *, now: datetime) -> tuple[int | None, str | None]:
-    """POST ``body`` to the endpoint, signed; return (status code, error) — error None on a 2xx."""
+def post(endpoint: Endpoint, body: str, *, now: datetime,
+         http: requests.Session | None = None) -> tuple[int | None, str | None]:
+    """POST ``body`` to the endpoint, signed; return (status code, error) — error None on a 2xx.
+    ``http``: a round's session, so an endpoint that keeps connections alive is not reconnected each time."""
     timestamp = now.isoformat()
     headers = {"Content-Type": "application/json", "User-Agent": "marketsync-webhooks",
                "X-Orb-Timestamp": timestamp, "X-Orb-Signature": sign(endpoint.secret, body, timestamp)}
     try:
-        answer = requests.post(endpoint.url, data=body.encode(), headers=headers, timeout=TIMEOUT,
-                               allow_redirects=False)
+        answer = (http or requests).post(endpoint.url, data=body.encode(), headers=headers, timeout=TIMEOUT,
+                                         allow_redirects=False)
     except requests.RequestException as exc:
         return None, f"{type(exc).__name__}: {str(exc)[:300]}"
     if 200 <= answer.status_code < 300:
@@ -116,6 +121,7 @@ def send_endpoint(runtime: Any, endpoint_id: str, *, now_fn: Callable[[], dateti
     lock = runtime.redis.lock(_LOCK + endpoint_id, timeout=LOCK_SECONDS, blocking=False)
     if not lock.acquire():
         return counts  # another round sends this endpoint now
+    http: requests.Session | None = None
     try:
         with session_scope(runtime.engine) as session:
             outbox = SqlOutbox(session)
@@ -129,32 +135,41 @@ def send_endpoint(runtime: Any, endpoint_id: str, *, now_fn: Callable[[], dateti
             return counts
         counts["more"] = int(len(pending) == BATCH)
         held: set[str] = set()
-        for delivery in pending:
-            key = delivery.ordering_key
-            if key is not None and key in held:
-                continue
-            now = now_fn()
-            if delivery.next_attempt_at > now:
-                if key is not None:
-                    held.add(key)
-                continue
-            try:
-                lock.reacquire()
-            except LockError:
-                break  # the lock lapsed and another round has the endpoint now
-            code, error = post(endpoint, payload(endpoint, events[delivery.event_seq]), now=now)
-            _record(runtime, endpoint, delivery, events[delivery.event_seq], code, error, now=now_fn())
-            if error is None:
-                counts["delivered"] += 1
+        queue = list(pending)
+        http = requests.Session()  # closed in ``finally``
+        while queue:
+            wave, queue = _next_wave(queue, held, now_fn())
+            if not wave:
+                break
+            attempts, lapsed = [], False
+            for delivery in wave:
+                try:
+                    lock.reacquire()  # renewed before each attempt: a slow endpoint never outlives it
+                except LockError:
+                    lapsed = True  # another round has the endpoint now
+                    break
+                event = events[delivery.event_seq]
+                code, error = post(endpoint, payload(endpoint, event), now=now_fn(), http=http)
+                attempts.append((delivery, event, code, error))
+                if code is None:
+                    break  # unreachable: the rest of the wave waits with the round's remainder
+            if attempts:
+                _record(runtime, endpoint, attempts, now=now_fn())
+            if lapsed:
+                break
+            failed = [d for d, _, _, error in attempts if error is not None]
+            counts["delivered"] += len(attempts) - len(failed)
+            counts["failed"] += len(failed)
+            held.update(d.ordering_key for d in failed if d.ordering_key is not None)
+            if not failed:
                 endpoint = replace(endpoint, failing_since=None)
                 continue
-            counts["failed"] += 1
-            if key is not None:
-                held.add(key)
             endpoint = _failed(runtime, endpoint, now=now_fn())
-            if code is None or not endpoint.enabled:
+            if attempts[-1][2] is None or not endpoint.enabled:
                 break  # unreachable or disabled: the rest waits for the next round
     finally:
+        if http is not None:
+            http.close()
         try:
             lock.release()
         except Exception:  # noqa: BLE001 - the lock expired: nothing to release
@@ -162,23 +177,52 @@ def send_endpoint(runtime: Any, endpoint_id: str, *, now_fn: Callable[[], dateti
     return counts
 
 
-def _record(runtime: Any, endpoint: Endpoint, delivery: Delivery, event: OutboxEvent, code: int | None,
-            error: str | None, *, now: datetime) -> None:
-    values: dict[str, Any] = {"last_attempt_at": now, "last_status_code": code, "last_error": error}
-    if error is None:
-        values.update(status="delivered", delivered_at=now)
-    elif now - event.created_at >= RETRY_WINDOW:
-        values.update(status="failed")
-    else:
-        values.update(next_attempt_at=now + backoff(delivery.attempts + 1))
+def _next_wave(queue: list[Delivery], held: set[str], now: datetime) -> tuple[list[Delivery], list[Delivery]]:
+    """Split the queue (event order) into the next wave and the rest: at most ``WAVE`` due deliveries,
+    no two of one ordering key, none of a held key (a key whose delivery failed or waits for its
+    retry this round: its later deliveries are dropped until the next round). A key's later
+    deliveries stay in the rest, behind the one in the wave, so each key keeps its order."""
+    wave: list[Delivery] = []
+    rest: list[Delivery] = []
+    taken: set[str] = set()
+    for delivery in queue:
+        key = delivery.ordering_key
+        if key is not None and key in held:
+            continue
+        if delivery.next_attempt_at > now:
+            if key is not None:
+                held.add(key)
+            continue
+        if len(wave) < WAVE and (key is None or key not in taken):
+            wave.append(delivery)
+        else:
+            rest.append(delivery)
+        if key is not None:
+            taken.add(key)
+    return wave, rest
+
+
+def _record(runtime: Any, endpoint: Endpoint, attempts: list[tuple[Delivery, OutboxEvent, int | None, str | None]],
+            *, now: datetime) -> None:
+    """Record a wave's attempts in one transaction, after their answers (a worker killed before the
+    commit sends that wave again: at least once)."""
     with session_scope(runtime.engine) as session:
         outbox = SqlOutbox(session)
-        outbox.record_attempt(delivery.id, **values)
-        if error is None and endpoint.failing_since is not None:
+        for delivery, event, code, error in attempts:
+            values: dict[str, Any] = {"last_attempt_at": now, "last_status_code": code, "last_error": error}
+            if error is None:
+                values.update(status="delivered", delivered_at=now)
+            elif now - event.created_at >= RETRY_WINDOW:
+                values.update(status="failed")
+            else:
+                values.update(next_attempt_at=now + backoff(delivery.attempts + 1))
+            outbox.record_attempt(delivery.id, **values)
+        if endpoint.failing_since is not None and any(error is None for *_, error in attempts):
             stored = outbox.get_endpoint(endpoint.id, for_update=True)
             outbox.save_endpoint(replace(stored, failing_since=None))
-    log.info("webhook_attempt", endpoint=endpoint.id, event_id=event.id, type=event.type, status_code=code,
-             delivered=error is None)
+    for _, event, code, error in attempts:
+        log.info("webhook_attempt", endpoint=endpoint.id, event_id=event.id, type=event.type, status_code=code,
+                 delivered=error is None)
 
 
 def _failed(runtime: Any, endpoint: Endpoint, *, now: datetime) -> Endpoint:

@@ -64,6 +64,24 @@ def test_a_stuck_key_never_crowds_others_out_of_a_batch(app, receiver: Receiver,
     assert _sent(receiver) == [("B", 1)]
 
 
+def test_waves_keep_each_keys_order_and_send_each_once(app, receiver: Receiver) -> None:  # type: ignore[no-untyped-def]
+    """An endpoint's deliveries go out in waves (distinct keys each, recorded in one transaction): every
+    event once, each contract's in event order, and a failure in a wave holds back only its own key."""
+    runtime, now = app.extensions["marketsync"], datetime.now(UTC)
+    _endpoint(runtime, receiver.url, "we_w")
+    for n in range(1, 6):
+        for key in "ABCDEFGHIJKL":
+            _emit(runtime, key, n, now)
+    receiver.failures = 1  # one delivery of the first wave fails: its key waits for its retry
+    first = outbound.send_endpoint(runtime, "we_w", now_fn=lambda: now)
+    assert first["failed"] == 1 and first["delivered"] == 55
+    outbound.send_endpoint(runtime, "we_w", now_fn=lambda: now + timedelta(seconds=11))
+    sent = _sent(receiver)
+    assert sorted(sent) == sorted((key, n) for key in "ABCDEFGHIJKL" for n in range(1, 6))
+    for key in "ABCDEFGHIJKL":
+        assert [n for k, n in sent if k == key] == [1, 2, 3, 4, 5]
+
+
 def test_a_slow_endpoint_does_not_delay_another(app, receiver: Receiver) -> None:  # type: ignore[no-untyped-def]
     """Each endpoint is sent on its own thread: a fast one gets its events while a slow one still answers."""
     runtime, now = app.extensions["marketsync"], datetime.now(UTC)
