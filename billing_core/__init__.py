@@ -7,10 +7,11 @@ Rows (``table=True`` models) stay inside ``billing_core.persistence``.
 
 ``service_plans`` (use cases on a session: plans, subscriptions, invoices, costs),
 ``service_migrations`` (plan migrations: start, run a chunk, apply pending, cancel, dry run) and ``wire``
-(strict JSON and the accepted instant range) are used as modules.
+(strict JSON and the accepted instant range) and ``orb_json`` (the Orb object shapes: API answers and
+expanded webhook payloads) are used as modules.
 """
 
-from billing_core import service_alerts, service_migrations, service_outbox, service_plans, wire
+from billing_core import orb_json, service_alerts, service_migrations, service_outbox, service_plans, wire
 from billing_core.alerts import CREDIT_TYPES, SUBSCRIPTION_TYPES, Alert, AlertNotFound
 from billing_core.outbox import EVENT_TYPES, Delivery, Endpoint, OutboxEvent
 from billing_core.persistence.alerts import SqlAlerts
@@ -42,7 +43,7 @@ from billing_core.metric_definition import Condition, InvalidMetric, MetricDefin
 from billing_core.metric_sql import filter_from_sql
 from billing_core.metrics import Metric, MetricNotFound, create_metric, update_metric
 from billing_core.money import (
-    ExactNumber, InvalidAmount, divide_to_integral, exact_number, format_decimal, parse_decimal,
+    ExactNumber, InvalidAmount, divide_to_integral, exact_json, exact_number, format_decimal, parse_decimal,
     parse_optional_decimal, parse_unit_price, round_money,
 )
 from billing_core.periods import BillingAnchor, Cadence, Period
@@ -74,7 +75,7 @@ from billing_core.subscriptions import (
 
 __all__ = [
     # modules used as namespaces
-    "service_alerts", "service_migrations", "service_outbox", "service_plans", "wire",
+    "orb_json", "service_alerts", "service_migrations", "service_outbox", "service_plans", "wire",
     # plan migrations
     "Migration", "MigrationNotFound", "SqlPlanMigrations", "SubscriptionOutcome", "EffectiveTime", "MigrationError",
     "Outcome", "Overrides", "parse_effective_time", "MigrationRequest", "DryRunLine", "UsageSource",
@@ -102,7 +103,7 @@ __all__ = [
     "evaluate_prices", "preview_usage_source", "filter_from_sql",
     # conversions at the edge
     "definition_from_dict", "parse_config", "config_to_dict", "properties_json", "to_micros", "from_micros",
-    "iso", "format_decimal", "parse_decimal", "parse_optional_decimal", "parse_unit_price", "exact_number",
+    "iso", "format_decimal", "parse_decimal", "parse_optional_decimal", "parse_unit_price", "exact_number", "exact_json",
     "round_money", "divide_to_integral",
     # adapters: repositories on the caller's session, usage sources, writers
     "SqlCustomerRepository", "SqlEventStore", "SqlMetricRepository", "SqlBackfillStore", "SqlCatalog",

@@ -16,7 +16,9 @@ below any minor unit, so the rounding of the line gives the cents of the exact f
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import json
+import secrets
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import (
     ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal, DecimalException, DivisionByZero,
@@ -25,6 +27,7 @@ from decimal import (
 from fractions import Fraction
 from functools import lru_cache
 from math import ceil, floor
+from typing import Any
 
 from billing_core.errors import InexactAmount, InvalidInput
 
@@ -50,6 +53,7 @@ __all__ = [
     "decimal_shape",
     "ExactNumber",
     "exact_number",
+    "exact_json",
 ]
 
 ZERO = Decimal("0")
@@ -238,3 +242,28 @@ def exact_number(value: Decimal | None) -> int | ExactNumber | None:
     if value == value.to_integral_value():
         return int(value)
     return ExactNumber(value)
+
+
+def exact_json(obj: Any, dumps: Callable[..., str] = json.dumps, **kwargs: Any) -> str:
+    """Return ``obj`` as JSON text with each ``ExactNumber`` written as a JSON number, digit for digit.
+
+    ``dumps`` is the serializer to extend (``json.dumps``, or a JSON provider's); ``kwargs`` go to it
+    (``default`` included: called for what is not an ``ExactNumber``).
+    """
+    numbers: list[str] = []
+    # Each number is first written as a quoted placeholder no caller's string can know.
+    nonce = secrets.token_hex(8)
+    fallback = kwargs.pop("default", None)
+
+    def default(value: Any) -> Any:
+        if isinstance(value, ExactNumber):
+            numbers.append(format_decimal(value))
+            return f"{nonce}:{len(numbers) - 1}"
+        if fallback is None:
+            raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+        return fallback(value)
+
+    text = dumps(obj, default=default, **kwargs)
+    if not numbers:
+        return text
+    return re.sub(f'"{nonce}:([0-9]+)"', lambda match: numbers[int(match.group(1))], text)

@@ -1,8 +1,10 @@
 """Outbound webhooks, the domain: endpoints, outbox events, deliveries, and the event types.
 
 An event's stored body holds its resources and ``properties`` (Orb's standard payload without
-``id``, ``created_at`` and ``payload_style``, which the sender adds per endpoint). Writing one is
-``service_outbox.emit`` — in the transaction of the change that caused it.
+``id``, ``created_at`` and ``payload_style``, which the sender adds per endpoint); ``expanded``
+holds the resources an expanded payload carries in their place (the full subscription, the full
+invoice), rendered with the body, as of the change. Writing one is ``service_outbox.emit`` — in
+the transaction of the change that caused it; ``payload_body`` is what an endpoint is sent.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from datetime import datetime
 from typing import Any, Mapping
 
 from billing_core.errors import InvalidInput
+from billing_core.lines import iso
 
 __all__ = ["Delivery", "EVENT_TYPES", "Endpoint", "OutboxEvent", "PAYLOAD_STYLES", "check_event_types"]
 
@@ -50,7 +53,11 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class OutboxEvent:
-    """One event written to the outbox; ``seq`` orders it (commit order of the change log is not needed)."""
+    """One event written to the outbox; ``seq`` orders it (commit order of the change log is not needed).
+
+    ``expanded``: the resources that replace the body's in an expanded payload; None when both
+    styles are alike (marketsync's own events).
+    """
 
     seq: int
     id: str
@@ -58,6 +65,13 @@ class OutboxEvent:
     ordering_key: str | None
     body: Mapping[str, Any]
     created_at: datetime
+    expanded: Mapping[str, Any] | None = None
+
+    def payload_body(self, payload_style: str) -> dict[str, Any]:
+        """Return the body an endpoint taking ``payload_style`` payloads is sent."""
+        resources = self.expanded if payload_style == "expanded" and self.expanded else {}
+        return {"id": self.id, "created_at": iso(self.created_at), "payload_style": payload_style,
+                **self.body, **resources}
 
 
 @dataclass(frozen=True)

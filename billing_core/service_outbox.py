@@ -5,7 +5,10 @@ written to the outbox in the transaction of the change that caused it.
 each; enabled, or disabled after sustained failure) and marks the connection (``OUTBOX_FLAG``),
 so the process signals the sender at the commit (``worker/outbound.py``). Bodies follow the client's standard
 webhook event types (``types/webhooks/*_standard_webhook_event.py``): a subscription's own fields
-with its customer and plan as references, an invoice without its line items.
+with its customer and plan as references, an invoice without its line items. Orb's events also
+store their expanded resources (``types/*_webhook_event.py``: the full subscription, the full
+invoice, as ``orb_json`` renders them for the API), rendered in the same transaction, so either
+style of payload shows the object as of the change; the sender picks the endpoint's style.
 """
 
 from __future__ import annotations
@@ -14,26 +17,26 @@ import secrets
 import uuid
 from dataclasses import replace
 from datetime import datetime
-from decimal import Decimal
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from sqlalchemy.orm import Session
 
+from billing_core.customers import Customer
 from billing_core.errors import InvalidInput
 from billing_core.invoices import Invoice
 from billing_core.lines import iso
-from billing_core.money import format_decimal
+from billing_core.orb_json import invoice_json, subscription_json
 from billing_core.outbox import EVENT_TYPES, PAYLOAD_STYLES, Endpoint, OutboxEvent, check_event_types
 from billing_core.persistence.catalog import SqlCatalog
 from billing_core.persistence.customers import SqlCustomerRepository
 from billing_core.persistence.outbox import SqlOutbox
 from billing_core.persistence.subscriptions import SqlSubscriptions
-from billing_core.plans import PlanNotFound
+from billing_core.plans import Plan, PlanNotFound
 from billing_core.subscriptions import Subscription
 
 __all__ = [
     "OUTBOX_FLAG", "create_endpoint", "emit", "emit_ended", "emit_invoice_issued", "emit_subscription",
-    "subscription_summary", "update_endpoint",
+    "subscription_expanded", "subscription_summary", "update_endpoint",
 ]
 
 OUTBOX_FLAG = "marketsync.outbox_emitted"
@@ -41,12 +44,15 @@ _UNSET: Any = object()
 
 
 def emit(session: Session, event_type: str, body: Mapping[str, Any], *, now: datetime,
-         ordering_key: str | None = None, skip_endpoint: str | None = None) -> str:
+         ordering_key: str | None = None, skip_endpoint: str | None = None,
+         expanded: Callable[[], Mapping[str, Any]] | None = None) -> str:
     """Write one event (``body``: its resources and ``properties``) to the outbox; return its id.
 
     Call it inside the transaction of the change: both commit, or neither. Events with the same
     ``ordering_key`` (a subscription, a contract) reach each endpoint in the order they were written.
     ``skip_endpoint``: an endpoint the event is about and must not go to (the one just disabled).
+    ``expanded``: renders the resources an expanded payload carries instead of the body's; called
+    only when some endpoint gets the event (whatever its style now: it may change before the send).
     """
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown webhook event type {event_type!r}")
@@ -58,7 +64,8 @@ def emit(session: Session, event_type: str, body: Mapping[str, Any], *, now: dat
                and e.id != skip_endpoint]
     event_id = f"whe_{uuid.uuid4().hex[:20]}"
     outbox.append(OutboxEvent(seq=0, id=event_id, type=event_type, ordering_key=ordering_key,
-                              body=dict(body), created_at=now), targets)
+                              body=dict(body), created_at=now,
+                              expanded=dict(expanded()) if expanded is not None and targets else None), targets)
     if targets:
         session.connection().info[OUTBOX_FLAG] = True  # the connection's commit signals the sender
     return event_id
@@ -66,30 +73,40 @@ def emit(session: Session, event_type: str, body: Mapping[str, Any], *, now: dat
 
 # --- bodies ------------------------------------------------------------------------------------------
 
+def _customer_and_plan(session: Session, sub: Subscription, at: datetime) -> tuple[Customer, Plan | None]:
+    customer = SqlCustomerRepository(session).get(sub.customer_id)
+    try:
+        return customer, SqlCatalog(session).get_plan(sub.phase_at(at).plan_id)
+    except PlanNotFound:
+        return customer, None
+
+
 def subscription_summary(session: Session, sub: Subscription, *, at: datetime) -> dict[str, Any]:
     """Return a subscription as standard payloads carry it: its own fields, customer and plan as references."""
-    customer = SqlCustomerRepository(session).get(sub.customer_id)
-    phase = sub.phase_at(at)
-    try:
-        plan = SqlCatalog(session).get_plan(phase.plan_id)
-        plan_ref = {"id": plan.id, "external_plan_id": plan.external_plan_id, "name": plan.name}
-        name = plan.name
-    except PlanNotFound:
-        plan_ref, name = {"id": phase.plan_id, "external_plan_id": None, "name": None}, ""
+    customer, plan = _customer_and_plan(session, sub, at)
+    plan_ref = ({"id": plan.id, "external_plan_id": plan.external_plan_id, "name": plan.name} if plan else
+                {"id": sub.phase_at(at).plan_id, "external_plan_id": None, "name": None})
     return {
         "id": sub.id, "created_at": iso(sub.created_at or sub.start),
         "customer": {"id": customer.id, "external_customer_id": customer.external_customer_id},
         "start_date": iso(sub.start), "end_date": iso(sub.end), "metadata": dict(sub.metadata),
-        "name": name, "plan": plan_ref, "status": sub.status(at),
+        "name": plan.name if plan else "", "plan": plan_ref, "status": sub.status(at),
     }
+
+
+def subscription_expanded(session: Session, sub: Subscription, *, at: datetime) -> dict[str, Any]:
+    """Return a subscription as expanded payloads carry it: Orb's full subscription, as the API renders it."""
+    customer, plan = _customer_and_plan(session, sub, at)
+    return subscription_json(sub, customer=customer, plan=plan, at=at, item_names=SqlCatalog(session).item_names())
 
 
 def emit_subscription(session: Session, event_type: str, sub: Subscription, *, now: datetime,
                       properties: Mapping[str, Any] | None = None) -> str:
-    """Emit a ``subscription.*`` event for ``sub`` (ordered per subscription)."""
+    """Emit a ``subscription.*`` event for ``sub`` (ordered per subscription), in both payload styles."""
     body = {"type": event_type, "subscription": subscription_summary(session, sub, at=now),
             "properties": dict(properties or {})}
-    return emit(session, event_type, body, now=now, ordering_key=f"subscription:{sub.id}")
+    return emit(session, event_type, body, now=now, ordering_key=f"subscription:{sub.id}",
+                expanded=lambda: {"subscription": subscription_expanded(session, sub, at=now)})
 
 
 def emit_ended(session: Session, *, since: datetime, now: datetime) -> int:
@@ -106,32 +123,23 @@ def emit_ended(session: Session, *, since: datetime, now: datetime) -> int:
     return emitted
 
 
-def _money(value: Decimal) -> str:
-    return format_decimal(value)
+# What a standard payload keeps of Orb's invoice (``InvoiceIssuedStandardWebhookEvent``): no line items.
+_STANDARD_INVOICE = (
+    "id", "invoice_number", "status", "currency", "total", "amount_due", "customer", "subscription",
+    "invoice_date", "issued_at", "created_at", "due_date", "paid_at", "voided_at", "invoice_source", "metadata",
+    "memo", "payment_attempts", "auto_collection", "credit_notes", "customer_balance_transactions",
+    "will_auto_issue", "hosted_invoice_url", "invoice_pdf",
+)
 
 
 def emit_invoice_issued(session: Session, invoice: Invoice, *, now: datetime) -> str:
-    """Emit ``invoice.issued`` for a just-issued invoice (its own fields, without line items)."""
+    """Emit ``invoice.issued`` for a just-issued invoice: Orb's full invoice (expanded), its own fields (standard)."""
     customer = SqlCustomerRepository(session).get(invoice.customer_id)
-    total = _money(invoice.total)
-    body = {
-        "type": "invoice.issued",
-        "properties": {"automatically_marked_as_paid": False},
-        "invoice": {
-            "id": invoice.id, "invoice_number": invoice.invoice_number or invoice.id, "status": "issued",
-            "currency": invoice.currency, "total": total, "amount_due": total,
-            "customer": {"id": customer.id, "external_customer_id": customer.external_customer_id},
-            "subscription": {"id": invoice.subscription_id},
-            "invoice_date": iso(invoice.period_end), "issued_at": iso(invoice.issued_at),
-            "created_at": iso(invoice.issued_at or now), "due_date": None, "paid_at": None, "voided_at": None,
-            "invoice_source": "subscription", "metadata": {}, "memo": None, "payment_attempts": [],
-            "auto_collection": {"enabled": False, "next_attempt_at": None, "num_attempts": None,
-                                "previously_attempted_at": None},
-            "credit_notes": [], "customer_balance_transactions": [],
-            "will_auto_issue": False, "hosted_invoice_url": None, "invoice_pdf": None,
-        },
-    }
-    return emit(session, "invoice.issued", body, now=now, ordering_key=f"subscription:{invoice.subscription_id}")
+    full = invoice_json(invoice, customer=customer, at=now)
+    body = {"type": "invoice.issued", "properties": {"automatically_marked_as_paid": False},
+            "invoice": {key: full[key] for key in _STANDARD_INVOICE}}
+    return emit(session, "invoice.issued", body, now=now, ordering_key=f"subscription:{invoice.subscription_id}",
+                expanded=lambda: {"invoice": full})
 
 
 # --- endpoints ----------------------------------------------------------------------------------------

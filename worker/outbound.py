@@ -5,6 +5,8 @@ transaction of the change; this module only sends. A round (``send_due``) takes 
 endpoint with a delivery due and gives each its own thread, so a slow or dead endpoint never holds
 another's deliveries back; an endpoint is sent by one round at a time across workers (a Redis lock).
 
+- **Style**: an expanded endpoint gets the full objects stored with an Orb event (the subscription,
+  the invoice, as of the change), a standard one its references (``OutboxEvent.payload_body``).
 - **Signature**: headers ``X-Orb-Timestamp`` (ISO instant, taken at each attempt: the client refuses
   one older than five minutes) and ``X-Orb-Signature: v1=<hex HMAC-SHA256 of "v1:{timestamp}:{body}">``
   with the endpoint's secret — what the official client's ``webhooks.verify_signature`` checks.
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -38,8 +39,8 @@ from redis.exceptions import LockError
 from sqlalchemy import event as sa_event
 
 from billing_core import (
-    OUTBOX_FLAG, Delivery, Endpoint, NotFound, OutboxEvent, SqlAlerts, SqlOutbox, emit, from_micros, iso, service_outbox,
-    service_migrations, to_micros, write_lock,
+    OUTBOX_FLAG, Delivery, Endpoint, NotFound, OutboxEvent, SqlAlerts, SqlOutbox, emit, exact_json, from_micros, iso,
+    service_migrations, service_outbox, to_micros, write_lock,
 )
 from worker import queueing
 from worker.db import session_scope
@@ -68,10 +69,8 @@ def backoff(attempts: int) -> timedelta:
 
 
 def payload(endpoint: Endpoint, event: OutboxEvent) -> str:
-    """Return the JSON body sent to ``endpoint`` for ``event``."""
-    body = {"id": event.id, "created_at": iso(event.created_at), "payload_style": endpoint.payload_style,
-            **event.body}
-    return json.dumps(body, separators=(",", ":"))
+    """Return the JSON body sent to ``endpoint`` for ``event``, in the endpoint's payload style."""
+    return exact_json(event.payload_body(endpoint.payload_style), separators=(",", ":"))
 
 
 def sign(secret: str, body: str, timestamp: str) -> str:

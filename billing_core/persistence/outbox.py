@@ -4,7 +4,9 @@
 An event is written to ``webhook_events`` in the transaction of the change that caused it, with
 one ``webhook_deliveries`` row per enabled endpoint that wants its type: the worker sends those
 (``worker/outbound.py``) and records every attempt on the row. An endpoint's signing secret is
-stored to sign with and never rendered again after its creation.
+stored to sign with and never rendered again after its creation. An event's ``body`` text holds its
+standard body and, under ``EXPANDED``, the resources of its expanded payload; numbers keep their
+exact text both ways (``ExactNumber``).
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
 from billing_core.errors import NotFound
+from billing_core.money import ExactNumber, exact_json
 from billing_core.outbox import Delivery, Endpoint, OutboxEvent
 from billing_core.persistence.rows import one_of, page, utc
 from billing_core.persistence.writes import begin_write
 
 __all__ = ["SqlOutbox", "WebhookDeliveryRow", "WebhookEndpointRow", "WebhookEventRow"]
+
+EXPANDED = "_expanded"  # the key of an event's expanded resources in its stored body
 
 
 class WebhookEndpointNotFound(NotFound):
@@ -71,8 +76,10 @@ class WebhookEventRow(SQLModel, table=True):
 
     def to_domain(self) -> OutboxEvent:
         """Return the domain event."""
+        body = json.loads(self.body, parse_float=ExactNumber)
+        expanded = body.pop(EXPANDED, None)
         return OutboxEvent(seq=int(self.seq or 0), id=self.id, type=self.type, ordering_key=self.ordering_key,
-                           body=json.loads(self.body), created_at=utc(self.created_at))
+                           body=body, created_at=utc(self.created_at), expanded=expanded)
 
 
 class WebhookDeliveryRow(SQLModel, table=True):
@@ -177,7 +184,7 @@ class SqlOutbox:
         """Insert an event and one pending delivery per endpoint; return the event's position."""
         seq = self.session.execute(sa.insert(events_table).values(
             id=event.id, type=event.type, ordering_key=event.ordering_key,
-            body=json.dumps(event.body, sort_keys=True, separators=(",", ":")), created_at=event.created_at,
+            body=_body_json(event), created_at=event.created_at,
         ).returning(events_table.c.seq)).scalar_one()
         if endpoint_ids:
             self.session.execute(sa.insert(deliveries_table), [
@@ -264,6 +271,11 @@ class SqlOutbox:
                 .group_by(d.c.endpoint_id, d.c.status)).all():
             out[endpoint_id][status] = int(n)
         return out
+
+
+def _body_json(event: OutboxEvent) -> str:
+    body = dict(event.body) if event.expanded is None else {**event.body, EXPANDED: event.expanded}
+    return exact_json(body, sort_keys=True, separators=(",", ":"))
 
 
 def _types_json(types: Sequence[str] | None) -> str | None:

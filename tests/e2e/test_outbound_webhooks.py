@@ -1,7 +1,10 @@
 """Outbound webhooks and alerts end to end with the official ``orb-billing`` client: an endpoint and
 a subscription alert created through the client, usage ingested past the threshold, the event
 received by a local HTTP server and checked with ``webhooks.verify_signature`` and parsed with
-``webhooks.unwrap_standard``; retries and a replay against an endpoint that fails, then recovers."""
+``webhooks.unwrap_standard``; retries and a replay against an endpoint that fails, then recovers;
+every Orb event type we emit, received by an expanded endpoint and a standard one side by side,
+parsed with ``webhooks.unwrap`` and ``webhooks.unwrap_standard`` and validated against the client's
+expanded and standard event models."""
 
 from __future__ import annotations
 
@@ -12,9 +15,17 @@ from typing import Any
 import orb
 import pytest
 
+from billing_core import service_migrations
 from tests.conftest import TEST_API_KEY, run_jobs
 from tests.receiver import Receiver, receiver  # noqa: F401 - the fixture
 from worker import outbound
+from worker.db import session_scope
+
+ORB_EVENT_TYPES = [
+    "subscription.created", "subscription.usage_exceeded", "subscription.cost_exceeded",
+    "subscription.plan_version_change_scheduled", "subscription.plan_version_changed",
+    "subscription.edited", "subscription.ended", "invoice.issued",
+]
 
 
 @pytest.fixture
@@ -23,14 +34,18 @@ def orb_client(live_server) -> orb.Orb:  # type: ignore[no-untyped-def]
     return orb.Orb(base_url=f"{live_server.url}/v1", api_key=TEST_API_KEY, max_retries=0)
 
 
-def _validate(body: bytes) -> Any:
-    """Validate a received body strictly against the client's standard event type for its ``type``."""
+def _validate(body: bytes, style: str = "standard") -> Any:
+    """Validate a received body against the client's event model of its ``type`` in ``style``
+    (``types/webhooks/*_standard_webhook_event.py`` or ``types/*_webhook_event.py``)."""
     import importlib
 
-    kind = json.loads(body)["type"]
-    module = importlib.import_module(f"orb.types.webhooks.{kind.replace('.', '_')}_standard_webhook_event")
-    name = "".join(part.capitalize() for part in kind.replace(".", "_").split("_")) + "StandardWebhookEvent"
-    return getattr(module, name).model_validate_json(body)
+    kind = json.loads(body)["type"].replace(".", "_")
+    camel = "".join(part.capitalize() for part in kind.split("_"))
+    if style == "standard":
+        module = importlib.import_module(f"orb.types.webhooks.{kind}_standard_webhook_event")
+        return getattr(module, f"{camel}StandardWebhookEvent").model_validate_json(body)
+    module = importlib.import_module(f"orb.types.{kind}_webhook_event")
+    return getattr(module, f"{camel}WebhookEvent").model_validate_json(body)
 
 
 def _subscription(orb_client: orb.Orb, now: datetime) -> tuple[Any, Any]:
@@ -148,3 +163,72 @@ def test_retry_then_replay(app, orb_client: orb.Orb, receiver: Receiver, client,
     orb_client.webhook_endpoints.delete(endpoint.id)
     with pytest.raises(orb.NotFoundError):
         orb_client.webhook_endpoints.retrieve(endpoint.id)
+
+
+def test_expanded_endpoints_get_orb_s_expanded_objects(app, orb_client: orb.Orb, receiver: Receiver,  # type: ignore[no-untyped-def]
+                                                       client, auth_headers) -> None:
+    """Every Orb event type reaches an expanded endpoint with the full subscription or invoice (the client's
+    ``webhooks.unwrap`` and expanded models accept it) and a standard endpoint with references, same event."""
+    now = datetime.now(timezone.utc)
+    expanded = orb_client.webhook_endpoints.create(url=receiver.url)  # expanded: Orb's default
+    assert expanded.payload_style == "expanded"
+    standard_receiver = Receiver()
+    try:
+        standard = orb_client.webhook_endpoints.create(url=standard_receiver.url, payload_style="standard")
+        sub, calls = _subscription(orb_client, now)
+        orb_client.alerts.create_for_subscription(sub.id, type="usage_exceeded", metric_id=calls.id,
+                                                  thresholds=[{"value": 10}])
+        orb_client.alerts.create_for_subscription(sub.id, type="cost_exceeded", thresholds=[{"value": 4}])
+        _ingest(orb_client, "a", 12, now - timedelta(minutes=1))
+        run_jobs(app)
+
+        # A plan version 2 and a migration scheduled a moment ahead: told when written, again when reached.
+        plan_id = sub.plan.id
+        calls_price = orb_client.plans.fetch(plan_id).prices[0]
+        v2 = client.post(f"/v1/plans/{plan_id}/versions", headers=auth_headers, json={"version": 2, "replace_prices": [
+            {"replaces_price_id": calls_price.id, "price": {
+                "name": "Calls", "item_id": calls_price.item.id, "model_type": "unit", "cadence": "monthly",
+                "billable_metric_id": calls.id, "unit_config": {"unit_amount": "0.75"}}}]})
+        assert v2.status_code == 201, v2.json
+        effective = now + timedelta(seconds=60)
+        started = client.post(f"/v1/plans/{plan_id}/migrations", headers=auth_headers,
+                              json={"to_version": 2, "effective_time": effective.isoformat()})
+        assert started.status_code == 201, started.json
+        run_jobs(app)
+        runtime = app.extensions["marketsync"]
+        with session_scope(runtime.engine) as session:
+            assert service_migrations.note_effective(session, since=now, now=effective + timedelta(seconds=1)) == 1
+        outbound.send_due(runtime, now_fn=lambda: datetime.now(timezone.utc) + timedelta(seconds=120))
+
+        orb_client.subscriptions.cancel(sub.id, cancel_option="immediate")
+        run_jobs(app)
+        orb_client.invoices.issue(orb_client.invoices.list(subscription_id=sub.id).data[0].id)
+        run_jobs(app)
+
+        assert sorted(receiver.types()) == sorted(standard_receiver.types()) == sorted(ORB_EVENT_TYPES)
+        standard_bodies = {json.loads(body)["id"]: body for _, body in standard_receiver.received}
+        for headers, body in receiver.received:
+            _validate(body, "expanded")
+            event = orb_client.webhooks.unwrap(body, headers, secret=expanded.secret)
+            assert event.payload_style == "expanded"
+            plain = json.loads(standard_bodies[event.id])
+            _validate(standard_bodies[event.id])
+            assert plain["payload_style"] == "standard" and plain["properties"] == json.loads(body)["properties"]
+            if event.type == "invoice.issued":
+                assert event.invoice.id == plain["invoice"]["id"] and event.invoice.status == "issued"
+                assert event.invoice.line_items and event.invoice.subtotal is not None
+                assert "line_items" not in plain["invoice"]
+                continue
+            full = event.subscription
+            assert full.id == sub.id and full.customer.name == "Acme" and full.customer.email == "ops@acme.test"
+            assert full.plan is not None and full.plan.id == plan_id and full.price_intervals
+            assert plain["subscription"]["customer"] == {"id": full.customer.id, "external_customer_id": "acme"}
+            assert full.status == plain["subscription"]["status"]
+        by_type = {json.loads(body)["type"]: json.loads(body) for _, body in receiver.received}
+        # The body is the object as of the change, not as of the send.
+        assert by_type["subscription.created"]["subscription"]["plan"]["version"] == 1
+        assert by_type["subscription.plan_version_changed"]["subscription"]["plan"]["version"] == 2
+        assert by_type["subscription.ended"]["subscription"]["status"] == "ended"
+        assert by_type["subscription.created"]["subscription"]["status"] == "active"
+    finally:
+        standard_receiver.stop()

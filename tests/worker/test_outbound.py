@@ -1,5 +1,6 @@
 """The webhook sender: order per subscription, one endpoint never slowing another, backoff past a
-day, and an endpoint disabled (with an event saying so) after a day of failures."""
+day, an endpoint disabled (with an event saying so) after a day of failures, and each endpoint's
+payload style."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlmodel import Session
 
-from billing_core import SqlOutbox, emit, service_outbox
+from billing_core import ExactNumber, SqlOutbox, emit, service_outbox
 from billing_core.persistence.outbox import WebhookDeliveryRow
 from tests.receiver import Receiver, receiver  # noqa: F401 - the fixture
 from worker import outbound
@@ -197,3 +198,35 @@ def test_cli_lists_logs_replays_and_sends(app, receiver: Receiver, monkeypatch) 
     runner.invoke(main, ["webhooks", "send"])
     assert receiver.types() == ["contract.mapped", "contract.mapped"]
     assert runner.invoke(main, ["webhooks", "log", "we_missing"]).exit_code == 1
+
+
+def test_each_endpoint_gets_the_event_in_its_style_with_exact_numbers(app, receiver: Receiver) -> None:  # type: ignore[no-untyped-def]
+    """An expanded endpoint gets the event's expanded resources, a standard one its body; numbers keep their
+    exact text through the outbox; the style at the send counts; with no endpoint nothing is rendered."""
+    runtime, now = app.extensions["marketsync"], datetime.now(UTC)
+
+    def never() -> dict[str, Any]:
+        raise AssertionError("rendered for no endpoint")
+
+    body = {"type": "subscription.edited", "subscription": {"id": "sub_1"}, "properties": {"previous_attributes": {}}}
+    with session_scope(runtime.engine) as session:
+        emit(session, "subscription.edited", body, now=now, ordering_key="subscription:sub_1", expanded=never)
+        for endpoint_id in ("we_expanded", "we_switched"):
+            service_outbox.create_endpoint(session, url=receiver.url, now=now, endpoint_id=endpoint_id,
+                                           payload_style="standard")
+        service_outbox.create_endpoint(session, url=receiver.url, now=now, endpoint_id="we_standard",
+                                       payload_style="standard")
+        emit(session, "subscription.edited", body, now=now, ordering_key="subscription:sub_1",
+             expanded=lambda: {"subscription": {"id": "sub_1", "units": ExactNumber("12345678901234567891.25")}})
+    with session_scope(runtime.engine) as session:
+        service_outbox.update_endpoint(session, "we_expanded", payload_style="expanded")
+        service_outbox.update_endpoint(session, "we_switched", payload_style="expanded")
+    with session_scope(runtime.engine) as session:
+        service_outbox.update_endpoint(session, "we_switched", payload_style="standard")
+    outbound.send_due(runtime, now_fn=lambda: now)
+    bodies = sorted((json.loads(b)["payload_style"], b) for _, b in receiver.received)
+    assert [style for style, _ in bodies] == ["expanded", "standard", "standard"]
+    expanded = bodies[0][1].decode()
+    assert '"subscription":{"id":"sub_1","units":12345678901234567891.25}' in expanded
+    assert all(json.loads(b)["subscription"] == {"id": "sub_1"} for _, b in bodies[1:])
+    assert json.loads(expanded)["properties"] == json.loads(bodies[1][1])["properties"]

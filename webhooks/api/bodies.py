@@ -15,8 +15,8 @@ from billing_core import (
     Adjustment, AdjustmentType, BillingAnchor, BillingMode, Cadence, InvalidInput, ModelType, Price, parse_config,
     parse_decimal, parse_optional_decimal, wire,
 )
+from billing_core.orb_json import ADJUSTMENT_VALUE_FIELD
 from webhooks.api.common import NewId, bad, new_id
-from webhooks.api.orb import ADJUSTMENT_VALUE_FIELD
 
 __all__ = [
     "check_fields", "optional_instant", "parse_adjustment", "parse_anchor", "parse_instant", "parse_metadata",

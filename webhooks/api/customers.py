@@ -9,11 +9,11 @@ from flask.typing import ResponseReturnValue
 from pydantic import Field
 
 from billing_core import SqlCustomerRepository, create_customer, update_customer
+from billing_core.orb_json import customer_json
 from webhooks.api.common import (
     Body, api_blueprint, bad, engine, json_body, list_filters, new_id, now, page_limit, paginated,
 )
 from webhooks.api.openapi import documented
-from webhooks.api.orb import customer_json
 from webhooks.api.schemas import CreatedAtQuery, Customer as CustomerShape, Page
 from worker.db import session_scope
 

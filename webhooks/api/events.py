@@ -18,9 +18,9 @@ from billing_core import (
     SqlEventStore, amend_event, close_backfill, create_backfill, deprecate_event, ingest_into_backfill,
     process_local, revert_backfill, store_records, to_micros, validate_batch, wire, write_lock,
 )
+from billing_core.orb_json import backfill_json, event_json
 from webhooks.api.common import api_blueprint, bad, engine, json_object, new_id, now, page_limit, paginated
 from webhooks.api.openapi import documented
-from webhooks.api.orb import backfill_json, event_json
 from webhooks.api.schemas import (
     Amended, Backfill as BackfillShape, BackfillCreate, CursorQuery, Deprecated, EventAmend, EventList, EventSearch,
     IngestBody, IngestQuery, IngestResult, Page,

@@ -13,11 +13,11 @@ from flask import request
 from billing_core import (
     BatchSqlUsageSource, Invoice, OutOfRange, SqlCustomerRepository, SqlSubscriptions, service_plans, usage_source,
 )
+from billing_core.orb_json import invoice_json
 from webhooks.api.common import (
     api_blueprint, bad, decode_cursor, encode_cursor, engine, now, page_limit, paginated,
 )
 from webhooks.api.openapi import documented
-from webhooks.api.orb import invoice_json
 from webhooks.api.schemas import Invoice as InvoiceShape, InvoiceQuery, Page, UpcomingInvoiceQuery
 from worker.db import session_scope
 from worker.logs import get_logger

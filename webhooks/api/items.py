@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from billing_core import SqlCatalog, service_plans
+from billing_core.orb_json import item_json
 from webhooks.api.bodies import check_fields, require_object
 from webhooks.api.common import (
     api_blueprint, bad, cursor_id, engine as _engine, json_body, new_id, now, page_json, page_limit,
 )
 from webhooks.api.openapi import documented
-from webhooks.api.orb import item_json
 from webhooks.api.schemas import CursorQuery, Item, ItemCreate, ItemUpdate, Page
 from worker.db import session_scope
 

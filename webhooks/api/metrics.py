@@ -17,11 +17,11 @@ from sqlalchemy.orm import Session
 from billing_core import (
     InvalidInput, Metric, SqlCatalog, SqlMetricRepository, create_metric, definition_from_dict, update_metric,
 )
+from billing_core.orb_json import metric_json
 from webhooks.api.common import (
     Body, api_blueprint, bad, engine, json_body, list_filters, new_id, now, page_limit, paginated,
 )
 from webhooks.api.openapi import documented
-from webhooks.api.orb import metric_json
 from webhooks.api.schemas import Metric as MetricShape, MetricQuery, Page
 from worker.db import session_scope
 

@@ -11,10 +11,10 @@ from billing_core import (
     EffectiveTime, MigrationRequest, Overrides, SqlCatalog, SqlPlanMigrations, format_decimal, iso,
     parse_effective_time, usage_source,
 )
+from billing_core.orb_json import migration_json
 from webhooks.api.bodies import check_fields, require_list, require_object
 from webhooks.api.common import api_blueprint, bad, cursor_id, engine, json_body, new_id, now, page_json, page_limit
 from webhooks.api.openapi import documented
-from webhooks.api.orb import migration_json
 from webhooks.api.schemas import MigrationQuery, Page, PlanMigration, PlanMigrationCreate, PlanMigrationDetail, PlanMigrationDryRun
 from worker import plan_migrations, queueing
 from worker.db import session_scope

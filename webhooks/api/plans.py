@@ -8,6 +8,7 @@ from flask import request
 from sqlalchemy.orm import Session
 
 from billing_core import Price, SqlCatalog, service_plans
+from billing_core.orb_json import plan_json, plan_version_json
 from webhooks.api.bodies import (
     check_fields, parse_adjustment, parse_metadata, parse_price, require_list, require_object,
 )
@@ -15,7 +16,6 @@ from webhooks.api.common import (
     api_blueprint, bad, cursor_id, engine, json_body, new_id, now, page_json, page_limit,
 )
 from webhooks.api.openapi import documented
-from webhooks.api.orb import plan_json, plan_version_json
 from webhooks.api.schemas import Page, Plan, PlanCreate, PlanQuery, PlanVersion, PlanVersionCreate, SetDefaultVersion
 from worker.db import session_scope
 

@@ -15,6 +15,7 @@ from billing_core import (
     SqlCatalog, SqlCustomerRepository, SqlMetricRepository, SqlSubscriptions, Subscription, billing_period,
     exact_number, parse_optional_decimal, service_plans, usage_source,
 )
+from billing_core.orb_json import costs_json, subscription_json
 from webhooks.api.bodies import (
     check_fields, optional_instant, parse_adjustment, parse_anchor, parse_instant, parse_metadata, parse_price,
     require_list, require_object,
@@ -23,7 +24,6 @@ from webhooks.api.common import (
     api_blueprint, bad, cursor_id, engine, json_body, new_id, now, page_json, page_limit,
 )
 from webhooks.api.openapi import documented
-from webhooks.api.orb import costs_json, subscription_json
 from webhooks.api.schemas import (
     Costs, Page, PlanChange, PriceIntervalsEdit, Subscription as SubscriptionShape, SubscriptionCancel,
     SubscriptionCreate, SubscriptionQuery, TimeframeQuery, Usage, UsageQuery,

@@ -1,6 +1,6 @@
 """Pydantic models of what the API answers, and of the request shapes parsed by hand.
 
-Response models mirror the shape functions (``webhooks.api.orb``,
+Response models mirror the shape functions (``billing_core.orb_json``,
 ``worker.contracts.contract_as_dict`` ...) field by field: unknown fields are forbidden, so a
 field added to a shape without its model fails the contract test. Request models for bodies
 and query strings that the routes parse with plain code (plans, subscriptions, events, items,

@@ -1,10 +1,13 @@
-"""The Orb response shapes, once: every ``/v1`` billing resource is rendered here.
+"""The Orb object shapes, once: every ``/v1`` billing resource and every expanded webhook payload's
+object is rendered here.
 
 Field names and shapes follow the ``orb-billing`` client's ``types/`` (``unit_config``,
-``price_intervals``, ``per_price_costs`` ...); ``webhooks/api/schemas.py`` documents them field by
-field. Money is always a decimal string, quantities exact JSON numbers, instants ISO-8601 UTC.
-A customer has one shape wherever it appears (its own endpoints, a subscription's ``customer``);
-an invoice embeds the minified customer, as Orb's does.
+``price_intervals``, ``per_price_costs`` ...); ``webhooks/api/schemas/`` documents them field by
+field. Money is always a decimal string, quantities exact JSON numbers (``ExactNumber``: written by
+``money.exact_json``), instants ISO-8601 UTC. A customer has one shape wherever it appears (its own
+endpoints, a subscription's ``customer``); an invoice embeds the minified customer, as Orb's does.
+The API (``webhooks/api/``) answers with these; ``service_outbox`` stores them with an event for
+endpoints that take expanded payloads.
 """
 
 from __future__ import annotations
@@ -15,12 +18,20 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from billing_core import (
-    Adjustment, AdjustmentInterval, AdjustmentType, Backfill, Cadence, Costs, Customer, Event, ExactNumber, Invoice,
-    Item, LineItem, MatrixConfig, Metric, Migration, Plan, Price, PriceCost, PriceInterval, Subscription,
-    SubscriptionOutcome, billing_period,
-    config_to_dict, exact_number, format_decimal, iso, properties_json, round_money,
-)
+from billing_core.adjustments import Adjustment, AdjustmentType
+from billing_core.backfills import Backfill
+from billing_core.costs import Costs, PriceCost
+from billing_core.customers import Customer
+from billing_core.events import Event, properties_json
+from billing_core.invoices import Invoice
+from billing_core.lines import LineItem, iso
+from billing_core.metrics import Metric
+from billing_core.money import ExactNumber, exact_number, format_decimal, round_money
+from billing_core.periods import Cadence
+from billing_core.persistence.plan_migrations import Migration, SubscriptionOutcome
+from billing_core.plans import Item, Plan
+from billing_core.pricing import MatrixConfig, Price, config_to_dict
+from billing_core.subscriptions import AdjustmentInterval, PriceInterval, Subscription, billing_period
 
 __all__ = [
     "ADJUSTMENT_VALUE_FIELD", "adjustment_json", "backfill_json", "costs_json", "customer_json",
@@ -154,12 +165,16 @@ def customer_minified_json(customer: Customer) -> dict[str, Any]:
 
 
 def _interval_json(sub: Subscription, interval: PriceInterval, current_at: datetime,
-                   item_names: Mapping[str, str] | None) -> dict[str, Any]:
+                   item_names: Mapping[str, str] | None, plan: Plan | None) -> dict[str, Any]:
     active = interval.start <= current_at and (interval.end is None or current_at < interval.end)
     period = billing_period(sub, current_at) if active else None
+    # Orb's price has a creation instant: its plan version's, else (a price added to the subscription)
+    # the subscription's.
+    from_plan = plan is not None and interval.plan_id == plan.id and interval.plan_version is not None
+    created = plan.version(interval.plan_version).created_at if from_plan else sub.created_at or sub.start
     return {
         "id": interval.id, "start_date": iso(interval.start), "end_date": iso(interval.end),
-        "price": price_json(interval.price, item_names=item_names),
+        "price": price_json(interval.price, item_names=item_names, created_at=created),
         "billing_cycle_day": sub.anchor.day,
         "current_billing_period_start_date": iso(period.start) if period else None,
         "current_billing_period_end_date": iso(period.end) if period else None,
@@ -192,7 +207,7 @@ def subscription_json(sub: Subscription, *, customer: Customer, plan: Plan | Non
         "billing_cycle_anchor_configuration": {"day": sub.anchor.day, "month": sub.anchor.month, "year": None},
         "current_billing_period_start_date": iso(period.start) if period else None,
         "current_billing_period_end_date": iso(period.end) if period else None,
-        "price_intervals": [_interval_json(sub, i, at, item_names) for i in sub.intervals],
+        "price_intervals": [_interval_json(sub, i, at, item_names, plan) for i in sub.intervals],
         "adjustment_intervals": [_adjustment_interval_json(sub, a) for a in sub.adjustment_intervals],
         "discount_intervals": [], "minimum_intervals": [], "maximum_intervals": [],
         "fixed_fee_quantity_schedule": [], "metadata": dict(sub.metadata), "net_terms": 0,
@@ -227,7 +242,7 @@ def line_item_json(line: LineItem) -> dict[str, Any]:
         "adjusted_subtotal": _money(round_money(adjusted, line.currency)),
         "amount_unrounded": _money(line.amount_unrounded),
         "quantity": _num(line.quantity), "start_date": iso(line.start), "end_date": iso(line.end),
-        "price": price_json(line.price),
+        "price": price_json(line.price, created_at=line.start),  # in force since (no catalog read here)
         "sub_line_items": [_sub_line_json(line, s) for s in line.sub_lines],
         "adjustments": [{"id": a.adjustment_id, "adjustment_type": a.adjustment_type.value,
                          "amount": _money(a.amount), "applies_to_price_ids": [line.price.id], "filters": [],
