@@ -66,14 +66,15 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
 
 
-def _setup(base: str, http: requests.Session, subscriptions: int, threshold: int, receiver: Receiver) -> list[str]:
+def _setup(base: str, http: requests.Session, subscriptions: int, threshold: int, receiver: Receiver,
+           style: str) -> list[str]:
     """Create the endpoint, item, metric, plan, customers, subscriptions and alerts; return subscription ids."""
     def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
         answer = http.post(base + "/v1" + path, json=body, timeout=60)
         answer.raise_for_status()
         return answer.json()
 
-    post("/webhook_endpoints", {"url": receiver.url, "payload_style": "standard",
+    post("/webhook_endpoints", {"url": receiver.url, "payload_style": style,
                                 "enabled_event_types": ["subscription.usage_exceeded"]})
     item = post("/items", {"name": "API"})
     metric = post("/metrics", {"name": "Calls", "description": None, "item_id": item["id"],
@@ -95,7 +96,7 @@ def _setup(base: str, http: requests.Session, subscriptions: int, threshold: int
         return list(pool.map(one, range(subscriptions)))
 
 
-def run(subscriptions: int, rate: int, seconds: float, workers: int) -> dict[str, Any]:
+def run(subscriptions: int, rate: int, seconds: float, workers: int, style: str = "standard") -> dict[str, Any]:
     """Run the scenario; return its figures."""
     from worker.redis_server import PrivateRedis
 
@@ -108,7 +109,7 @@ def run(subscriptions: int, rate: int, seconds: float, workers: int) -> dict[str
         with web_service(Path(tmp) / "data", env, workers=2, threads=8) as base:
             http = requests.Session()
             http.headers["Authorization"] = f"Bearer {API_KEY}"
-            subs = _setup(base, http, subscriptions, threshold, receiver)
+            subs = _setup(base, http, subscriptions, threshold, receiver, style)
             procs = start_workers(workers, {**os.environ, **env, "DATA_DIR": str(Path(tmp) / "data")}, Path(tmp),
                                   name="alerts")
             try:
@@ -166,14 +167,16 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--payload-style", choices=("standard", "expanded"), default="standard",
+                        help="the endpoint's payload style (expanded renders the full subscription per alert)")
     parser.add_argument("--quick", action="store_true", help="50 subscriptions, 200 events/s for 10 s")
     args = parser.parse_args()
     if args.quick:
         args.subscriptions, args.rate, args.seconds = 50, 200, 10
     print(machine())
-    result = run(args.subscriptions, args.rate, args.seconds, args.workers)
+    result = run(args.subscriptions, args.rate, args.seconds, args.workers, args.payload_style)
     print(json.dumps(result, indent=2))
-    print(f"ingest ack -> webhook delivered: p50 {result['p50_s']} s, p99 {result['p99_s']} s (target p99 <= 5 s); "
+    print(f"{args.payload_style} payloads: ingest ack -> webhook delivered: p50 {result['p50_s']} s, p99 {result['p99_s']} s (target p99 <= 5 s); "
           f"{result['deliveries_per_s']} deliveries/s; {result['alerts_received']}/{result['alerts_expected']} alerts, "
           f"{result['fired_twice']} fired twice")
 
