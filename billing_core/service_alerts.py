@@ -17,7 +17,7 @@ from billing_core.alerts import CREDIT_TYPES, SUBSCRIPTION_TYPES, Alert, crossed
 from billing_core.costs import Costs
 from billing_core.errors import InvalidInput
 from billing_core.lines import iso
-from billing_core.money import format_decimal
+from billing_core.money import exact_number, format_decimal
 from billing_core.persistence.alerts import SqlAlerts
 from billing_core.persistence.catalog import SqlCatalog
 from billing_core.persistence.customers import SqlCustomerRepository
@@ -143,6 +143,7 @@ def evaluate(session: Session, alerts: Sequence[Alert], subs: Sequence[Subscript
     fired = repo.fired([a.id for a in alerts], [s.id for s in subs])
     emitted: list[str] = []
     bodies: dict[str, dict[str, Any]] = {}
+    renders: dict[tuple[str, str], Any] = {}  # customers, plans and item names read once per evaluation
     for sub in subs:
         cost = costs.get(sub.id)
         if cost is None:
@@ -165,8 +166,8 @@ def evaluate(session: Session, alerts: Sequence[Alert], subs: Sequence[Subscript
                 if alert.type == "cost_exceeded":
                     properties.update(amount_threshold=format_decimal(threshold), evaluated_amount=format_decimal(value))
                 else:
-                    properties.update(billable_metric_id=alert.metric_id, quantity_threshold=float(threshold),
-                                      evaluated_quantity=float(value))
+                    properties.update(billable_metric_id=alert.metric_id, quantity_threshold=exact_number(threshold),
+                                      evaluated_quantity=exact_number(value))
                 emitted.append(emit_subscription(session, f"subscription.{alert.type}", sub, now=now,
-                                                 properties=properties))
+                                                 properties=properties, cache=renders))
     return emitted

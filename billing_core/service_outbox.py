@@ -73,17 +73,33 @@ def emit(session: Session, event_type: str, body: Mapping[str, Any], *, now: dat
 
 # --- bodies ------------------------------------------------------------------------------------------
 
-def _customer_and_plan(session: Session, sub: Subscription, at: datetime) -> tuple[Customer, Plan | None]:
-    customer = SqlCustomerRepository(session).get(sub.customer_id)
-    try:
-        return customer, SqlCatalog(session).get_plan(sub.phase_at(at).plan_id)
-    except PlanNotFound:
-        return customer, None
+RenderCache = dict  # (kind, id) -> what a render read: one evaluation's many firings read each once
 
 
-def subscription_summary(session: Session, sub: Subscription, *, at: datetime) -> dict[str, Any]:
+def _cached(cache: RenderCache | None, key: tuple[str, str], read: Any) -> Any:
+    if cache is None:
+        return read()
+    if key not in cache:
+        cache[key] = read()
+    return cache[key]
+
+
+def _customer_and_plan(session: Session, sub: Subscription, at: datetime,
+                       cache: RenderCache | None = None) -> tuple[Customer, Plan | None]:
+    customer = _cached(cache, ("customer", sub.customer_id), lambda: SqlCustomerRepository(session).get(sub.customer_id))
+
+    def plan() -> Plan | None:
+        try:
+            return SqlCatalog(session).get_plan(sub.phase_at(at).plan_id)
+        except PlanNotFound:
+            return None
+    return customer, _cached(cache, ("plan", sub.phase_at(at).plan_id), plan)
+
+
+def subscription_summary(session: Session, sub: Subscription, *, at: datetime,
+                         cache: RenderCache | None = None) -> dict[str, Any]:
     """Return a subscription as standard payloads carry it: its own fields, customer and plan as references."""
-    customer, plan = _customer_and_plan(session, sub, at)
+    customer, plan = _customer_and_plan(session, sub, at, cache)
     plan_ref = ({"id": plan.id, "external_plan_id": plan.external_plan_id, "name": plan.name} if plan else
                 {"id": sub.phase_at(at).plan_id, "external_plan_id": None, "name": None})
     return {
@@ -94,19 +110,24 @@ def subscription_summary(session: Session, sub: Subscription, *, at: datetime) -
     }
 
 
-def subscription_expanded(session: Session, sub: Subscription, *, at: datetime) -> dict[str, Any]:
+def subscription_expanded(session: Session, sub: Subscription, *, at: datetime,
+                          cache: RenderCache | None = None) -> dict[str, Any]:
     """Return a subscription as expanded payloads carry it: Orb's full subscription, as the API renders it."""
-    customer, plan = _customer_and_plan(session, sub, at)
-    return subscription_json(sub, customer=customer, plan=plan, at=at, item_names=SqlCatalog(session).item_names())
+    customer, plan = _customer_and_plan(session, sub, at, cache)
+    item_names = _cached(cache, ("items", ""), lambda: SqlCatalog(session).item_names())
+    return subscription_json(sub, customer=customer, plan=plan, at=at, item_names=item_names)
 
 
 def emit_subscription(session: Session, event_type: str, sub: Subscription, *, now: datetime,
-                      properties: Mapping[str, Any] | None = None) -> str:
-    """Emit a ``subscription.*`` event for ``sub`` (ordered per subscription), in both payload styles."""
-    body = {"type": event_type, "subscription": subscription_summary(session, sub, at=now),
+                      properties: Mapping[str, Any] | None = None, cache: RenderCache | None = None) -> str:
+    """Emit a ``subscription.*`` event for ``sub`` (ordered per subscription), in both payload styles.
+
+    ``cache``: one dict shared by many emits in one pass that changes no customer, plan or item
+    (an alert evaluation), so each is read once rather than per event."""
+    body = {"type": event_type, "subscription": subscription_summary(session, sub, at=now, cache=cache),
             "properties": dict(properties or {})}
     return emit(session, event_type, body, now=now, ordering_key=f"subscription:{sub.id}",
-                expanded=lambda: {"subscription": subscription_expanded(session, sub, at=now)})
+                expanded=lambda: {"subscription": subscription_expanded(session, sub, at=now, cache=cache)})
 
 
 def emit_ended(session: Session, *, since: datetime, now: datetime) -> int:
