@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from sqlalchemy.orm import Session
 
-from billing_core.errors import Conflict, InvalidInput, NotFound
+from billing_core.errors import Conflict, InvalidInput
 from billing_core.invoices import compute_invoice
 from billing_core.persistence.catalog import SqlCatalog
 from billing_core.persistence.plan_migrations import PENDING, Migration, SqlPlanMigrations, SubscriptionOutcome
@@ -141,17 +141,20 @@ def _tell(session: Session, before: Subscription, after: Subscription, to_versio
 def note_effective(session: Session, *, since: datetime, now: datetime) -> int:
     """Emit ``subscription.plan_version_changed`` for each scheduled migration edit whose instant fell in
     ``(since, now]`` (written ahead of it: ``_tell`` announced it as scheduled). Returns how many."""
-    repo, told = SqlSubscriptions(session), 0
-    for migration_id, outcome in SqlPlanMigrations(session).scheduled_effective_between(since, now):
-        migration = SqlPlanMigrations(session).get(None, migration_id)
-        try:
-            sub = repo.get(outcome.subscription_id)
-        except NotFound:  # deleted since: nothing to tell
+    migrations = SqlPlanMigrations(session)
+    due = migrations.scheduled_effective_between(since, now)
+    subs = SqlSubscriptions(session).get_many(sorted({o.subscription_id for _, o in due}))
+    versions = {mid: migrations.get(None, mid).to_version for mid in {mid for mid, _ in due}}
+    told, renders = 0, {}  # customers and plans read once for all of them
+    for migration_id, outcome in due:
+        sub = subs.get(outcome.subscription_id)
+        if sub is None:  # deleted since: nothing to tell
             continue
         assert outcome.effective_at is not None  # the query selected it by its instant
-        properties = _version_change(sub, outcome.effective_at - timedelta(microseconds=1), migration.to_version)
+        properties = _version_change(sub, outcome.effective_at - timedelta(microseconds=1), versions[migration_id])
         properties["effective_date"] = outcome.effective_at.isoformat().replace("+00:00", "Z")
-        emit_subscription(session, "subscription.plan_version_changed", sub, now=now, properties=properties)
+        emit_subscription(session, "subscription.plan_version_changed", sub, now=now, properties=properties,
+                          cache=renders)
         told += 1
     return told
 

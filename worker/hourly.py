@@ -122,13 +122,13 @@ def contract_cost(engine: Engine, sub: Subscription, contract: ContractRow, list
 
 def _load(engine: Engine, contract_id: str) -> _Loaded:
     """Return the contract with its listing and subscription (SyncError when it cannot be reported)."""
-    loaded = _load_many(engine, [contract_id])[contract_id]
+    loaded = load_many(engine, [contract_id])[contract_id]
     if isinstance(loaded, SyncError):
         raise loaded
     return loaded
 
 
-def _load_many(engine: Engine, contract_ids: Sequence[str]) -> dict[str, _Loaded | SyncError]:
+def load_many(engine: Engine, contract_ids: Sequence[str]) -> dict[str, _Loaded | SyncError]:
     """Load many contracts with their listings and subscriptions in three queries."""
     out: dict[str, _Loaded | SyncError] = {}
     with Session(engine) as session:
@@ -168,7 +168,8 @@ def _unreportable(contract: ContractRow, listing: ListingRow, sub: Subscription,
     return None
 
 
-def _product(contract: ContractRow) -> str:
+def product_of(contract: ContractRow) -> str:
+    """Return the product a contract's reports name: AWS product code, Azure offer, Google product."""
     return contract.product_code or contract.offer_id or str((contract.cloud_identifiers or {}).get("product_id", ""))
 
 
@@ -184,7 +185,7 @@ def _due(contract: ContractRow, listing: ListingRow, cost: dict[str, Decimal], p
     parts = tuple(Part(d.name, d.unit_price, cost.get(d.name, Decimal(0)),
                        allocations=None if split is None else split.get(d.name, ()), included=free.get(d.name, 0))
                   for d in dimensions(contract, listing))
-    return Due(contract_id=contract.id, marketplace=contract.marketplace, product=_product(contract), parts=parts,
+    return Due(contract_id=contract.id, marketplace=contract.marketplace, product=product_of(contract), parts=parts,
                close_rounding=listing.close_rounding, period_start=period_start,
                zero_record=rules(contract.marketplace).hourly_zero_record)
 
@@ -200,7 +201,7 @@ def prepare(engine: Engine, contract_id: str, stamp: datetime, *, now: datetime,
     try:
         cost, period_start = contract_cost(engine, sub, contract, listing, stamp=stamp, now=now)
         window = cost_window(sub, contract, listing, stamp=stamp, now=now)
-        split = _split((contract, listing, sub, *window), usage_source(engine))
+        split = window_split((contract, listing, sub, *window), usage_source(engine))
     except (OutOfRange, UnmappedPrice) as exc:
         ledger.mark_cost_errors(engine, {contract_id: exc}, now=now)
         return Prepared(COST_ERROR, ledger.cost_error_text(exc))
@@ -217,7 +218,7 @@ def _windows(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *, no
     """Load the contracts and return the cost window of each that may report under ``stamp``;
     each one that cannot goes to ``skipped`` with its ``SyncError`` or ``Prepared("skipped")``."""
     todo: list[cost_memo.Window] = []
-    for contract_id, loaded in _load_many(engine, contract_ids).items():
+    for contract_id, loaded in load_many(engine, contract_ids).items():
         if isinstance(loaded, SyncError):
             skipped[contract_id] = loaded
             continue
@@ -285,7 +286,7 @@ def prepare_many(engine: Engine, contract_ids: Sequence[str], stamp: datetime, *
     return out
 
 
-def _split(window: cost_memo.Window, source: Any) -> allocations.Split | None:
+def window_split(window: cost_memo.Window, source: Any) -> allocations.Split | None:
     """Return each dimension's cost per tag combination when the listing allocates usage (else None)."""
     contract, listing, sub, start, end, _period_start = window
     if not allocations.enabled(listing):
@@ -302,7 +303,7 @@ def _splits(windows: Sequence[cost_memo.Window], source: Any,
         if contract_id in failed:
             continue
         try:
-            split = _split(window, source)
+            split = window_split(window, source)
         except (OutOfRange, UnmappedPrice) as exc:
             failed[contract_id] = exc
             continue
@@ -356,7 +357,7 @@ def preview(engine: Engine, contract_id: str, stamp: datetime, *, now: datetime,
     contract, listing, sub = _load(engine, contract_id)
     cost, period_start = contract_cost(engine, sub, contract, listing, stamp=stamp, now=now)
     window = cost_window(sub, contract, listing, stamp=stamp, now=now)
-    split = _split((contract, listing, sub, *window), usage_source(engine))
+    split = window_split((contract, listing, sub, *window), usage_source(engine))
     counts = {c["dimension"]: c for c in ledger.dimension_counts(engine, contract_id)}
     taken = ledger.stamp_taken(engine, contract_id, stamp)
     window_end = window[1]

@@ -388,7 +388,7 @@ def _units(window: Any, cost: Mapping[str, Decimal], source: Any, policy: str) -
     combination, summed, when the listing allocates usage (docs/marketplaces.md §1.12); above what the
     contract includes at the window's end, for a contract with consumption."""
     contract, listing = window[0], window[1]
-    split = hourly._split(window, source)
+    split = hourly.window_split(window, source)
     free = hourly.included(contract, window[4])
     return {d.name: overage(units_for(cost.get(d.name, Decimal(0)), d.unit_price, policy), free.get(d.name, 0))
             if split is None

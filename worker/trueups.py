@@ -181,7 +181,7 @@ def check(engine: Engine, text: str, *, now: datetime) -> Preview:
     stamp = hour_floor(now)
     rows, errors = parse(text)
     found = _contracts(engine, {r.contract for r in rows})
-    loaded = hourly._load_many(engine, sorted({c.id for c in found.values() if isinstance(c, ContractRow)}))
+    loaded = hourly.load_many(engine, sorted({c.id for c in found.values() if isinstance(c, ContractRow)}))
     resolved: list[Adjustment] = []
     for row in rows:
         contract = found.get(row.contract)
@@ -253,7 +253,7 @@ def _write(engine: Engine, preview: Preview, *, now: datetime) -> dict[int, list
             groups[(row.contract_id, row.dimension)].append(row)
     if not groups:
         return {}
-    loaded = hourly._load_many(engine, sorted({c for c, _ in groups}))
+    loaded = hourly.load_many(engine, sorted({c for c, _ in groups}))
     ledger_t, trueup_t = LedgerRow.__table__, TrueupRow.__table__
     out: dict[int, list[Adjustment]] = {}
     try:
@@ -268,7 +268,7 @@ def _write(engine: Engine, preview: Preview, *, now: datetime) -> dict[int, list
                 units = sum(r.units for r in rows)
                 [ledger_id] = session.execute(insert(ledger_t).returning(ledger_t.c.id), [{
                     "key": ledger_key(contract_id, dimension, preview.stamp), "contract_id": contract_id,
-                    "marketplace": contract.marketplace, "product": hourly._product(contract),
+                    "marketplace": contract.marketplace, "product": hourly.product_of(contract),
                     "dimension": dimension, "hour": preview.stamp, "period_start": period_start, "quantity": units,
                     "kind": TRUEUP, "cost_to_date": "0", "units_total": 0, "unit_price": str(price),
                     "status": LedgerStatus.PENDING.value,
