@@ -169,6 +169,7 @@ def all_costs(path: Path, source: str = "raw") -> tuple[float, int, Decimal, dic
     ``FragmentUsageSource`` (``fragments``). With fragments, a "build" phase follows the answer
     when the read was cold: it stores what the next read reuses (``build_pending``).
     """
+    from billing_core.bulk import paused_gc
     from billing_core.costs import _aggregate_costs
     from billing_core.lines import charges_for_timeframe, fetch_usage, rate_all, usage_key
     from billing_core.persistence.subscriptions import SqlSubscriptions
@@ -190,7 +191,7 @@ def all_costs(path: Path, source: str = "raw") -> tuple[float, int, Decimal, dic
         mark = now
 
     fragments = FragmentUsageSource(engine) if source == "fragments" else None
-    with db.session_scope(engine) as session:
+    with paused_gc(), db.session_scope(engine) as session:  # as costs_each and service_plans.all_costs run
         subs = SqlSubscriptions(session).all_active(NOW)
         phase("load timelines")
         planned = [(s, billing_period(s, NOW).start, charges_for_timeframe(s, billing_period(s, NOW).start, NOW))

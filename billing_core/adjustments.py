@@ -95,8 +95,12 @@ def applies_to(adjustment: Adjustment, price_id: str, price_key: str) -> bool:
     return not names or price_id in names or price_key in names
 
 
+def _id(adjustment: Adjustment) -> str:
+    return adjustment.id
+
+
 def _of(adjustments: Iterable[Adjustment], kind: AdjustmentType) -> list[Adjustment]:
-    return sorted((a for a in adjustments if a.adjustment_type == kind), key=lambda a: a.id)
+    return sorted((a for a in adjustments if a.adjustment_type == kind), key=_id)
 
 
 def discount_quantity(quantity: Decimal, adjustments: Iterable[Adjustment]) -> tuple[Decimal, tuple[Adjustment, ...]]:
@@ -131,18 +135,21 @@ def adjust_amount(subtotal: Decimal, adjustments: Iterable[Adjustment], *,
         return AdjustedAmount(subtotal=subtotal, total=subtotal, applied=())
     applied: list[AppliedAdjustment] = []
     total = subtotal
+    by_kind: dict[AdjustmentType, list[Adjustment]] = {}
+    for adj in adjustments:  # one pass (every rated line comes here), each kind in id order below
+        by_kind.setdefault(adj.adjustment_type, []).append(adj)
 
-    for adj in _of(adjustments, AdjustmentType.AMOUNT_DISCOUNT):
+    for adj in sorted(by_kind.get(AdjustmentType.AMOUNT_DISCOUNT, ()), key=_id):
         new = max(total - adj.value, ZERO)
         applied.append(AppliedAdjustment(adj.id, adj.adjustment_type, new - total))
         total = new
 
-    for adj in _of(adjustments, AdjustmentType.PERCENTAGE_DISCOUNT):
+    for adj in sorted(by_kind.get(AdjustmentType.PERCENTAGE_DISCOUNT, ()), key=_id):
         new = total - total * adj.value
         applied.append(AppliedAdjustment(adj.id, adj.adjustment_type, new - total))
         total = new
 
-    minimums = [(a.value, a.id) for a in _of(adjustments, AdjustmentType.MINIMUM)]
+    minimums = [(a.value, a.id) for a in by_kind.get(AdjustmentType.MINIMUM, ())]
     if minimum_amount is not None:
         minimums.append((minimum_amount, "price.minimum_amount"))
     if minimums:
@@ -151,7 +158,7 @@ def adjust_amount(subtotal: Decimal, adjustments: Iterable[Adjustment], *,
             applied.append(AppliedAdjustment(source, AdjustmentType.MINIMUM, value - total))
             total = value
 
-    maximums = [(a.value, a.id) for a in _of(adjustments, AdjustmentType.MAXIMUM)]
+    maximums = [(a.value, a.id) for a in by_kind.get(AdjustmentType.MAXIMUM, ())]
     if maximum_amount is not None:
         maximums.append((maximum_amount, "price.maximum_amount"))
     if maximums:

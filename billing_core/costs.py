@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, DecimalException
 from typing import Any
 
+from billing_core.bulk import without_gc
 from billing_core.errors import OutOfRange
 from billing_core.lines import LineItem, charges_for_timeframe, decimal_text, fetch_usage, iso, rate_all, usage_key
 from billing_core.money import ZERO, exact, inexact, round_money
@@ -134,6 +135,7 @@ def costs_bulk(requests: Sequence[tuple[Subscription, datetime, datetime]],
     return results  # type: ignore[return-value]
 
 
+@without_gc
 @exact()
 def costs_each(requests: Sequence[tuple[Subscription, datetime, datetime]],
                usage_source: UsageSource) -> list[Costs | OutOfRange]:

@@ -71,20 +71,23 @@ _FAR = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def _service_periods(sub: Subscription, interval: PriceInterval,
-                     lo: datetime, hi: datetime) -> Iterable[tuple[Period, Period]]:
-    """Yield (full cadence period, service period) for an interval's periods overlapping [lo, hi)."""
-    svc_lo = max(interval.start, sub.start)
-    ends = [e for e in (interval.end, sub.end) if e is not None]
-    svc_hi = min(ends) if ends else _FAR
+                     lo: datetime, hi: datetime) -> tuple[tuple[Period, Period], ...]:
+    """Return (full cadence period, service period) for an interval's periods overlapping [lo, hi)."""
+    svc_lo = interval.start if interval.start > sub.start else sub.start
+    svc_hi = interval.end if interval.end is not None else _FAR
+    if sub.end is not None and sub.end < svc_hi:
+        svc_hi = sub.end
     if svc_lo >= svc_hi:
-        return
+        return ()
     price = interval.price
     if price.cadence == Cadence.ONE_TIME:
         if lo <= svc_lo < hi or (svc_lo < hi and svc_hi > lo):
             window = Period(svc_lo, svc_hi)
-            yield window, window
-        return
-    yield from _grid_periods(svc_lo, svc_hi, price.cadence, sub.anchor, lo, hi)
+            return ((window, window),)
+        return ()
+    if svc_hi <= lo or svc_lo >= hi:  # an interval ended before the window (a migrated version's): nothing
+        return ()
+    return _grid_periods(svc_lo, svc_hi, price.cadence, sub.anchor, lo, hi)
 
 
 @lru_cache(maxsize=65536)
@@ -258,7 +261,7 @@ def _rate_line(sub: Subscription, charge: Charge, usage: MetricUsage | UsageOutO
     if isinstance(usage, UsageOutOfRange):
         raise usage
     price = charge.interval.price
-    adjustments = _adjustments_for(sub, charge)
+    adjustments = _adjustments_for(sub, charge) if sub.adjustment_intervals else []
     applied: list[AppliedAdjustment] = []
     fraction: Decimal | None = None
     if price.is_fixed:
@@ -272,7 +275,8 @@ def _rate_line(sub: Subscription, charge: Charge, usage: MetricUsage | UsageOutO
         usage = usage or EMPTY_USAGE
         quantity = usage.quantity
         groups = usage.groups
-        usage_discounts = [a for a in adjustments if a.adjustment_type == AdjustmentType.USAGE_DISCOUNT]
+        usage_discounts = [a for a in adjustments if a.adjustment_type == AdjustmentType.USAGE_DISCOUNT] \
+            if adjustments else []
         if usage_discounts:
             before = rate(price, quantity, groups).amount
             if groups is not None:
@@ -289,15 +293,20 @@ def _rate_line(sub: Subscription, charge: Charge, usage: MetricUsage | UsageOutO
         event_count, skipped = usage.event_count, usage.skipped
         fragments = usage.fragments or 0
         raw_events = event_count if usage.raw_events is None else usage.raw_events
-    adjusted = adjust_amount(subtotal, [a for a in adjustments if a.adjustment_type != AdjustmentType.USAGE_DISCOUNT],
-                             minimum_amount=price.minimum_amount, maximum_amount=price.maximum_amount)
-    applied.extend(adjusted.applied)
+    if adjustments or price.minimum_amount is not None or price.maximum_amount is not None:
+        adjusted = adjust_amount(subtotal, [a for a in adjustments
+                                            if a.adjustment_type != AdjustmentType.USAGE_DISCOUNT],
+                                 minimum_amount=price.minimum_amount, maximum_amount=price.maximum_amount)
+        total = adjusted.total
+        applied.extend(adjusted.applied)
+    else:  # most lines: nothing to adjust
+        total = subtotal
     interval = charge.interval
     return LineItem(
         id=charge.line_id, kind="charge", name=price.name, price=price,
         start=charge.service.start, end=charge.service.end, quantity=quantity,
-        subtotal_unrounded=subtotal, amount_unrounded=adjusted.total,
-        amount=round_money(adjusted.total, sub.currency), currency=sub.currency,
+        subtotal_unrounded=subtotal, amount_unrounded=total,
+        amount=round_money(total, sub.currency), currency=sub.currency,
         trace=LineTrace(
             price_id=price.id, price_key=price.key, price_interval_id=interval.id,
             plan_id=interval.plan_id, plan_version=interval.plan_version, metric_id=price.metric_id,

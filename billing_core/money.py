@@ -24,9 +24,7 @@ from decimal import (
     ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_EVEN, ROUND_HALF_UP, Context, Decimal, DecimalException, DivisionByZero,
     Inexact, InvalidOperation, Overflow, getcontext, localcontext,
 )
-from fractions import Fraction
 from functools import lru_cache
-from math import ceil, floor
 from typing import Any
 
 from billing_core.errors import InexactAmount, InvalidInput
@@ -62,6 +60,7 @@ _MAX_EXPONENT = 30
 MAX_PLACES = 30  # digits after the point of a price or amount (trailing zeros aside)
 PRECISION = 400
 DIVISION_PLACES = 100
+_SCALE = 10**DIVISION_PLACES
 _EXACT = Context(prec=PRECISION, rounding=ROUND_HALF_EVEN, Emin=-999_999, Emax=999_999,
                  traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
 # round_money's context: as wide, but discarding digits is its job (HALF_UP, given per call).
@@ -108,9 +107,9 @@ def _quantum(currency: str) -> Decimal:
 
 def round_money(amount: Decimal, currency: str) -> Decimal:
     """Round an amount ROUND_HALF_UP to the currency's minor unit (the only rounding of money)."""
-    if not isinstance(amount, Decimal):
+    if type(amount) is not Decimal and not isinstance(amount, Decimal):
         raise TypeError(f"round_money needs a Decimal, got {type(amount).__name__}")
-    rounded = amount.quantize(_quantum(currency), rounding=ROUND_HALF_UP, context=_ROUNDING)
+    rounded = amount.quantize(_quantum(currency), ROUND_HALF_UP, _ROUNDING)
     # Normalise negative zero so that serialized output is stable.
     return rounded + 0 if rounded.is_zero() else rounded
 
@@ -146,26 +145,38 @@ def inexact(exc: DecimalException) -> InexactAmount:
 def divide(numerator: Decimal, denominator: Decimal) -> Decimal:
     """Return ``numerator / denominator``: exact when it terminates within ``DIVISION_PLACES``
     decimal places, else rounded half-even there (the only rounding besides ``round_money``)."""
-    ratio = Fraction(numerator) / Fraction(denominator)
-    scaled = ratio * 10**DIVISION_PLACES
-    if scaled.denominator == 1:
+    # In integers (every prorated line comes here): numerator / denominator = (p * s) / (q * r).
+    p, q = numerator.as_integer_ratio()
+    r, s = denominator.as_integer_ratio()
+    top, bottom = p * s * _SCALE, q * r
+    if bottom < 0:
+        top, bottom = -top, -bottom
+    whole, rest = divmod(top, bottom)  # ZeroDivisionError for a zero denominator, as ever
+    if rest == 0:
         # Terminating: the exact quotient, in its shortest exponent.
         with localcontext(_EXACT):
             return numerator / denominator
-    return Decimal(round(scaled)).scaleb(-DIVISION_PLACES, context=_EXACT)
-
-
-_INTEGRAL = {ROUND_FLOOR: floor, ROUND_CEILING: ceil}
+    if 2 * rest > bottom or (2 * rest == bottom and whole % 2):  # half-even
+        whole += 1
+    return Decimal(whole).scaleb(-DIVISION_PLACES, context=_EXACT)
 
 
 def divide_to_integral(numerator: Decimal, denominator: Decimal, rounding: str) -> int:
     """Return ``numerator / denominator`` as an integer, rounded per ``rounding`` from the exact
     fraction (``ROUND_FLOOR``, ``ROUND_CEILING`` or ``ROUND_HALF_UP``)."""
-    ratio = Fraction(numerator) / Fraction(denominator)
+    p, q = numerator.as_integer_ratio()  # in integers: (p * s) / (q * r)
+    r, s = denominator.as_integer_ratio()
+    top, bottom = p * s, q * r
+    if bottom < 0:
+        top, bottom = -top, -bottom
+    if rounding == ROUND_FLOOR:
+        return top // bottom
+    if rounding == ROUND_CEILING:
+        return -(-top // bottom)
     if rounding == ROUND_HALF_UP:
-        magnitude = floor(abs(ratio) + Fraction(1, 2))
-        return magnitude if ratio >= 0 else -magnitude
-    return _INTEGRAL[rounding](ratio)
+        magnitude = (2 * abs(top) + bottom) // (2 * bottom)  # floor(|ratio| + 1/2)
+        return magnitude if top >= 0 else -magnitude
+    raise ValueError(f"unsupported rounding {rounding}")
 
 
 def decimal_shape(value: Decimal) -> tuple[int, int]:

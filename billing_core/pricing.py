@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
 from enum import StrEnum
 from fractions import Fraction
+from functools import lru_cache
 from typing import Any, Union
 
 from billing_core.money import (
@@ -369,18 +370,23 @@ def _rate_matrix(config: MatrixConfig, groups: Mapping[tuple[str, ...], Decimal]
         unit_amount = config.amount_for(values)
         amount = group_q * unit_amount
         total += amount
-        lines.append(SubLine(
-            name=" / ".join(f"{d}: {v}" for d, v in zip(config.dimensions, values)),
-            quantity=group_q, amount=amount, unit_amount=unit_amount,
-            grouping=tuple(zip(config.dimensions, values)),
-        ))
+        name, grouping = _matrix_label(config.dimensions, values)
+        lines.append(SubLine(name=name, quantity=group_q, amount=amount, unit_amount=unit_amount, grouping=grouping))
     return Rating(total, tuple(lines))
+
+
+@lru_cache(maxsize=65536)
+def _matrix_label(dimensions: tuple[str, ...], values: tuple[str, ...]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """Return a matrix group's sub-line name and grouping (the same few groups recur on every line)."""
+    return " / ".join(f"{d}: {v}" for d, v in zip(dimensions, values)), tuple(zip(dimensions, values))
 
 
 def rate(price: Price, quantity: Decimal,
          groups: Mapping[tuple[str, ...], Decimal] | None = None) -> Rating:
     """Apply the price model to a quantity (and matrix groups); return the unrounded amount."""
     config = price.config
+    if type(config) is UnitConfig:  # the common model first, without the isinstance chain
+        return Rating(quantity * config.unit_amount)
     if isinstance(config, UnitConfig):
         return Rating(quantity * config.unit_amount)
     if isinstance(config, TieredConfig):

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from billing_core import service_migrations
 from billing_core.adjustments import Adjustment
+from billing_core.bulk import without_gc
 from billing_core.costs import Costs, MetricDailyUsage, costs, costs_bulk, usage_by_day
 from billing_core.errors import Conflict, InvalidInput, NotFound
 from billing_core.invoices import Invoice, InvoiceNotFound, compute_invoice, issue_invoice
@@ -192,6 +193,7 @@ def customer_costs(session: Session, customer_id: str, usage: UsageSource, *, ti
     return costs_bulk(requests, usage)
 
 
+@without_gc
 def all_costs(session: Session, usage: UsageSource, *, now: datetime) -> list[Costs]:
     """Return every active subscription's costs from its current period start to now (bulk)."""
     subs = SqlSubscriptions(session).all_active(now)
