@@ -93,23 +93,28 @@ class Costs:
 
 
 def _aggregate_costs(sub: Subscription, start: datetime, end: datetime, lines: Sequence[LineItem]) -> Costs:
-    zero = round_money(ZERO, sub.currency)
+    currency = sub.currency
+    zero = round_money(ZERO, currency)
     by_price: dict[str, list[Any]] = {}
     for line in lines:
-        acc = by_price.get(line.price.id)
+        price = line.price
+        acc = by_price.get(price.id)
         if acc is None:
-            acc = by_price[line.price.id] = [line.price, ZERO, ZERO, ZERO, zero, zero, set(), None]
+            acc = by_price[price.id] = [price, ZERO, ZERO, ZERO, zero, zero, set(), None]
         acc[1] += line.quantity
         acc[2] += line.subtotal_unrounded
         acc[3] += line.amount_unrounded
-        acc[4] += line.subtotal
+        acc[4] += round_money(line.subtotal_unrounded, currency)  # line.subtotal
         acc[5] += line.amount
-        acc[6].add(line.trace.price_interval_id)
-        acc[7] = line.trace.plan_version
+        trace = line.trace
+        acc[6].add(trace.price_interval_id)
+        acc[7] = trace.plan_version
+    ordered = by_price.values() if len(by_price) == 1 else [
+        acc for _, acc in sorted(by_price.items(), key=lambda kv: (kv[1][0].key, kv[0]))]
     per_price = [
-        PriceCost(price=acc[0], quantity=acc[1], subtotal_unrounded=acc[2], total_unrounded=acc[3],
-                  subtotal=acc[4], total=acc[5], price_interval_ids=tuple(sorted(acc[6])), plan_version=acc[7])
-        for _, acc in sorted(by_price.items(), key=lambda kv: (kv[1][0].key, kv[0]))
+        PriceCost(acc[0], acc[1], acc[2], acc[3], acc[4], acc[5],
+                  tuple(acc[6]) if len(acc[6]) == 1 else tuple(sorted(acc[6])), acc[7])
+        for acc in ordered
     ]
     return Costs(subscription_id=sub.id, customer_id=sub.customer_id, currency=sub.currency,
                  timeframe_start=start, timeframe_end=end, per_price_costs=tuple(per_price))

@@ -24,7 +24,7 @@ from billing_core.persistence.customers import SqlCustomerRepository
 from billing_core.persistence.metrics import SqlMetricRepository
 from billing_core.persistence.subscriptions import SqlSubscriptions
 from billing_core.plans import PlanNotFound
-from billing_core.service_outbox import emit_subscription
+from billing_core.service_outbox import emit_subscription, prefetch_customers
 from billing_core.subscriptions import Subscription, billing_period
 
 __all__ = ["alert_body", "applies", "create_alert", "evaluate", "set_enabled", "update_thresholds"]
@@ -143,13 +143,22 @@ def evaluate(session: Session, alerts: Sequence[Alert], subs: Sequence[Subscript
     fired = repo.fired([a.id for a in alerts], [s.id for s in subs])
     emitted: list[str] = []
     bodies: dict[str, dict[str, Any]] = {}
-    renders: dict[tuple[str, str], Any] = {}  # customers, plans and item names read once per evaluation
+    renders: dict[tuple[str, str], Any] = {}  # customers, plans, item names, endpoints read once per evaluation
+    prefetched = False
+    own: dict[str, list[Alert]] = {}  # a subscription's own alerts, and the plans' (not every alert per subscription)
+    by_plan: dict[str, list[Alert]] = {}
+    for alert in alerts:
+        if alert.subscription_id is not None:
+            own.setdefault(alert.subscription_id, []).append(alert)
+        elif alert.plan_id is not None:
+            by_plan.setdefault(alert.plan_id, []).append(alert)
     for sub in subs:
         cost = costs.get(sub.id)
         if cost is None:
             continue
         start = billing_period(sub, now).start
-        for alert in alerts:
+        candidates = own.get(sub.id, []) + by_plan.get(sub.phase_at(now).plan_id, [])
+        for alert in sorted(candidates, key=alerts.index) if len(candidates) > 1 else candidates:
             if not applies(alert, sub, now):
                 continue
             value = observed(alert, cost)
@@ -160,6 +169,9 @@ def evaluate(session: Session, alerts: Sequence[Alert], subs: Sequence[Subscript
                     continue
                 if not alert.enabled:
                     continue
+                if not prefetched:  # the first firing: the customers of all, in one read
+                    prefetch_customers(session, [s for s in subs if s.id in costs], renders)
+                    prefetched = True
                 config = bodies.setdefault(alert.id, alert_body(session, alert))
                 properties: dict[str, Any] = {"alert_configuration": config, "timeframe_start": iso(start),
                                               "timeframe_end": iso(now)}

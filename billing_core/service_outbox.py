@@ -17,7 +17,7 @@ import secrets
 import uuid
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from sqlalchemy.orm import Session
 
@@ -36,7 +36,7 @@ from billing_core.subscriptions import Subscription
 
 __all__ = [
     "OUTBOX_FLAG", "create_endpoint", "emit", "emit_ended", "emit_invoice_issued", "emit_subscription",
-    "subscription_expanded", "subscription_summary", "update_endpoint",
+    "prefetch_customers", "subscription_expanded", "subscription_summary", "update_endpoint",
 ]
 
 OUTBOX_FLAG = "marketsync.outbox_emitted"
@@ -45,7 +45,7 @@ _UNSET: Any = object()
 
 def emit(session: Session, event_type: str, body: Mapping[str, Any], *, now: datetime,
          ordering_key: str | None = None, skip_endpoint: str | None = None,
-         expanded: Callable[[], Mapping[str, Any]] | None = None) -> str:
+         expanded: Callable[[], Mapping[str, Any]] | None = None, cache: RenderCache | None = None) -> str:
     """Write one event (``body``: its resources and ``properties``) to the outbox; return its id.
 
     Call it inside the transaction of the change: both commit, or neither. Events with the same
@@ -53,13 +53,14 @@ def emit(session: Session, event_type: str, body: Mapping[str, Any], *, now: dat
     ``skip_endpoint``: an endpoint the event is about and must not go to (the one just disabled).
     ``expanded``: renders the resources an expanded payload carries instead of the body's; called
     only when some endpoint gets the event (whatever its style now: it may change before the send).
+    ``cache``: a pass's render cache (see ``emit_subscription``): the endpoints are read once for it.
     """
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown webhook event type {event_type!r}")
     outbox = SqlOutbox(session)
     # An endpoint disabled after sustained failure keeps its events (sent once it is enabled again);
     # one its owner disabled gets none.
-    targets = [e.id for e in outbox.endpoints()
+    targets = [e.id for e in _cached(cache, ("endpoints", ""), outbox.endpoints)
                if (e.enabled or e.disabled_reason == "sustained_failure") and e.wants(event_type)
                and e.id != skip_endpoint]
     event_id = f"whe_{uuid.uuid4().hex[:20]}"
@@ -96,6 +97,13 @@ def _customer_and_plan(session: Session, sub: Subscription, at: datetime,
     return customer, _cached(cache, ("plan", sub.phase_at(at).plan_id), plan)
 
 
+def prefetch_customers(session: Session, subs: Sequence[Subscription], cache: RenderCache) -> None:
+    """Read the customers of ``subs`` into ``cache`` in bulk (a pass about to emit for many of them)."""
+    wanted = [s.customer_id for s in subs if ("customer", s.customer_id) not in cache]
+    for customer_id, customer in SqlCustomerRepository(session).get_many(wanted).items():
+        cache[("customer", customer_id)] = customer
+
+
 def subscription_summary(session: Session, sub: Subscription, *, at: datetime,
                          cache: RenderCache | None = None) -> dict[str, Any]:
     """Return a subscription as standard payloads carry it: its own fields, customer and plan as references."""
@@ -122,12 +130,14 @@ def emit_subscription(session: Session, event_type: str, sub: Subscription, *, n
                       properties: Mapping[str, Any] | None = None, cache: RenderCache | None = None) -> str:
     """Emit a ``subscription.*`` event for ``sub`` (ordered per subscription), in both payload styles.
 
-    ``cache``: one dict shared by many emits in one pass that changes no customer, plan or item
-    (an alert evaluation), so each is read once rather than per event."""
+    ``cache``: one dict shared by many emits in one pass that changes no customer, plan, item or
+    webhook endpoint (an alert evaluation), so each is read once rather than per event
+    (``prefetch_customers`` fills it for many subscriptions in one read)."""
     body = {"type": event_type, "subscription": subscription_summary(session, sub, at=now, cache=cache),
             "properties": dict(properties or {})}
     return emit(session, event_type, body, now=now, ordering_key=f"subscription:{sub.id}",
-                expanded=lambda: {"subscription": subscription_expanded(session, sub, at=now, cache=cache)})
+                expanded=lambda: {"subscription": subscription_expanded(session, sub, at=now, cache=cache)},
+                cache=cache)
 
 
 def emit_ended(session: Session, *, since: datetime, now: datetime) -> int:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from decimal import Decimal
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
@@ -63,6 +64,23 @@ class AlertFiringRow(SQLModel, table=True):
     value: str = Field(max_length=64)
     emitted: bool = True
     fired_at: datetime = Field(sa_column=sa.Column(sa.DateTime(timezone=True), nullable=False))
+
+
+_FIRING_COLUMNS = ("alert_id", "subscription_id", "period_start", "threshold", "value", "emitted", "fired_at")
+_FIRING_INSERTS: dict[str, Any] = {}
+
+
+def _firing_insert(dialect: str) -> Any:
+    """Return the insert-unless-stored statement for a firing, built once per dialect."""
+    statement = _FIRING_INSERTS.get(dialect)
+    if statement is None:
+        table = AlertFiringRow.__table__  # type: ignore[attr-defined]
+        insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+        statement = _FIRING_INSERTS[dialect] = (
+            insert.values({name: sa.bindparam(name, type_=table.c[name].type) for name in _FIRING_COLUMNS})
+            .on_conflict_do_nothing(index_elements=["alert_id", "subscription_id", "period_start", "threshold"])
+            .returning(table.c.id))
+    return statement
 
 
 class AlertCursorRow(SQLModel, table=True):
@@ -165,17 +183,14 @@ class SqlAlerts:
     def record_firing(self, alert_id: str, subscription_id: str, period_start: datetime, threshold: Decimal,
                       value: Decimal, *, emitted: bool, now: datetime) -> bool:
         """Store a firing once; False when it was already stored (another evaluation won)."""
-        f = firings_table
-        exists = self.session.execute(sa.select(f.c.id).where(
-            f.c.alert_id == alert_id, f.c.subscription_id == subscription_id, f.c.period_start == period_start,
-            f.c.threshold == format_decimal(threshold))).first()
-        if exists is not None:
-            return False
-        self.session.add(AlertFiringRow(alert_id=alert_id, subscription_id=subscription_id, period_start=period_start,
-                                        threshold=format_decimal(threshold), value=format_decimal(value),
-                                        emitted=emitted, fired_at=now))
-        self.session.flush()
-        return True
+        # One statement (an evaluation may store a thousand): the unique constraint decides, so two
+        # evaluations racing store it once and only the one that inserted emits.
+        dialect = self.session.get_bind().dialect.name
+        inserted = self.session.execute(_firing_insert(dialect), {
+            "alert_id": alert_id, "subscription_id": subscription_id, "period_start": period_start,
+            "threshold": format_decimal(threshold), "value": format_decimal(value), "emitted": emitted,
+            "fired_at": now}).first()
+        return inserted is not None
 
     def last_fired(self, alert_ids: Sequence[str]) -> dict[str, tuple[datetime, str, str]]:
         """Return, per alert, its latest firing: (when, subscription, threshold)."""

@@ -98,6 +98,16 @@ class SqlCustomerRepository:
             raise CustomerNotFound(f"no customer with id {customer_id!r}")
         return row.to_domain()
 
+    def get_many(self, customer_ids: Sequence[str]) -> dict[str, Customer]:
+        """Return {id: customer} for those of ``customer_ids`` that exist (500 per query)."""
+        ids = list(dict.fromkeys(customer_ids))
+        found: dict[str, Customer] = {}
+        for chunk in range(0, len(ids), 500):
+            rows = self.session.execute(sa.select(CustomerRow).where(
+                one_of(CustomerRow.__table__.c.id, ids[chunk:chunk + 500]))).scalars()  # type: ignore[attr-defined]
+            found.update({row.id: row.to_domain() for row in rows})
+        return found
+
     def get_by_external_id(self, external_customer_id: str, *, for_update: bool = False) -> Customer:
         """Return the customer with this external id (``for_update``: locked until commit)."""
         query = sa.select(CustomerRow).where(CustomerRow.external_customer_id == external_customer_id)  # type: ignore[arg-type]
