@@ -1,21 +1,25 @@
-"""Simulations: what past billing periods would have earned under other prices.
+"""Simulations: what past billing periods would have earned under other pricing.
 
-A simulation takes a plan, the pricing to try (one of its versions, or a draft set of prices —
-a version that is never stored), the subscriptions to replay (chosen customers', or every
-subscription on the plan) and a timeframe. For every billing period of those subscriptions that
-lies inside the timeframe and has ended, it computes the invoice twice from scratch with the
-engine (``invoices.compute_invoices``: the same charges, usage and rating as any invoice, usage
-read in bulk for all subscriptions at once): once on the subscription's own timeline ("current")
-and once on the timeline with the plan's prices swapped ("simulated"). Nothing is written.
+A simulation takes a plan, the pricing to try (one of its versions, or a draft set of prices and
+adjustments — a version that is never stored), the subscriptions to replay (chosen customers', or
+every subscription on the plan) and a timeframe. For every billing period of those subscriptions
+that lies inside the timeframe and has ended, it computes the invoice twice from scratch with the
+engine (``invoices.compute_invoices``: the same charges, usage, rating and adjustments as any
+invoice, usage read in bulk for all subscriptions at once): once on the subscription's own
+timeline ("current") and once on the timeline with the plan's pricing swapped ("simulated").
+Nothing is written.
 
-The swap (``simulated_timeline``): each interval of a plan price (``source == "plan"``) takes the
-simulated price of the same key (its lineage across versions) or is dropped when the simulated
-pricing has none; a simulated price whose key the subscription's plan version did not have is
-added over each phase of the plan. Subscription-level prices (overrides, negotiated rates, price
-intervals) and adjustments stay as they are: only the plan's prices change.
+The swap (``simulated_timeline``) treats the plan's prices and its adjustments alike, each by its
+stable key (its lineage across versions): every interval that came from the plan (a price interval
+with ``source == "plan"``, an adjustment interval of one of the plan's versions) takes the tried
+version's price or adjustment of the same key, or is dropped when the tried pricing has none; a
+tried price or adjustment whose key the subscription's plan version did not have is added over
+each phase on the plan. Subscription-level prices (overrides, negotiated rates, price intervals)
+and subscription-level adjustments stay as they are.
 
-The answer: per customer and price key, revenue current and simulated; totals; and the
-distribution of each customer's change in buckets of percent (``BUCKETS``).
+The answer: per customer and price key, revenue current and simulated (line amounts, after
+adjustments); totals; and the distribution of each customer's change in buckets of percent
+(``BUCKETS``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from billing_core.adjustments import Adjustment
 from billing_core.errors import InvalidInput, OutOfRange
 from billing_core.invoices import Invoice, compute_invoices
 from billing_core.lines import decimal_text, iso
@@ -33,7 +38,7 @@ from billing_core.money import ZERO, divide, round_money
 from billing_core.periods import Period
 from billing_core.plans import Plan, PlanVersion, add_version
 from billing_core.pricing import Price
-from billing_core.subscriptions import PriceInterval, Subscription, billing_period
+from billing_core.subscriptions import AdjustmentInterval, PriceInterval, Subscription, billing_period
 from billing_core.usage import UsageSource
 
 __all__ = [
@@ -188,34 +193,69 @@ def _on_plan(sub: Subscription, plan_id: str) -> bool:
     return any(phase.plan_id == plan_id for phase in sub.phases)
 
 
-def simulated_timeline(sub: Subscription, plan: Plan, prices: PlanVersion) -> Subscription:
-    """Return the subscription with the plan's prices swapped for ``prices`` (see the module docstring)."""
-    by_key = {p.key: p for p in prices.prices}
+def _plan_adjustment_key(sub: Subscription, plan: Plan, interval: AdjustmentInterval) -> str | None:
+    """Return the stable key of an adjustment interval that came from the plan, None for any other.
+
+    A plan adjustment's interval carries the version it came from; it belongs to this plan when
+    that version of the plan holds the adjustment and a phase on that version covers its start.
+    """
+    number = interval.plan_version
+    if number is None or not any(
+            p.plan_id == plan.id and p.plan_version == number and p.start <= interval.start
+            and (p.end is None or interval.start < p.end) for p in sub.phases):
+        return None
+    version = plan.version(number)
+    if not any(a.id == interval.adjustment.id for a in version.adjustments):
+        return None
+    return version.adjustment_key(interval.adjustment.id)
+
+
+def simulated_timeline(sub: Subscription, plan: Plan, tried: PlanVersion) -> Subscription:
+    """Return the subscription with the plan's prices and adjustments swapped for ``tried``'s (module docstring)."""
+    by_key = {p.key: p for p in tried.prices}
     intervals: list[PriceInterval] = []
     for interval in sub.intervals:
         if interval.source == "plan" and interval.plan_id == plan.id:
             new = by_key.get(interval.price.key)
             if new is not None:
-                intervals.append(replace(interval, price=new, plan_version=prices.version))
+                intervals.append(replace(interval, price=new, plan_version=tried.version))
         else:
             intervals.append(interval)
+    tried_adjustments = tried.adjustments_by_key()
+    adjustments: list[AdjustmentInterval] = []
+    for adjustment in sub.adjustment_intervals:
+        key = _plan_adjustment_key(sub, plan, adjustment)
+        if key is None:  # subscription-level, or another plan's
+            adjustments.append(adjustment)
+        elif key in tried_adjustments:
+            adjustments.append(replace(adjustment, adjustment=tried_adjustments[key], plan_version=tried.version))
     for n, phase in enumerate(sub.phases):
         if phase.plan_id != plan.id:
             continue
-        had = {p.key for p in plan.version(phase.plan_version).prices}
-        for price in prices.prices:
-            if price.key not in had:
+        had = plan.version(phase.plan_version)
+        had_prices = {p.key for p in had.prices}
+        for price in tried.prices:
+            if price.key not in had_prices:
                 intervals.append(PriceInterval(
                     id=f"{sub.id}_sim{n}_{price.key}", price=price, start=phase.start, end=phase.end,
-                    plan_id=plan.id, plan_version=prices.version))
-    return replace(sub, intervals=tuple(intervals))
+                    plan_id=plan.id, plan_version=tried.version))
+        had_adjustments = had.adjustments_by_key()
+        for key, tried_adjustment in tried_adjustments.items():
+            if key not in had_adjustments:
+                adjustments.append(AdjustmentInterval(
+                    id=f"{sub.id}_sim{n}_{key}", adjustment=tried_adjustment, start=phase.start, end=phase.end,
+                    plan_version=tried.version))
+    return replace(sub, intervals=tuple(intervals), adjustment_intervals=tuple(adjustments))
 
 
-def draft_version(plan: Plan, prices: Sequence[tuple[Price, str | None]], *, now: datetime) -> PlanVersion:
-    """Return a draft version n+1 of the plan holding ``prices`` (never stored).
+def draft_version(plan: Plan, prices: Sequence[tuple[Price, str | None]], *, now: datetime,
+                  adjustments: Sequence[tuple[Adjustment, str | None]] | None = None) -> PlanVersion:
+    """Return a draft version n+1 of the plan holding ``prices`` and ``adjustments`` (never stored).
 
     Each price may name the plan price it replaces (by id, key or external price id, in any
     version): it then continues that price's key, so the two are compared; the others are new.
+    Adjustments likewise name the plan adjustment they replace (by id or key, in any version).
+    ``adjustments`` None keeps the adjustments of the plan's default version as they are.
     """
     known = {name: p.key for v in plan.versions for p in v.prices
              for name in (p.id, p.key, p.external_price_id) if name is not None}
@@ -227,8 +267,48 @@ def draft_version(plan: Plan, prices: Sequence[tuple[Price, str | None]], *, now
                                    field=f"prices[{i}].replaces_price_id")
             price = replace(price, key=known[replaces])
         keyed.append(price)
-    drafted = add_version(plan, prices=keyed, now=now)
-    return drafted.version(drafted.latest_version)
+    if adjustments is None:
+        default = plan.version()
+        chosen = list(default.adjustments)
+        keys = {a.id: default.adjustment_key(a.id) for a in chosen}
+    else:
+        chosen, keys = _keyed_adjustments(plan, adjustments)
+    # The draft's lineage is derived against the latest version; an adjustment continuing a key the
+    # latest version has is its edit there, and one continuing an older key is added under that key.
+    latest = plan.version(plan.latest_version).adjustments_by_key()
+    replaced = {a.id: latest[keys[a.id]].id for a in chosen
+                if keys[a.id] in latest and latest[keys[a.id]].id != a.id}
+    drafted = add_version(plan, prices=keyed, adjustments=chosen, replaced_adjustments=replaced, now=now)
+    version = drafted.version(drafted.latest_version)
+    lineage = tuple(replace(e, key=keys[e.id]) if e.kind == "adjustment" and e.id in keys else e
+                    for e in version.lineage)
+    return replace(version, lineage=lineage)
+
+
+def _keyed_adjustments(plan: Plan, adjustments: Sequence[tuple[Adjustment, str | None]],
+                       ) -> tuple[list[Adjustment], dict[str, str]]:
+    """Return the draft adjustments and each one's stable key (the key of the one it replaces, or its id)."""
+    known = {name: v.adjustment_key(a.id) for v in plan.versions for a in v.adjustments
+             for name in (a.id, v.adjustment_key(a.id))}
+    keys: dict[str, str] = {}
+    taken: set[str] = set()
+    for i, (adjustment, replaces) in enumerate(adjustments):
+        key = adjustment.id
+        if replaces is not None:
+            if replaces not in known:
+                raise InvalidInput(
+                    f"adjustments[{i}].replaces_adjustment_id: {replaces!r} is not an adjustment of plan {plan.id}",
+                    field=f"adjustments[{i}].replaces_adjustment_id")
+            key = known[replaces]
+        if adjustment.id in keys:
+            raise InvalidInput(f"adjustments[{i}]: two draft adjustments share the id {adjustment.id}",
+                               field=f"adjustments[{i}]")
+        if key in taken:
+            raise InvalidInput(f"adjustments[{i}].replaces_adjustment_id: another draft adjustment already "
+                               f"replaces {replaces!r}", field=f"adjustments[{i}].replaces_adjustment_id")
+        taken.add(key)
+        keys[adjustment.id] = key
+    return [a for a, _ in adjustments], keys
 
 
 def periods_within(sub: Subscription, start: datetime, end: datetime) -> list[Period]:
@@ -245,10 +325,10 @@ def periods_within(sub: Subscription, start: datetime, end: datetime) -> list[Pe
     return found
 
 
-def simulate(plan: Plan, prices: PlanVersion, subscriptions: Iterable[Subscription], usage: UsageSource, *,
+def simulate(plan: Plan, tried: PlanVersion, subscriptions: Iterable[Subscription], usage: UsageSource, *,
              start: datetime, end: datetime, now: datetime, progress: Progress | None = None,
              chunk: int = CHUNK) -> Simulation:
-    """Replay the subscriptions' ended periods in ``[start, end)`` under their pricing and ``prices``.
+    """Replay the subscriptions' ended periods in ``[start, end)`` under their pricing and ``tried``.
 
     Subscriptions never on the plan, or with no ended period in the window, are left out. ``progress(done, total)`` is called after each
     chunk of ``chunk`` subscriptions (one bulk usage read each). Nothing is written.
@@ -256,7 +336,7 @@ def simulate(plan: Plan, prices: PlanVersion, subscriptions: Iterable[Subscripti
     end = min(end, now)
     if end <= start:
         raise InvalidInput("timeframe_end: must be after timeframe_start (and not after now)", field="timeframe_end")
-    if any(p.currency != plan.currency for p in prices.prices):
+    if any(p.currency != plan.currency for p in tried.prices):
         raise InvalidInput(f"prices: every price must be in the plan's currency {plan.currency}", field="prices")
     subs = [s for s in subscriptions if _on_plan(s, plan.id)]
     per_customer: dict[str, dict[str, list]] = {}
@@ -271,7 +351,7 @@ def simulate(plan: Plan, prices: PlanVersion, subscriptions: Iterable[Subscripti
         owners: list[tuple[Subscription, bool]] = []
         replayed = []
         for sub in batch:
-            simulated = simulated_timeline(sub, plan, prices)
+            simulated = simulated_timeline(sub, plan, tried)
             within = periods_within(sub, start, end)
             if within:  # a subscription with no ended period in the window has nothing to compare
                 replayed.append(sub)
