@@ -33,7 +33,7 @@ from typing import Any
 from billing_core.adjustments import Adjustment
 from billing_core.errors import InvalidInput, OutOfRange
 from billing_core.invoices import Invoice, compute_invoices
-from billing_core.lines import decimal_text, iso
+from billing_core.lines import LineItem, decimal_text, iso
 from billing_core.money import ZERO, divide, round_money
 from billing_core.periods import Period
 from billing_core.plans import Plan, PlanVersion, add_version
@@ -43,7 +43,7 @@ from billing_core.usage import UsageSource
 
 __all__ = [
     "BUCKETS", "PriceRevenue", "CustomerRevenue", "Bucket", "Failure", "Simulation", "simulated_timeline",
-    "periods_within", "draft_version", "simulate", "change_percent",
+    "periods_within", "draft_version", "simulate", "change_percent", "adjustments_of",
 ]
 
 Progress = Callable[[int, int], None]
@@ -72,6 +72,8 @@ class PriceRevenue:
     name: str
     current: Decimal
     simulated: Decimal
+    current_adjustments: Decimal = ZERO    # included in ``current``: what adjustments did to its lines
+    simulated_adjustments: Decimal = ZERO
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,14 @@ class CustomerRevenue:
     @property
     def simulated(self) -> Decimal:
         return sum((p.simulated for p in self.prices), ZERO)
+
+    @property
+    def current_adjustments(self) -> Decimal:
+        return sum((p.current_adjustments for p in self.prices), ZERO)
+
+    @property
+    def simulated_adjustments(self) -> Decimal:
+        return sum((p.simulated_adjustments for p in self.prices), ZERO)
 
     @property
     def change_percent(self) -> Decimal | None:
@@ -132,6 +142,14 @@ class Simulation:
         return sum((c.simulated for c in self.customers), ZERO)
 
     @property
+    def current_adjustments(self) -> Decimal:
+        return sum((c.current_adjustments for c in self.customers), ZERO)
+
+    @property
+    def simulated_adjustments(self) -> Decimal:
+        return sum((c.simulated_adjustments for c in self.customers), ZERO)
+
+    @property
     def periods(self) -> int:
         return sum(c.periods for c in self.customers)
 
@@ -146,6 +164,8 @@ class Simulation:
             "subscriptions": sum(len(c.subscription_ids) for c in self.customers), "periods": self.periods,
             "current_total": money(self.current), "simulated_total": money(self.simulated),
             "change_total": money(self.simulated - self.current),
+            "current_adjustments": money(self.current_adjustments),
+            "simulated_adjustments": money(self.simulated_adjustments),
             "change_percent": decimal_text(change_percent(self.current, self.simulated)),
             "distribution": [
                 {"label": b.label, "lower_percent": decimal_text(b.lower), "upper_percent": decimal_text(b.upper),
@@ -154,6 +174,8 @@ class Simulation:
                 {"customer_id": c.customer_id, "subscription_ids": list(c.subscription_ids), "periods": c.periods,
                  "current_total": money(c.current), "simulated_total": money(c.simulated),
                  "change_percent": decimal_text(c.change_percent),
+                 "current_adjustments": money(c.current_adjustments),
+                 "simulated_adjustments": money(c.simulated_adjustments),
                  "prices": [{"price_key": p.price_key, "name": p.name, "current": money(p.current),
                              "simulated": money(p.simulated)} for p in c.prices]}
                 for c in self.customers],
@@ -377,7 +399,7 @@ def simulate(plan: Plan, tried: PlanVersion, subscriptions: Iterable[Subscriptio
     customers = tuple(
         CustomerRevenue(
             customer_id=cid, subscription_ids=tuple(sorted(sub_ids[cid])), periods=periods.get(cid, 0),
-            prices=tuple(PriceRevenue(key, acc[0], acc[1], acc[2]) for key, acc in sorted(per_customer[cid].items())),
+            prices=tuple(PriceRevenue(key, *acc) for key, acc in sorted(per_customer[cid].items())),
         )
         for cid in sorted(per_customer)
     )
@@ -386,11 +408,23 @@ def simulate(plan: Plan, tried: PlanVersion, subscriptions: Iterable[Subscriptio
 
 
 def _add(acc: dict[str, list], invoice: Invoice, is_simulated: bool) -> None:
+    """Add an invoice's lines to a customer's (name, current, simulated, their adjustments) per price key."""
     for line in invoice.line_items:
         entry = acc.get(line.price.key)
         if entry is None:
-            entry = acc[line.price.key] = [line.price.name, ZERO, ZERO]
+            entry = acc[line.price.key] = [line.price.name, ZERO, ZERO, ZERO, ZERO]
         elif not is_simulated:
             entry[0] = line.price.name  # the current price's name, when both have the key
         entry[2 if is_simulated else 1] += line.amount
+        entry[4 if is_simulated else 3] += adjustments_of(line)
+
+
+def adjustments_of(line: LineItem) -> Decimal:
+    """Return what adjustments did to a line (§6's steps, the price's own minimum and maximum included).
+
+    The line's amount less its amount as rated before them, each rounded as the line is, so a
+    line's rated amount plus this is its amount exactly.
+    """
+    rated = line.amount_unrounded - sum((a.amount for a in line.adjustments), ZERO)
+    return line.amount - round_money(rated, line.currency)
 

@@ -134,6 +134,10 @@ def test_version_simulation_swaps_the_versions_adjustments(client, auth_headers,
     assert by["cus_1"] == {"Calls": ("3.00", "9.00"), "Platform": ("15.00", "13.50")}
     assert by["cus_2"] == {"Calls": ("6.00", "10.80"), "Platform": ("15.00", "13.50")}
     assert (result["current_total"], result["simulated_total"], result["change_total"]) == ("54.00", "69.30", "15.30")
+    # What the adjustments did, included above: none as billed; under v3 63.00 as rated plus 6.30.
+    assert (result["current_adjustments"], result["simulated_adjustments"]) == ("0.00", "6.30")
+    adjusted = {c["customer_id"]: c["simulated_adjustments"] for c in result["customers"]}
+    assert adjusted == {"cus_0": "7.50", "cus_1": "1.50", "cus_2": "-2.70"}
 
 
 def test_draft_prices_with_draft_adjustments(client, auth_headers, world) -> None:  # type: ignore[no-untyped-def]

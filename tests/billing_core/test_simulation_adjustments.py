@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 from billing_core.adjustments import Adjustment, AdjustmentType
 from billing_core.errors import InvalidInput
 from billing_core.invoices import compute_invoice
+from billing_core.money import round_money
 from billing_core.plans import Plan, add_version
 from billing_core.simulations import Simulation, draft_version, periods_within, simulate, simulated_timeline
 from billing_core.subscriptions import (
@@ -71,6 +72,20 @@ def test_version_that_adds_a_percentage_discount() -> None:
     # a: 100 calls = 10.00 -> 9.00; platform 10 - 1 = 9.00 -> 8.10. b: 20 calls = 2.00 -> 1.80 -> minimum 5.00.
     assert got["a"] == {"calls": (D("30.00"), D("27.00")), "platform": (D("27.00"), D("24.30"))}
     assert got["b"] == {"calls": (D("15.00"), D("15.00")), "platform": (D("27.00"), D("24.30"))}
+
+
+def test_adjustments_show_in_the_totals() -> None:
+    """Per customer and in total, what adjustments did to the lines (included in the revenue) as billed and simulated."""
+    result = simulate(PLAN, PLAN.version(2), [_sub("a", 1), _sub("b", 1)], _usage(a=100, b=20), start=t(2025, 2, 1),
+                      end=t(2025, 5, 1), now=NOW)
+    by = {c.customer_id: (c.current_adjustments, c.simulated_adjustments) for c in result.customers}
+    # a: platform -1.00 a month; v2: calls -1.00, platform -1.90. b: calls +3.00 to the minimum either way.
+    assert by == {"a": (D("-3.00"), D("-8.70")), "b": (D("6.00"), D("3.30"))}
+    answer = result.to_dict(2)
+    assert (answer["current_adjustments"], answer["simulated_adjustments"]) == ("3.00", "-5.40")
+    assert (answer["customers"][0]["current_adjustments"], answer["customers"][0]["simulated_adjustments"]) == (
+        "-3.00", "-8.70")
+    assert (answer["current_total"], answer["simulated_total"]) == ("99.00", "90.60")
 
 
 def test_version_that_edits_a_minimum() -> None:
@@ -248,7 +263,9 @@ def _build(recipe: dict, plan: Plan, other: Plan, tried: int | None) -> Subscrip
 
 
 def _by_price(result: Simulation) -> dict[str, dict[str, list[D]]]:
-    return {c.customer_id: {p.price_key: [p.current, p.simulated] for p in c.prices} for c in result.customers}
+    """Per customer and price key: [current, simulated, their adjustments current, simulated]."""
+    return {c.customer_id: {p.price_key: [p.current, p.simulated, p.current_adjustments, p.simulated_adjustments]
+                            for p in c.prices} for c in result.customers}
 
 
 @settings(max_examples=80, deadline=None)
@@ -271,5 +288,14 @@ def test_simulated_equals_a_timeline_built_on_the_tried_version(scenario, data) 
             acc = expected.setdefault(sub.customer_id, {})
             for which, timeline in ((0, sub), (1, by_hand)):
                 for line in compute_invoice(timeline, period, usage, now=NOW).line_items:
-                    acc.setdefault(line.price.key, [D(0), D(0)])[which] += line.amount
+                    entry = acc.setdefault(line.price.key, [D(0)] * 4)
+                    entry[which] += line.amount
+                    entry[2 + which] += line.amount - line.subtotal + _usage_discount(line)
     assert _by_price(result) == expected
+
+
+def _usage_discount(line) -> D:  # type: ignore[no-untyped-def]
+    """Return the usage discount's effect on a line, rounded as the line is (zero without one)."""
+    before = line.subtotal_unrounded - sum((a.amount for a in line.adjustments
+                                            if a.adjustment_type is AdjustmentType.USAGE_DISCOUNT), D(0))
+    return line.subtotal - round_money(before, line.currency)

@@ -130,6 +130,8 @@ class CustomerRevenue(Shape):
     current_total: Money
     simulated_total: Money
     change_percent: Optional[str]
+    current_adjustments: Money
+    simulated_adjustments: Money
     prices: list[PriceRevenue]
 
 
@@ -151,6 +153,8 @@ class SimulationResult(Shape):
     simulated_total: Money
     change_total: Money
     change_percent: Optional[str]
+    current_adjustments: Money
+    simulated_adjustments: Money
     distribution: list[Bucket]
     customers: list[CustomerRevenue]
     failures: list[SimulationFailure]
