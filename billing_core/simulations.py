@@ -18,8 +18,8 @@ each phase on the plan. Subscription-level prices (overrides, negotiated rates, 
 and subscription-level adjustments stay as they are.
 
 The answer: per customer and price key, revenue current and simulated (line amounts, after
-adjustments); totals; and the distribution of each customer's change in buckets of percent
-(``BUCKETS``).
+adjustments); what adjustments did within it (``adjustments_of``); totals; and the distribution of
+each customer's change in buckets of percent (``BUCKETS``).
 """
 
 from __future__ import annotations
