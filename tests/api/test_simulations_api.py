@@ -140,6 +140,37 @@ def test_version_simulation_swaps_the_versions_adjustments(client, auth_headers,
     assert adjusted == {"cus_0": "7.50", "cus_1": "1.50", "cus_2": "-2.70"}
 
 
+def test_stored_lineage_decides_the_adjustment_swap(client, auth_headers, world) -> None:  # type: ignore[no-untyped-def]
+    """Stored versions and timelines keep adjustment keys: v4's edit of a minimum a subscription removed at its
+    creation stays out, its removal of the 10% discount drops it, and a subscription-level discount stays."""
+    v3 = _version_with_adjustments(client, auth_headers, world)
+    minimum = next(a for a in v3["adjustments"] if a["adjustment_type"] == "minimum")
+    discount = next(a for a in v3["adjustments"] if a["adjustment_type"] == "percentage_discount")
+    answer = client.post(f"/v1/plans/{world['plan']['id']}/versions", headers=auth_headers, json={
+        "version": 4, "remove_adjustments": [{"adjustment_id": discount["id"]}], "replace_adjustments": [
+            {"replaces_adjustment_id": minimum["id"], "adjustment": {
+                "adjustment_type": "minimum", "minimum_amount": "4.00", "applies_to_price_ids": [world["calls"]["id"]]}}]})
+    assert answer.status_code == 201, answer.get_json()
+    with session_scope(world["engine"]) as s:
+        create_customer(SqlCustomerRepository(s), customer_id="cus_3", name="C3", email="c3@x.test",
+                        external_customer_id="ext3", currency="USD", now=START)
+    sub = client.post("/v1/subscriptions", headers=auth_headers, json={
+        "customer_id": "cus_3", "plan_id": world["plan"]["id"], "plan_version_number": 3,
+        "start_date": START.isoformat(), "remove_adjustments": [{"adjustment_id": minimum["id"]}],
+        "add_adjustments": [{"adjustment": {"adjustment_type": "amount_discount", "amount_discount": "1.00",
+                                            "applies_to_price_ids": []}}]})
+    assert sub.status_code == 201, sub.get_json()
+    answer = client.post("/v1/simulations", headers=auth_headers, json={
+        "plan_id": world["plan"]["id"], "version": 4, "customer_ids": ["cus_3"],
+        "timeframe_start": "2026-03-01T00:00:00Z", "timeframe_end": "2026-04-01T00:00:00Z"})
+    assert answer.status_code == 200, answer.get_json()
+    (customer,) = answer.get_json()["customers"]
+    # No calls: no minimum either way. Platform 5.00 less 1.00, then 10% (v3) or not (v4).
+    assert {p["name"]: (p["current"], p["simulated"]) for p in customer["prices"]} == {
+        "Calls": ("0.00", "0.00"), "Platform": ("3.60", "4.00")}
+    assert (customer["current_adjustments"], customer["simulated_adjustments"]) == ("-1.40", "-1.00")
+
+
 def test_draft_prices_with_draft_adjustments(client, auth_headers, world) -> None:  # type: ignore[no-untyped-def]
     """Draft adjustments (one continuing v3's minimum, one new) are the draft's whole set; left out, the default
     version's (v1: none) are kept."""
