@@ -25,7 +25,8 @@ from worker.db import session_scope
 
 bp = api_blueprint("billing_simulations", __name__)
 
-_FIELDS = {"plan_id", "version", "prices", "adjustments", "customer_ids", "external_customer_ids", "timeframe_start", "timeframe_end"}
+_FIELDS = {"plan_id", "version", "prices", "adjustments", "customer_ids", "external_customer_ids", "timeframe_start",
+           "timeframe_end"}
 MAX_CUSTOMERS = 10_000
 
 
