@@ -273,8 +273,8 @@ def _apply(sub: Subscription, plan: Plan, source: PlanVersion, target: PlanVersi
         id=id, adjustment=adjustment, start=at, end=end, plan_version=target.version))
     price_keys = {p.id: p.key for v in plan.versions for p in v.prices}
     live_adjustments = [a for a in sub.adjustment_intervals if _live(a.start, a.end, at)]
-    target_adjustments = {target.adjustment_key(a.id): a for a in target.adjustments}
-    source_adjustments = {source.adjustment_key(a.id): a for a in source.adjustments}
+    target_adjustments = target.adjustments_by_key()
+    source_adjustments = source.adjustments_by_key()
     for key, change in sorted(changes["adjustment"].items()):
         old = source_adjustments.get(key)
         planned = next((a for a in live_adjustments if a.plan_version is not None

@@ -116,6 +116,10 @@ class PlanVersion:
                 return entry.key
         return adjustment_id
 
+    def adjustments_by_key(self) -> dict[str, Adjustment]:
+        """Return this version's adjustments by stable key (their lineage across versions)."""
+        return {self.adjustment_key(a.id): a for a in self.adjustments}
+
 
 @dataclass(frozen=True)
 class Plan:

@@ -293,20 +293,24 @@ def issue(session: Session, invoice_id: str, usage: UsageSource, *, now: datetim
 
 def simulation(session: Session, usage: UsageSource, *, plan_id: str, version: int | None,
                draft: Sequence[tuple[Price, str | None]] | None, customer_ids: Sequence[str] | None,
-               start: datetime, end: datetime, now: datetime, progress: Progress | None = None) -> Simulation:
-    """Replay past periods of a plan's subscriptions (or some customers') under a version or draft prices.
+               start: datetime, end: datetime, now: datetime, progress: Progress | None = None,
+               draft_adjustments: Sequence[tuple[Adjustment, str | None]] | None = None) -> Simulation:
+    """Replay past periods of a plan's subscriptions (or some customers') under a version or draft pricing.
 
-    Exactly one of ``version`` and ``draft`` (prices with the plan price each replaces, if any).
-    Reads only: nothing is written to timelines or invoices.
+    Exactly one of ``version`` and ``draft`` (prices with the plan price each replaces, if any);
+    ``draft_adjustments`` (each with the plan adjustment it replaces, if any) only with ``draft``,
+    None keeping the default version's adjustments. Reads only: nothing is written.
     """
     if (version is None) == (draft is None):
         raise InvalidInput("version: give exactly one of version and prices", field="version")
+    if draft is None and draft_adjustments is not None:
+        raise InvalidInput("adjustments: draft adjustments go with draft prices, not a version", field="adjustments")
     plan = SqlCatalog(session).get_plan(plan_id)
     if version is not None:
         if version not in {v.version for v in plan.versions}:
             raise InvalidInput(f"version: plan {plan_id} has no version {version}", field="version")
-        prices = plan.version(version)
+        tried = plan.version(version)
     else:
-        prices = draft_version(plan, draft or (), now=now)
+        tried = draft_version(plan, draft or (), adjustments=draft_adjustments, now=now)
     subs = SqlSubscriptions(session).overlapping(start, end, customer_ids=customer_ids)
-    return simulate(plan, prices, subs, usage, start=start, end=end, now=now, progress=progress)
+    return simulate(plan, tried, subs, usage, start=start, end=end, now=now, progress=progress)

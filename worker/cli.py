@@ -415,7 +415,7 @@ def simulate(plan_id: str, version: int, customer_ids: tuple[str, ...], months: 
              until: str | None, top: int, as_json: bool) -> None:
     """Replay past billing periods of a plan's subscriptions under another of its versions (writes nothing).
 
-    Draft prices that are not a stored version are simulated through POST /v1/simulations.
+    Draft prices and adjustments that are not a stored version are simulated through POST /v1/simulations.
     """
     import json
     from datetime import UTC, datetime

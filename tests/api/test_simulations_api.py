@@ -109,7 +109,111 @@ def test_draft_prices_for_chosen_customers(client, auth_headers, world) -> None:
     assert prices == {"Calls": ("1.00", "0.50"), "Platform": ("5.00", "0.00"), "Support": ("0.00", "2.00")}
 
 
+def _version_with_adjustments(client, auth_headers, world) -> dict:  # type: ignore[no-untyped-def]
+    """Create v3: v2's prices, 10% off every line and a 3.00 minimum on Calls; return the plan JSON."""
+    answer = client.post(f"/v1/plans/{world['plan']['id']}/versions", headers=auth_headers, json={
+        "version": 3, "add_adjustments": [
+            {"adjustment": {"adjustment_type": "percentage_discount", "percentage_discount": "0.10"}},
+            {"adjustment": {"adjustment_type": "minimum", "minimum_amount": "3.00",
+                            "applies_to_price_ids": [world["calls"]["id"]]}}]})
+    assert answer.status_code == 201, answer.get_json()
+    return answer.get_json()
+
+
+def test_version_simulation_swaps_the_versions_adjustments(client, auth_headers, world) -> None:  # type: ignore[no-untyped-def]
+    """Subscriptions on v1 (no adjustments) simulated under v3 get its discount and minimum in every total."""
+    _version_with_adjustments(client, auth_headers, world)
+    answer = client.post("/v1/simulations", headers=auth_headers, json={
+        "plan_id": world["plan"]["id"], "version": 3, "timeframe_start": "2026-02-01T00:00:00Z",
+        "timeframe_end": "2026-05-01T00:00:00Z"})
+    assert answer.status_code == 200, answer.get_json()
+    result = answer.get_json()
+    by = {c["customer_id"]: {p["name"]: (p["current"], p["simulated"]) for p in c["prices"]} for c in result["customers"]}
+    # Calls at v2's 0.20 less 10%, raised to 3.00 (0, 10, 20 calls a month); Platform 5.00 less 10% = 4.50.
+    assert by["cus_0"] == {"Calls": ("0.00", "9.00"), "Platform": ("15.00", "13.50")}
+    assert by["cus_1"] == {"Calls": ("3.00", "9.00"), "Platform": ("15.00", "13.50")}
+    assert by["cus_2"] == {"Calls": ("6.00", "10.80"), "Platform": ("15.00", "13.50")}
+    assert (result["current_total"], result["simulated_total"], result["change_total"]) == ("54.00", "69.30", "15.30")
+    # What the adjustments did, included above: none as billed; under v3 63.00 as rated plus 6.30.
+    assert (result["current_adjustments"], result["simulated_adjustments"]) == ("0.00", "6.30")
+    adjusted = {c["customer_id"]: c["simulated_adjustments"] for c in result["customers"]}
+    assert adjusted == {"cus_0": "7.50", "cus_1": "1.50", "cus_2": "-2.70"}
+
+
+def test_stored_lineage_decides_the_adjustment_swap(client, auth_headers, world) -> None:  # type: ignore[no-untyped-def]
+    """Stored versions and timelines keep adjustment keys: v4's edit of a minimum a subscription removed at its
+    creation stays out, its removal of the 10% discount drops it, and a subscription-level discount stays."""
+    v3 = _version_with_adjustments(client, auth_headers, world)
+    minimum = next(a for a in v3["adjustments"] if a["adjustment_type"] == "minimum")
+    discount = next(a for a in v3["adjustments"] if a["adjustment_type"] == "percentage_discount")
+    answer = client.post(f"/v1/plans/{world['plan']['id']}/versions", headers=auth_headers, json={
+        "version": 4, "remove_adjustments": [{"adjustment_id": discount["id"]}], "replace_adjustments": [
+            {"replaces_adjustment_id": minimum["id"], "adjustment": {
+                "adjustment_type": "minimum", "minimum_amount": "4.00", "applies_to_price_ids": [world["calls"]["id"]]}}]})
+    assert answer.status_code == 201, answer.get_json()
+    with session_scope(world["engine"]) as s:
+        create_customer(SqlCustomerRepository(s), customer_id="cus_3", name="C3", email="c3@x.test",
+                        external_customer_id="ext3", currency="USD", now=START)
+    sub = client.post("/v1/subscriptions", headers=auth_headers, json={
+        "customer_id": "cus_3", "plan_id": world["plan"]["id"], "plan_version_number": 3,
+        "start_date": START.isoformat(), "remove_adjustments": [{"adjustment_id": minimum["id"]}],
+        "add_adjustments": [{"adjustment": {"adjustment_type": "amount_discount", "amount_discount": "1.00",
+                                            "applies_to_price_ids": []}}]})
+    assert sub.status_code == 201, sub.get_json()
+    answer = client.post("/v1/simulations", headers=auth_headers, json={
+        "plan_id": world["plan"]["id"], "version": 4, "customer_ids": ["cus_3"],
+        "timeframe_start": "2026-03-01T00:00:00Z", "timeframe_end": "2026-04-01T00:00:00Z"})
+    assert answer.status_code == 200, answer.get_json()
+    (customer,) = answer.get_json()["customers"]
+    # No calls: no minimum either way. Platform 5.00 less 1.00, then 10% (v3) or not (v4).
+    assert {p["name"]: (p["current"], p["simulated"]) for p in customer["prices"]} == {
+        "Calls": ("0.00", "0.00"), "Platform": ("3.60", "4.00")}
+    assert (customer["current_adjustments"], customer["simulated_adjustments"]) == ("-1.40", "-1.00")
+
+
+def test_draft_prices_with_draft_adjustments(client, auth_headers, world) -> None:  # type: ignore[no-untyped-def]
+    """Draft adjustments (one continuing v3's minimum, one new) are the draft's whole set; left out, the default
+    version's (v1: none) are kept."""
+    v3 = _version_with_adjustments(client, auth_headers, world)
+    minimum = next(a for a in v3["adjustments"] if a["adjustment_type"] == "minimum")
+    prices = [{"replaces_price_id": world["calls"]["id"], "price": {
+        "name": "Calls", "item_id": world["item"]["id"], "model_type": "unit", "cadence": "monthly",
+        "billable_metric_id": "m_calls", "unit_config": {"unit_amount": "0.10"}}}]
+    body = {"plan_id": world["plan"]["id"], "timeframe_start": "2026-03-01T00:00:00Z",
+            "timeframe_end": "2026-04-01T00:00:00Z", "prices": prices}
+    answer = client.post("/v1/simulations", headers=auth_headers, json={**body, "adjustments": [
+        {"adjustment": {"adjustment_type": "minimum", "minimum_amount": "1.50",
+                        "applies_to_price_ids": [world["calls"]["id"]]}, "replaces_adjustment_id": minimum["id"]},
+        {"adjustment_type": "amount_discount", "amount_discount": "0.25"}]})
+    assert answer.status_code == 200, answer.get_json()
+    result = answer.get_json()
+    # March: Calls 0.00 / 1.00 / 2.00 less 0.25 (never below 0), raised to 1.50; the platform fee is not drafted.
+    calls = {c["customer_id"]: next(p["simulated"] for p in c["prices"] if p["name"] == "Calls")
+             for c in result["customers"]}
+    assert calls == {"cus_0": "1.50", "cus_1": "1.50", "cus_2": "1.75"}
+    assert (result["current_total"], result["simulated_total"]) == ("18.00", "4.75")
+    without = client.post("/v1/simulations", headers=auth_headers, json=body).get_json()
+    assert without["simulated_total"] == "3.00"  # 0.00 + 1.00 + 2.00: v1 has no adjustments
+
+
+_DRAFT = [{"name": "X", "item_id": "i", "model_type": "unit", "cadence": "monthly", "unit_config": {"unit_amount": "1"}}]
+_OFF = {"adjustment_type": "amount_discount", "amount_discount": "1"}
+
+
 @pytest.mark.parametrize("change, field", [
+    ({"adjustments": []}, "adjustments"),
+    ({"version": None, "prices": _DRAFT, "adjustments": "x"}, "adjustments"),
+    ({"version": None, "prices": _DRAFT, "adjustments": [7]}, "adjustments[0]"),
+    ({"version": None, "prices": _DRAFT, "adjustments": [{"adjustment_type": "percentage_discount",
+                                                         "percentage_discount": "2"}]}, "adjustments[0].percentage_discount"),
+    ({"version": None, "prices": _DRAFT, "adjustments": [{"adjustment": {"adjustment_type": "bogus"}}]},
+     "adjustments[0].adjustment.adjustment_type"),
+    ({"version": None, "prices": _DRAFT, "adjustments": [{"adjustment": _OFF, "replaces_adjustment_id": "nope"}]},
+     "adjustments[0].replaces_adjustment_id"),
+    ({"version": None, "prices": _DRAFT, "adjustments": [{"adjustment": _OFF, "replaces_adjustment_id": 3}]},
+     "adjustments[0].replaces_adjustment_id"),
+    ({"version": None, "prices": _DRAFT, "adjustments": [{"adjustment": _OFF, "surprise": 1}]},
+     "adjustments[0].surprise"),
     ({"version": None}, "version"),
     ({"prices": []}, "version"),
     ({"version": 9}, "version"),

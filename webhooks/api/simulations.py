@@ -1,4 +1,4 @@
-"""``/v1/simulations``: replay past periods of a plan's subscriptions under a version or draft prices.
+"""``/v1/simulations``: replay past periods of a plan's subscriptions under a version or draft pricing.
 
 Synchronous: the answer is the result (``billing_core.simulations``); nothing is stored. A plan's
 10,000 subscriptions over three months take seconds (``bench.simulate``); ``marketsync simulate``
@@ -12,8 +12,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from billing_core import CustomerNotFound, Price, SqlCatalog, SqlCustomerRepository, service_plans, usage_source
-from webhooks.api.bodies import check_fields, parse_instant, parse_price, require_list, require_object
+from billing_core import (
+    Adjustment, CustomerNotFound, Price, SqlCatalog, SqlCustomerRepository, service_plans, usage_source,
+)
+from webhooks.api.bodies import (
+    check_fields, parse_adjustment, parse_instant, parse_price, require_list, require_object,
+)
 from webhooks.api.common import api_blueprint, bad, engine, json_body, now
 from webhooks.api.openapi import documented
 from webhooks.api.schemas import SimulationCreate, SimulationResult
@@ -21,7 +25,8 @@ from worker.db import session_scope
 
 bp = api_blueprint("billing_simulations", __name__)
 
-_FIELDS = {"plan_id", "version", "prices", "customer_ids", "external_customer_ids", "timeframe_start", "timeframe_end"}
+_FIELDS = {"plan_id", "version", "prices", "adjustments", "customer_ids", "external_customer_ids", "timeframe_start",
+           "timeframe_end"}
 MAX_CUSTOMERS = 10_000
 
 
@@ -41,6 +46,24 @@ def _draft(raw_prices: list[Any], currency: str) -> list[tuple[Price, str | None
         draft.append((parse_price(raw, currency=currency, field=field), replaces))
     if not draft:
         raise bad("prices", "at least one price is required")
+    return draft
+
+
+def _draft_adjustments(raw_adjustments: list[Any]) -> list[tuple[Adjustment, str | None]]:
+    """Read draft adjustments: ``{"adjustment": ..., "replaces_adjustment_id": ...}`` (as ``add_adjustments``
+    and ``replace_adjustments`` take them) or a bare new-adjustment object; an empty list means none."""
+    draft = []
+    for i, raw in enumerate(raw_adjustments):
+        raw = require_object(raw, f"adjustments[{i}]")
+        replaces = None
+        field = f"adjustments[{i}]"
+        if "adjustment" in raw:
+            check_fields(raw, {"adjustment", "replaces_adjustment_id"}, field, {"plan_phase_order"})
+            replaces = raw.get("replaces_adjustment_id")
+            if replaces is not None and (not isinstance(replaces, str) or not replaces):
+                raise bad(f"{field}.replaces_adjustment_id", "expected an adjustment id")
+            raw, field = raw["adjustment"], f"{field}.adjustment"
+        draft.append((parse_adjustment(raw, field), replaces))
     return draft
 
 
@@ -67,7 +90,7 @@ def _customers(session: Session, body: Mapping[str, Any]) -> list[str] | None:
 @bp.post("/simulations")
 @documented(body=SimulationCreate, response=SimulationResult)
 def create_simulation():
-    """Replay ended billing periods under a plan version or draft prices (nothing is written)."""
+    """Replay ended billing periods under a plan version or draft prices and adjustments (nothing is written)."""
     body = require_object(json_body(), "body")
     check_fields(body, _FIELDS, "")
     plan_id = body.get("plan_id")
@@ -78,6 +101,8 @@ def create_simulation():
         raise bad("version", "expected an integer")
     if (version is None) == (body.get("prices") is None):
         raise bad("version", "give exactly one of version and prices")
+    if body.get("adjustments") is not None and body.get("prices") is None:
+        raise bad("adjustments", "draft adjustments go with draft prices (a version brings its own)")
     at = now()
     start = parse_instant(body.get("timeframe_start"), "timeframe_start")
     end = at if body.get("timeframe_end") is None else parse_instant(body["timeframe_end"], "timeframe_end")
@@ -88,7 +113,9 @@ def create_simulation():
     with session_scope(engine()) as session:
         plan = SqlCatalog(session).get_plan(plan_id)
         draft = None if body.get("prices") is None else _draft(require_list(body["prices"], "prices"), plan.currency)
+        adjustments = (None if body.get("adjustments") is None
+                       else _draft_adjustments(require_list(body["adjustments"], "adjustments")))
         result = service_plans.simulation(session, usage_source(engine()), plan_id=plan.id, version=version,
-                                          draft=draft, customer_ids=_customers(session, body), start=start,
-                                          end=end, now=at)
+                                          draft=draft, draft_adjustments=adjustments,
+                                          customer_ids=_customers(session, body), start=start, end=end, now=at)
     return result.to_dict(version)

@@ -46,7 +46,7 @@ from webhooks.api.schemas.outbound import (
 )
 from webhooks.api.schemas.prices import (
     PriceEvaluationInput, PriceEvaluate, PreviewEvent, PriceEvaluatePreview, PriceGroup, EvaluatedPrice,
-    PriceEvaluations, SinglePriceEvaluate, PriceGroups, DraftPrice, SimulationCreate, Bucket, PriceRevenue, CustomerRevenue, SimulationFailure,
+    PriceEvaluations, SinglePriceEvaluate, PriceGroups, DraftPrice, DraftAdjustment, SimulationCreate, Bucket, PriceRevenue, CustomerRevenue, SimulationFailure,
     SimulationResult,
 )
 from webhooks.api.schemas.migrations import (
@@ -84,7 +84,7 @@ __all__ = [
     "TrueupApplied", "TrueupList",
     "ReportRow", "MeteringReport", "ReportQuery", "ContractWebhook", "MarketplaceNotification",
     "DeliveryAccepted", "PriceEvaluationInput", "PriceEvaluate", "PreviewEvent", "PriceEvaluatePreview",
-    "PriceGroup", "EvaluatedPrice", "PriceEvaluations", "SinglePriceEvaluate", "PriceGroups", "DraftPrice", "SimulationCreate", "Bucket",
+    "PriceGroup", "EvaluatedPrice", "PriceEvaluations", "SinglePriceEvaluate", "PriceGroups", "DraftPrice", "DraftAdjustment", "SimulationCreate", "Bucket",
     "PriceRevenue", "CustomerRevenue", "SimulationFailure", "SimulationResult",
     "PlanMigrationCreate", "MigrationCounts", "PlanMigration", "MigrationOutcome",
     "PlanMigrationDetail", "DryRunLine", "DryRunTotals", "PlanMigrationDryRun", "MigrationQuery",

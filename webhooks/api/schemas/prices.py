@@ -9,7 +9,7 @@ from pydantic import Field
 
 from webhooks.api.common import Body
 from webhooks.api.schemas.base import Money, Quantity, Shape
-from webhooks.api.schemas.catalog import NewPrice
+from webhooks.api.schemas.catalog import NewAdjustment, NewPrice
 
 
 # --- price evaluation -----------------------------------------------------------------------------
@@ -86,12 +86,23 @@ class DraftPrice(Body):
     replaces_price_id: Optional[str] = None
 
 
+class DraftAdjustment(Body):
+    """A draft plan adjustment, continuing the plan adjustment it replaces (by id or key) if named."""
+
+    adjustment: NewAdjustment
+    replaces_adjustment_id: Optional[str] = None
+    plan_phase_order: None = None
+
+
 class SimulationCreate(Body):
-    """A plan, the pricing to try (``version`` or draft ``prices``), whose subscriptions and when."""
+    """A plan, the pricing to try (``version``, or draft ``prices`` with optional draft ``adjustments``:
+    the whole set of the plan's adjustments, the default version's when left out), whose subscriptions
+    and when."""
 
     plan_id: str = Field(min_length=1)
     version: Optional[int] = None
     prices: Optional[list[Union[DraftPrice, NewPrice]]] = None
+    adjustments: Optional[list[Union[DraftAdjustment, NewAdjustment]]] = None
     customer_ids: Optional[list[str]] = None
     external_customer_ids: Optional[list[str]] = None
     timeframe_start: datetime
@@ -119,6 +130,8 @@ class CustomerRevenue(Shape):
     current_total: Money
     simulated_total: Money
     change_percent: Optional[str]
+    current_adjustments: Money
+    simulated_adjustments: Money
     prices: list[PriceRevenue]
 
 
@@ -140,6 +153,8 @@ class SimulationResult(Shape):
     simulated_total: Money
     change_total: Money
     change_percent: Optional[str]
+    current_adjustments: Money
+    simulated_adjustments: Money
     distribution: list[Bucket]
     customers: list[CustomerRevenue]
     failures: list[SimulationFailure]
