@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -56,9 +57,12 @@ BATCH = 500  # deliveries per endpoint per round
 MAX_THREADS = 16
 WAVE = 50  # deliveries of distinct ordering keys sent one after another, then recorded in one transaction
 _LOCK = "marketsync:webhooks:endpoint:"
-# An endpoint's lock lives this long and is renewed before each attempt (each takes at most about
-# 8 s: TIMEOUT), so a killed worker holds its endpoint back for seconds, not for a whole batch.
+# An endpoint's lock lives this long, so a killed worker holds its endpoint back for seconds, not for
+# a whole batch. It is renewed before an attempt once RENEW_AFTER has passed since the last renewal:
+# an attempt takes at most about 8 s (TIMEOUT), so the lock always outlives the attempt under way,
+# and a fast endpoint's hundreds of attempts a second do not each wait on Redis.
 LOCK_SECONDS = 15
+RENEW_AFTER = LOCK_SECONDS - sum(TIMEOUT) - 2
 ENDED_LOOKBACK = timedelta(hours=1)  # the first sweep looks this far back
 _ENDED = "subscription_ended"
 
@@ -135,6 +139,7 @@ def send_endpoint(runtime: Any, endpoint_id: str, *, now_fn: Callable[[], dateti
     lock = runtime.redis.lock(_LOCK + endpoint_id, timeout=LOCK_SECONDS, blocking=False)
     if not lock.acquire():
         return counts  # another round sends this endpoint now
+    renewed = time.monotonic()
     http: requests.Session | None = None
     try:
         with session_scope(runtime.engine) as session:
@@ -157,11 +162,13 @@ def send_endpoint(runtime: Any, endpoint_id: str, *, now_fn: Callable[[], dateti
                 break
             attempts, lapsed = [], False
             for delivery in wave:
-                try:
-                    lock.reacquire()  # renewed before each attempt: a slow endpoint never outlives it
-                except LockError:
-                    lapsed = True  # another round has the endpoint now
-                    break
+                if time.monotonic() - renewed > RENEW_AFTER:
+                    try:
+                        lock.reacquire()  # the lock outlives the attempt about to start
+                    except LockError:
+                        lapsed = True  # another round has the endpoint now
+                        break
+                    renewed = time.monotonic()
                 event = events[delivery.event_seq]
                 code, error = post(endpoint, payload(endpoint, event), now=now_fn(), http=http)
                 attempts.append((delivery, event, code, error))
