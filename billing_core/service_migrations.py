@@ -12,9 +12,11 @@ owed a revert. The reverts run in chunks too (``revert_chunk``), each subscripti
 timeline and its outcome (``reverted``, or ``kept`` with the reason) in one transaction. The
 cancel's instant, not the revert's, decides what is "not yet effective": an edit whose instant
 passes while its revert waits is still reverted (a backdated edit), unless an invoice was issued
-for a period past its instant before the cancel — then it is kept and says so. Issuing an
-invoice first runs the subscription's owed reverts (``revert_owed``) as it applies its pending
-migrations (``apply_pending``), so no invoice is issued at a canceled migration's prices.
+for a period past its instant before the cancel — then it is kept and says so. Whatever
+applies pending migrations (a chunk, ``apply_pending`` before an invoice is issued) first runs
+the subscriptions' owed reverts (``revert_owed``), and issuing an invoice runs them in any case,
+so no invoice is issued at a canceled migration's prices and a later migration moves the
+timeline as it is to be.
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ def start_migration(session: Session, plan: Plan, request: MigrationRequest, *, 
 def _apply(session: Session, migration: Migration, plan: Plan, subscription_ids: Sequence[str],
            now: datetime) -> None:
     repo, migrations = SqlSubscriptions(session), SqlPlanMigrations(session)
+    # An edit a canceled migration still owes a revert goes first: this one moves the timeline as it is to be.
+    revert_owed(session, subscription_ids, now=now)
     subs = repo.get_many(subscription_ids, for_update=True)
     for sub_id in subscription_ids:
         sub = subs.get(sub_id)
@@ -228,24 +232,26 @@ def cancel_migration(session: Session, plan_id: str, migration_id: str, *, now: 
 def revert_chunk(session: Session, migration_id: str, *, limit: int, now: datetime) -> Migration:
     """Revert up to ``limit`` edits a canceled migration still owes in this transaction; the migration as it then is."""
     migrations = SqlPlanMigrations(session)
-    migration = migrations.get(None, migration_id, for_update=True)
+    migration = migrations.get(None, migration_id, for_update=True)  # one revert run at a time
     if migration.status == CANCELED and migration.to_revert:
         assert migration.canceled_at is not None  # set with the status
-        _revert(session, migration, migrations.owed_reverts(migration_id, migration.canceled_at, limit=limit), now)
+        owed = migrations.owed_reverts(migration_id, migration.canceled_at, limit=limit)
+        _revert(session, migration, [o.subscription_id for o in owed], now)
         migration = migrations.get(None, migration_id)
     return migration
 
 
-def revert_owed(session: Session, subscription_id: str, *, now: datetime) -> int:
-    """Revert every edit of a subscription a canceled migration still owes (before issuing its invoice)."""
+def revert_owed(session: Session, subscription_ids: Sequence[str], *, now: datetime) -> int:
+    """Revert every edit of these subscriptions a canceled migration still owes (before anything bills
+    or migrates them); how many were reverted.
+
+    The canceled migrations' rows are not locked (a caller may hold another migration's): each
+    subscription's row lock and its outcome's conditional move make a revert happen once.
+    """
     migrations = SqlPlanMigrations(session)
-    # Lock every migration involved before the subscription, as a chunk does: no lock-order cycle.
-    owing = [migrations.get(None, mid, for_update=True) for mid in migrations.owing_for(subscription_id)]
     reverted = 0
-    for migration in owing:
-        assert migration.canceled_at is not None
-        owed = migrations.owed_reverts(migration.id, migration.canceled_at, subscription_ids=[subscription_id])
-        reverted += _revert(session, migration, owed, now)
+    for migration_id, owing in migrations.owing_for(subscription_ids).items():
+        reverted += _revert(session, migrations.get(None, migration_id), owing, now)
     return reverted
 
 
@@ -263,12 +269,15 @@ def _kept_because(sub: Subscription | None, outcome: SubscriptionOutcome,
     return None
 
 
-def _revert(session: Session, migration: Migration, owed: Sequence[SubscriptionOutcome], now: datetime) -> int:
-    """Revert each owed edit (its timeline and outcome together) or keep it with the reason; how many reverted."""
+def _revert(session: Session, migration: Migration, subscription_ids: Sequence[str], now: datetime) -> int:
+    """Revert each of these subscriptions' edits the canceled migration still owes (its timeline and
+    outcome together) or keep it with the reason; how many were reverted."""
+    assert migration.canceled_at is not None
     repo, migrations = SqlSubscriptions(session), SqlPlanMigrations(session)
-    ids = [o.subscription_id for o in owed]
-    subs = repo.get_many(ids, for_update=True)
-    billed = repo.billed_through(ids)
+    subs = repo.get_many(subscription_ids, for_update=True)
+    # Read what is owed once the subscriptions are locked: a revert that ran meanwhile is not owed.
+    owed = migrations.owed_reverts(migration.id, migration.canceled_at, subscription_ids=subscription_ids)
+    billed = repo.billed_through([o.subscription_id for o in owed])
     reverted = 0
     for outcome in owed:
         sub = subs.get(outcome.subscription_id)
@@ -281,18 +290,18 @@ def _revert(session: Session, migration: Migration, owed: Sequence[SubscriptionO
             except InvalidInput as exc:  # this timeline cannot take the revert (a MigrationError too)
                 reason = f"not reverted: {exc}"
         if reason is not None:
-            migrations.record(migration.id, SubscriptionOutcome(
-                outcome.subscription_id, Outcome.KEPT, outcome.effective_at, outcome.reasons + (reason,),
-                outcome.undo), now=now, expected=outcome.outcome)
-            if sub is not None and outcome.effective_at is not None and outcome.effective_at <= now:
+            if migrations.record(migration.id, SubscriptionOutcome(
+                    outcome.subscription_id, Outcome.KEPT, outcome.effective_at, outcome.reasons + (reason,),
+                    outcome.undo), now=now, expected=outcome.outcome) and sub is not None \
+                    and outcome.effective_at is not None and outcome.effective_at <= now:
                 # The sweep (``note_effective``) passed it over while its revert was owed: tell it now.
                 _tell_changed(session, sub, outcome.effective_at, migration.to_version, now=now)
             continue
-        repo.save(restored, expected_revision=len(sub.edits))  # type: ignore[union-attr]
-        migrations.record(migration.id, SubscriptionOutcome(outcome.subscription_id, Outcome.REVERTED,
-                                                            outcome.effective_at, outcome.reasons, None),
-                          now=now, expected=outcome.outcome)
-        reverted += 1
+        if migrations.record(migration.id, SubscriptionOutcome(outcome.subscription_id, Outcome.REVERTED,
+                                                               outcome.effective_at, outcome.reasons, None),
+                             now=now, expected=outcome.outcome):
+            repo.save(restored, expected_revision=len(sub.edits))  # type: ignore[union-attr]
+            reverted += 1
     return reverted
 
 

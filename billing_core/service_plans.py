@@ -277,8 +277,10 @@ def issue(session: Session, invoice_id: str, usage: UsageSource, *, now: datetim
     """
     parsed = _parse_invoice_id(invoice_id)
     if parsed is not None:
-        service_migrations.revert_owed(session, parsed[1], now=now)
+        # Pending migrations first: each locks its migration, then the subscription (the order chunks
+        # lock in), and reverts what a canceled one still owes before it migrates; then whatever is still owed.
         service_migrations.apply_pending(session, parsed[1], now=now)
+        service_migrations.revert_owed(session, [parsed[1]], now=now)
     invoice = draft_or_issued_invoice(session, invoice_id, usage, now=now)
     if invoice.status == "issued":
         return invoice

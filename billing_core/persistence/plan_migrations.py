@@ -205,13 +205,19 @@ class SqlPlanMigrations:
             query = query.limit(limit)
         return [_outcome(r) for r in self.session.execute(query).scalars()]
 
-    def owing_for(self, subscription_id: str) -> list[str]:
-        """Return the ids of canceled migrations owing a revert of a subscription's edit, oldest first."""
+    def owing_for(self, subscription_ids: Collection[str]) -> dict[str, list[str]]:
+        """Return, per canceled migration owing a revert of some of these subscriptions' edits (oldest
+        first), the ids of those subscriptions."""
         o, m = PlanMigrationOutcomeRow.__table__, PlanMigrationRow.__table__
-        return list(self.session.execute(
-            sa.select(m.c.id).join(o, o.c.migration_id == m.c.id).where(
-                o.c.subscription_id == subscription_id, m.c.status == CANCELED, *_owed(o, m.c.canceled_at))
-            .order_by(m.c.created_at, m.c.id)).scalars())
+        rows = self.session.execute(
+            sa.select(m.c.id, o.c.subscription_id).join(o, o.c.migration_id == m.c.id).where(
+                one_of(o.c.subscription_id, sorted(set(subscription_ids))), m.c.status == CANCELED,
+                *_owed(o, m.c.canceled_at))
+            .order_by(m.c.created_at, m.c.id, o.c.subscription_id)).all()
+        owing: dict[str, list[str]] = {}
+        for migration_id, subscription_id in rows:
+            owing.setdefault(migration_id, []).append(subscription_id)
+        return owing
 
     def cancel_pending(self, migration_id: str, *, reason: str, now: datetime) -> int:
         """Move every pending outcome of a migration to ``canceled`` in one statement; how many moved."""

@@ -222,6 +222,31 @@ def test_a_revert_billed_past_its_instant_is_kept_with_its_reason_and_told(engin
 
 
 @pytest.mark.postgres
+def test_a_later_migration_first_runs_the_revert_a_canceled_one_owes(engine):
+    """A migration run while a canceled one still owes a subscription's revert reverts it first, then
+    moves the restored timeline: the subscription ends on the later migration's edit, and the owed
+    revert is not run a second time."""
+    before = _timelines(engine)
+    _start(engine, MigrationRequest(to_version=2, effective_time=t(2025, 1, 25), subscription_ids=["s1", "s2"]))
+    _run(engine)
+    with session_scope(engine) as s:
+        service_migrations.cancel_migration(s, "plan1", "mig1", now=NOW)
+    _start(engine, MigrationRequest(to_version=2, effective_time=t(2025, 2, 1), subscription_ids=["s1"]),
+           migration_id="mig2")
+    assert _run(engine, "mig2").counts == {"migrated": 1}  # not "already on version 2"
+    with session_scope(engine) as s:
+        first = SqlPlanMigrations(s).get("plan1", "mig1")
+    assert (first.counts, first.to_revert) == ({"migrated": 1, "reverted": 1}, 1)  # s2's revert is still owed
+    assert _revert(engine).counts == {"reverted": 2}
+    expected = migrate_subscription(before["s1"], PLAN, 2, from_versions={1}, effective_time=t(2025, 2, 1),
+                                    overrides=Overrides.KEEP, now=NOW, migration_id="mig2").subscription
+    after = _timelines(engine)
+    assert (after["s1"].intervals, after["s1"].phases) == (expected.intervals, expected.phases)
+    assert [e.kind for e in after["s1"].edits][1:] == ["plan_migration", "plan_migration_reverted", "plan_migration"]
+    assert (after["s2"].intervals, after["s2"].phases) == (before["s2"].intervals, before["s2"].phases)
+
+
+@pytest.mark.postgres
 def test_dry_run_writes_nothing_and_prices_the_current_period_both_ways(engine):
     """A dry run answers old and new current-period totals and stores nothing."""
     before = _timelines(engine)

@@ -230,3 +230,31 @@ def test_two_cancels_at_once_cancel_once_and_each_edit_is_reverted_once(many: En
     done = plan_migrations.get(many, "plan1", "mig1")
     assert (done.status, done.counts, done.to_revert) == ("canceled", {"reverted": 33, "skipped": 2}, 0)
     _reverted_once(many, before)
+
+
+@pytest.mark.postgres
+def test_a_revert_run_racing_the_per_subscription_safety_check_reverts_each_edit_once(many: Engine) -> None:
+    """A revert run and the per-subscription check invoices run (``revert_owed``, which locks only the
+    subscription) racing over the same edits revert each exactly once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from billing_core import service_migrations
+
+    before = _migrated(many)
+    plan_migrations.cancel(many, "plan1", "mig1", now=NOW)
+
+    def check_each(_: int) -> int:
+        reverted = 0
+        for sid in reversed(sorted(before)):
+            with session_scope(many) as session:
+                reverted += service_migrations.revert_owed(session, [sid], now=NOW)
+        return reverted
+
+    with ThreadPoolExecutor(2) as pool:
+        run = pool.submit(plan_migrations.revert, many, "mig1", now_fn=lambda: NOW, chunk=3, budget=None)
+        checked = pool.submit(check_each, 0)
+        run.result(60)
+        by_check = checked.result(60)
+    done = plan_migrations.get(many, "plan1", "mig1")
+    assert (done.counts, done.to_revert) == ({"reverted": 33, "skipped": 2}, 0) and 0 <= by_check <= 33
+    _reverted_once(many, before)
