@@ -371,6 +371,7 @@ def migration_json(migration: Migration, outcomes: list[SubscriptionOutcome] | N
         "counts": {"total": migration.total, "migrated": counts.get("migrated", 0),
                    "conflicts": counts.get("conflict", 0), "skipped": counts.get("skipped", 0),
                    "pending": counts.get("pending", 0), "reverted": counts.get("reverted", 0),
+                   "to_revert": migration.to_revert, "kept": counts.get("kept", 0),
                    "canceled": counts.get("canceled", 0)},
     }
     if outcomes is not None:

@@ -70,6 +70,7 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"
     CONFLICT = "conflict"      # migrated, with overrides kept that the new version edits
     REVERTED = "reverted"      # migrated, then reverted by a cancel before its instant
+    KEPT = "kept"              # migrated, canceled before its instant, but its revert could not run (the reason says why)
 
 
 @dataclass(frozen=True)
@@ -308,13 +309,16 @@ def _apply(sub: Subscription, plan: Plan, source: PlanVersion, target: PlanVersi
     return MigrationResult(migrated, outcome, at, conflicts, undo)
 
 
-def revert_migration(sub: Subscription, undo: Undo, *, now: datetime, migration_id: str) -> Subscription:
+def revert_migration(sub: Subscription, undo: Undo, *, now: datetime, migration_id: str,
+                     as_of: datetime | None = None) -> Subscription:
     """Return the subscription with a not-yet-effective migration edit reverted.
 
     What the edit added is removed, what it ended or dropped is restored as it was; edits made
-    since to other intervals stay. Refused once the instant has passed (it has been billed from).
+    since to other intervals stay. ``as_of`` (default ``now``) is the instant that decides "not yet
+    effective": a canceled migration's cancel, so a revert that runs after the edit's instant
+    passed is a backdated edit; ``now`` stamps it. Refused when the instant is not after ``as_of``.
     """
-    if undo.instant <= now:
+    if undo.instant <= (now if as_of is None else as_of):
         raise MigrationError(f"migration {migration_id}: already effective for subscription {sub.id}")
     intervals = _restore(sub.intervals, undo.intervals, set(undo.added_intervals), undo.instant)
     adjustments = _restore(sub.adjustment_intervals, undo.adjustments, set(undo.added_adjustments), undo.instant)

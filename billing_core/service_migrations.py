@@ -1,10 +1,22 @@
-"""Use cases for plan migrations: start, run a chunk, apply what is pending, cancel, dry run.
+"""Use cases for plan migrations: start, run a chunk, apply what is pending, cancel, revert a chunk, dry run.
 
 A migration is created with one pending outcome per targeted subscription and then run in
 chunks (``migrate_chunk``, each one transaction): every subscription's timeline edit and its
 outcome are written together, so a chunk killed mid-way leaves nothing half-applied and the
 next run resumes with what is still pending. The migration row is locked for the duration of a
-chunk, so a cancel waits for the running chunk and then reverts what it did.
+chunk, so a cancel waits for the running chunk.
+
+A cancel is one short transaction: the migration becomes ``canceled`` at the cancel's instant,
+its pending subscriptions ``canceled``, and every edit whose instant is after the cancel's is
+owed a revert. The reverts run in chunks too (``revert_chunk``), each subscription's restored
+timeline and its outcome (``reverted``, or ``kept`` with the reason) in one transaction. The
+cancel's instant, not the revert's, decides what is "not yet effective": an edit whose instant
+passes while its revert waits is still reverted (a backdated edit), unless an invoice was issued
+for a period past its instant before the cancel — then it is kept and says so. Whatever
+applies pending migrations (a chunk, ``apply_pending`` before an invoice is issued) first runs
+the subscriptions' owed reverts (``revert_owed``), and issuing an invoice runs them in any case,
+so no invoice is issued at a canceled migration's prices and a later migration moves the
+timeline as it is to be.
 """
 
 from __future__ import annotations
@@ -19,20 +31,20 @@ from sqlalchemy.orm import Session
 from billing_core.errors import Conflict, InvalidInput
 from billing_core.invoices import compute_invoice
 from billing_core.persistence.catalog import SqlCatalog
-from billing_core.persistence.plan_migrations import PENDING, Migration, SqlPlanMigrations, SubscriptionOutcome
+from billing_core.persistence.plan_migrations import (
+    CANCELED, PENDING, Migration, SqlPlanMigrations, SubscriptionOutcome,
+)
 from billing_core.persistence.subscriptions import SqlSubscriptions
-from billing_core.service_outbox import emit_subscription
+from billing_core.service_outbox import RenderCache, emit_subscription
 from billing_core.plan_migrations import (
-    LIVE, EffectiveTime, MigrationError, Outcome, Overrides, migrate_subscription, revert_migration,
+    LIVE, EffectiveTime, Outcome, Overrides, migrate_subscription, revert_migration,
 )
 from billing_core.plans import Plan
 from billing_core.subscriptions import Subscription, billing_period
 from billing_core.usage import UsageSource
 
 __all__ = ["MigrationRequest", "DryRunLine", "start_migration", "migrate_chunk", "apply_pending",
-           "cancel_migration", "dry_run", "LIVE"]
-
-CANCELED_OUTCOME = "canceled"
+           "cancel_migration", "revert_chunk", "revert_owed", "dry_run", "LIVE"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,8 @@ def start_migration(session: Session, plan: Plan, request: MigrationRequest, *, 
 def _apply(session: Session, migration: Migration, plan: Plan, subscription_ids: Sequence[str],
            now: datetime) -> None:
     repo, migrations = SqlSubscriptions(session), SqlPlanMigrations(session)
+    # An edit a canceled migration still owes a revert goes first: this one moves the timeline as it is to be.
+    revert_owed(session, subscription_ids, now=now)
     subs = repo.get_many(subscription_ids, for_update=True)
     for sub_id in subscription_ids:
         sub = subs.get(sub_id)
@@ -151,12 +165,18 @@ def note_effective(session: Session, *, since: datetime, now: datetime) -> int:
         if sub is None:  # deleted since: nothing to tell
             continue
         assert outcome.effective_at is not None  # the query selected it by its instant
-        properties = _version_change(sub, outcome.effective_at - timedelta(microseconds=1), versions[migration_id])
-        properties["effective_date"] = outcome.effective_at.isoformat().replace("+00:00", "Z")
-        emit_subscription(session, "subscription.plan_version_changed", sub, now=now, properties=properties,
-                          cache=renders)
+        _tell_changed(session, sub, outcome.effective_at, versions[migration_id], now=now, cache=renders)
         told += 1
     return told
+
+
+def _tell_changed(session: Session, sub: Subscription, effective_at: datetime, to_version: int, *, now: datetime,
+                  cache: RenderCache | None = None) -> None:
+    """Emit ``subscription.plan_version_changed`` for an edit already in the timeline whose instant has come."""
+    properties = _version_change(sub, effective_at - timedelta(microseconds=1), to_version)
+    properties["effective_date"] = effective_at.isoformat().replace("+00:00", "Z")
+    emit_subscription(session, "subscription.plan_version_changed", sub, now=now, properties=properties,
+                      cache=cache)
 
 
 def _finish_if_done(migrations: SqlPlanMigrations, migration: Migration) -> Migration:
@@ -198,31 +218,91 @@ def apply_pending(session: Session, subscription_id: str, *, now: datetime) -> i
 
 
 def cancel_migration(session: Session, plan_id: str, migration_id: str, *, now: datetime) -> Migration:
-    """Cancel a migration: revert every edit not yet effective, stop the subscriptions still pending."""
-    migrations, repo = SqlPlanMigrations(session), SqlSubscriptions(session)
+    """Cancel a migration: stop the subscriptions still pending and owe a revert to every edit whose
+    instant is after ``now``; nothing is reverted here (``revert_chunk`` does it)."""
+    migrations = SqlPlanMigrations(session)
     migration = migrations.get(plan_id, migration_id, for_update=True)
-    if migration.status == "canceled":
+    if migration.status == CANCELED:
         raise Conflict(f"migration {migration_id} is already canceled", field="migration_id")
-    done = [o for o in migrations.outcomes(migration_id, outcomes={Outcome.MIGRATED, Outcome.CONFLICT})
-            if o.effective_at is not None and o.effective_at > now and o.undo is not None]
-    subs = repo.get_many([o.subscription_id for o in done], for_update=True)
-    for outcome in done:
-        sub = subs.get(outcome.subscription_id)
-        if sub is None:
-            continue
-        try:
-            reverted = revert_migration(sub, outcome.undo, now=now, migration_id=migration_id)  # type: ignore[arg-type]
-        except MigrationError:
-            continue
-        repo.save(reverted, expected_revision=len(sub.edits))
-        migrations.record(migration_id, SubscriptionOutcome(outcome.subscription_id, Outcome.REVERTED,
-                                                            outcome.effective_at, outcome.reasons, None),
-                          now=now, expected=outcome.outcome)
-    for outcome in migrations.outcomes(migration_id, outcomes={PENDING}):
-        migrations.record(migration_id, SubscriptionOutcome(outcome.subscription_id, CANCELED_OUTCOME, None,
-                                                            ("the migration was canceled",), None), now=now)
-    migrations.set_status(migration_id, "canceled", canceled_at=now)
+    migrations.cancel_pending(migration_id, reason="the migration was canceled", now=now)
+    migrations.set_status(migration_id, CANCELED, canceled_at=now)
     return migrations.get(plan_id, migration_id)
+
+
+def revert_chunk(session: Session, migration_id: str, *, limit: int, now: datetime) -> Migration:
+    """Revert up to ``limit`` edits a canceled migration still owes in this transaction; the migration as it then is."""
+    migrations = SqlPlanMigrations(session)
+    migration = migrations.get(None, migration_id, for_update=True)  # one revert run at a time
+    if migration.status == CANCELED and migration.to_revert:
+        assert migration.canceled_at is not None  # set with the status
+        owed = migrations.owed_reverts(migration_id, migration.canceled_at, limit=limit)
+        _revert(session, migration, [o.subscription_id for o in owed], now)
+        migration = migrations.get(None, migration_id)
+    return migration
+
+
+def revert_owed(session: Session, subscription_ids: Sequence[str], *, now: datetime) -> int:
+    """Revert every edit of these subscriptions a canceled migration still owes (before anything bills
+    or migrates them); how many were reverted.
+
+    The canceled migrations' rows are not locked (a caller may hold another migration's): each
+    subscription's row lock and its outcome's conditional move make a revert happen once.
+    """
+    migrations = SqlPlanMigrations(session)
+    reverted = 0
+    for migration_id, owing in migrations.owing_for(subscription_ids).items():
+        reverted += _revert(session, migrations.get(None, migration_id), owing, now)
+    return reverted
+
+
+def _kept_because(sub: Subscription | None, outcome: SubscriptionOutcome,
+                  billed: tuple[str, datetime] | None) -> str | None:
+    """Return why an owed revert can no longer run (None when it can)."""
+    if sub is None:
+        return "not reverted: the subscription no longer exists"
+    if outcome.undo is None:
+        return "not reverted: the edit recorded nothing to revert"
+    assert outcome.effective_at is not None  # owed reverts are selected by their instant
+    if billed is not None and billed[1] > outcome.effective_at:
+        # Reverting would rewrite a period an issued invoice billed at the new prices.
+        return f"not reverted: invoice {billed[0]} billed a period past its instant before the cancel"
+    return None
+
+
+def _revert(session: Session, migration: Migration, subscription_ids: Sequence[str], now: datetime) -> int:
+    """Revert each of these subscriptions' edits the canceled migration still owes (its timeline and
+    outcome together) or keep it with the reason; how many were reverted."""
+    assert migration.canceled_at is not None
+    repo, migrations = SqlSubscriptions(session), SqlPlanMigrations(session)
+    subs = repo.get_many(subscription_ids, for_update=True)
+    # Read what is owed once the subscriptions are locked: a revert that ran meanwhile is not owed.
+    owed = migrations.owed_reverts(migration.id, migration.canceled_at, subscription_ids=subscription_ids)
+    billed = repo.billed_through([o.subscription_id for o in owed])
+    reverted = 0
+    for outcome in owed:
+        sub = subs.get(outcome.subscription_id)
+        reason = _kept_because(sub, outcome, billed.get(outcome.subscription_id))
+        if reason is None:
+            assert sub is not None and outcome.undo is not None
+            try:
+                restored = revert_migration(sub, outcome.undo, now=now, migration_id=migration.id,
+                                            as_of=migration.canceled_at)
+            except InvalidInput as exc:  # this timeline cannot take the revert (a MigrationError too)
+                reason = f"not reverted: {exc}"
+        if reason is not None:
+            if migrations.record(migration.id, SubscriptionOutcome(
+                    outcome.subscription_id, Outcome.KEPT, outcome.effective_at, outcome.reasons + (reason,),
+                    outcome.undo), now=now, expected=outcome.outcome) and sub is not None \
+                    and outcome.effective_at is not None and outcome.effective_at <= now:
+                # The sweep (``note_effective``) passed it over while its revert was owed: tell it now.
+                _tell_changed(session, sub, outcome.effective_at, migration.to_version, now=now)
+            continue
+        if migrations.record(migration.id, SubscriptionOutcome(outcome.subscription_id, Outcome.REVERTED,
+                                                               outcome.effective_at, outcome.reasons, None),
+                             now=now, expected=outcome.outcome):
+            repo.save(restored, expected_revision=len(sub.edits))  # type: ignore[union-attr]
+            reverted += 1
+    return reverted
 
 
 def dry_run(session: Session, plan: Plan, request: MigrationRequest, usage: UsageSource, *,

@@ -273,12 +273,16 @@ def draft_or_issued_invoice(session: Session, invoice_id: str, usage: UsageSourc
 def issue(session: Session, invoice_id: str, usage: UsageSource, *, now: datetime) -> Invoice:
     """Issue a draft: store its immutable snapshot (issuing twice returns the first snapshot).
 
-    Any plan migration still pending for the subscription is applied first, so an invoice is
-    never issued at the prices a running migration is about to replace.
+    Any revert a canceled plan migration still owes the subscription runs first and any plan
+    migration still pending for it is applied, so an invoice is never issued at the prices a
+    canceled migration set or a running one is about to replace.
     """
     parsed = _parse_invoice_id(invoice_id)
     if parsed is not None:
+        # Pending migrations first: each locks its migration, then the subscription (the order chunks
+        # lock in), and reverts what a canceled one still owes before it migrates; then whatever is still owed.
         service_migrations.apply_pending(session, parsed[1], now=now)
+        service_migrations.revert_owed(session, [parsed[1]], now=now)
     invoice = draft_or_issued_invoice(session, invoice_id, usage, now=now)
     if invoice.status == "issued":
         return invoice

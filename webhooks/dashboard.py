@@ -431,19 +431,21 @@ def migration_list() -> ResponseReturnValue:
 
 @bp.post("/migrations/<migration_id>/cancel")
 def cancel_migration(migration_id: str) -> ResponseReturnValue:
-    """Cancel a migration: revert its edits not yet effective, stop the rest."""
+    """Cancel a migration: stop the rest at once, then revert its edits not yet effective in RQ jobs."""
     from billing_core import BillingError, MigrationNotFound
 
-    engine = _runtime().engine
+    runtime = _runtime()
     try:
-        migration = plan_migrations.get(engine, None, migration_id)
-        canceled = plan_migrations.cancel(engine, migration.plan_id, migration_id, now=_now())
+        migration = plan_migrations.get(runtime.engine, None, migration_id)
+        canceled = plan_migrations.cancel(runtime.engine, migration.plan_id, migration_id, now=_now())
     except MigrationNotFound:
         return _page_error(404, f"There is no migration {migration_id}.")
     except BillingError as exc:  # already canceled
         flash(_sentence(exc), "error")
     else:
-        flash(f"Migration {migration_id} canceled: {canceled.counts.get('reverted', 0)} edit(s) reverted, "
+        if canceled.to_revert:
+            queueing.enqueue_plan_migration_revert(runtime, migration_id)
+        flash(f"Migration {migration_id} canceled: {canceled.to_revert} edit(s) to revert (in the background), "
               f"{canceled.counts.get('canceled', 0)} subscription(s) stopped.", "ok")
     return redirect(url_for("ops.migration_list"))
 

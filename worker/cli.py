@@ -330,7 +330,9 @@ def migrate(plan_id: str, to_version: int, effective: str, from_versions: tuple[
     counts = migration.counts
     click.echo(f"migration {migration.id}: {migration.status}; {migration.total} subscription(s), "
                f"{counts.get('migrated', 0)} migrated, {counts.get('conflict', 0)} conflict(s), "
-               f"{counts.get('skipped', 0)} skipped")
+               f"{counts.get('skipped', 0)} skipped"
+               + (f"; canceled meanwhile: {counts.get('reverted', 0)} reverted, {migration.to_revert} to revert "
+                  "(RQ jobs revert them)" if migration.status == "canceled" else ""))
 
 
 @main.command()

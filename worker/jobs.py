@@ -133,13 +133,28 @@ def run_plan_migration(migration_id: str, run: int = 1) -> dict:
     return {"status": migration.status, **migration.counts}
 
 
-def resume_plan_migrations() -> list[str]:
-    """Enqueue a run of every migration still live (its job was lost or its worker died)."""
+def revert_plan_migration(migration_id: str, run: int = 1) -> dict:
+    """Revert a canceled migration's owed edits for a while; enqueue the next run while some are owed."""
     runtime = current()
+    migration = plan_migrations.revert(runtime.engine, migration_id, now_fn=_now, chunk=plan_migrations.CHUNK,
+                                       budget=plan_migrations.RUN_BUDGET)
+    if migration.to_revert:
+        queueing.enqueue_plan_migration_revert(runtime, migration_id, run=run)
+    return {"status": migration.status, "to_revert": migration.to_revert, **migration.counts}
+
+
+def resume_plan_migrations() -> list[str]:
+    """Enqueue a run of every migration still live and of every cancel still owing reverts (a job was
+    lost or its worker died)."""
+    runtime = current()
+    run = int(_now().timestamp())
     ids = plan_migrations.live_migrations(runtime.engine)
     for migration_id in ids:
-        queueing.enqueue_plan_migration(runtime, migration_id, run=int(_now().timestamp()))
-    return ids
+        queueing.enqueue_plan_migration(runtime, migration_id, run=run)
+    reverting = plan_migrations.reverting_migrations(runtime.engine)
+    for migration_id in reverting:
+        queueing.enqueue_plan_migration_revert(runtime, migration_id, run=run)
+    return ids + reverting
 
 
 # --- outbound webhooks and alerts --------------------------------------------------------------------

@@ -340,7 +340,7 @@ def contract_detail(engine: Engine, contract_id: str, *, now: datetime) -> dict[
 
 def migration_rows(engine: Engine, *, limit: int = 50) -> list[dict[str, Any]]:
     """Return the newest plan migrations with progress and the subscriptions needing attention
-    (conflicts and skips, each with its reasons)."""
+    (conflicts, skips and edits a cancel kept, each with its reasons)."""
     from billing_core import SqlPlanMigrations
 
     with Session(engine) as session:
@@ -348,7 +348,7 @@ def migration_rows(engine: Engine, *, limit: int = 50) -> list[dict[str, Any]]:
         migrations, _ = repo.list(plan_id=None, limit=limit)
         rows = []
         for m in migrations:
-            attention = repo.outcomes(m.id, outcomes={"conflict", "skipped"}, limit=200)
+            attention = repo.outcomes(m.id, outcomes={"conflict", "skipped", "kept"}, limit=200)
             rows.append({"migration": m, "progress": 100 if not m.total else math.floor(100 * m.done / m.total),
                          "attention": attention, "cancelable": m.status != "canceled"})
         return rows

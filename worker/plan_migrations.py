@@ -1,10 +1,12 @@
-"""Running plan migrations: start one (stored, then enqueued), run it in chunks, resume, cancel.
+"""Running plan migrations: start one (stored, then enqueued), run it in chunks, cancel, revert in chunks.
 
 The semantics are billing_core's (``service_migrations``); this module drives them. A run takes
 chunks of ``CHUNK`` subscriptions, each one transaction (a worker killed mid-chunk leaves nothing
 of it), until nothing is pending or its time budget is spent — then the caller enqueues the
-next run, so one long migration never holds a worker. ``resume`` re-enqueues every live
-migration (the cron sweep after a lost job or a dead worker).
+next run, so one long migration never holds a worker. A cancel is one short transaction; the
+reverts it owes run the same way (``revert``: chunks within a budget, the caller enqueues the
+next). The cron sweep re-enqueues every live migration and every cancel still owing reverts
+(after a lost job or a dead worker).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from sqlalchemy import Engine
 from billing_core import DryRunLine, Migration, SubscriptionOutcome, MigrationRequest, SqlCatalog, SqlPlanMigrations, UsageSource, service_migrations
 from worker.db import session_scope
 
-__all__ = ["CHUNK", "start", "run", "dry_run", "cancel", "live_migrations", "get", "outcomes"]
+__all__ = ["CHUNK", "start", "run", "revert", "dry_run", "cancel", "live_migrations", "reverting_migrations", "get",
+           "outcomes"]
 
 CHUNK = 200          # subscriptions per transaction: SQLite's write lock is held a fraction of a second
 RUN_BUDGET = 20.0    # seconds of chunks per job before the next job takes over
@@ -36,13 +39,29 @@ def start(engine: Engine, plan_id: str, request: MigrationRequest, *, now: datet
 def run(engine: Engine, migration_id: str, *, now_fn: Callable[[], datetime], chunk: int = CHUNK,
         budget: float | None = RUN_BUDGET, on_progress: Progress | None = None) -> Migration:
     """Migrate chunk after chunk until done, canceled or over ``budget`` seconds (None: no budget)."""
+    return _chunks(engine, migration_id, service_migrations.migrate_chunk,
+                   lambda m: m.status not in service_migrations.LIVE,
+                   now_fn=now_fn, chunk=chunk, budget=budget, on_progress=on_progress)
+
+
+def revert(engine: Engine, migration_id: str, *, now_fn: Callable[[], datetime], chunk: int = CHUNK,
+           budget: float | None = RUN_BUDGET, on_progress: Progress | None = None) -> Migration:
+    """Revert a canceled migration's owed edits chunk after chunk until none is owed or over ``budget`` seconds."""
+    return _chunks(engine, migration_id, service_migrations.revert_chunk, lambda m: not m.to_revert,
+                   now_fn=now_fn, chunk=chunk, budget=budget, on_progress=on_progress)
+
+
+def _chunks(engine: Engine, migration_id: str, step: Callable[..., Migration], finished: Callable[[Migration], bool],
+            *, now_fn: Callable[[], datetime], chunk: int, budget: float | None,
+            on_progress: Progress | None) -> Migration:
+    """Run ``step`` one transaction at a time until ``finished`` or over ``budget`` seconds (None: no budget)."""
     deadline = None if budget is None else time.monotonic() + budget
     while True:
         with session_scope(engine) as session:
-            migration = service_migrations.migrate_chunk(session, migration_id, limit=chunk, now=now_fn())
+            migration = step(session, migration_id, limit=chunk, now=now_fn())
         if on_progress is not None:
             on_progress(migration)
-        if migration.status not in service_migrations.LIVE:
+        if finished(migration):
             return migration
         if deadline is not None and time.monotonic() >= deadline:
             return migration
@@ -58,7 +77,8 @@ def dry_run(engine: Engine, plan_id: str, request: MigrationRequest, usage: Usag
 
 
 def cancel(engine: Engine, plan_id: str, migration_id: str, *, now: datetime) -> Migration:
-    """Cancel a migration: revert its not-yet-effective edits and stop the rest."""
+    """Cancel a migration in one short transaction: stop the rest, owe its not-yet-effective edits a
+    revert; the caller enqueues the revert (``revert``)."""
     with session_scope(engine) as session:
         return service_migrations.cancel_migration(session, plan_id, migration_id, now=now)
 
@@ -67,6 +87,12 @@ def live_migrations(engine: Engine) -> list[str]:
     """Return the ids of migrations not yet finished (to resume after a lost job)."""
     with session_scope(engine) as session:
         return SqlPlanMigrations(session).live_ids()
+
+
+def reverting_migrations(engine: Engine) -> list[str]:
+    """Return the ids of canceled migrations still owing reverts (to resume after a lost job)."""
+    with session_scope(engine) as session:
+        return SqlPlanMigrations(session).reverting_ids()
 
 
 def get(engine: Engine, plan_id: str | None, migration_id: str) -> Migration:

@@ -263,6 +263,17 @@ def enqueue_plan_migration(runtime: Any, migration_id: str, *, run: int = 0) -> 
         return False
 
 
+def enqueue_plan_migration_revert(runtime: Any, migration_id: str, *, run: int = 0) -> bool:
+    """Enqueue the next run of a canceled migration's reverts on ``sync``; False when Redis is down (the sweep resumes it)."""
+    try:
+        runtime.queue("sync").enqueue(_JOBS + "revert_plan_migration", migration_id, run + 1, retry=MIGRATION_RETRY,
+                                      job_id=f"plan-migration-revert-{migration_id}-{run + 1}", result_ttl=86400)
+        return True
+    except Exception as exc:  # noqa: BLE001 - resume_plan_migrations enqueues it again within minutes
+        log.warning("enqueue_failed", migration_id=migration_id, error=type(exc).__name__)
+        return False
+
+
 # --- outbound webhooks and alerts --------------------------------------------------------------------
 
 WEBHOOKS_FLAG = "marketsync:webhooks:send-pending"

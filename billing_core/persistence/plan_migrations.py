@@ -4,6 +4,11 @@ A migration row holds the request; every subscription it targets has one outcome
 ``pending`` when the migration is created and moved exactly once to its outcome in the same
 transaction as the subscription's timeline edit, so a migration is resumable and idempotent per
 subscription. Counts are read from the outcome rows (never a stored counter).
+
+A cancel stores no per-subscription row: a migration ``canceled`` at ``canceled_at`` owes a
+revert to every outcome still ``migrated`` or ``conflict`` whose instant is after ``canceled_at``
+(``owed_reverts``); each moves exactly once to ``reverted`` or, when it can no longer be
+reverted, ``kept`` with the reason.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -26,10 +32,12 @@ from billing_core.persistence.writes import begin_write
 from billing_core.plan_migrations import LIVE, EffectiveTime, Outcome, Undo, parse_effective_time
 
 __all__ = ["PlanMigrationRow", "PlanMigrationOutcomeRow", "Migration", "SubscriptionOutcome",
-           "MigrationNotFound", "SqlPlanMigrations", "PENDING"]
+           "MigrationNotFound", "SqlPlanMigrations", "PENDING", "CANCELED"]
 
 PENDING = "pending"
-APPLIED = (Outcome.MIGRATED.value, Outcome.CONFLICT.value)  # outcomes whose edit is in the timeline
+CANCELED = "canceled"  # the status of a canceled migration, and the outcome of a subscription it never reached
+OWING = (Outcome.MIGRATED.value, Outcome.CONFLICT.value)  # outcomes a cancel owes a revert (instant after it)
+APPLIED = (*OWING, Outcome.KEPT.value)  # outcomes whose edit is in the timeline
 
 
 class MigrationNotFound(NotFound):
@@ -79,7 +87,8 @@ class SubscriptionOutcome:
 
 @dataclass(frozen=True)
 class Migration:
-    """A migration with its outcome counts (``counts``: outcome -> number of subscriptions)."""
+    """A migration with its outcome counts (``counts``: outcome -> number of subscriptions) and, once
+    canceled, how many of its edits still owe a revert (``to_revert``)."""
 
     id: str
     plan_id: str
@@ -91,6 +100,7 @@ class Migration:
     created_at: datetime
     canceled_at: datetime | None
     counts: dict[str, int]
+    to_revert: int = 0
 
     @property
     def total(self) -> int:
@@ -99,6 +109,16 @@ class Migration:
     @property
     def done(self) -> int:
         return self.total - self.counts.get(PENDING, 0)
+
+    @property
+    def reverts(self) -> int:
+        """Return how many edits the cancel owed a revert: reverted, kept (with a reason) or still to revert."""
+        return self.counts.get(Outcome.REVERTED.value, 0) + self.counts.get(Outcome.KEPT.value, 0) + self.to_revert
+
+
+def _owed(o: sa.Table, canceled_at: Any) -> tuple[Any, ...]:
+    """The conditions on an outcome row owed a revert by a cancel at ``canceled_at`` (a value or a column)."""
+    return (o.c.outcome.in_(OWING), o.c.effective_at > canceled_at)
 
 
 def _outcome(row: PlanMigrationOutcomeRow) -> SubscriptionOutcome:
@@ -132,12 +152,16 @@ class SqlPlanMigrations:
         t = PlanMigrationOutcomeRow.__table__
         counts = dict(self.session.execute(
             sa.select(t.c.outcome, sa.func.count()).where(t.c.migration_id == row.id).group_by(t.c.outcome)).all())
+        to_revert = 0
+        if row.status == CANCELED and any(counts.get(o) for o in OWING):
+            to_revert = self.session.execute(sa.select(sa.func.count()).select_from(t).where(
+                t.c.migration_id == row.id, *_owed(t, row.canceled_at))).scalar_one()
         return Migration(id=row.id, plan_id=row.plan_id, to_version=row.to_version,
                          from_versions=tuple(json.loads(row.from_versions)),
                          effective_time=parse_effective_time(row.effective_time), overrides=row.overrides,
                          status=row.status, created_at=utc(row.created_at),
                          canceled_at=utc(row.canceled_at) if row.canceled_at else None,
-                         counts={str(k): int(v) for k, v in counts.items()})
+                         counts={str(k): int(v) for k, v in counts.items()}, to_revert=int(to_revert))
 
     def get(self, plan_id: str | None, migration_id: str, *, for_update: bool = False) -> Migration:
         """Return a migration (of ``plan_id`` when given); ``for_update`` locks its row until commit."""
@@ -161,6 +185,46 @@ class SqlPlanMigrations:
         m = PlanMigrationRow.__table__
         return list(self.session.execute(sa.select(m.c.id).where(m.c.status.in_(LIVE))
                                          .order_by(m.c.created_at, m.c.id)).scalars())
+
+    def reverting_ids(self) -> list[str]:
+        """Return the ids of canceled migrations with edits still owed a revert, oldest first."""
+        m, o = PlanMigrationRow.__table__, PlanMigrationOutcomeRow.__table__
+        owing = sa.exists().where(o.c.migration_id == m.c.id, *_owed(o, m.c.canceled_at))
+        return list(self.session.execute(sa.select(m.c.id).where(m.c.status == CANCELED, owing)
+                                         .order_by(m.c.created_at, m.c.id)).scalars())
+
+    def owed_reverts(self, migration_id: str, canceled_at: datetime, *, limit: int | None = None,
+                     subscription_ids: Collection[str] | None = None) -> list[SubscriptionOutcome]:
+        """Return the outcomes of a canceled migration still owed a revert, by subscription id."""
+        o = PlanMigrationOutcomeRow.__table__
+        query = sa.select(PlanMigrationOutcomeRow).where(o.c.migration_id == migration_id, *_owed(o, canceled_at))
+        if subscription_ids is not None:
+            query = query.where(one_of(o.c.subscription_id, sorted(subscription_ids)))
+        query = query.order_by(o.c.subscription_id)
+        if limit is not None:
+            query = query.limit(limit)
+        return [_outcome(r) for r in self.session.execute(query).scalars()]
+
+    def owing_for(self, subscription_ids: Collection[str]) -> dict[str, list[str]]:
+        """Return, per canceled migration owing a revert of some of these subscriptions' edits (oldest
+        first), the ids of those subscriptions."""
+        o, m = PlanMigrationOutcomeRow.__table__, PlanMigrationRow.__table__
+        rows = self.session.execute(
+            sa.select(m.c.id, o.c.subscription_id).join(o, o.c.migration_id == m.c.id).where(
+                one_of(o.c.subscription_id, sorted(set(subscription_ids))), m.c.status == CANCELED,
+                *_owed(o, m.c.canceled_at))
+            .order_by(m.c.created_at, m.c.id, o.c.subscription_id)).all()
+        owing: dict[str, list[str]] = {}
+        for migration_id, subscription_id in rows:
+            owing.setdefault(migration_id, []).append(subscription_id)
+        return owing
+
+    def cancel_pending(self, migration_id: str, *, reason: str, now: datetime) -> int:
+        """Move every pending outcome of a migration to ``canceled`` in one statement; how many moved."""
+        t = PlanMigrationOutcomeRow.__table__
+        result = self.session.execute(sa.update(t).where(t.c.migration_id == migration_id, t.c.outcome == PENDING)
+                                      .values(outcome=CANCELED, reasons=json.dumps([reason]), recorded_at=now))
+        return int(result.rowcount)
 
     def set_status(self, migration_id: str, status: str, *, canceled_at: datetime | None = None) -> None:
         values: dict[str, object] = {"status": status}
@@ -205,12 +269,14 @@ class SqlPlanMigrations:
                 m.c.status.in_(LIVE)).order_by(m.c.created_at, m.c.id)).scalars())
 
     def scheduled_effective_between(self, since: datetime, until: datetime) -> list[tuple[str, SubscriptionOutcome]]:
-        """Return the applied outcomes (migrated or in conflict) written ahead of their instant whose
-        instant falls in ``(since, until]``, with their migration ids, by instant."""
-        o = PlanMigrationOutcomeRow.__table__
-        rows = self.session.execute(sa.select(PlanMigrationOutcomeRow).where(
+        """Return the applied outcomes (migrated, in conflict or kept by a cancel) written ahead of their
+        instant whose instant falls in ``(since, until]``, with their migration ids, by instant; an
+        edit still owed a revert is left out (the revert removes it, or keeping it tells it)."""
+        o, m = PlanMigrationOutcomeRow.__table__, PlanMigrationRow.__table__
+        owed = sa.and_(m.c.status == CANCELED, *_owed(o, m.c.canceled_at))
+        rows = self.session.execute(sa.select(PlanMigrationOutcomeRow).join(m, m.c.id == o.c.migration_id).where(
             o.c.effective_at > since, o.c.effective_at <= until, o.c.outcome.in_(APPLIED),
-            o.c.recorded_at < o.c.effective_at,
+            o.c.recorded_at < o.c.effective_at, sa.not_(owed),
         ).order_by(o.c.effective_at, o.c.subscription_id)).scalars()
         return [(r.migration_id, _outcome(r)) for r in rows]
 

@@ -20,7 +20,7 @@ from billing_core.codec import invoice_from_dict, invoice_to_dict, subscription_
 from billing_core.errors import Conflict
 from billing_core.invoices import Invoice, InvoiceNotFound
 from billing_core.persistence.catalog import page_rows
-from billing_core.persistence.rows import one_of
+from billing_core.persistence.rows import one_of, utc
 from billing_core.persistence.writes import begin_write
 from billing_core.subscriptions import Subscription, SubscriptionNotFound
 
@@ -269,6 +269,13 @@ class SqlSubscriptions:
         rows = self.session.execute(sa.select(InvoiceRow).where(InvoiceRow.subscription_id == subscription_id)
                                     .order_by(InvoiceRow.period_start)).scalars()
         return [r.to_domain() for r in rows]
+
+    def billed_through(self, subscription_ids: Collection[str]) -> dict[str, tuple[str, datetime]]:
+        """Return, per subscription with an issued invoice, the id and period end of its latest one (one query)."""
+        t = InvoiceRow.__table__
+        rows = self.session.execute(sa.select(t.c.subscription_id, t.c.id, t.c.period_end).where(
+            one_of(t.c.subscription_id, sorted(set(subscription_ids)))).order_by(t.c.period_end)).all()
+        return {sub_id: (invoice_id, utc(end)) for sub_id, invoice_id, end in rows}  # the latest wins
 
     def list_invoices(self, *, limit: int, cursor: str | None = None, customer_id: str | None = None,
                       subscription_id: str | None = None) -> tuple[list[Invoice], str | None]:

@@ -1,5 +1,6 @@
 """``/v1/plans/{plan_id}/migrations`` through the Flask test client, run by a real RQ worker:
-start, list, fetch with outcomes, cancel, dry run, replace_adjustments, and bad input as 400s."""
+start, list, fetch with outcomes, cancel (answered at once, reverted by chained jobs or the cron's
+sweep), dry run, replace_adjustments, and bad input as 400s."""
 
 from __future__ import annotations
 
@@ -113,7 +114,12 @@ def test_migrate_list_fetch_and_cancel(app, client, auth_headers, plan):  # type
 
     canceled = client.post(f"/v1/plans/{plan['id']}/migrations/{migration['id']}/cancel", headers=auth_headers)
     assert canceled.status_code == 200, canceled.json
-    assert canceled.json["status"] == "canceled" and canceled.json["counts"]["reverted"] == 3
+    assert canceled.json["status"] == "canceled"
+    assert (canceled.json["counts"]["reverted"], canceled.json["counts"]["to_revert"]) == (0, 3)
+    run_jobs(app)  # the revert job
+    fetched = client.get(f"/v1/plans/{plan['id']}/migrations/{migration['id']}", headers=auth_headers).json
+    assert (fetched["counts"]["reverted"], fetched["counts"]["to_revert"], fetched["counts"]["kept"]) == (3, 0, 0)
+    assert {o["outcome"] for o in fetched["subscriptions"]} == {"reverted"}
     sub = client.get(f"/v1/subscriptions/{sub_id}", headers=auth_headers).json
     assert {i["plan_version"] for i in sub["price_intervals"]} == {1}
     assert april_costs() == "27.00"
@@ -141,6 +147,68 @@ def test_a_migration_runs_as_a_chain_of_short_jobs_and_the_cron_resumes_a_lost_o
     app.extensions["marketsync"].queue("sync").enqueue(jobs.resume_plan_migrations)
     run_jobs(app)
     assert plan_migrations.get(engine, plan["id"], "migration_lost").status == "completed"
+
+
+def test_cancel_answers_before_reverting_and_chained_jobs_revert_every_edit_once(  # type: ignore[no-untyped-def]
+        app, client, auth_headers, plan, monkeypatch):
+    """Canceling a 50-subscription migration answers at once with every edit still owed a revert (none
+    reverted in the request); revert jobs of 7 subscriptions each, one chunk per job, then revert all, once."""
+    from billing_core import SqlCatalog, SqlSubscriptions
+    from billing_core.subscriptions import create_subscription
+    from worker import plan_migrations
+
+    engine = app.extensions["marketsync"].engine
+    with session_scope(engine) as s:
+        v1 = SqlCatalog(s).get_plan(plan["id"])
+        for n in range(47):
+            SqlSubscriptions(s).add(create_subscription(
+                id=f"sub_many_{n:02d}", customer_id="cus_1", plan=v1, version=1,
+                start=datetime(2026, 3, 1 + n % 20, tzinfo=UTC), now=NOW))
+    started = client.post(f"/v1/plans/{plan['id']}/migrations", headers=auth_headers, json={"to_version": 2}).json
+    run_jobs(app)
+    migrated = plan_migrations.get(engine, plan["id"], started["id"])
+    assert (migrated.status, migrated.counts) == ("completed", {"migrated": 50})
+    monkeypatch.setattr(plan_migrations, "CHUNK", 7)
+    monkeypatch.setattr(plan_migrations, "RUN_BUDGET", 0)
+
+    answer = client.post(f"/v1/plans/{plan['id']}/migrations/{started['id']}/cancel", headers=auth_headers)
+    assert answer.status_code == 200, answer.json
+    assert answer.json["status"] == "canceled"
+    assert {k: answer.json["counts"][k] for k in ("migrated", "reverted", "to_revert", "kept")} == {
+        "migrated": 50, "reverted": 0, "to_revert": 50, "kept": 0}
+    with session_scope(engine) as s:  # nothing reverted yet: every timeline still has the new version
+        subs = SqlSubscriptions(s).get_many([f"sub_many_{n:02d}" for n in range(47)])
+    assert all(sub.phases[-1].plan_version == 2 for sub in subs.values())
+
+    run_jobs(app)
+    done = client.get(f"/v1/plans/{plan['id']}/migrations/{started['id']}", headers=auth_headers).json
+    assert {k: done["counts"][k] for k in ("migrated", "reverted", "to_revert", "kept")} == {
+        "migrated": 0, "reverted": 50, "to_revert": 0, "kept": 0}
+    with session_scope(engine) as s:
+        subs = SqlSubscriptions(s).get_many([o["subscription_id"] for o in done["subscriptions"]])
+    for sub in subs.values():
+        assert {p.plan_version for p in sub.phases} == {1}
+        assert [e.kind for e in sub.edits].count("plan_migration_reverted") == 1
+    finished = app.extensions["marketsync"].queue("sync").finished_job_registry.get_job_ids()
+    reverts = sorted(j for j in finished if j.startswith(f"plan-migration-revert-{started['id']}-"))
+    assert len(reverts) == 8  # ceil(50 / 7) chunks, one per job, each enqueuing the next
+
+
+def test_the_cron_sweep_resumes_a_cancel_whose_revert_job_was_lost(app, client, auth_headers, plan):  # type: ignore[no-untyped-def]
+    """A cancel whose revert job never ran (Redis was down) is reverted by the cron's resume sweep."""
+    from worker import jobs, plan_migrations
+
+    started = client.post(f"/v1/plans/{plan['id']}/migrations", headers=auth_headers, json={"to_version": 2}).json
+    run_jobs(app)
+    engine = app.extensions["marketsync"].engine
+    lost = plan_migrations.cancel(engine, plan["id"], started["id"], now=NOW)  # no job enqueued
+    assert lost.to_revert == 3
+    run_jobs(app)
+    assert plan_migrations.get(engine, plan["id"], started["id"]).to_revert == 3
+    app.extensions["marketsync"].queue("sync").enqueue(jobs.resume_plan_migrations)
+    run_jobs(app)
+    done = plan_migrations.get(engine, plan["id"], started["id"])
+    assert (done.counts, done.to_revert) == ({"reverted": 3}, 0)
 
 
 @pytest.mark.parametrize(("body", "field"), [

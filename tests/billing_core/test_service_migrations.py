@@ -1,6 +1,6 @@
 """Plan migrations stored and run in chunks on SQLite and PostgreSQL: outcomes, idempotency, a chunk
-rolled back mid-way, cancel reverting not-yet-effective edits, backdating, issuing applies pending
-migrations, and a dry run that writes nothing."""
+rolled back mid-way, cancel owing reverts of not-yet-effective edits that chunks then run, backdating,
+issuing applies pending migrations and owed reverts, and a dry run that writes nothing."""
 
 from datetime import timedelta
 from decimal import Decimal as D
@@ -68,6 +68,14 @@ def _run(engine, migration_id="mig1", now=NOW, limit=2):
             return migration
 
 
+def _revert(engine, migration_id="mig1", now=NOW, limit=2):
+    while True:
+        with session_scope(engine) as s:
+            migration = service_migrations.revert_chunk(s, migration_id, limit=limit, now=now)
+        if not migration.to_revert:
+            return migration
+
+
 def _timelines(engine):
     with session_scope(engine) as s:
         return {sid: sub for sid, sub in SqlSubscriptions(s).get_many(["s1", "s2", "s3", "s4", "s5"]).items()}
@@ -113,19 +121,25 @@ def test_a_chunk_rolled_back_mid_way_leaves_nothing_and_the_migration_resumes(en
 
 @pytest.mark.postgres
 def test_cancel_reverts_not_yet_effective_edits_and_stops_the_rest(engine):
-    """Cancel restores every timeline whose instant is ahead and marks the pending subscriptions canceled; the job stops."""
+    """Cancel stops the pending subscriptions at once and owes a revert to every edit whose instant is
+    ahead; revert chunks then restore each timeline once; the migrate job stops."""
     before = _timelines(engine)
     _start(engine, MigrationRequest(to_version=2, effective_time=t(2025, 1, 25)))
     with session_scope(engine) as s:
         service_migrations.migrate_chunk(s, "mig1", limit=3, now=NOW)  # s1, s2, s3 edited
+    edited = _timelines(engine)
     with session_scope(engine) as s:
         canceled = service_migrations.cancel_migration(s, "plan1", "mig1", now=NOW)
     assert canceled.status == "canceled"
-    assert canceled.counts == {"reverted": 3, "canceled": 2}
+    assert (canceled.counts, canceled.to_revert) == ({"migrated": 2, "conflict": 1, "canceled": 2}, 3)
+    assert _timelines(engine) == edited  # nothing reverted in the cancel's transaction
+    reverted = _revert(engine, limit=2)
+    assert (reverted.counts, reverted.to_revert, reverted.reverts) == ({"reverted": 3, "canceled": 2}, 0, 3)
     after = _timelines(engine)
     for sid, sub in before.items():
         assert (after[sid].intervals, after[sid].phases) == (sub.intervals, sub.phases)
     assert after["s1"].edits[-1].kind == "plan_migration_reverted"
+    assert _revert(engine) == reverted and _timelines(engine) == after  # a revert runs once
     assert _run(engine).status == "canceled"  # the job stops
     with session_scope(engine) as s, pytest.raises(Conflict):
         service_migrations.cancel_migration(s, "plan1", "mig1", now=NOW)
@@ -138,7 +152,7 @@ def test_cancel_keeps_edits_already_effective(engine):
     _run(engine)
     with session_scope(engine) as s:
         canceled = service_migrations.cancel_migration(s, "plan1", "mig1", now=NOW)
-    assert canceled.counts == {"migrated": 1}
+    assert (canceled.counts, canceled.to_revert) == ({"migrated": 1}, 0)
     assert {i.price.id for i in _timelines(engine)["s1"].intervals} == {"api_v1", "api_v2", "fee_v1", "fee_v2"}
 
 
@@ -154,6 +168,82 @@ def test_issuing_an_invoice_applies_a_pending_backdated_migration_first(engine):
     with session_scope(engine) as s:
         migration = SqlPlanMigrations(s).get("plan1", "mig1")
     assert migration.counts == {"migrated": 1, "pending": 1} and migration.status == "not_started"
+
+
+@pytest.mark.postgres
+def test_issuing_an_invoice_runs_an_owed_revert_first_and_bills_the_old_prices(engine):
+    """A subscription whose revert is still owed when its invoice is issued (after the edit's instant)
+    is reverted first and billed at version 1 throughout; the revert job then has nothing left."""
+    _start(engine, MigrationRequest(to_version=2, effective_time=t(2025, 1, 25), subscription_ids=["s1", "s2"]))
+    _run(engine)
+    with session_scope(engine) as s:
+        assert service_migrations.cancel_migration(s, "plan1", "mig1", now=NOW).to_revert == 2
+    usage = source(events("c1", (t(2025, 1, 3), {}), (t(2025, 1, 28), {})))
+    with session_scope(engine) as s:
+        invoice = service_plans.issue(s, "inv_20250101_s1", usage, now=t(2025, 2, 1))
+    assert invoice.total == D("30.00") + D("0.20")  # version 1's fee and unit price for all of January
+    with session_scope(engine) as s:
+        migration = SqlPlanMigrations(s).get("plan1", "mig1")
+    assert (migration.counts, migration.to_revert) == ({"migrated": 1, "reverted": 1}, 1)  # s2's still owed
+    assert _timelines(engine)["s1"].edits[-1].kind == "plan_migration_reverted"
+    done = _revert(engine, now=t(2025, 2, 1))
+    assert (done.counts, done.to_revert) == ({"reverted": 2}, 0)
+    assert [e.kind for e in _timelines(engine)["s1"].edits].count("plan_migration_reverted") == 1
+
+
+@pytest.mark.postgres
+def test_a_revert_billed_past_its_instant_is_kept_with_its_reason_and_told(engine):
+    """An edit whose period was invoiced past its instant before the cancel is not reverted: it is
+    kept, says why, is counted, and is told as changed once; one only late is still reverted."""
+    _start(engine, MigrationRequest(to_version=2, effective_time=t(2025, 1, 25), subscription_ids=["s1", "s2"]))
+    _run(engine)
+    usage = source(events("c1", (t(2025, 1, 3), {})))
+    with session_scope(engine) as s:  # January issued mid-period, before the cancel: it bills version 2 from the 25th
+        billed = service_plans.issue(s, "inv_20250101_s1", usage, now=t(2025, 1, 20))
+    with session_scope(engine) as s:
+        service_migrations.cancel_migration(s, "plan1", "mig1", now=t(2025, 1, 21))
+        # The sweep passes over edits still owed a revert.
+        assert service_migrations.note_effective(s, since=t(2025, 1, 21), now=t(2025, 1, 26)) == 0
+    before = _version_events(engine)
+    done = _revert(engine, now=t(2025, 1, 26))  # after the instant
+    assert (done.counts, done.to_revert, done.reverts) == ({"kept": 1, "reverted": 1}, 0, 2)
+    with session_scope(engine) as s:
+        outcomes = {o.subscription_id: o for o in SqlPlanMigrations(s).outcomes("mig1")}
+    assert outcomes["s1"].reasons == (
+        f"not reverted: invoice {billed.id} billed a period past its instant before the cancel",)
+    timelines = _timelines(engine)
+    assert {i.price.id for i in timelines["s1"].intervals} == {"api_v1", "api_v2", "fee_v1", "fee_v2"}
+    assert {i.price.id for i in timelines["s2"].intervals} == {"api_v1", "fee_v1"}
+    told = _version_events(engine)[len(before):]
+    assert [(kind, key) for kind, key, _ in told] == [("subscription.plan_version_changed", "subscription:s1")]
+    assert told[0][2]["effective_date"] == "2025-01-25T00:00:00Z"
+    with session_scope(engine) as s:
+        assert service_migrations.note_effective(s, since=t(2025, 1, 21), now=t(2025, 1, 27)) == 0  # told once
+
+
+@pytest.mark.postgres
+def test_a_later_migration_first_runs_the_revert_a_canceled_one_owes(engine):
+    """A migration run while a canceled one still owes a subscription's revert reverts it first, then
+    moves the restored timeline: the subscription ends on the later migration's edit, and the owed
+    revert is not run a second time."""
+    before = _timelines(engine)
+    _start(engine, MigrationRequest(to_version=2, effective_time=t(2025, 1, 25), subscription_ids=["s1", "s2"]))
+    _run(engine)
+    with session_scope(engine) as s:
+        service_migrations.cancel_migration(s, "plan1", "mig1", now=NOW)
+    _start(engine, MigrationRequest(to_version=2, effective_time=t(2025, 2, 1), subscription_ids=["s1"]),
+           migration_id="mig2")
+    assert _run(engine, "mig2").counts == {"migrated": 1}  # not "already on version 2"
+    with session_scope(engine) as s:
+        first = SqlPlanMigrations(s).get("plan1", "mig1")
+    assert (first.counts, first.to_revert) == ({"migrated": 1, "reverted": 1}, 1)  # s2's revert is still owed
+    assert _revert(engine).counts == {"reverted": 2}
+    expected = migrate_subscription(before["s1"], PLAN, 2, from_versions={1}, effective_time=t(2025, 2, 1),
+                                    overrides=Overrides.KEEP, now=NOW, migration_id="mig2").subscription
+    after = _timelines(engine)
+    assert (after["s1"].intervals, after["s1"].phases) == (expected.intervals, expected.phases)
+    assert [e.kind for e in after["s1"].edits][1:] == ["plan_migration", "plan_migration_reverted", "plan_migration"]
+    assert (after["s2"].intervals, after["s2"].phases) == (before["s2"].intervals, before["s2"].phases)
 
 
 @pytest.mark.postgres
@@ -197,11 +287,14 @@ _examples = iter(range(10_000))
        removed=st.lists(st.booleans(), min_size=6, max_size=6),
        effective=st.one_of(st.just("end_of_invoice"), st.just("end_of_term"),
                            st.integers(min_value=-20, max_value=40)),
-       chunk=st.integers(min_value=1, max_value=4), killed=st.booleans(), overrides=st.sampled_from(["keep", "replace"]))
+       chunk=st.integers(min_value=1, max_value=4), killed=st.booleans(), overrides=st.sampled_from(["keep", "replace"]),
+       revert_chunk=st.integers(min_value=1, max_value=4), revert_killed=st.booleans(),
+       revert_at=st.integers(min_value=0, max_value=60))
 def test_stored_migrations_equal_the_pure_edit_and_cancel_restores_what_is_not_yet_effective(
-        engine, starts, removed, effective, chunk, killed, overrides):
+        engine, starts, removed, effective, chunk, killed, overrides, revert_chunk, revert_killed, revert_at):
     """Whatever the chunking and a rolled-back chunk, each stored timeline is the pure edit of its
-    original; a cancel gives back the original of every subscription whose instant is ahead."""
+    original; a cancel gives back the original of every subscription whose instant was ahead of the
+    cancel, however its reverts are chunked, rolled back or late (after the instant: nothing was billed)."""
     n = next(_examples)
     ids, originals = [], {}
     with session_scope(engine) as s:
@@ -228,11 +321,20 @@ def test_stored_migrations_equal_the_pure_edit_and_cancel_restores_what_is_not_y
         assert stored[sid] == (expected or sub)
     with session_scope(engine) as s:
         service_migrations.cancel_migration(s, "plan1", f"mig_p{n}", now=NOW)
+    later = NOW + timedelta(days=revert_at)
+    if revert_killed:
+        with pytest.raises(RuntimeError), session_scope(engine) as s:
+            service_migrations.revert_chunk(s, f"mig_p{n}", limit=revert_chunk, now=later)
+            raise RuntimeError("killed")
+    assert _revert(engine, f"mig_p{n}", now=later, limit=revert_chunk).to_revert == 0
+    with session_scope(engine) as s:
         after = SqlSubscriptions(s).get_many(ids)
         outcomes = {o.subscription_id: o for o in SqlPlanMigrations(s).outcomes(f"mig_p{n}")}
     for sid, sub in originals.items():
         if outcomes[sid].outcome == "reverted":
             assert (after[sid].intervals, after[sid].phases) == (sub.intervals, sub.phases)
+            assert [e.kind for e in after[sid].edits].count("plan_migration_reverted") == 1
+            assert outcomes[sid].effective_at > NOW
         else:
             assert after[sid] == stored[sid]
             assert outcomes[sid].outcome == "skipped" or outcomes[sid].effective_at <= NOW
@@ -277,7 +379,10 @@ def test_a_canceled_or_backdated_migration_is_told_as_it_is(engine):
     _run(engine)
     with session_scope(engine) as s:
         service_migrations.cancel_migration(s, "plan1", "mig1", now=NOW)
-        assert service_migrations.note_effective(s, since=NOW, now=t(2025, 1, 26)) == 0
+        assert service_migrations.note_effective(s, since=NOW, now=t(2025, 1, 26)) == 0  # reverts owed
+    _revert(engine, now=t(2025, 1, 26))
+    with session_scope(engine) as s:
+        assert service_migrations.note_effective(s, since=NOW, now=t(2025, 1, 26)) == 0  # reverted
     _start(engine, MigrationRequest(to_version=2, effective_time=t(2025, 1, 10)), migration_id="mig2")
     done = _run(engine, "mig2")
     kinds = [kind for kind, _, _ in _version_events(engine)]

@@ -1,5 +1,5 @@
-"""The dashboard's migrations page (status, progress, conflicts with reasons, cancel) and a contract's
-subscription version history."""
+"""The dashboard's migrations page (status, progress, conflicts with reasons, cancel and the revert's
+progress) and a contract's subscription version history."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from billing_core.plans import add_version
 from billing_core.service_migrations import MigrationRequest
 from billing_core.subscriptions import ReplacePrice, create_subscription
 from tests.billing_core.helpers import unit
+from tests.conftest import run_jobs
 from tests.dashboard.conftest import Seeded, csrf_of
 from worker import plan_migrations
 
@@ -42,7 +43,8 @@ def _migrate(app: Any, seeded: Seeded) -> str:
 
 
 def test_migrations_page_shows_progress_conflicts_and_cancels(ops_client: Any, seeded: Seeded, app: Any) -> None:
-    """The migrations page shows status, progress and each conflict's reason, and its CSRF-protected button cancels."""
+    """The migrations page shows status, progress and each conflict's reason; its CSRF-protected button
+    cancels at once and the page shows "reverting N of M" until the revert job has run."""
     migration_id = _migrate(app, seeded)
     html = _html(ops_client.get("/ops/migrations"))
     for text in (migration_id, "plan_sync", "action_needed", "end_of_invoice", "<progress",
@@ -54,6 +56,11 @@ def test_migrations_page_shows_progress_conflicts_and_cancels(ops_client: Any, s
     assert answer.status_code == 200
     html = _html(answer)
     assert f"Migration {migration_id} canceled" in html and "canceled" in html
+    owed = plan_migrations.get(app.extensions["marketsync"].engine, None, migration_id)
+    assert owed.to_revert > 0 and f"reverting 0 of {owed.reverts}" in html  # the revert runs as a job
+    run_jobs(app)
+    reverted = _html(ops_client.get("/ops/migrations"))
+    assert "reverting" not in reverted and f'<td class="num">{owed.reverts}</td>' in reverted
     again = ops_client.post(f"/ops/migrations/{migration_id}/cancel", data={"csrf_token": csrf_of(html)},
                             follow_redirects=True)
     assert "already canceled" in _html(again)

@@ -58,8 +58,9 @@ def test_versions_and_migrations_through_the_official_client(app, orb_client: or
     after = orb_client.subscriptions.fetch(subs[0].id)
     assert {i.plan_version for i in after.price_intervals} == {1, 2}
 
-    # The migration is scheduled (the next invoice boundary is ahead): cancel reverts it.
+    # The migration is scheduled (the next invoice boundary is ahead): cancel answers at once and a job reverts it.
     canceled = orb_client.plans.migrations.cancel(migration_id, plan_id=plan.id)
-    assert canceled.status == "canceled"
+    assert canceled.status == "canceled" and canceled.model_extra["counts"]["to_revert"] == 2
+    run_jobs(app)
     assert {i.plan_version for i in orb_client.subscriptions.fetch(subs[0].id).price_intervals} == {1}
     assert orb_client.plans.migrations.retrieve(migration_id, plan_id=plan.id).model_extra["counts"]["reverted"] == 2

@@ -1,6 +1,7 @@
 """Running plan migrations on SQLite and PostgreSQL: a worker process killed mid-chunk (SIGKILL,
-before its commit) leaves nothing half-applied and the migration resumes; chunk runs report
-progress; the ``marketsync migrate`` command (dry run and real) with its progress bar."""
+before its commit) leaves nothing half-applied and the migration resumes, and so do a cancel's
+reverts; chunk runs report progress; concurrent cancels cancel once; the ``marketsync migrate``
+command (dry run and real) with its progress bar."""
 
 from __future__ import annotations
 
@@ -50,12 +51,23 @@ _KILLED_WORKER = textwrap.dedent("""
     from worker.db import build_engine, session_scope
     engine = build_engine(sys.argv[1])
     now = datetime.fromisoformat(sys.argv[3])
+    step = getattr(service_migrations, sys.argv[4] if len(sys.argv) > 4 else "migrate_chunk")
     with session_scope(engine) as session:
-        service_migrations.migrate_chunk(session, sys.argv[2], limit=1000, now=now)
+        step(session, sys.argv[2], limit=1000, now=now)
         session.flush()
         print("applied, not committed", flush=True)
         time.sleep(60)
 """)
+
+
+def _kill_mid_chunk(engine: Engine, migration_id: str, step: str = "migrate_chunk") -> None:
+    """Run one chunk of ``step`` in a worker process and SIGKILL it after its writes, before its commit."""
+    worker = subprocess.Popen([sys.executable, "-c", _KILLED_WORKER, str(engine.url.render_as_string(hide_password=False)),
+                               migration_id, NOW.isoformat(), step], cwd=ROOT, stdout=subprocess.PIPE,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert worker.stdout is not None and worker.stdout.readline().strip() == b"applied, not committed"
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
 
 
 @pytest.mark.postgres
@@ -67,12 +79,7 @@ def test_a_worker_killed_mid_chunk_leaves_nothing_and_the_migration_resumes(many
     progress = []
     plan_migrations.run(many, "mig1", now_fn=lambda: NOW, chunk=10, budget=0, on_progress=progress.append)
     assert [m.done for m in progress] == [10]
-    worker = subprocess.Popen([sys.executable, "-c", _KILLED_WORKER, str(many.url.render_as_string(hide_password=False)),
-                               "mig1", NOW.isoformat()], cwd=ROOT, stdout=subprocess.PIPE,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert worker.stdout.readline().strip() == b"applied, not committed"
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
+    _kill_mid_chunk(many, "mig1")
     assert plan_migrations.get(many, "plan1", "mig1").done == 10
     # Resume: every subscription moves exactly once, to the timeline a from-scratch edit gives.
     done = plan_migrations.run(many, "mig1", now_fn=lambda: NOW, chunk=7, budget=None)
@@ -128,9 +135,9 @@ def test_two_runs_of_one_migration_at_once_move_each_subscription_once(many: Eng
 
 
 @pytest.mark.postgres
-def test_a_cancel_during_a_run_reverts_what_ran_and_stops_the_rest(many: Engine) -> None:
-    """A cancel between two chunks of a running worker: what ran is reverted, the worker's next chunk
-    sees the migration canceled and stops; no scheduled edit is left behind."""
+def test_a_cancel_during_a_run_stops_it_and_the_revert_undoes_what_ran(many: Engine) -> None:
+    """A cancel between two chunks of a running worker: the worker's next chunk sees the migration
+    canceled and stops; the revert run then undoes what ran; no scheduled edit is left behind."""
     import threading
 
     before = _all(many)
@@ -152,7 +159,102 @@ def test_a_cancel_during_a_run_reverts_what_ran_and_stops_the_rest(many: Engine)
     canceled_event.set()
     thread.join(30)
     assert result[0].status == "canceled"
-    assert canceled.counts == {"reverted": 3, "canceled": 32}
+    assert (canceled.counts, canceled.to_revert) == ({"migrated": 3, "canceled": 32}, 3)
+    reverted = plan_migrations.revert(many, "mig1", now_fn=lambda: NOW, budget=None)
+    assert (reverted.counts, reverted.to_revert) == ({"reverted": 3, "canceled": 32}, 0)
     after = _all(many)
     for sid, sub in before.items():
         assert (after[sid].intervals, after[sid].phases) == (sub.intervals, sub.phases)
+
+
+def _migrated(engine: Engine) -> dict:
+    """Start and run a migration of every subscription (each instant after NOW); return the timelines before."""
+    before = _all(engine)
+    plan_migrations.start(engine, "plan1", MigrationRequest(to_version=2), now=NOW, migration_id="mig1")
+    plan_migrations.run(engine, "mig1", now_fn=lambda: NOW, budget=None)
+    return before
+
+
+def _reverted_once(engine: Engine, before: dict) -> None:
+    after = _all(engine)
+    for sid, sub in before.items():
+        assert (after[sid].intervals, after[sid].phases) == (sub.intervals, sub.phases)
+        kinds = [e.kind for e in after[sid].edits]
+        assert kinds.count("plan_migration_reverted") == kinds.count("plan_migration") <= 1
+
+
+@pytest.mark.postgres
+def test_a_revert_worker_killed_between_and_mid_chunk_resumes_and_reverts_each_once(many: Engine) -> None:
+    """A revert run stopped by its budget after one chunk, then a worker SIGKILLed holding an applied,
+    uncommitted revert chunk: nothing of that chunk stays, and the resumed run reverts each edit once."""
+    before = _migrated(many)
+    canceled = plan_migrations.cancel(many, "plan1", "mig1", now=NOW)
+    assert (canceled.to_revert, canceled.reverts) == (33, 33)
+    progress: list = []
+    first = plan_migrations.revert(many, "mig1", now_fn=lambda: NOW, chunk=10, budget=0, on_progress=progress.append)
+    assert [m.to_revert for m in progress] == [23] and first.counts["reverted"] == 10
+    _kill_mid_chunk(many, "mig1", "revert_chunk")
+    assert plan_migrations.get(many, "plan1", "mig1").to_revert == 23
+    assert plan_migrations.reverting_migrations(many) == ["mig1"]  # what the cron sweep resumes
+    done = plan_migrations.revert(many, "mig1", now_fn=lambda: NOW, chunk=7, budget=None)
+    assert (done.counts, done.to_revert) == ({"reverted": 33, "skipped": 2}, 0)
+    assert plan_migrations.reverting_migrations(many) == []
+    _reverted_once(many, before)
+
+
+@pytest.mark.postgres
+def test_two_cancels_at_once_cancel_once_and_each_edit_is_reverted_once(many: Engine) -> None:
+    """Two cancel requests racing (each followed by its revert run): one cancels, the other is refused
+    as already canceled; the two revert runs together revert every edit exactly once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from billing_core.errors import Conflict
+
+    before = _migrated(many)
+    ready = threading.Barrier(2)
+
+    def request(_: int) -> str:
+        ready.wait(10)
+        try:
+            plan_migrations.cancel(many, "plan1", "mig1", now=NOW)
+            answer = "canceled"
+        except Conflict:
+            answer = "conflict"
+        plan_migrations.revert(many, "mig1", now_fn=lambda: NOW, chunk=4, budget=None)
+        return answer
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = sorted(pool.map(request, range(2)))
+    assert answers == ["canceled", "conflict"]
+    done = plan_migrations.get(many, "plan1", "mig1")
+    assert (done.status, done.counts, done.to_revert) == ("canceled", {"reverted": 33, "skipped": 2}, 0)
+    _reverted_once(many, before)
+
+
+@pytest.mark.postgres
+def test_a_revert_run_racing_the_per_subscription_safety_check_reverts_each_edit_once(many: Engine) -> None:
+    """A revert run and the per-subscription check invoices run (``revert_owed``, which locks only the
+    subscription) racing over the same edits revert each exactly once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from billing_core import service_migrations
+
+    before = _migrated(many)
+    plan_migrations.cancel(many, "plan1", "mig1", now=NOW)
+
+    def check_each(_: int) -> int:
+        reverted = 0
+        for sid in reversed(sorted(before)):
+            with session_scope(many) as session:
+                reverted += service_migrations.revert_owed(session, [sid], now=NOW)
+        return reverted
+
+    with ThreadPoolExecutor(2) as pool:
+        run = pool.submit(plan_migrations.revert, many, "mig1", now_fn=lambda: NOW, chunk=3, budget=None)
+        checked = pool.submit(check_each, 0)
+        run.result(60)
+        by_check = checked.result(60)
+    done = plan_migrations.get(many, "plan1", "mig1")
+    assert (done.counts, done.to_revert) == ({"reverted": 33, "skipped": 2}, 0) and 0 <= by_check <= 33
+    _reverted_once(many, before)

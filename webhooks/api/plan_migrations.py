@@ -108,5 +108,9 @@ def fetch_migration(plan_id: str, migration_id: str):
 @bp.post("/plans/<plan_id>/migrations/<migration_id>/cancel")
 @documented(response=PlanMigration, body_required=False)
 def cancel_migration(plan_id: str, migration_id: str):
-    """Cancel a migration: revert every edit not yet effective and stop the subscriptions still pending."""
-    return migration_json(plan_migrations.cancel(engine(), plan_id, migration_id, now=now()))
+    """Cancel a migration at once (the subscriptions still pending stop); RQ jobs then revert every edit
+    not yet effective at the cancel (``counts.to_revert`` of them still owed)."""
+    migration = plan_migrations.cancel(engine(), plan_id, migration_id, now=now())
+    if migration.to_revert:
+        queueing.enqueue_plan_migration_revert(current_app.extensions["marketsync"], migration.id)
+    return migration_json(migration)

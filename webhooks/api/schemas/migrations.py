@@ -12,7 +12,7 @@ from webhooks.api.schemas.base import CursorQuery, Money, Shape
 
 EffectiveTimeValue = Union[datetime, Literal["end_of_invoice", "end_of_term"]]
 MigrationStatus = Literal["not_started", "in_progress", "completed", "action_needed", "canceled"]
-OutcomeName = Literal["pending", "migrated", "conflict", "skipped", "reverted", "canceled"]
+OutcomeName = Literal["pending", "migrated", "conflict", "skipped", "reverted", "kept", "canceled"]
 
 
 class PlanMigrationCreate(Body):
@@ -31,6 +31,8 @@ class MigrationCounts(Shape):
     skipped: int
     pending: int
     reverted: int
+    to_revert: int = Field(description="edits a cancel still owes a revert (RQ jobs are reverting them)")
+    kept: int = Field(description="edits a cancel could not revert (each outcome's reasons say why)")
     canceled: int
 
 
