@@ -57,6 +57,7 @@ BATCH = 500  # deliveries per endpoint per round
 MAX_THREADS = 16
 WAVE = 50  # deliveries of distinct ordering keys sent one after another, then recorded in one transaction
 _LOCK = "marketsync:webhooks:endpoint:"
+_AGAIN = "marketsync:webhooks:again:"  # a round found the endpoint locked: its holder looks again
 # An endpoint's lock lives this long, so a killed worker holds its endpoint back for seconds, not for
 # a whole batch. It is renewed before an attempt once RENEW_AFTER has passed since the last renewal:
 # an attempt takes at most about 8 s (TIMEOUT), so the lock always outlives the attempt under way,
@@ -134,60 +135,75 @@ def send_due(runtime: Any, *, now_fn: Callable[[], datetime]) -> dict[str, int]:
 
 
 def send_endpoint(runtime: Any, endpoint_id: str, *, now_fn: Callable[[], datetime]) -> dict[str, int]:
-    """Send one endpoint's due deliveries in order (under its lock); return counts."""
+    """Send one endpoint's due deliveries in order (under its lock); return counts.
+
+    A round that finds the endpoint locked leaves a mark (``_AGAIN``) before it gives up; the
+    round holding the lock reads the due deliveries again when it sees the mark, and after it lets
+    the lock go signals a new round if a mark is left, so deliveries committed while a round is
+    under way never wait for the cron's sweep.
+    """
     counts = {"delivered": 0, "failed": 0, "more": 0}
+    again = _AGAIN + endpoint_id
+    runtime.redis.set(again, "1", ex=LOCK_SECONDS * 4)  # before the lock: a holder sees it (above)
     lock = runtime.redis.lock(_LOCK + endpoint_id, timeout=LOCK_SECONDS, blocking=False)
     if not lock.acquire():
-        return counts  # another round sends this endpoint now
+        return counts  # another round sends this endpoint now, and will look again
     renewed = time.monotonic()
     http: requests.Session | None = None
     try:
-        with session_scope(runtime.engine) as session:
-            outbox = SqlOutbox(session)
-            try:
-                endpoint = outbox.get_endpoint(endpoint_id)
-            except NotFound:
-                return counts  # deleted since the round listed it
-            pending = outbox.pending(endpoint_id, now=now_fn(), limit=BATCH)
-            events = outbox.events([d.event_seq for d in pending])
-        if not endpoint.enabled:
-            return counts
-        counts["more"] = int(len(pending) == BATCH)
-        held: set[str] = set()
-        queue = list(pending)
-        http = session_for(endpoint.url)  # closed in ``finally``
-        while queue:
-            wave, queue = _next_wave(queue, held, now_fn())
-            if not wave:
+        sent = 0
+        while sent < BATCH and runtime.redis.delete(again):  # this read sees what is due now
+            with session_scope(runtime.engine) as session:
+                outbox = SqlOutbox(session)
+                try:
+                    endpoint = outbox.get_endpoint(endpoint_id)
+                except NotFound:
+                    return counts  # deleted since the round listed it
+                pending = outbox.pending(endpoint_id, now=now_fn(), limit=BATCH - sent)
+                events = outbox.events([d.event_seq for d in pending])
+            if not endpoint.enabled or not pending:
                 break
-            attempts, lapsed = [], False
-            for delivery in wave:
-                if time.monotonic() - renewed > RENEW_AFTER:
-                    try:
-                        lock.reacquire()  # the lock outlives the attempt about to start
-                    except LockError:
-                        lapsed = True  # another round has the endpoint now
-                        break
-                    renewed = time.monotonic()
-                event = events[delivery.event_seq]
-                code, error = post(endpoint, payload(endpoint, event), now=now_fn(), http=http)
-                attempts.append((delivery, event, code, error))
-                if code is None:
-                    break  # unreachable: the rest of the wave waits with the round's remainder
-            if attempts:
-                _record(runtime, endpoint, attempts, now=now_fn())
-            if lapsed:
+            sent += len(pending)
+            counts["more"] = int(sent >= BATCH)
+            held: set[str] = set()
+            queue = list(pending)
+            http = http or session_for(endpoint.url)  # closed in ``finally``
+            stop = False
+            while queue:
+                wave, queue = _next_wave(queue, held, now_fn())
+                if not wave:
+                    break
+                attempts, lapsed = [], False
+                for delivery in wave:
+                    if time.monotonic() - renewed > RENEW_AFTER:
+                        try:
+                            lock.reacquire()  # the lock outlives the attempt about to start
+                        except LockError:
+                            lapsed = True  # another round has the endpoint now
+                            break
+                        renewed = time.monotonic()
+                    event = events[delivery.event_seq]
+                    code, error = post(endpoint, payload(endpoint, event), now=now_fn(), http=http)
+                    attempts.append((delivery, event, code, error))
+                    if code is None:
+                        break  # unreachable: the rest of the wave waits with the round's remainder
+                if attempts:
+                    _record(runtime, endpoint, attempts, now=now_fn())
+                if lapsed:
+                    return counts  # the lock is another round's now, and so is the mark
+                failed = [d for d, _, _, error in attempts if error is not None]
+                counts["delivered"] += len(attempts) - len(failed)
+                counts["failed"] += len(failed)
+                held.update(d.ordering_key for d in failed if d.ordering_key is not None)
+                if not failed:
+                    endpoint = replace(endpoint, failing_since=None)
+                    continue
+                endpoint = _failed(runtime, endpoint, now=now_fn())
+                if attempts[-1][2] is None or not endpoint.enabled:
+                    stop = True  # unreachable or disabled: the rest waits for the next round
+                    break
+            if stop:
                 break
-            failed = [d for d, _, _, error in attempts if error is not None]
-            counts["delivered"] += len(attempts) - len(failed)
-            counts["failed"] += len(failed)
-            held.update(d.ordering_key for d in failed if d.ordering_key is not None)
-            if not failed:
-                endpoint = replace(endpoint, failing_since=None)
-                continue
-            endpoint = _failed(runtime, endpoint, now=now_fn())
-            if attempts[-1][2] is None or not endpoint.enabled:
-                break  # unreachable or disabled: the rest waits for the next round
     finally:
         if http is not None:
             http.close()
@@ -195,6 +211,8 @@ def send_endpoint(runtime: Any, endpoint_id: str, *, now_fn: Callable[[], dateti
             lock.release()
         except Exception:  # noqa: BLE001 - the lock expired: nothing to release
             pass
+    if counts["more"] or runtime.redis.exists(again):
+        queueing.signal_webhooks(runtime)  # marked while the lock was held, or a full batch went: go again
     return counts
 
 

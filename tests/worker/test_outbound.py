@@ -83,6 +83,26 @@ def test_waves_keep_each_keys_order_and_send_each_once(app, receiver: Receiver) 
         assert [n for k, n in sent if k == key] == [1, 2, 3, 4, 5]
 
 
+def test_an_event_committed_during_a_round_goes_in_that_round(app, receiver: Receiver) -> None:  # type: ignore[no-untyped-def]
+    """A round that finds the endpoint locked by a round under way leaves a mark; the round under way
+    reads the due deliveries again and sends the new one too (it never waits for the cron's sweep)."""
+    import threading
+
+    runtime, now = app.extensions["marketsync"], datetime.now(UTC)
+    _endpoint(runtime, receiver.url, "we_r")
+    _emit(runtime, "A", 1, now)
+    receiver.delay = 0.5
+    first: dict[str, int] = {}
+    holder = threading.Thread(target=lambda: first.update(outbound.send_endpoint(runtime, "we_r", now_fn=lambda: now)))
+    holder.start()
+    time.sleep(0.2)  # the holder is in its first attempt
+    _emit(runtime, "B", 1, now)
+    assert outbound.send_endpoint(runtime, "we_r", now_fn=lambda: now)["delivered"] == 0  # locked: marked
+    holder.join(timeout=10)
+    assert first["delivered"] == 2
+    assert _sent(receiver) == [("A", 1), ("B", 1)]
+
+
 def test_a_slow_endpoint_does_not_delay_another(app, receiver: Receiver) -> None:  # type: ignore[no-untyped-def]
     """Each endpoint is sent on its own thread: a fast one gets its events while a slow one still answers."""
     runtime, now = app.extensions["marketsync"], datetime.now(UTC)
