@@ -171,7 +171,7 @@ def all_costs(path: Path, source: str = "raw") -> tuple[float, int, Decimal, dic
     """
     from billing_core.bulk import paused_gc
     from billing_core.costs import _aggregate_costs
-    from billing_core.lines import charges_for_timeframe, fetch_usage, rate_all, usage_key
+    from billing_core.lines import charges_for_timeframe, fetch_usage, rate_amounts, usage_key
     from billing_core.persistence.subscriptions import SqlSubscriptions
     from billing_core.sql_fragments import FragmentUsageSource
     from billing_core.sql_usage_batch import BatchSqlUsageSource
@@ -194,13 +194,13 @@ def all_costs(path: Path, source: str = "raw") -> tuple[float, int, Decimal, dic
     with paused_gc(), db.session_scope(engine) as session:  # as costs_each and service_plans.all_costs run
         subs = SqlSubscriptions(session).all_active(NOW)
         phase("load timelines")
-        planned = [(s, billing_period(s, NOW).start, charges_for_timeframe(s, billing_period(s, NOW).start, NOW))
-                   for s in subs]
+        starts = [(s, billing_period(s, NOW).start) for s in subs]
+        planned = [(s, start, charges_for_timeframe(s, start, NOW)) for s, start in starts]
         phase("plan charges")
         keys = [k for s, _, charges in planned for k in (usage_key(s, c) for c in charges) if k is not None]
         usage = fetch_usage(keys, fragments or BatchSqlUsageSource(session))
         phase("read usage")
-        results = [_aggregate_costs(s, start, NOW, rate_all(s, charges, usage)) for s, start, charges in planned]
+        results = [_aggregate_costs(s, start, NOW, rate_amounts(s, charges, usage)) for s, start, charges in planned]
         phase("rate and add up")
     elapsed = time.perf_counter() - started
     if fragments is not None and fragments.pending:

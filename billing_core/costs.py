@@ -17,7 +17,7 @@ from typing import Any
 
 from billing_core.bulk import without_gc
 from billing_core.errors import OutOfRange
-from billing_core.lines import LineItem, charges_for_timeframe, decimal_text, fetch_usage, iso, rate_all, usage_key
+from billing_core.lines import Charge, charges_for_timeframe, decimal_text, fetch_usage, iso, rate_amounts, usage_key
 from billing_core.money import ZERO, exact, inexact, round_money
 from billing_core.pricing import Price
 from billing_core.subscriptions import Subscription
@@ -92,23 +92,26 @@ class Costs:
         }
 
 
-def _aggregate_costs(sub: Subscription, start: datetime, end: datetime, lines: Sequence[LineItem]) -> Costs:
+def _aggregate_costs(sub: Subscription, start: datetime, end: datetime,
+                     amounts: Sequence[tuple[Charge, Decimal, Decimal, Decimal]]) -> Costs:
+    """Add up each price's charges (``rate_amounts``): quantities and amounts unrounded, and each
+    charge's amounts rounded once, as its line would be, then summed."""
     currency = sub.currency
     zero = round_money(ZERO, currency)
     by_price: dict[str, list[Any]] = {}
-    for line in lines:
-        price = line.price
+    for charge, quantity, subtotal, total in amounts:
+        interval = charge.interval
+        price = interval.price
         acc = by_price.get(price.id)
         if acc is None:
             acc = by_price[price.id] = [price, ZERO, ZERO, ZERO, zero, zero, set(), None]
-        acc[1] += line.quantity
-        acc[2] += line.subtotal_unrounded
-        acc[3] += line.amount_unrounded
-        acc[4] += round_money(line.subtotal_unrounded, currency)  # line.subtotal
-        acc[5] += line.amount
-        trace = line.trace
-        acc[6].add(trace.price_interval_id)
-        acc[7] = trace.plan_version
+        acc[1] += quantity
+        acc[2] += subtotal
+        acc[3] += total
+        acc[4] += round_money(subtotal, currency)  # the line's subtotal
+        acc[5] += round_money(total, currency)  # the line's amount
+        acc[6].add(interval.id)
+        acc[7] = interval.plan_version
     ordered = by_price.values() if len(by_price) == 1 else [
         acc for _, acc in sorted(by_price.items(), key=lambda kv: (kv[1][0].key, kv[0]))]
     per_price = [
@@ -151,7 +154,7 @@ def costs_each(requests: Sequence[tuple[Subscription, datetime, datetime]],
     out: list[Costs | OutOfRange] = []
     for sub, start, end, charges in planned:
         try:
-            out.append(_aggregate_costs(sub, start, end, rate_all(sub, charges, usage)))
+            out.append(_aggregate_costs(sub, start, end, rate_amounts(sub, charges, usage)))
         except OutOfRange as exc:
             out.append(exc)
         except DecimalException as exc:

@@ -26,13 +26,13 @@ from billing_core.adjustments import (
 from billing_core.errors import UsageOutOfRange
 from billing_core.money import ZERO, divide, format_decimal, round_money
 from billing_core.periods import BillingAnchor, Cadence, Period, period_containing
-from billing_core.pricing import BillingMode, Price, SubLine, rate
+from billing_core.pricing import BillingMode, Price, Rating, SubLine, rate
 from billing_core.subscriptions import PriceInterval, Subscription
 from billing_core.usage import EMPTY_USAGE, BatchUsageSource, MetricUsage, UsageRequest, UsageSource
 
 __all__ = [
     "Charge", "LineItem", "LineTrace", "charges_for_period", "charges_for_timeframe", "decimal_text", "fetch_usage",
-    "iso", "line_order", "rate_all", "usage_key",
+    "iso", "line_order", "rate_all", "rate_amounts", "usage_key",
 ]
 
 
@@ -257,7 +257,28 @@ def _prorated(amount: Decimal, service: Period, full: Period) -> tuple[Decimal, 
     return divide(amount * used, Decimal(total)), divide(Decimal(used), Decimal(total))
 
 
-def _rate_line(sub: Subscription, charge: Charge, usage: MetricUsage | UsageOutOfRange | None) -> LineItem:
+class _Rated:
+    """A charge rated: what a line holds before it is one (``_rate_line``), or before a cost adds it up."""
+
+    __slots__ = ("quantity", "subtotal", "total", "rating", "applied", "fraction", "event_count", "skipped",
+                 "fragments", "raw_events")
+
+    def __init__(self, quantity: Decimal, subtotal: Decimal, total: Decimal, rating: Rating,
+                 applied: list[AppliedAdjustment], fraction: Decimal | None, counts: tuple[int, int, int, int]):
+        self.quantity, self.subtotal, self.total, self.rating = quantity, subtotal, total, rating
+        self.applied, self.fraction = applied, fraction
+        self.event_count, self.skipped, self.fragments, self.raw_events = counts
+
+
+_NO_COUNTS = (0, 0, 0, 0)
+
+
+def _rate(sub: Subscription, charge: Charge, usage: MetricUsage | UsageOutOfRange | None,
+          detail: bool = True) -> _Rated:
+    """Rate and adjust one charge (docs/billing-rules.md §6): the one place a line's numbers come from.
+
+    ``detail`` False leaves out the tiers' and groups' sub-lines (a cost adds up amounts only).
+    """
     if isinstance(usage, UsageOutOfRange):
         raise usage
     price = charge.interval.price
@@ -266,11 +287,11 @@ def _rate_line(sub: Subscription, charge: Charge, usage: MetricUsage | UsageOutO
     fraction: Decimal | None = None
     if price.is_fixed:
         quantity = price.fixed_price_quantity if price.fixed_price_quantity is not None else Decimal(1)
-        rating = rate(price, quantity)
+        rating = rate(price, quantity, detail=detail)
         subtotal = rating.amount
         if charge.prorate and charge.service != charge.full:
             subtotal, fraction = _prorated(subtotal, charge.service, charge.full)
-        event_count = skipped = fragments = raw_events = 0
+        counts = _NO_COUNTS
     else:
         usage = usage or EMPTY_USAGE
         quantity = usage.quantity
@@ -278,21 +299,21 @@ def _rate_line(sub: Subscription, charge: Charge, usage: MetricUsage | UsageOutO
         usage_discounts = [a for a in adjustments if a.adjustment_type == AdjustmentType.USAGE_DISCOUNT] \
             if adjustments else []
         if usage_discounts:
-            before = rate(price, quantity, groups).amount
+            before = rate(price, quantity, groups, detail=False).amount
             if groups is not None:
                 groups = discount_groups(groups, usage_discounts)
                 quantity = sum(groups.values(), ZERO)
             else:
                 quantity, _ = discount_quantity(quantity, usage_discounts)
-        rating = rate(price, quantity, groups)
+        rating = rate(price, quantity, groups, detail=detail)
         subtotal = rating.amount
         if usage_discounts:
             applied.extend(AppliedAdjustment(a.id, a.adjustment_type, ZERO) for a in usage_discounts[1:])
             applied.insert(0, AppliedAdjustment(usage_discounts[0].id, AdjustmentType.USAGE_DISCOUNT,
                                                 subtotal - before))
-        event_count, skipped = usage.event_count, usage.skipped
-        fragments = usage.fragments or 0
-        raw_events = event_count if usage.raw_events is None else usage.raw_events
+        event_count = usage.event_count
+        counts = (event_count, usage.skipped, usage.fragments or 0,
+                  event_count if usage.raw_events is None else usage.raw_events)
     if adjustments or price.minimum_amount is not None or price.maximum_amount is not None:
         adjusted = adjust_amount(subtotal, [a for a in adjustments
                                             if a.adjustment_type != AdjustmentType.USAGE_DISCOUNT],
@@ -301,20 +322,42 @@ def _rate_line(sub: Subscription, charge: Charge, usage: MetricUsage | UsageOutO
         applied.extend(adjusted.applied)
     else:  # most lines: nothing to adjust
         total = subtotal
-    interval = charge.interval
+    return _Rated(quantity, subtotal, total, rating, applied, fraction, counts)
+
+
+def _rate_line(sub: Subscription, charge: Charge, usage: MetricUsage | UsageOutOfRange | None) -> LineItem:
+    rated = _rate(sub, charge, usage)
+    price, interval = charge.interval.price, charge.interval
     return LineItem(
         id=charge.line_id, kind="charge", name=price.name, price=price,
-        start=charge.service.start, end=charge.service.end, quantity=quantity,
-        subtotal_unrounded=subtotal, amount_unrounded=total,
-        amount=round_money(total, sub.currency), currency=sub.currency,
+        start=charge.service.start, end=charge.service.end, quantity=rated.quantity,
+        subtotal_unrounded=rated.subtotal, amount_unrounded=rated.total,
+        amount=round_money(rated.total, sub.currency), currency=sub.currency,
         trace=LineTrace(
             price_id=price.id, price_key=price.key, price_interval_id=interval.id,
             plan_id=interval.plan_id, plan_version=interval.plan_version, metric_id=price.metric_id,
             timeframe_start=charge.usage_window.start, timeframe_end=charge.usage_window.end,
-            event_count=event_count, skipped=skipped, fragments=fragments, raw_events=raw_events,
+            event_count=rated.event_count, skipped=rated.skipped, fragments=rated.fragments,
+            raw_events=rated.raw_events,
         ),
-        sub_lines=rating.sub_lines, adjustments=tuple(applied), proration=fraction,
+        sub_lines=rated.rating.sub_lines, adjustments=tuple(rated.applied), proration=rated.fraction,
     )
+
+
+def rate_amounts(sub: Subscription, charges: Sequence[Charge],
+                 usage: Mapping[UsageKey, MetricUsage | UsageOutOfRange]
+                 ) -> list[tuple[Charge, Decimal, Decimal, Decimal]]:
+    """Return (charge, quantity, subtotal, total) per charge, unrounded: the numbers ``rate_all``'s
+    lines hold, without building the lines (costs add them up; nothing else of a line is read)."""
+    out = []
+    for charge in charges:
+        price = charge.interval.price
+        found = None if price.metric_id is None else usage.get(
+            (price.metric_id, sub.customer_id, charge.usage_window.start, charge.usage_window.end, price.group_by),
+            EMPTY_USAGE)
+        rated = _rate(sub, charge, found, detail=False)
+        out.append((charge, rated.quantity, rated.subtotal, rated.total))
+    return out
 
 
 UsageKey = tuple[str, str, datetime, datetime, tuple[str, ...]]

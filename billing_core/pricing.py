@@ -291,7 +291,7 @@ def _fmt(value: Decimal) -> str:
     return format(value.normalize(), "f") if value == value.to_integral_value() else format(value, "f")
 
 
-def _rate_graduated(quantity: Decimal, tiers: tuple[Tier, ...]) -> Rating:
+def _rate_graduated(quantity: Decimal, tiers: tuple[Tier, ...], detail: bool = True) -> Rating:
     lines: list[SubLine] = []
     total = ZERO
     for tier in tiers:
@@ -301,6 +301,8 @@ def _rate_graduated(quantity: Decimal, tiers: tuple[Tier, ...]) -> Rating:
         units = top - tier.first_unit
         amount = units * tier.unit_amount
         total += amount
+        if not detail:
+            continue
         upper = "∞" if tier.last_unit is None else _fmt(tier.last_unit)
         lines.append(SubLine(
             name=f"Tier ({_fmt(tier.first_unit)}, {upper}]", quantity=units, amount=amount,
@@ -362,7 +364,7 @@ def _rate_tiered_package(quantity: Decimal, config: TieredPackageConfig) -> Rati
     return Rating(total, tuple(lines))
 
 
-def _rate_matrix(config: MatrixConfig, groups: Mapping[tuple[str, ...], Decimal]) -> Rating:
+def _rate_matrix(config: MatrixConfig, groups: Mapping[tuple[str, ...], Decimal], detail: bool = True) -> Rating:
     lines: list[SubLine] = []
     total = ZERO
     for values in sorted(groups):
@@ -370,6 +372,8 @@ def _rate_matrix(config: MatrixConfig, groups: Mapping[tuple[str, ...], Decimal]
         unit_amount = config.amount_for(values)
         amount = group_q * unit_amount
         total += amount
+        if not detail:
+            continue
         name, grouping = _matrix_label(config.dimensions, values)
         lines.append(SubLine(name=name, quantity=group_q, amount=amount, unit_amount=unit_amount, grouping=grouping))
     return Rating(total, tuple(lines))
@@ -382,15 +386,19 @@ def _matrix_label(dimensions: tuple[str, ...], values: tuple[str, ...]) -> tuple
 
 
 def rate(price: Price, quantity: Decimal,
-         groups: Mapping[tuple[str, ...], Decimal] | None = None) -> Rating:
-    """Apply the price model to a quantity (and matrix groups); return the unrounded amount."""
+         groups: Mapping[tuple[str, ...], Decimal] | None = None, *, detail: bool = True) -> Rating:
+    """Apply the price model to a quantity (and matrix groups); return the unrounded amount.
+
+    ``detail`` False: the same amount, without the tiers' and groups' sub-lines (only a cost's sum
+    is wanted; the amount is added up in the same order either way).
+    """
     config = price.config
     if type(config) is UnitConfig:  # the common model first, without the isinstance chain
         return Rating(quantity * config.unit_amount)
     if isinstance(config, UnitConfig):
         return Rating(quantity * config.unit_amount)
     if isinstance(config, TieredConfig):
-        return _rate_graduated(quantity, config.tiers)
+        return _rate_graduated(quantity, config.tiers, detail)
     if isinstance(config, BulkConfig):
         return _rate_bulk(quantity, config)
     if isinstance(config, PackageConfig):
@@ -398,7 +406,7 @@ def rate(price: Price, quantity: Decimal,
     if isinstance(config, TieredPackageConfig):
         return _rate_tiered_package(quantity, config)
     if isinstance(config, MatrixConfig):
-        return _rate_matrix(config, groups or {})
+        return _rate_matrix(config, groups or {}, detail)
     raise InvalidPrice(f"unsupported config {type(config).__name__}")
 
 

@@ -76,3 +76,37 @@ def test_graduated_rating_is_monotonic_and_matches_sub_lines(q):
     result = rate(price, q)
     assert result.amount == sum((s.amount for s in result.sub_lines), D(0))
     assert rate(price, q + 1).amount >= result.amount
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches, st.integers(1, 31 * 24))
+def test_costs_add_up_exactly_what_the_lines_hold(evs, hours):
+    """A cost is its charges rated without building lines (``rate_amounts``): per price, it must equal
+    the same charges' full lines (``rate_all``) added up: quantities and amounts unrounded, and each
+    line's rounded subtotal and amount summed."""
+    from billing_core.lines import charges_for_timeframe, fetch_usage, rate_all, usage_key
+    from billing_core.money import round_money
+
+    end = JAN.start + timedelta(hours=hours)
+    got = costs(SUB, JAN.start, end, source(evs))
+    charges = charges_for_timeframe(SUB, JAN.start, end)
+    lines = rate_all(SUB, charges, fetch_usage([k for c in charges if (k := usage_key(SUB, c))], source(evs)))
+    for cost in got.per_price_costs:
+        mine = [line for line in lines if line.price.id == cost.price.id]
+        assert cost.quantity == sum((line.quantity for line in mine), D(0))
+        assert cost.subtotal_unrounded == sum((line.subtotal_unrounded for line in mine), D(0))
+        assert cost.total_unrounded == sum((line.amount_unrounded for line in mine), D(0))
+        assert cost.subtotal == sum((line.subtotal for line in mine), round_money(D(0), "USD"))
+        assert cost.total == sum((line.amount for line in mine), round_money(D(0), "USD"))
+    assert {c.price.id for c in got.per_price_costs} == {line.price.id for line in lines}
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.decimals("0", "200000", places=3), st.lists(st.tuples(st.sampled_from(["us", "eu", "ap"]),
+                                                               st.decimals("0", "5000", places=3)), max_size=4))
+def test_rating_without_sub_lines_gives_the_same_amount(q, grouped):
+    """``rate(..., detail=False)`` (costs) gives every model's amount exactly as the detailed rating."""
+    groups = {(region,): value for region, value in grouped}
+    for price in PLAN.version(1).prices:
+        detailed = rate(price, q, groups)
+        assert rate(price, q, groups, detail=False).amount == detailed.amount
