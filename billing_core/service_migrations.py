@@ -35,7 +35,7 @@ from billing_core.persistence.plan_migrations import (
     CANCELED, PENDING, Migration, SqlPlanMigrations, SubscriptionOutcome,
 )
 from billing_core.persistence.subscriptions import SqlSubscriptions
-from billing_core.service_outbox import RenderCache, emit_subscription
+from billing_core.service_outbox import RenderCache, emit_subscription, prefetch_customers
 from billing_core.plan_migrations import (
     LIVE, EffectiveTime, Outcome, Overrides, migrate_subscription, revert_migration,
 )
@@ -115,6 +115,10 @@ def _apply(session: Session, migration: Migration, plan: Plan, subscription_ids:
     # An edit a canceled migration still owes a revert goes first: this one moves the timeline as it is to be.
     revert_owed(session, subscription_ids, now=now)
     subs = repo.get_many(subscription_ids, for_update=True)
+    # A chunk changes timelines only: its events read each customer (in one query), the plan and the
+    # endpoints once for all of them.
+    renders: RenderCache = {}
+    prefetch_customers(session, list(subs.values()), renders)
     for sub_id in subscription_ids:
         sub = subs.get(sub_id)
         if sub is None:
@@ -132,7 +136,8 @@ def _apply(session: Session, migration: Migration, plan: Plan, subscription_ids:
         if result.subscription is not None:
             repo.save(result.subscription, expected_revision=len(sub.edits))
             if result.effective_at is not None:
-                _tell(session, sub, result.subscription, migration.to_version, result.effective_at, now=now)
+                _tell(session, sub, result.subscription, migration.to_version, result.effective_at, now=now,
+                      cache=renders)
         migrations.record(migration.id, SubscriptionOutcome(sub_id, result.outcome.value, result.effective_at,
                                                             result.reasons, result.undo), now=now)
 
@@ -145,11 +150,12 @@ def _version_change(before: Subscription, effective_at: datetime, to_version: in
 
 
 def _tell(session: Session, before: Subscription, after: Subscription, to_version: int, effective_at: datetime,
-          *, now: datetime) -> None:
+          *, now: datetime, cache: RenderCache | None = None) -> None:
     """Emit ``subscription.plan_version_changed`` for an instant already reached, else
     ``..._change_scheduled`` (the sweep, ``note_effective``, tells the change when its instant comes)."""
     kind = "subscription.plan_version_changed" if effective_at <= now else "subscription.plan_version_change_scheduled"
-    emit_subscription(session, kind, after, now=now, properties=_version_change(before, effective_at, to_version))
+    emit_subscription(session, kind, after, now=now, properties=_version_change(before, effective_at, to_version),
+                      cache=cache)
 
 
 def note_effective(session: Session, *, since: datetime, now: datetime) -> int:
