@@ -28,6 +28,7 @@ from decimal import Decimal
 
 from sqlalchemy.orm import Session
 
+from billing_core.bulk import without_gc
 from billing_core.errors import Conflict, InvalidInput
 from billing_core.invoices import compute_invoice
 from billing_core.persistence.catalog import SqlCatalog
@@ -194,6 +195,7 @@ def _finish_if_done(migrations: SqlPlanMigrations, migration: Migration) -> Migr
     return migration
 
 
+@without_gc
 def migrate_chunk(session: Session, migration_id: str, *, limit: int, now: datetime) -> Migration:
     """Migrate up to ``limit`` pending subscriptions in this transaction; the migration as it then is."""
     migrations = SqlPlanMigrations(session)

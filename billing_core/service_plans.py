@@ -295,6 +295,7 @@ def issue(session: Session, invoice_id: str, usage: UsageSource, *, now: datetim
 
 # --- simulations -------------------------------------------------------------------------------------
 
+@without_gc
 def simulation(session: Session, usage: UsageSource, *, plan_id: str, version: int | None,
                draft: Sequence[tuple[Price, str | None]] | None, customer_ids: Sequence[str] | None,
                start: datetime, end: datetime, now: datetime, progress: Progress | None = None,
