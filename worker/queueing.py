@@ -254,23 +254,21 @@ MIGRATION_RETRY = Retry(max=5, interval=[5, 30, 120, 300, 900])
 
 def enqueue_plan_migration(runtime: Any, migration_id: str, *, run: int = 0) -> bool:
     """Enqueue the next run of a plan migration on ``sync``; False when Redis is down (the sweep resumes it)."""
-    try:
-        runtime.queue("sync").enqueue(_JOBS + "run_plan_migration", migration_id, run + 1, retry=MIGRATION_RETRY,
-                                      job_id=f"plan-migration-{migration_id}-{run + 1}", result_ttl=86400)
-        return True
-    except Exception as exc:  # noqa: BLE001 - resume_plan_migrations enqueues it again within minutes
-        log.warning("enqueue_failed", migration_id=migration_id, error=type(exc).__name__)
-        return False
+    return _enqueue_migration_job(runtime, "run_plan_migration", "plan-migration", migration_id, run)
 
 
 def enqueue_plan_migration_revert(runtime: Any, migration_id: str, *, run: int = 0) -> bool:
     """Enqueue the next run of a canceled migration's reverts on ``sync``; False when Redis is down (the sweep resumes it)."""
+    return _enqueue_migration_job(runtime, "revert_plan_migration", "plan-migration-revert", migration_id, run)
+
+
+def _enqueue_migration_job(runtime: Any, job: str, prefix: str, migration_id: str, run: int) -> bool:
     try:
-        runtime.queue("sync").enqueue(_JOBS + "revert_plan_migration", migration_id, run + 1, retry=MIGRATION_RETRY,
-                                      job_id=f"plan-migration-revert-{migration_id}-{run + 1}", result_ttl=86400)
+        runtime.queue("sync").enqueue(_JOBS + job, migration_id, run + 1, retry=MIGRATION_RETRY,
+                                      job_id=f"{prefix}-{migration_id}-{run + 1}", result_ttl=86400)
         return True
     except Exception as exc:  # noqa: BLE001 - resume_plan_migrations enqueues it again within minutes
-        log.warning("enqueue_failed", migration_id=migration_id, error=type(exc).__name__)
+        log.warning("enqueue_failed", job=job, migration_id=migration_id, error=type(exc).__name__)
         return False
 
 

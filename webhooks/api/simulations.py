@@ -7,7 +7,7 @@ runs the same use case from the command line with a progress bar.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -32,18 +32,8 @@ MAX_CUSTOMERS = 10_000
 
 def _draft(raw_prices: list[Any], currency: str) -> list[tuple[Price, str | None]]:
     """Read draft prices: Orb's new-price objects, bare or ``{"price": ..., "replaces_price_id": ...}``."""
-    draft = []
-    for i, raw in enumerate(raw_prices):
-        raw = require_object(raw, f"prices[{i}]")
-        replaces = None
-        field = f"prices[{i}]"
-        if "price" in raw:
-            check_fields(raw, {"price", "replaces_price_id"}, field)
-            replaces = raw.get("replaces_price_id")
-            if replaces is not None and (not isinstance(replaces, str) or not replaces):
-                raise bad(f"{field}.replaces_price_id", "expected a price id")
-            raw, field = require_object(raw["price"], f"{field}.price"), f"{field}.price"
-        draft.append((parse_price(raw, currency=currency, field=field), replaces))
+    draft = _drafted(raw_prices, "prices", "price", "replaces_price_id", "expected a price id",
+                     lambda raw, field: parse_price(raw, currency=currency, field=field))
     if not draft:
         raise bad("prices", "at least one price is required")
     return draft
@@ -52,18 +42,25 @@ def _draft(raw_prices: list[Any], currency: str) -> list[tuple[Price, str | None
 def _draft_adjustments(raw_adjustments: list[Any]) -> list[tuple[Adjustment, str | None]]:
     """Read draft adjustments: ``{"adjustment": ..., "replaces_adjustment_id": ...}`` (as ``add_adjustments``
     and ``replace_adjustments`` take them) or a bare new-adjustment object; an empty list means none."""
+    return _drafted(raw_adjustments, "adjustments", "adjustment", "replaces_adjustment_id", "expected an adjustment id",
+                    parse_adjustment, ignored={"plan_phase_order"})
+
+
+def _drafted(raw_list: list[Any], name: str, key: str, replaces_key: str, expected: str,
+             parse: Callable[[Any, str], Any], ignored: set[str] = frozenset()) -> list[tuple[Any, str | None]]:  # type: ignore[assignment]
+    """Read a draft list: each entry a bare object, or ``{key: object, replaces_key: id}``; parsed with ``parse``."""
     draft = []
-    for i, raw in enumerate(raw_adjustments):
-        raw = require_object(raw, f"adjustments[{i}]")
+    for i, raw in enumerate(raw_list):
+        field = f"{name}[{i}]"
+        raw = require_object(raw, field)
         replaces = None
-        field = f"adjustments[{i}]"
-        if "adjustment" in raw:
-            check_fields(raw, {"adjustment", "replaces_adjustment_id"}, field, {"plan_phase_order"})
-            replaces = raw.get("replaces_adjustment_id")
+        if key in raw:
+            check_fields(raw, {key, replaces_key}, field, ignored)
+            replaces = raw.get(replaces_key)
             if replaces is not None and (not isinstance(replaces, str) or not replaces):
-                raise bad(f"{field}.replaces_adjustment_id", "expected an adjustment id")
-            raw, field = raw["adjustment"], f"{field}.adjustment"
-        draft.append((parse_adjustment(raw, field), replaces))
+                raise bad(f"{field}.{replaces_key}", expected)
+            raw, field = require_object(raw[key], f"{field}.{key}"), f"{field}.{key}"
+        draft.append((parse(raw, field), replaces))
     return draft
 
 
