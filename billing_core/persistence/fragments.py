@@ -239,7 +239,7 @@ def sum_fragments(conn: Any, metric_id: str, group_by: str, customer_ids: Sequen
     (``integer overflow``): the caller reads raw events instead.
     """
     f = fragments_table
-    out = []
+    out: list[Any] = []  # tuples, or rows that unpack as they do
     for part in _chunks(customer_ids):
         rows = _rows_of(f, metric_id, group_by, spans, part, [
             f.c.customer_id, f.c.group_key, f.c["count"], f.c.with_value, f.c.total_units, f.c.total_nanos,
@@ -250,8 +250,8 @@ def sum_fragments(conn: Any, metric_id: str, group_by: str, customer_ids: Sequen
         ).group_by(rows.c.customer_id, rows.c.group_key)
         if _is_postgres(conn):  # SUM of bigints is numeric there
             out += [(c, k, int(a), int(b), int(u), int(n), int(m)) for c, k, a, b, u, n, m in conn.execute(query)]
-        else:
-            out += [tuple(row) for row in conn.execute(query)]
+        else:  # integers already: the rows as fetched (one fetch for all, not one per row)
+            out += conn.execute(query).fetchall()
     return out
 
 
