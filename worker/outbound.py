@@ -19,6 +19,9 @@ another's deliveries back; an endpoint is sent by one round at a time across wor
 - **Auto-disable**: an endpoint that has failed without a single success for ``DISABLE_AFTER``
   (24 h) is disabled and ``webhook_endpoint.disabled`` is emitted (to the other endpoints); enabling
   it again sends what is pending. A manual replay makes a delivery pending and due now.
+- **Signals during a round**: a round that finds an endpoint locked leaves a mark for it; the round
+  holding the lock reads the due deliveries again when it sees the mark and, after letting go,
+  signals a new round if a mark is left — a delivery committed mid-round never waits for the sweep.
 - **Crash safety**: every attempt is recorded after its answer (a wave's in one transaction: one
   commit per wave, not per delivery); a worker killed in between sends that wave again (at least once). Redis lost: the cron sweep
   (``sweep_webhooks``) finds due deliveries in the database.
@@ -144,7 +147,7 @@ def send_endpoint(runtime: Any, endpoint_id: str, *, now_fn: Callable[[], dateti
     """
     counts = {"delivered": 0, "failed": 0, "more": 0}
     again = _AGAIN + endpoint_id
-    runtime.redis.set(again, "1", ex=LOCK_SECONDS * 4)  # before the lock: a holder sees it (above)
+    runtime.redis.set(again, "1", ex=3600)  # before the lock: a holder sees it (above); outlives any round
     lock = runtime.redis.lock(_LOCK + endpoint_id, timeout=LOCK_SECONDS, blocking=False)
     if not lock.acquire():
         return counts  # another round sends this endpoint now, and will look again
