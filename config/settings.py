@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     GCP_EMULATOR_PORT: int = Field(default=8103, ge=1, le=65535)
     AWS_REGION: str = "us-east-1"
     AWS_METERING_RPS: float = Field(default=10.0, ge=0)  # BatchMeterUsage calls/s across all workers; 0 = unpaced
+    WEBHOOK_RETENTION_DAYS: int = Field(default=30, ge=1, le=3650)  # outbound deliveries kept after their last attempt
     USAGE_FRAGMENTS: bool = True  # the hourly sync reads usage fragments; false reads every event (escape hatch)
     AWS_SNS_TOPIC_ARNS: Annotated[tuple[str, ...], NoDecode] = ()  # empty = any topic
     # Shared secrets an EventBridge API destination sends as 'Authorization: Bearer <secret>' (several:

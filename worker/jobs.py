@@ -169,6 +169,11 @@ def sweep_webhooks() -> int:
     return outbound.sweep(current(), now=_now())
 
 
+def prune_webhooks() -> dict[str, int]:
+    """Delete outbound deliveries (and their events) finished more than WEBHOOK_RETENTION_DAYS ago."""
+    return outbound.prune(current(), now=_now())
+
+
 def note_ended_subscriptions() -> int:
     """Emit ``subscription.ended`` for subscriptions whose scheduled end has passed."""
     return outbound.note_ended(current(), now=_now())

@@ -288,6 +288,26 @@ def _failed(runtime: Any, endpoint: Endpoint, *, now: datetime) -> Endpoint:
     return disabled
 
 
+PRUNE_CHUNK = 5000  # rows per transaction: a long prune never holds the write lock for long
+
+
+def prune(runtime: Any, *, now: datetime) -> dict[str, int]:
+    """Delete the deliveries finished more than ``WEBHOOK_RETENTION_DAYS`` ago and their events (never a
+    pending one), a chunk per transaction; return the counts."""
+    before = now - timedelta(days=runtime.settings.WEBHOOK_RETENTION_DAYS)
+    totals = {"deliveries": 0, "events": 0}
+    while True:
+        with write_lock(runtime.engine), session_scope(runtime.engine) as session:
+            deliveries, events = SqlOutbox(session).prune(before, limit=PRUNE_CHUNK)
+        totals["deliveries"] += deliveries
+        totals["events"] += events
+        if deliveries < PRUNE_CHUNK and events < PRUNE_CHUNK:
+            break
+    if totals["deliveries"] or totals["events"]:
+        log.info("webhooks_pruned", before=iso(before), **totals)
+    return totals
+
+
 def sweep(runtime: Any, *, now: datetime) -> int:
     """Signal a send when any delivery is due (the cron's second line after Redis or a worker was lost)."""
     with session_scope(runtime.engine) as session:
@@ -334,5 +354,5 @@ def watch_commits(engine: Any, runtime: Any) -> None:
     sa_event.listen(engine, "rollback", rolled_back)
 
 
-__all__ = ["backoff", "payload", "post", "send_due", "send_endpoint", "session_for", "sign", "sweep",
+__all__ = ["backoff", "payload", "post", "prune", "send_due", "send_endpoint", "session_for", "sign", "sweep",
            "watch_commits"]

@@ -32,6 +32,8 @@ def register_jobs(settings: Settings) -> None:
     cron.register(jobs.resume_plan_migrations, queue_name="sync", interval=300)
     # Outbound webhooks whose retry came due, or whose signal was lost with Redis or a worker.
     cron.register(jobs.sweep_webhooks, queue_name="webhooks", interval=30)
+    # Outbound deliveries finished more than WEBHOOK_RETENTION_DAYS ago, and their events, are deleted.
+    cron.register(jobs.prune_webhooks, queue_name="webhooks", interval=3600)
     # Subscriptions whose scheduled end has passed: subscription.ended.
     cron.register(jobs.note_ended_subscriptions, queue_name="webhooks", interval=60)
     # Alerts over usage that changed another way than ingest (amendments, backfills), or whose signal was lost.

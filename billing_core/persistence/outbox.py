@@ -205,6 +205,22 @@ class SqlOutbox:
                 for e in endpoint_ids])
         return int(seq)
 
+    def prune(self, before: datetime, *, limit: int) -> tuple[int, int]:
+        """Delete up to ``limit`` finished deliveries (delivered or failed) whose last attempt was before
+        ``before``, then the events created before it that no delivery refers to any more; return
+        (deliveries, events). A pending delivery, and so its event, is never deleted, however old.
+        """
+        d, e = deliveries_table, events_table
+        ids = list(self.session.execute(sa.select(d.c.id).where(
+            d.c.status.in_(["delivered", "failed"]), d.c.last_attempt_at < before).order_by(d.c.id).limit(limit)).scalars())
+        if ids:
+            self.session.execute(sa.delete(d).where(one_of(d.c.id, ids)))
+        orphans = list(self.session.execute(sa.select(e.c.seq).where(
+            e.c.created_at < before, ~sa.exists().where(d.c.event_seq == e.c.seq)).order_by(e.c.seq).limit(limit)).scalars())
+        if orphans:
+            self.session.execute(sa.delete(e).where(one_of(e.c.seq, orphans)))
+        return len(ids), len(orphans)
+
     def has_event(self, event_type: str, ordering_key: str) -> bool:
         """Tell whether an event of this type was written under this ordering key."""
         e = events_table

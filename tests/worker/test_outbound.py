@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from billing_core import ExactNumber, SqlOutbox, emit, service_outbox
-from billing_core.persistence.outbox import WebhookDeliveryRow
+from billing_core.persistence.outbox import WebhookDeliveryRow, WebhookEventRow
 from tests.receiver import Receiver, receiver  # noqa: F401 - the fixture
 from worker import outbound
 from worker.db import session_scope
@@ -250,3 +250,24 @@ def test_each_endpoint_gets_the_event_in_its_style_with_exact_numbers(app, recei
     assert '"subscription":{"id":"sub_1","units":12345678901234567891.25}' in expanded
     assert all(json.loads(b)["subscription"] == {"id": "sub_1"} for _, b in bodies[1:])
     assert json.loads(expanded)["properties"] == json.loads(bodies[1][1])["properties"]
+
+
+def test_finished_deliveries_are_pruned_after_the_retention_never_a_pending_one(app, receiver: Receiver) -> None:  # type: ignore[no-untyped-def]
+    """Deliveries whose last attempt was more than WEBHOOK_RETENTION_DAYS ago go, with their events; a
+    pending one (and its event) stays however old; recent ones stay."""
+    runtime, now = app.extensions["marketsync"], datetime.now(UTC)
+    old = now - timedelta(days=runtime.settings.WEBHOOK_RETENTION_DAYS + 1)
+    _endpoint(runtime, receiver.url, "we_p")
+    _emit(runtime, "A", 1, old)
+    _emit(runtime, "B", 1, old)
+    outbound.send_endpoint(runtime, "we_p", now_fn=lambda: old)  # both delivered, long ago
+    _emit(runtime, "D", 1, now)
+    outbound.send_endpoint(runtime, "we_p", now_fn=lambda: now)
+    _emit(runtime, "C", 1, old)  # an old event never attempted yet (its endpoint was unreachable, say): pending
+    assert outbound.prune(runtime, now=now) == {"deliveries": 2, "events": 2}
+    with session_scope(runtime.engine) as session:
+        left = {(json.loads(e.body)["contract"]["id"], d.status) for d, e in session.execute(
+            select(WebhookDeliveryRow, WebhookEventRow).join(
+                WebhookEventRow, WebhookEventRow.seq == WebhookDeliveryRow.event_seq)).all()}  # type: ignore[arg-type]
+    assert left == {("C", "pending"), ("D", "delivered")}
+    assert outbound.prune(runtime, now=now) == {"deliveries": 0, "events": 0}

@@ -20,7 +20,7 @@ def test_importing_the_schedule_registers_nothing(monkeypatch: pytest.MonkeyPatc
 
 
 def test_rq_cron_loads_the_schedule_with_the_hourly_minute(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``rq cron worker/schedule.py`` registers the ten periodic jobs, the hourly run at HOURLY_SYNC_MINUTE."""
+    """``rq cron worker/schedule.py`` registers the eleven periodic jobs, the hourly run at HOURLY_SYNC_MINUTE."""
     configured = Settings.from_env({"HOURLY_SYNC_MINUTE": "17"})
     monkeypatch.setattr(Settings, "from_env", classmethod(lambda cls, *a, **k: configured))
     scheduler = cron.CronScheduler(connection=Redis(host="127.0.0.1", port=1))  # never contacted
@@ -28,5 +28,5 @@ def test_rq_cron_loads_the_schedule_with_the_hourly_minute(monkeypatch: pytest.M
     registered = {job.func.__name__: job for job in scheduler._cron_jobs}
     assert set(registered) == {"record_cron_heartbeat", "sweep_inbox", "run_hourly_sync", "sweep_ledger",
                                "watch_deadlines", "flag_unbillable_usage", "resume_plan_migrations", "sweep_webhooks",
-                               "evaluate_alerts", "note_ended_subscriptions"}
+                               "evaluate_alerts", "note_ended_subscriptions", "prune_webhooks"}
     assert registered["run_hourly_sync"].cron == "17 * * * *"
