@@ -351,11 +351,8 @@ def rate_amounts(sub: Subscription, charges: Sequence[Charge],
     lines hold, without building the lines (costs add them up; nothing else of a line is read)."""
     out = []
     for charge in charges:
-        price = charge.interval.price
-        found = None if price.metric_id is None else usage.get(
-            (price.metric_id, sub.customer_id, charge.usage_window.start, charge.usage_window.end, price.group_by),
-            EMPTY_USAGE)
-        rated = _rate(sub, charge, found, detail=False)
+        key = usage_key(sub, charge)
+        rated = _rate(sub, charge, None if key is None else usage.get(key, EMPTY_USAGE), detail=False)
         out.append((charge, rated.quantity, rated.subtotal, rated.total))
     return out
 

@@ -147,6 +147,7 @@ def evaluate(session: Session, alerts: Sequence[Alert], subs: Sequence[Subscript
     prefetched = False
     own: dict[str, list[Alert]] = {}  # a subscription's own alerts, and the plans' (not every alert per subscription)
     by_plan: dict[str, list[Alert]] = {}
+    position = {alert.id: i for i, alert in enumerate(alerts)}  # candidates are taken in the alerts' order
     for alert in alerts:
         if alert.subscription_id is not None:
             own.setdefault(alert.subscription_id, []).append(alert)
@@ -158,7 +159,7 @@ def evaluate(session: Session, alerts: Sequence[Alert], subs: Sequence[Subscript
             continue
         start = billing_period(sub, now).start
         candidates = own.get(sub.id, []) + by_plan.get(sub.phase_at(now).plan_id, [])
-        for alert in sorted(candidates, key=alerts.index) if len(candidates) > 1 else candidates:
+        for alert in sorted(candidates, key=lambda a: position[a.id]):
             if not applies(alert, sub, now):
                 continue
             value = observed(alert, cost)

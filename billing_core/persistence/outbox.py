@@ -211,15 +211,14 @@ class SqlOutbox:
         (deliveries, events). A pending delivery, and so its event, is never deleted, however old.
         """
         d, e = deliveries_table, events_table
-        ids = list(self.session.execute(sa.select(d.c.id).where(
-            d.c.status.in_(["delivered", "failed"]), d.c.last_attempt_at < before).order_by(d.c.id).limit(limit)).scalars())
-        if ids:
-            self.session.execute(sa.delete(d).where(one_of(d.c.id, ids)))
-        orphans = list(self.session.execute(sa.select(e.c.seq).where(
-            e.c.created_at < before, ~sa.exists().where(d.c.event_seq == e.c.seq)).order_by(e.c.seq).limit(limit)).scalars())
-        if orphans:
-            self.session.execute(sa.delete(e).where(one_of(e.c.seq, orphans)))
-        return len(ids), len(orphans)
+        finished = (d.c.status.in_(["delivered", "failed"]), d.c.last_attempt_at < before)
+        orphan = (e.c.created_at < before, ~sa.exists().where(d.c.event_seq == e.c.seq))
+        ids = list(self.session.execute(sa.select(d.c.id).where(*finished).order_by(d.c.id).limit(limit)).scalars())
+        # Each delete repeats its condition: a delivery replayed (pending again) since the select stays.
+        deleted = self.session.execute(sa.delete(d).where(one_of(d.c.id, ids), *finished)).rowcount if ids else 0
+        seqs = list(self.session.execute(sa.select(e.c.seq).where(*orphan).order_by(e.c.seq).limit(limit)).scalars())
+        dropped = self.session.execute(sa.delete(e).where(one_of(e.c.seq, seqs), *orphan)).rowcount if seqs else 0
+        return int(deleted), int(dropped)
 
     def has_event(self, event_type: str, ordering_key: str) -> bool:
         """Tell whether an event of this type was written under this ordering key."""
