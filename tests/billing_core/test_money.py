@@ -1,8 +1,12 @@
 """Money: minor units, HALF_UP rounding and decimal parsing."""
 
+import decimal
+import math
 from decimal import Decimal as D
+from fractions import Fraction
 
 import pytest
+from hypothesis import given, strategies as st
 
 from billing_core.money import (
     InvalidAmount, format_decimal, minor_units, parse_decimal, round_money, to_minor_units,
@@ -79,3 +83,32 @@ def test_parse_decimal_rejects_out_of_range(value):
     """Values beyond 10^±30 are refused instead of overflowing later."""
     with pytest.raises(InvalidAmount, match="out of range"):
         parse_decimal(value, "unit_amount")
+
+
+# --- division in integers, against the exact fraction -------------------------------------------
+
+_amounts = st.decimals(min_value=-10**12, max_value=10**12, places=9, allow_nan=False, allow_infinity=False)
+_divisors = st.decimals(min_value=-10**6, max_value=10**6, places=4, allow_nan=False,
+                         allow_infinity=False).filter(lambda d: d != 0)
+
+
+@given(_amounts, _divisors)
+def test_divide_equals_the_exact_fraction_rounded_half_even(numerator, denominator):
+    """``divide`` (integer arithmetic) is the exact quotient when it terminates within its places,
+    else the exact fraction rounded half-even there — computed here from ``Fraction``."""
+    from billing_core.money import DIVISION_PLACES, divide
+
+    exact_ratio = Fraction(numerator) / Fraction(denominator)
+    assert Fraction(divide(numerator, denominator)) == Fraction(round(exact_ratio * 10**DIVISION_PLACES),
+                                                                  10**DIVISION_PLACES)
+
+
+@given(_amounts, _divisors, st.sampled_from(["ROUND_FLOOR", "ROUND_CEILING", "ROUND_HALF_UP"]))
+def test_divide_to_integral_equals_the_exact_fraction_rounded(numerator, denominator, rounding):
+    from billing_core.money import divide_to_integral
+
+    ratio = Fraction(numerator) / Fraction(denominator)
+    half_up = math.floor(abs(ratio) + Fraction(1, 2))
+    expected = {"ROUND_FLOOR": math.floor(ratio), "ROUND_CEILING": math.ceil(ratio),
+                "ROUND_HALF_UP": half_up if ratio >= 0 else -half_up}[rounding]
+    assert divide_to_integral(numerator, denominator, getattr(decimal, rounding)) == expected
